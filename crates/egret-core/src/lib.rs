@@ -1,0 +1,17 @@
+//! Egret's shared vocabulary.
+//!
+//! This crate owns the types every other crate speaks: the compiled, immutable [`Snapshot`]
+//! (listeners, route tables, clusters), the per-request / per-connection [`LogRecord`], Envoy's
+//! [`ResponseFlags`], the [`AccessLogSink`] trait and the named limits. It does no I/O, knows
+//! nothing of YAML or sockets, and so is tested directly.
+
+pub mod flags;
+pub mod host;
+pub mod limits;
+pub mod record;
+pub mod snapshot;
+
+pub use flags::ResponseFlags;
+pub use host::HostPattern;
+pub use record::{AccessLogSink, LogGuard, LogRecord, RequestInfo};
+pub use snapshot::*;

@@ -1,0 +1,25 @@
+//! Named limits and defaults, in one place. Values follow Envoy/Istio unless a comment says
+//! otherwise.
+
+use std::time::Duration;
+
+/// Istio's default cluster connect timeout (`connectTimeout` in DestinationRule).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envoy's default `max_request_headers_kb` (60 KiB): larger request headers get 431.
+pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
+/// Envoy's default `listener_filters_timeout` for the TLS inspector.
+pub const LISTENER_FILTER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Istio's default idle timeout for TCP proxies (1 h).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest ClientHello we will buffer, like Envoy's tls_inspector (64 KiB).
+pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
+/// Idle keep-alive connections kept per upstream endpoint.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// How long an idle pooled upstream connection is kept (Envoy's default idle_timeout is 1 h;
+/// we keep it shorter because external hosts usually close sooner and a stale connection
+/// costs a failed first write).
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lower bound for DNS cache lifetime, so a TTL of 0 doesn't resolve on every request.
+pub const MIN_DNS_TTL: Duration = Duration::from_secs(1);
+/// Access-log queue length between the data path and the writer thread.
+pub const ACCESS_LOG_QUEUE: usize = 65_536;
