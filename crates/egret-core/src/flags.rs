@@ -2,17 +2,28 @@
 
 use std::fmt;
 
-/// A set of Envoy response flags. Bits are in Envoy's own order
-/// (`ResponseFlagUtils::ALL_RESPONSE_STRINGS_FLAGS`), so printing walks the bits low to high
-/// and joins with `,` — the same string Envoy writes, e.g. `UF,URX`.
+/// A set of Envoy response flags, remembering the order they were set in.
+///
+/// Envoy (since 1.30) keeps response flags in a vector and prints them in the order they were
+/// set, joined by `,`: a connect failure whose retries ran out prints `URX,UF` (checked with
+/// Envoy 1.40). So we keep the membership bits plus the insertion order, in a `Copy` value
+/// that needs no allocation.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ResponseFlags(u32);
+pub struct ResponseFlags {
+    bits: u32,
+    order: [u8; MAX_ORDERED],
+    len: u8,
+}
+
+/// More flags than this on one request never happen in practice; extra ones still count as
+/// set and print after the ordered ones, in bit order.
+const MAX_ORDERED: usize = 6;
 
 macro_rules! flags {
     ($($name:ident = $bit:expr, $short:expr;)*) => {
         impl ResponseFlags {
-            $(pub const $name: ResponseFlags = ResponseFlags(1 << $bit);)*
-            const SHORT: &'static [(u32, &'static str)] = &[$((1 << $bit, $short)),*];
+            $(pub const $name: ResponseFlags = ResponseFlags::single($bit);)*
+            const SHORT: &'static [(u32, &'static str)] = &[$((1u32 << $bit, $short)),*];
         }
     };
 }
@@ -50,44 +61,72 @@ flags! {
 }
 
 impl ResponseFlags {
-    pub const NONE: ResponseFlags = ResponseFlags(0);
+    pub const NONE: ResponseFlags = ResponseFlags { bits: 0, order: [0; MAX_ORDERED], len: 0 };
+
+    const fn single(bit: u8) -> ResponseFlags {
+        let mut order = [0; MAX_ORDERED];
+        order[0] = bit;
+        ResponseFlags { bits: 1 << bit, order, len: 1 }
+    }
 
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.bits == 0
     }
+    /// True when every flag of `other` is set (and `other` is not empty).
     pub fn contains(self, other: ResponseFlags) -> bool {
-        self.0 & other.0 == other.0 && other.0 != 0
+        self.bits & other.bits == other.bits && other.bits != 0
     }
+    /// Adds the flags of `other` (in its order) after those already set.
     pub fn insert(&mut self, other: ResponseFlags) {
-        self.0 |= other.0;
+        for &bit in &other.order[..other.len as usize] {
+            if self.bits & (1 << bit) == 0 && (self.len as usize) < MAX_ORDERED {
+                self.order[self.len as usize] = bit;
+                self.len += 1;
+            }
+        }
+        self.bits |= other.bits;
     }
+    /// Membership bits (bit i = flag i in Envoy's enum order).
     pub fn bits(self) -> u32 {
-        self.0
+        self.bits
     }
 }
 
 impl std::ops::BitOr for ResponseFlags {
     type Output = ResponseFlags;
-    fn bitor(self, rhs: Self) -> Self {
-        ResponseFlags(self.0 | rhs.0)
+    fn bitor(mut self, rhs: Self) -> Self {
+        self.insert(rhs);
+        self
+    }
+}
+
+impl PartialEq<u32> for ResponseFlags {
+    fn eq(&self, other: &u32) -> bool {
+        self.bits == *other
     }
 }
 
 impl fmt::Display for ResponseFlags {
     /// `-` when empty, as Envoy prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == 0 {
+        if self.bits == 0 {
             return f.write_str("-");
         }
+        let mut printed = 0u32;
         let mut first = true;
-        for (bit, short) in Self::SHORT {
-            if self.0 & bit != 0 {
-                if !first {
-                    f.write_str(",")?;
-                }
-                f.write_str(short)?;
-                first = false;
+        let ordered = self.order[..self.len as usize].iter().map(|&b| 1u32 << b);
+        let rest = Self::SHORT.iter().map(|(bit, _)| *bit);
+        for bit in ordered.chain(rest) {
+            if self.bits & bit == 0 || printed & bit != 0 {
+                continue;
             }
+            printed |= bit;
+            let short = Self::SHORT.iter().find(|(b, _)| *b == bit).map_or("", |(_, s)| s);
+            if !first {
+                f.write_str(",")?;
+            }
+            f.write_str(short)?;
+            first = false;
         }
         Ok(())
     }
@@ -106,12 +145,17 @@ mod tests {
     #[test]
     fn prints_like_envoy() {
         assert_eq!(ResponseFlags::NONE.to_string(), "-");
+        // Envoy 1.40 prints in the order set: retries exhausted after a connect failure.
         let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-        assert_eq!(f.to_string(), "UF,URX");
+        assert_eq!(f.to_string(), "URX,UF");
+        let mut g = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        g.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        g.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+        assert_eq!(g.to_string(), "UF,URX");
         assert_eq!(ResponseFlags::NO_ROUTE_FOUND.to_string(), "NR");
         assert_eq!(
             (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::NO_HEALTHY_UPSTREAM).to_string(),
-            "UH,UT"
+            "UT,UH"
         );
     }
 }

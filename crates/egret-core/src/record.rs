@@ -107,7 +107,7 @@ impl LogGuard {
     /// The record being filled. Always present until the guard is consumed.
     pub fn record(&mut self) -> &mut LogRecord {
         // The Option is only taken in `emit`, which consumes or drops self.
-        self.record.get_or_insert_with(|| unreachable_record())
+        self.record.get_or_insert_with(unreachable_record)
     }
 
     pub fn finish(mut self) {

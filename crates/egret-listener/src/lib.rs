@@ -1,1 +1,15 @@
-//! egret-listener
+//! Sockets.
+//!
+//! This crate owns the listening side: binding each listener port of the Snapshot, the
+//! accept loops, and handing each accepted connection to the right router (HTTP via hyper,
+//! TLS passthrough via `egret-sni`, plain TCP). Each connection takes the current
+//! configuration once, when it is accepted, and keeps it to the end: a reload reaches new
+//! connections only and never cuts one in flight.
+
+pub mod active;
+pub mod http;
+pub mod server;
+mod tcp;
+
+pub use active::{Active, ActiveConfig};
+pub use server::{Gateway, GatewayOptions};

@@ -1,0 +1,1069 @@
+//! Loaded resources → the [`Snapshot`] for one egress-gateway workload, with Istio's
+//! semantics for the gateway role: which Gateways are ours (selector ⊆ our labels), which
+//! VirtualService rules apply to them, and which clusters those rules need — only those.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use egret_core::limits::DEFAULT_CONNECT_TIMEOUT;
+use egret_core::{
+    Cluster, Discovery, DnsTarget, HeaderMatch, HostPattern, HttpRouteTable, LbPolicy, Listener, ListenerRoutes, Route,
+    RouteAction, RouteMatch, ServerProtocol, SniRoute, SniRouteTable, Snapshot, TcpRouteTable, UpstreamProtocol,
+    VirtualHost, WeightedCluster, WeightedClusters,
+};
+
+use crate::diag::{Diagnostic, Severity};
+use crate::istio::*;
+use crate::load::{Loaded, Resource};
+use crate::names::{exported_to, fqdn, labels_match, resolve_gateway, GatewayRef, Protocol};
+
+/// Who this gateway is.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// The gateway's namespace (`istio-system`).
+    pub namespace: String,
+    /// The gateway workload's labels (`istio=egressgateway`): Gateways whose `selector` is a
+    /// subset of these are ours.
+    pub labels: BTreeMap<String, String>,
+    /// Service port → port we listen on (`80=8080`, `443=8443`); unmapped ports listen as is.
+    pub port_map: BTreeMap<u16, u16>,
+    /// Kubernetes cluster domain (`cluster.local`).
+    pub cluster_domain: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            namespace: "istio-system".into(),
+            labels: BTreeMap::from([("istio".to_string(), "egressgateway".to_string())]),
+            port_map: BTreeMap::from([(80, 8080), (443, 8443)]),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// The result of [`compile`]: the snapshot, and every warning (the loader's first, then the
+/// compiler's), so a caller prints one list.
+#[derive(Debug)]
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Compiles the loaded resources for the gateway described by `opts`. On failure returns the
+/// errors (never empty).
+pub fn compile(loaded: &Loaded, opts: &CompileOptions) -> Result<Compiled, Vec<Diagnostic>> {
+    let mut c = Compiler {
+        loaded,
+        opts,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        seen: HashSet::new(),
+        needs: BTreeMap::new(),
+    };
+    let listeners = c.listeners();
+    let clusters = c.clusters();
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    let snapshot = Snapshot { version: Arc::from(loaded.version.as_str()), listeners, clusters };
+    tracing::info!(
+        version = %snapshot.version,
+        listeners = snapshot.listeners.len(),
+        clusters = snapshot.clusters.len(),
+        "configuration compiled"
+    );
+    let mut warnings = loaded.warnings.clone();
+    warnings.append(&mut c.warnings);
+    Ok(Compiled { snapshot, warnings })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Http,
+    Sni,
+    Tcp,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Http => "HTTP",
+            Family::Sni => "TLS passthrough",
+            Family::Tcp => "TCP",
+        }
+    }
+}
+
+/// A host of a Gateway server, with the namespace restriction of `ns/host`.
+struct ServerHost {
+    /// None = VirtualServices of any namespace may bind.
+    namespace: Option<String>,
+    pattern: HostPattern,
+}
+
+struct OurServer<'a> {
+    gw: &'a Resource<GatewaySpec>,
+    hosts: Vec<ServerHost>,
+}
+
+impl OurServer<'_> {
+    /// The server hosts a VirtualService of namespace `vs_ns` may bind to.
+    fn hosts_for(&self, vs_ns: &str) -> impl Iterator<Item = &HostPattern> {
+        let vs_ns = vs_ns.to_string();
+        self.hosts.iter().filter(move |h| h.namespace.as_deref().is_none_or(|n| n == vs_ns)).map(|h| &h.pattern)
+    }
+}
+
+struct ListenerBuild<'a> {
+    service_port: u16,
+    listen_port: u16,
+    family: Family,
+    protocol: ServerProtocol,
+    servers: Vec<OurServer<'a>>,
+    /// Where the first server of this port was defined, for conflict messages.
+    first: String,
+}
+
+/// A cluster some route of ours needs.
+struct Need {
+    host: String,
+    port: u16,
+    subset: String,
+    http: bool,
+    /// The first reference: VirtualService index and field path of its destination.
+    vs: usize,
+    path: String,
+}
+
+struct Compiler<'a> {
+    loaded: &'a Loaded,
+    opts: &'a CompileOptions,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+    seen: HashSet<String>,
+    needs: BTreeMap<String, Need>,
+}
+
+/// The conditions every kind of match shares.
+trait CommonMatch {
+    fn gateways(&self) -> &[String];
+    fn port(&self) -> Option<u32>;
+    fn source_labels(&self) -> &Labels;
+    fn source_namespace(&self) -> Option<&str>;
+}
+
+macro_rules! common_match {
+    ($($t:ty),*) => {$(
+        impl CommonMatch for $t {
+            fn gateways(&self) -> &[String] { &self.gateways }
+            fn port(&self) -> Option<u32> { self.port }
+            fn source_labels(&self) -> &Labels { &self.source_labels }
+            fn source_namespace(&self) -> Option<&str> { self.source_namespace.as_deref() }
+        }
+    )*};
+}
+common_match!(HttpMatchRequest, TlsMatchAttributes, L4MatchAttributes);
+
+impl<'a> Compiler<'a> {
+    fn warn(&mut self, d: Diagnostic) {
+        if self.seen.insert(d.to_string()) {
+            self.warnings.push(d);
+        }
+    }
+
+    fn warn_at<T>(&mut self, res: &Resource<T>, field: &str, message: impl Into<String>) {
+        let d = self.loaded.diagnostic(res, field, Severity::Warning, message);
+        self.warn(d);
+    }
+
+    fn error_at<T>(&mut self, res: &Resource<T>, field: &str, message: impl Into<String>) {
+        let d = self.loaded.diagnostic(res, field, Severity::Error, message);
+        if self.seen.insert(d.to_string()) {
+            self.errors.push(d);
+        }
+    }
+
+    fn is_our_gateway(&self, gw: &Resource<GatewaySpec>) -> bool {
+        labels_match(&gw.spec.selector, &self.opts.labels)
+    }
+
+    /// Is `reference` (as written in a VirtualService of namespace `vs_ns`) this Gateway?
+    fn names_gateway(reference: &str, vs_ns: &str, gw: &Resource<GatewaySpec>) -> bool {
+        match resolve_gateway(reference, vs_ns) {
+            GatewayRef::Mesh => false,
+            GatewayRef::Named { namespace, name } => namespace == gw.namespace && name == gw.name,
+        }
+    }
+
+    fn vs_binds(vs: &Resource<VirtualServiceSpec>, gw: &Resource<GatewaySpec>) -> bool {
+        // No `gateways` means `mesh` only.
+        vs.spec.gateways.iter().any(|g| Self::names_gateway(g, &vs.namespace, gw))
+    }
+
+    /// The matches of a rule that apply to gateway `gw` on service port `port`; None when the
+    /// rule does not apply at all. A rule without matches applies (to everything).
+    fn applicable<'m, M: CommonMatch>(
+        &self,
+        matches: &'m [M],
+        vs: &Resource<VirtualServiceSpec>,
+        gw: &Resource<GatewaySpec>,
+        port: u16,
+    ) -> Option<Vec<&'m M>> {
+        if matches.is_empty() {
+            return Some(Vec::new());
+        }
+        let kept: Vec<&M> = matches
+            .iter()
+            .filter(|m| {
+                (m.gateways().is_empty() || m.gateways().iter().any(|g| Self::names_gateway(g, &vs.namespace, gw)))
+                    && m.port().is_none_or(|p| p == u32::from(port))
+                    // For a gateway, sourceLabels and sourceNamespace select the gateway
+                    // workload itself.
+                    && labels_match(m.source_labels(), &self.opts.labels)
+                    && m.source_namespace().is_none_or(|ns| ns == self.opts.namespace)
+            })
+            .collect();
+        (!kept.is_empty()).then_some(kept)
+    }
+
+    fn vs_hosts(&self, vs: &Resource<VirtualServiceSpec>) -> Vec<HostPattern> {
+        vs.spec
+            .hosts
+            .iter()
+            .map(|h| HostPattern::parse(&fqdn(h, &vs.namespace, &self.opts.cluster_domain)))
+            .collect()
+    }
+
+    fn visible_vs(&self) -> impl Iterator<Item = (usize, &'a Resource<VirtualServiceSpec>)> {
+        let ns = self.opts.namespace.clone();
+        self.loaded
+            .virtual_services
+            .iter()
+            .enumerate()
+            .filter(move |(_, vs)| exported_to(&vs.spec.export_to, &vs.namespace, &ns))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Listeners
+
+    fn listeners(&mut self) -> Vec<Listener> {
+        let mut builds: BTreeMap<u16, ListenerBuild<'a>> = BTreeMap::new();
+        let ours: Vec<&'a Resource<GatewaySpec>> =
+            self.loaded.gateways.iter().filter(|g| self.is_our_gateway(g)).collect();
+        if ours.is_empty() {
+            tracing::info!(labels = ?self.opts.labels, "no Gateway selects this workload's labels");
+        }
+        for gw in &ours {
+            for (i, server) in gw.spec.servers.iter().enumerate() {
+                self.add_server(&mut builds, gw, i, server);
+            }
+        }
+        // VirtualServices that name one of our Gateways but bind to none of its servers.
+        for (_, vs) in self.visible_vs() {
+            for gw in &ours {
+                let active = builds.values().flat_map(|b| b.servers.iter()).any(|s| std::ptr::eq(s.gw, *gw));
+                // A Gateway whose servers were all skipped was warned about already.
+                if !active || !Self::vs_binds(vs, gw) {
+                    continue;
+                }
+                let hosts = self.vs_hosts(vs);
+                let binds = builds.values().flat_map(|b| b.servers.iter()).filter(|s| std::ptr::eq(s.gw, *gw)).any(|s| {
+                    s.hosts_for(&vs.namespace).any(|sh| hosts.iter().any(|h| h.intersect(sh).is_some()))
+                });
+                if !binds {
+                    self.warn_at(
+                        vs,
+                        "spec.hosts",
+                        format!(
+                            "no host matches a host of Gateway {}/{} (in namespace {}): this VirtualService is not used by the gateway",
+                            gw.namespace, gw.name, vs.namespace
+                        ),
+                    );
+                }
+            }
+        }
+
+        let mut listeners = Vec::new();
+        for (_, b) in builds {
+            let routes = match b.family {
+                Family::Http => ListenerRoutes::Http(Arc::new(self.http_routes(&b))),
+                Family::Sni => ListenerRoutes::Sni(Arc::new(self.sni_routes(&b))),
+                Family::Tcp => ListenerRoutes::Tcp(Arc::new(self.tcp_routes(&b))),
+            };
+            listeners.push(Listener {
+                name: format!("0.0.0.0_{}", b.listen_port),
+                service_port: b.service_port,
+                listen_port: b.listen_port,
+                protocol: b.protocol,
+                routes,
+            });
+        }
+        listeners
+    }
+
+    fn add_server(
+        &mut self,
+        builds: &mut BTreeMap<u16, ListenerBuild<'a>>,
+        gw: &'a Resource<GatewaySpec>,
+        i: usize,
+        server: &'a Server,
+    ) {
+        let path = format!("spec.servers[{i}]");
+        let Some(port) = &server.port else { return };
+        let Some(number) = port.number.and_then(|n| u16::try_from(n).ok()) else { return };
+        let Some(protocol) = port.protocol.as_deref().and_then(Protocol::parse) else { return };
+        let tls_mode = server.tls.as_ref().and_then(|t| t.mode);
+        let (family, server_protocol) = match protocol {
+            Protocol::Http => (Family::Http, ServerProtocol::Http),
+            Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => (Family::Http, ServerProtocol::Http2),
+            Protocol::Https | Protocol::Tls => match tls_mode {
+                Some(ServerTlsMode::Passthrough) => (
+                    Family::Sni,
+                    if protocol == Protocol::Https { ServerProtocol::Https } else { ServerProtocol::Tls },
+                ),
+                Some(mode) => {
+                    self.warn_at(
+                        gw,
+                        &format!("{path}.tls.mode"),
+                        format!(
+                            "TLS termination (mode {}) is not supported yet: this server is skipped, nothing listens for it on port {number}",
+                            screaming(&format!("{mode:?}"))
+                        ),
+                    );
+                    return;
+                }
+                // Reported by the loader.
+                None => return,
+            },
+            Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis => (Family::Tcp, ServerProtocol::Tcp),
+        };
+        if family != Family::Sni {
+            if let Some(mode) = tls_mode {
+                self.warn_at(
+                    gw,
+                    &format!("{path}.tls"),
+                    format!("TLS settings (mode {}) on a plain {} server are ignored", screaming(&format!("{mode:?}")), family.name()),
+                );
+            }
+        }
+        let listen_port = self.opts.port_map.get(&number).copied().unwrap_or(number);
+        let hosts = server
+            .hosts
+            .iter()
+            .map(|h| match h.split_once('/') {
+                Some((ns, host)) => ServerHost {
+                    namespace: match ns {
+                        "*" => None,
+                        "." => Some(gw.namespace.clone()),
+                        ns => Some(ns.to_string()),
+                    },
+                    pattern: HostPattern::parse(host),
+                },
+                None => ServerHost { namespace: None, pattern: HostPattern::parse(h) },
+            })
+            .collect();
+        let here = format!("{} {}/{} {path}", gw.kind, gw.namespace, gw.name);
+        match builds.get_mut(&listen_port) {
+            Some(b) => {
+                if b.family != family {
+                    self.error_at(
+                        gw,
+                        &format!("{path}.port"),
+                        format!(
+                            "port {number} is already used by a {} server ({}); servers on one port must use the same protocol",
+                            b.family.name(),
+                            b.first
+                        ),
+                    );
+                    return;
+                }
+                if b.service_port != number {
+                    self.error_at(
+                        gw,
+                        &format!("{path}.port.number"),
+                        format!(
+                            "port {number} maps to listen port {listen_port}, which port {} ({}) also uses",
+                            b.service_port, b.first
+                        ),
+                    );
+                    return;
+                }
+                b.servers.push(OurServer { gw, hosts });
+            }
+            None => {
+                builds.insert(
+                    listen_port,
+                    ListenerBuild {
+                        service_port: number,
+                        listen_port,
+                        family,
+                        protocol: server_protocol,
+                        servers: vec![OurServer { gw, hosts }],
+                        first: here,
+                    },
+                );
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // HTTP
+
+    fn http_routes(&mut self, b: &ListenerBuild<'a>) -> HttpRouteTable {
+        let mut vhosts: Vec<VirtualHost> = Vec::new();
+        for (vs_idx, vs) in self.visible_vs() {
+            let vs_hosts = self.vs_hosts(vs);
+            // Domains this VirtualService already contributed on this port (via another
+            // server), so its rules are not added twice.
+            let mut done: Vec<HostPattern> = Vec::new();
+            for server in &b.servers {
+                if !Self::vs_binds(vs, server.gw) {
+                    continue;
+                }
+                let mut domains: Vec<HostPattern> = Vec::new();
+                for h in &vs_hosts {
+                    for sh in server.hosts_for(&vs.namespace) {
+                        if let Some(d) = h.intersect(sh) {
+                            if !domains.contains(&d) && !done.contains(&d) {
+                                domains.push(d);
+                            }
+                        }
+                    }
+                }
+                if domains.is_empty() {
+                    continue;
+                }
+                let routes = self.http_rules(vs_idx, vs, server.gw, b.service_port);
+                for d in domains {
+                    let name = format!("{d}:{}", b.service_port);
+                    match vhosts.iter_mut().find(|v| v.domains.first() == Some(&d)) {
+                        Some(vh) => vh.routes.extend(routes.iter().map(clone_route)),
+                        None => vhosts.push(VirtualHost { name, domains: vec![d.clone()], routes: routes.iter().map(clone_route).collect() }),
+                    }
+                    done.push(d);
+                }
+            }
+        }
+        if vhosts.is_empty() {
+            // Istio's answer for a server without routes.
+            vhosts.push(VirtualHost {
+                name: format!("blackhole:{}", b.service_port),
+                domains: vec![HostPattern::Any],
+                routes: vec![Route {
+                    name: None,
+                    matches: Vec::new(),
+                    action: RouteAction::Direct { status: 404, body: None },
+                    timeout: None,
+                }],
+            });
+        }
+        HttpRouteTable::new(format!("http.{}", b.listen_port), vhosts)
+    }
+
+    fn http_rules(
+        &mut self,
+        vs_idx: usize,
+        vs: &'a Resource<VirtualServiceSpec>,
+        gw: &Resource<GatewaySpec>,
+        port: u16,
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        for (i, rule) in vs.spec.http.iter().enumerate() {
+            let Some(matches) = self.applicable(&rule.matches, vs, gw, port) else { continue };
+            let path = format!("spec.http[{i}]");
+            let mut core_matches = Vec::with_capacity(matches.len());
+            for m in matches {
+                core_matches.push(self.route_match(vs, m, &path));
+            }
+            let action = if !rule.route.is_empty() {
+                let dests: Vec<(Option<&Destination>, Option<i64>, String)> = rule
+                    .route
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| (d.destination.as_ref(), d.weight, format!("{path}.route[{k}].destination")))
+                    .collect();
+                RouteAction::Forward(self.weighted(vs_idx, vs, &dests, port, true))
+            } else if let Some(dr) = &rule.direct_response {
+                RouteAction::Direct {
+                    status: dr.status.and_then(|s| u16::try_from(s).ok()).unwrap_or(503),
+                    body: dr.body.as_ref().and_then(|b| b.string.clone()),
+                }
+            } else {
+                // redirect / delegate: not implemented; refuse rather than fall through to
+                // later rules (the loader warned).
+                RouteAction::Direct { status: 503, body: None }
+            };
+            routes.push(Route {
+                name: rule.name.as_deref().map(Arc::from),
+                matches: core_matches,
+                action,
+                timeout: rule.timeout.as_ref().map(|t| t.value).filter(|d| !d.is_zero()),
+            });
+        }
+        routes
+    }
+
+    fn route_match(&mut self, vs: &Resource<VirtualServiceSpec>, m: &HttpMatchRequest, path: &str) -> RouteMatch {
+        let mut headers = Vec::new();
+        for (map, invert) in [(&m.headers, false), (&m.without_headers, true)] {
+            for (name, sm) in map {
+                match http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    Ok(hn) => headers.push(HeaderMatch { name: hn, value: core_string_match(sm), invert }),
+                    Err(_) => self.error_at(vs, path, format!("invalid header name {name:?}")),
+                }
+            }
+        }
+        RouteMatch {
+            uri: m.uri.as_ref().and_then(core_string_match),
+            method: m.method.as_ref().and_then(core_string_match),
+            authority: m.authority.as_ref().and_then(core_string_match),
+            scheme: m.scheme.as_ref().and_then(core_string_match),
+            headers,
+            query_params: m
+                .query_params
+                .iter()
+                .map(|(k, sm)| (k.clone(), core_string_match(sm).unwrap_or(egret_core::StringMatch::Prefix(String::new()))))
+                .collect(),
+            ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
+        }
+    }
+
+    /// Destinations → weighted clusters; registers the clusters needed.
+    fn weighted(
+        &mut self,
+        vs_idx: usize,
+        vs: &'a Resource<VirtualServiceSpec>,
+        dests: &[(Option<&Destination>, Option<i64>, String)],
+        service_port: u16,
+        http: bool,
+    ) -> WeightedClusters {
+        let single = dests.len() == 1;
+        let mut clusters = Vec::new();
+        for (dest, weight, path) in dests {
+            let Some(dest) = dest else { continue };
+            let Some(name) = self.cluster_name(vs_idx, vs, dest, path, service_port, http) else { continue };
+            let weight = if single { 100 } else { weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0) };
+            clusters.push(WeightedCluster { cluster: name, weight });
+        }
+        let total_weight = clusters.iter().map(|c| c.weight).sum();
+        WeightedClusters { clusters, total_weight }
+    }
+
+    /// `outbound|<port>|<subset>|<host>` for a destination, registering it as needed.
+    fn cluster_name(
+        &mut self,
+        vs_idx: usize,
+        vs: &'a Resource<VirtualServiceSpec>,
+        dest: &Destination,
+        path: &str,
+        service_port: u16,
+        http: bool,
+    ) -> Option<Arc<str>> {
+        let host = fqdn(dest.host.as_deref()?, &vs.namespace, &self.opts.cluster_domain);
+        let subset = dest.subset.clone().unwrap_or_default();
+        let port = match dest.port.as_ref().and_then(|p| p.number) {
+            Some(n) => u16::try_from(n).ok()?,
+            None => match self.find_service_entry(&host, &vs.namespace) {
+                Some((se, _)) => match se.spec.ports.as_slice() {
+                    [only] => only.number.and_then(|n| u16::try_from(n).ok())?,
+                    [] => service_port,
+                    _ => {
+                        self.error_at(
+                            vs,
+                            &format!("{path}.port"),
+                            format!(
+                                "destination port is required: ServiceEntry {}/{} defines several ports for {host}",
+                                se.namespace, se.name
+                            ),
+                        );
+                        return None;
+                    }
+                },
+                None if self.is_kubernetes_service(&host) => {
+                    self.error_at(
+                        vs,
+                        &format!("{path}.port"),
+                        format!("destination port is required for Kubernetes service {host}"),
+                    );
+                    return None;
+                }
+                // Not in the registry: warned about when clusters are built.
+                None => service_port,
+            },
+        };
+        let name = format!("outbound|{port}|{subset}|{host}");
+        let need = self
+            .needs
+            .entry(name.clone())
+            .or_insert_with(|| Need { host, port, subset, http: false, vs: vs_idx, path: path.to_string() });
+        need.http |= http;
+        Some(Arc::from(name))
+    }
+
+    fn is_kubernetes_service(&self, host: &str) -> bool {
+        host.ends_with(&format!(".svc.{}", self.opts.cluster_domain))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // TLS passthrough and TCP
+
+    fn sni_routes(&mut self, b: &ListenerBuild<'a>) -> SniRouteTable {
+        let mut routes = Vec::new();
+        for (vs_idx, vs) in self.visible_vs() {
+            let vs_hosts = self.vs_hosts(vs);
+            for server in &b.servers {
+                if !Self::vs_binds(vs, server.gw) {
+                    continue;
+                }
+                let server_hosts: Vec<&HostPattern> = server.hosts_for(&vs.namespace).collect();
+                if !vs_hosts.iter().any(|h| server_hosts.iter().any(|sh| h.intersect(sh).is_some())) {
+                    continue;
+                }
+                for (i, rule) in vs.spec.tls.iter().enumerate() {
+                    let Some(matches) = self.applicable(&rule.matches, vs, server.gw, b.service_port) else { continue };
+                    let mut sni_hosts: Vec<HostPattern> = Vec::new();
+                    for m in matches {
+                        for sni in &m.sni_hosts {
+                            let sni = HostPattern::parse(sni);
+                            for sh in &server_hosts {
+                                if let Some(x) = sni.intersect(sh) {
+                                    if !sni_hosts.contains(&x) {
+                                        sni_hosts.push(x);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if sni_hosts.is_empty() {
+                        continue;
+                    }
+                    let path = format!("spec.tls[{i}]");
+                    let dests: Vec<(Option<&Destination>, Option<i64>, String)> = rule
+                        .route
+                        .iter()
+                        .enumerate()
+                        .map(|(k, d)| (d.destination.as_ref(), d.weight, format!("{path}.route[{k}].destination")))
+                        .collect();
+                    let clusters = self.weighted(vs_idx, vs, &dests, b.service_port, false);
+                    routes.push(SniRoute { sni_hosts, clusters });
+                }
+            }
+        }
+        SniRouteTable::new(routes)
+    }
+
+    fn tcp_routes(&mut self, b: &ListenerBuild<'a>) -> TcpRouteTable {
+        for (vs_idx, vs) in self.visible_vs() {
+            let vs_hosts = self.vs_hosts(vs);
+            for server in &b.servers {
+                if !Self::vs_binds(vs, server.gw) {
+                    continue;
+                }
+                if !vs_hosts.iter().any(|h| server.hosts_for(&vs.namespace).any(|sh| h.intersect(sh).is_some())) {
+                    continue;
+                }
+                for (i, rule) in vs.spec.tcp.iter().enumerate() {
+                    if self.applicable(&rule.matches, vs, server.gw, b.service_port).is_none() {
+                        continue;
+                    }
+                    let path = format!("spec.tcp[{i}]");
+                    let dests: Vec<(Option<&Destination>, Option<i64>, String)> = rule
+                        .route
+                        .iter()
+                        .enumerate()
+                        .map(|(k, d)| (d.destination.as_ref(), d.weight, format!("{path}.route[{k}].destination")))
+                        .collect();
+                    let clusters = self.weighted(vs_idx, vs, &dests, b.service_port, false);
+                    return TcpRouteTable { clusters: Some(clusters) };
+                }
+            }
+        }
+        TcpRouteTable { clusters: None }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Registry and clusters
+
+    /// The ServiceEntry for `host`: exact hosts first, then the longest wildcard; among equals
+    /// the one in `prefer_ns`, then the gateway's namespace, then the first loaded. Returns
+    /// whether it matched through a wildcard.
+    fn find_service_entry(&self, host: &str, prefer_ns: &str) -> Option<(&'a Resource<ServiceEntrySpec>, bool)> {
+        let mut best: Option<(&'a Resource<ServiceEntrySpec>, usize, u8)> = None;
+        for se in &self.loaded.service_entries {
+            if !exported_to(&se.spec.export_to, &se.namespace, &self.opts.namespace) {
+                continue;
+            }
+            for h in &se.spec.hosts {
+                let p = HostPattern::parse(&fqdn(h, &se.namespace, &self.opts.cluster_domain));
+                if !p.matches(host) {
+                    continue;
+                }
+                // Specificity: exact beats any wildcard; longer suffix beats shorter.
+                let spec = match &p {
+                    HostPattern::Exact(_) => usize::MAX,
+                    HostPattern::Suffix(s) => s.len(),
+                    HostPattern::Any => 0,
+                };
+                let ns_rank = ns_rank(&se.namespace, prefer_ns, &self.opts.namespace);
+                let better = match best {
+                    None => true,
+                    Some((_, bs, br)) => spec > bs || (spec == bs && ns_rank < br),
+                };
+                if better {
+                    best = Some((se, spec, ns_rank));
+                }
+            }
+        }
+        best.map(|(se, spec, _)| (se, spec != usize::MAX))
+    }
+
+    /// The DestinationRule for `host` seen from this gateway, with the same precedence.
+    fn find_destination_rule(&self, host: &str, prefer_ns: &str) -> Option<&'a Resource<DestinationRuleSpec>> {
+        let mut best: Option<(&'a Resource<DestinationRuleSpec>, usize, u8)> = None;
+        for dr in &self.loaded.destination_rules {
+            if !exported_to(&dr.spec.export_to, &dr.namespace, &self.opts.namespace) {
+                continue;
+            }
+            if let Some(ws) = &dr.spec.workload_selector {
+                if dr.namespace != self.opts.namespace || !labels_match(&ws.labels, &self.opts.labels) {
+                    continue;
+                }
+            }
+            let Some(h) = dr.spec.host.as_deref() else { continue };
+            let p = HostPattern::parse(&fqdn(h, &dr.namespace, &self.opts.cluster_domain));
+            if !p.matches(host) {
+                continue;
+            }
+            let spec = match &p {
+                HostPattern::Exact(_) => usize::MAX,
+                HostPattern::Suffix(s) => s.len(),
+                HostPattern::Any => 0,
+            };
+            let rank = ns_rank(&dr.namespace, prefer_ns, &self.opts.namespace);
+            let better = match best {
+                None => true,
+                Some((_, bs, br)) => spec > bs || (spec == bs && rank < br),
+            };
+            if better {
+                best = Some((dr, spec, rank));
+            }
+        }
+        best.map(|(dr, _, _)| dr)
+    }
+
+    fn clusters(&mut self) -> BTreeMap<Arc<str>, Arc<Cluster>> {
+        let needs = std::mem::take(&mut self.needs);
+        let mut out = BTreeMap::new();
+        for (name, need) in needs {
+            if let Some(c) = self.build_cluster(&name, &need) {
+                out.insert(Arc::clone(&c.name), Arc::new(c));
+            }
+        }
+        out
+    }
+
+    fn build_cluster(&mut self, name: &str, need: &Need) -> Option<Cluster> {
+        let vs = self.loaded.virtual_services.get(need.vs)?;
+        let host = need.host.as_str();
+        let refused = "requests will be refused with 503 NC";
+
+        // Traffic policy first: a TLS-origination cluster is not created at all.
+        let dr = self.find_destination_rule(host, &vs.namespace);
+        let mut policy = EffectivePolicy::default();
+        if let Some(dr) = dr {
+            let subset = if need.subset.is_empty() {
+                None
+            } else {
+                match dr.spec.subsets.iter().enumerate().find(|(_, s)| s.name.as_deref() == Some(need.subset.as_str())) {
+                    Some(found) => Some(found),
+                    None => {
+                        self.warn_at(
+                            vs,
+                            &format!("{}.subset", need.path),
+                            format!(
+                                "subset {:?} is not defined by DestinationRule {}/{} (the one that applies to {host}): {refused}",
+                                need.subset, dr.namespace, dr.name
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            };
+            policy = EffectivePolicy::merge(dr, subset, need.port);
+            if let Some((tls, path)) = &policy.tls {
+                if let Some(mode @ (ClientTlsMode::Simple | ClientTlsMode::Mutual | ClientTlsMode::IstioMutual)) = tls.mode {
+                    self.warn_at(
+                        dr,
+                        path,
+                        format!(
+                            "TLS origination (mode {}) is not supported yet: cluster {name} is not created and requests routed to it get 503 NC (they are never sent in plain text instead)",
+                            screaming(&format!("{mode:?}"))
+                        ),
+                    );
+                    return None;
+                }
+            }
+        } else if !need.subset.is_empty() {
+            self.warn_at(
+                vs,
+                &format!("{}.subset", need.path),
+                format!("no DestinationRule that applies to this gateway defines subset {:?} for {host}: {refused}", need.subset),
+            );
+            return None;
+        }
+
+        let subset_labels: Option<&Labels> = dr.and_then(|dr| {
+            dr.spec.subsets.iter().find(|s| s.name.as_deref() == Some(need.subset.as_str())).map(|s| &s.labels)
+        });
+
+        let mut se_protocol = None;
+        let discovery = if let Some((se, via_wildcard)) = self.find_service_entry(host, &vs.namespace) {
+            let Some(sp) = se.spec.ports.iter().find(|p| p.number == Some(u32::from(need.port))) else {
+                self.warn_at(
+                    vs,
+                    &need.path,
+                    format!("ServiceEntry {}/{} has no port {} for {host}: {refused}", se.namespace, se.name, need.port),
+                );
+                return None;
+            };
+            se_protocol = sp.protocol.as_deref().and_then(Protocol::parse);
+            let endpoints: Vec<&WorkloadEntry> = se
+                .spec
+                .endpoints
+                .iter()
+                .filter(|e| subset_labels.is_none_or(|l| labels_match(l, &e.labels)))
+                .collect();
+            if subset_labels.is_some_and(|l| !l.is_empty()) && se.spec.endpoints.is_empty() {
+                self.warn_at(
+                    vs,
+                    &format!("{}.subset", need.path),
+                    format!("subset {:?} selects endpoints by labels, but ServiceEntry {}/{} lists no endpoints: all addresses of {host} are used", need.subset, se.namespace, se.name),
+                );
+            }
+            let target_port = |e: &WorkloadEntry| -> u16 {
+                sp.name
+                    .as_ref()
+                    .and_then(|n| e.ports.get(n))
+                    .copied()
+                    .or(sp.target_port)
+                    .or(sp.number)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(need.port)
+            };
+            let default_port = sp.target_port.or(sp.number).and_then(|p| u16::try_from(p).ok()).unwrap_or(need.port);
+            let mut resolution = se.spec.resolution.unwrap_or(Resolution::None);
+            let from_none = resolution == Resolution::None;
+            if from_none {
+                self.warn_at(
+                    se,
+                    "spec.resolution",
+                    format!("resolution NONE (pass-through to the original destination) cannot work at a gateway: {host} is resolved by DNS instead"),
+                );
+                resolution = Resolution::Dns;
+            }
+            if via_wildcard
+                && !from_none
+                && se.spec.endpoints.is_empty()
+                && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+            {
+                self.warn_at(
+                    se,
+                    "spec.hosts",
+                    format!("a wildcard host with resolution DNS and no endpoints is refused by Istio: cluster {name} is not created; {refused}"),
+                );
+                return None;
+            }
+            match resolution {
+                Resolution::Dns | Resolution::None => {
+                    let targets = if se.spec.endpoints.is_empty() {
+                        vec![DnsTarget { host: host.to_string(), port: default_port }]
+                    } else {
+                        endpoints
+                            .iter()
+                            .filter_map(|e| e.address.as_ref().map(|a| DnsTarget { host: a.trim().to_string(), port: target_port(e) }))
+                            .collect()
+                    };
+                    Discovery::StrictDns { targets }
+                }
+                Resolution::DnsRoundRobin => {
+                    let target = match endpoints.first().and_then(|e| e.address.as_ref().map(|a| (a, *e))) {
+                        Some((a, e)) => DnsTarget { host: a.trim().to_string(), port: target_port(e) },
+                        None => DnsTarget { host: host.to_string(), port: default_port },
+                    };
+                    Discovery::LogicalDns { target }
+                }
+                Resolution::Static => {
+                    let mut addrs = Vec::new();
+                    for (i, e) in se.spec.endpoints.iter().enumerate() {
+                        if !subset_labels.is_none_or(|l| labels_match(l, &e.labels)) {
+                            continue;
+                        }
+                        let Some(a) = &e.address else { continue };
+                        match a.trim().parse::<IpAddr>() {
+                            Ok(ip) => addrs.push(SocketAddr::new(ip, target_port(e))),
+                            Err(_) => self.error_at(
+                                se,
+                                &format!("spec.endpoints[{i}].address"),
+                                format!("{a:?} is not an IP address (resolution STATIC needs IP addresses)"),
+                            ),
+                        }
+                    }
+                    if addrs.is_empty() {
+                        self.warn_at(se, "spec.endpoints", format!("no endpoints for cluster {name}: requests will get 503 UH"));
+                    }
+                    Discovery::Static { endpoints: addrs }
+                }
+            }
+        } else if self.is_kubernetes_service(host) {
+            if subset_labels.is_some_and(|l| !l.is_empty()) {
+                self.warn_at(
+                    vs,
+                    &format!("{}.subset", need.path),
+                    format!("subset labels cannot select pods of Kubernetes service {host} here: all its addresses are used"),
+                );
+            }
+            Discovery::StrictDns { targets: vec![DnsTarget { host: host.to_string(), port: need.port }] }
+        } else {
+            self.warn_at(
+                vs,
+                &format!("{}.host", need.path),
+                format!("host {host} is not in the service registry (REGISTRY_ONLY): {refused}"),
+            );
+            return None;
+        };
+
+        let connect_timeout = policy
+            .pool
+            .and_then(|(p, _)| p.tcp.as_ref())
+            .and_then(|t| t.connect_timeout.as_ref())
+            .map(|d| d.value)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let lb = match policy.lb.and_then(|(l, _)| l.simple) {
+            Some(SimpleLb::Random) => LbPolicy::Random,
+            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => LbPolicy::LeastRequest,
+            _ => LbPolicy::RoundRobin,
+        };
+        let protocol = if !need.http {
+            UpstreamProtocol::Tcp
+        } else if matches!(se_protocol, Some(Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)) {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Http1
+        };
+        Some(Cluster { name: Arc::from(name), discovery, connect_timeout, lb, protocol })
+    }
+}
+
+/// 0 = preferred namespace, 1 = the gateway's, 2 = any other.
+fn ns_rank(ns: &str, prefer: &str, gateway_ns: &str) -> u8 {
+    if ns == prefer {
+        0
+    } else if ns == gateway_ns {
+        1
+    } else {
+        2
+    }
+}
+
+/// The traffic policy that applies to one cluster, with the field path each part came from.
+/// Istio's merge: top level; its `portLevelSettings` for the port replace the top-level
+/// parts wholesale; then the subset's parts override; then the subset's port-level settings
+/// replace all.
+#[derive(Default)]
+struct EffectivePolicy<'a> {
+    lb: Option<(&'a LoadBalancerSettings, String)>,
+    pool: Option<(&'a ConnectionPoolSettings, String)>,
+    tls: Option<(&'a ClientTls, String)>,
+}
+
+impl<'a> EffectivePolicy<'a> {
+    fn merge(dr: &'a Resource<DestinationRuleSpec>, subset: Option<(usize, &'a Subset)>, port: u16) -> Self {
+        let mut eff = EffectivePolicy::default();
+        if let Some(tp) = &dr.spec.traffic_policy {
+            eff.apply(tp, "spec.trafficPolicy", port);
+        }
+        if let Some((i, s)) = subset {
+            if let Some(tp) = &s.traffic_policy {
+                eff.apply(tp, &format!("spec.subsets[{i}].trafficPolicy"), port);
+            }
+        }
+        eff
+    }
+
+    fn apply(&mut self, tp: &'a TrafficPolicy, path: &str, port: u16) {
+        if let Some(lb) = &tp.load_balancer {
+            self.lb = Some((lb, format!("{path}.loadBalancer")));
+        }
+        if let Some(p) = &tp.connection_pool {
+            self.pool = Some((p, format!("{path}.connectionPool")));
+        }
+        if let Some(t) = &tp.tls {
+            self.tls = Some((t, format!("{path}.tls")));
+        }
+        let found = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)));
+        if let Some((i, pl)) = found {
+            let ppath = format!("{path}.portLevelSettings[{i}]");
+            // Port-level settings do not inherit: what they leave out is the default.
+            self.lb = pl.load_balancer.as_ref().map(|l| (l, format!("{ppath}.loadBalancer")));
+            self.pool = pl.connection_pool.as_ref().map(|p| (p, format!("{ppath}.connectionPool")));
+            self.tls = pl.tls.as_ref().map(|t| (t, format!("{ppath}.tls")));
+        }
+    }
+}
+
+fn core_string_match(sm: &StringMatch) -> Option<egret_core::StringMatch> {
+    if let Some(e) = &sm.exact {
+        Some(egret_core::StringMatch::Exact(e.clone()))
+    } else if let Some(p) = &sm.prefix {
+        Some(egret_core::StringMatch::Prefix(p.clone()))
+    } else {
+        sm.regex.as_ref().map(|r| egret_core::StringMatch::Regex(r.anchored.clone()))
+    }
+}
+
+fn clone_route(r: &Route) -> Route {
+    Route {
+        name: r.name.clone(),
+        matches: r
+            .matches
+            .iter()
+            .map(|m| RouteMatch {
+                uri: m.uri.clone(),
+                method: m.method.clone(),
+                authority: m.authority.clone(),
+                scheme: m.scheme.clone(),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| HeaderMatch { name: h.name.clone(), value: h.value.clone(), invert: h.invert })
+                    .collect(),
+                query_params: m.query_params.clone(),
+                ignore_uri_case: m.ignore_uri_case,
+            })
+            .collect(),
+        action: match &r.action {
+            RouteAction::Forward(w) => RouteAction::Forward(w.clone()),
+            RouteAction::Direct { status, body } => RouteAction::Direct { status: *status, body: body.clone() },
+        },
+        timeout: r.timeout,
+    }
+}
+
+/// `IstioMutual` → `ISTIO_MUTUAL`.
+fn screaming(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}

@@ -1,0 +1,197 @@
+//! A readable summary of a compiled [`Snapshot`], for `egret validate`.
+
+use std::fmt::Write;
+
+use egret_core::{
+    Discovery, LbPolicy, ListenerRoutes, RouteAction, RouteMatch, ServerProtocol, Snapshot, StringMatch,
+    UpstreamProtocol, WeightedClusters,
+};
+
+/// Renders the snapshot as tables: version, listeners, routes, clusters.
+pub fn describe(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "config version: {}", snapshot.version);
+
+    let _ = writeln!(out, "\nlisteners:");
+    let mut rows = vec![vec!["NAME".to_string(), "PORT".into(), "PROTOCOL".into(), "ROUTES".into()]];
+    for l in &snapshot.listeners {
+        let kind = match &l.routes {
+            ListenerRoutes::Http(t) => format!("http ({})", t.name),
+            ListenerRoutes::Sni(_) => "sni passthrough".into(),
+            ListenerRoutes::Tcp(_) => "tcp".into(),
+        };
+        rows.push(vec![
+            l.name.clone(),
+            format!("{} -> {}", l.service_port, l.listen_port),
+            protocol_name(l.protocol).into(),
+            kind,
+        ]);
+    }
+    table(&mut out, &rows);
+
+    let _ = writeln!(out, "\nroutes:");
+    let mut rows = vec![vec!["LISTENER".to_string(), "HOST".into(), "ROUTE".into(), "MATCH".into(), "ACTION".into()]];
+    for l in &snapshot.listeners {
+        match &l.routes {
+            ListenerRoutes::Http(t) => {
+                for vh in &t.virtual_hosts {
+                    for r in &vh.routes {
+                        let mut action = match &r.action {
+                            RouteAction::Forward(w) => weighted(w),
+                            RouteAction::Direct { status, .. } => format!("direct response {status}"),
+                        };
+                        if let Some(t) = r.timeout {
+                            let _ = write!(action, " (timeout {t:?})");
+                        }
+                        rows.push(vec![
+                            l.name.clone(),
+                            vh.name.clone(),
+                            r.name.as_deref().unwrap_or("-").to_string(),
+                            matches(&r.matches),
+                            action,
+                        ]);
+                    }
+                }
+            }
+            ListenerRoutes::Sni(t) => {
+                for r in &t.routes {
+                    let hosts: Vec<String> = r.sni_hosts.iter().map(|h| h.to_string()).collect();
+                    rows.push(vec![l.name.clone(), format!("sni {}", hosts.join(",")), "-".into(), "*".into(), weighted(&r.clusters)]);
+                }
+            }
+            ListenerRoutes::Tcp(t) => {
+                let action = t.clusters.as_ref().map_or_else(|| "no route (connections refused)".to_string(), weighted);
+                rows.push(vec![l.name.clone(), "-".into(), "-".into(), "*".into(), action]);
+            }
+        }
+    }
+    table(&mut out, &rows);
+
+    let _ = writeln!(out, "\nclusters:");
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "DISCOVERY".into(),
+        "LB".into(),
+        "CONNECT TIMEOUT".into(),
+        "PROTOCOL".into(),
+    ]];
+    for c in snapshot.clusters.values() {
+        let discovery = match &c.discovery {
+            Discovery::StrictDns { targets } => {
+                let t: Vec<String> = targets.iter().map(|t| format!("{}:{}", t.host, t.port)).collect();
+                format!("STRICT_DNS {}", t.join(","))
+            }
+            Discovery::LogicalDns { target } => format!("LOGICAL_DNS {}:{}", target.host, target.port),
+            Discovery::Static { endpoints } => {
+                let t: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+                format!("STATIC {}", if t.is_empty() { "(none)".into() } else { t.join(",") })
+            }
+        };
+        let lb = match c.lb {
+            LbPolicy::RoundRobin => "ROUND_ROBIN",
+            LbPolicy::Random => "RANDOM",
+            LbPolicy::LeastRequest => "LEAST_REQUEST",
+        };
+        let protocol = match c.protocol {
+            UpstreamProtocol::Http1 => "HTTP/1.1",
+            UpstreamProtocol::Http2 => "HTTP/2",
+            UpstreamProtocol::Tcp => "TCP",
+        };
+        rows.push(vec![c.name.to_string(), discovery, lb.into(), format!("{:?}", c.connect_timeout), protocol.into()]);
+    }
+    table(&mut out, &rows);
+    out
+}
+
+fn protocol_name(p: ServerProtocol) -> &'static str {
+    match p {
+        ServerProtocol::Http => "HTTP",
+        ServerProtocol::Http2 => "HTTP2",
+        ServerProtocol::Https => "HTTPS (passthrough)",
+        ServerProtocol::Tls => "TLS (passthrough)",
+        ServerProtocol::Tcp => "TCP",
+    }
+}
+
+fn weighted(w: &WeightedClusters) -> String {
+    if w.clusters.is_empty() {
+        return "no cluster (503 NC)".into();
+    }
+    if w.clusters.len() == 1 {
+        return format!("-> {}", w.clusters[0].cluster);
+    }
+    let parts: Vec<String> = w.clusters.iter().map(|c| format!("{} ({})", c.cluster, c.weight)).collect();
+    format!("-> {}", parts.join(", "))
+}
+
+fn string_match(what: &str, m: &StringMatch) -> String {
+    match m {
+        StringMatch::Exact(v) => format!("{what}={v}"),
+        StringMatch::Prefix(v) => format!("{what} prefix {v}"),
+        StringMatch::Regex(r) => format!("{what}~{}", r.as_str()),
+    }
+}
+
+fn matches(ms: &[RouteMatch]) -> String {
+    if ms.is_empty() {
+        return "*".into();
+    }
+    let alts: Vec<String> = ms
+        .iter()
+        .map(|m| {
+            let mut parts = Vec::new();
+            if let Some(u) = &m.uri {
+                parts.push(string_match("uri", u));
+            }
+            if let Some(x) = &m.method {
+                parts.push(string_match("method", x));
+            }
+            if let Some(x) = &m.authority {
+                parts.push(string_match("authority", x));
+            }
+            if let Some(x) = &m.scheme {
+                parts.push(string_match("scheme", x));
+            }
+            for h in &m.headers {
+                let name = format!("{}{}", if h.invert { "!" } else { "" }, h.name);
+                parts.push(match &h.value {
+                    Some(v) => string_match(&name, v),
+                    None => format!("{name} present"),
+                });
+            }
+            for (k, v) in &m.query_params {
+                parts.push(string_match(&format!("?{k}"), v));
+            }
+            if m.ignore_uri_case {
+                parts.push("ignore uri case".into());
+            }
+            if parts.is_empty() {
+                "*".into()
+            } else {
+                parts.join(" & ")
+            }
+        })
+        .collect();
+    alts.join(" | ")
+}
+
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    if rows.len() <= 1 {
+        let _ = writeln!(out, "  (none)");
+        return;
+    }
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    for r in rows {
+        let mut line = String::from(" ");
+        for (c, cell) in r.iter().enumerate() {
+            line.push(' ');
+            line.push_str(cell);
+            if c + 1 < r.len() {
+                line.push_str(&" ".repeat(widths[c].saturating_sub(cell.chars().count()) + 1));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}

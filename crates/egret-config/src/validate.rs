@@ -1,0 +1,607 @@
+//! Checks of one resource (required fields, values, fields Egret does not implement yet) and
+//! across resources (duplicates, gateway and subset references).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::diag::{Diagnostic, Severity};
+use crate::istio::*;
+use crate::load::{first_locations, LoadOptions, Loaded};
+use crate::names::{fqdn, resolve_gateway, GatewayRef, Protocol};
+use crate::node::Node;
+use egret_core::HostPattern;
+
+/// Message for a field Egret reads but does not act on yet.
+pub const NOT_SUPPORTED: &str = "not supported yet; ignored";
+
+/// Collects diagnostics about one resource; lines come from the resource's node tree.
+pub(crate) struct Reporter<'a> {
+    node: &'a Node,
+    file: &'a Path,
+    resource: String,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(node: &'a Node, file: &'a Path, resource: String) -> Self {
+        Reporter { node, file, resource, errors: Vec::new(), warnings: Vec::new() }
+    }
+
+    fn diag(&self, severity: Severity, field: &str, message: String) -> Diagnostic {
+        Diagnostic {
+            severity,
+            file: self.file.to_path_buf(),
+            line: self.node.line_of(field),
+            resource: Some(self.resource.clone()),
+            field: (!field.is_empty()).then(|| field.to_string()),
+            message,
+        }
+    }
+
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        let d = self.diag(Severity::Error, field, message.into());
+        self.errors.push(d);
+    }
+
+    pub fn warn(&mut self, field: &str, message: impl Into<String>) {
+        let d = self.diag(Severity::Warning, field, message.into());
+        self.warnings.push(d);
+    }
+
+    pub fn unsupported(&mut self, field: &str) {
+        self.warn(field, NOT_SUPPORTED);
+    }
+
+    fn required(&mut self, field: &str) {
+        self.error(field, "required field is missing");
+    }
+
+    /// Warns when `present`.
+    fn unsupported_if(&mut self, present: bool, field: &str) {
+        if present {
+            self.unsupported(field);
+        }
+    }
+}
+
+pub(crate) trait Validate {
+    fn validate(&self, rep: &mut Reporter<'_>, opts: &LoadOptions, namespace: &str);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ServiceEntry
+
+impl Validate for ServiceEntrySpec {
+    fn validate(&self, rep: &mut Reporter<'_>, _opts: &LoadOptions, _namespace: &str) {
+        if self.hosts.is_empty() {
+            rep.required("spec.hosts");
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.trim().is_empty() || h.trim() == "*" {
+                rep.error(&format!("spec.hosts[{i}]"), format!("invalid host {h:?}"));
+            }
+        }
+        let mut numbers = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let path = format!("spec.ports[{i}]");
+            check_port_number(rep, p.number, &format!("{path}.number"));
+            if let Some(n) = p.number {
+                if numbers.contains(&n) {
+                    rep.error(&format!("{path}.number"), format!("port {n} is listed twice"));
+                }
+                numbers.push(n);
+            }
+            match p.protocol.as_deref() {
+                None => {}
+                Some(s) if Protocol::parse(s).is_some() => {}
+                Some(s) => rep.error(&format!("{path}.protocol"), format!("unknown protocol {s:?}")),
+            }
+            if let Some(t) = p.target_port {
+                if !(1..=65535).contains(&t) {
+                    rep.error(&format!("{path}.targetPort"), format!("port {t} is out of range 1-65535"));
+                }
+            }
+        }
+        let resolution = self.resolution.unwrap_or(Resolution::None);
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let path = format!("spec.endpoints[{i}]");
+            match e.address.as_deref().map(str::trim) {
+                None | Some("") => rep.required(&format!("{path}.address")),
+                Some(a) if a.starts_with("unix://") => {
+                    rep.error(&format!("{path}.address"), "unix domain socket endpoints are not supported")
+                }
+                Some(a) if resolution == Resolution::Static && a.parse::<IpAddr>().is_err() => rep.error(
+                    &format!("{path}.address"),
+                    format!("{a:?} is not an IP address (resolution STATIC needs IP addresses)"),
+                ),
+                Some(_) => {}
+            }
+            for (name, port) in &e.ports {
+                if !(1..=65535).contains(port) {
+                    rep.error(&format!("{path}.ports.{name}"), format!("port {port} is out of range 1-65535"));
+                }
+            }
+            rep.unsupported_if(e.network.is_some(), &format!("{path}.network"));
+            rep.unsupported_if(e.locality.is_some(), &format!("{path}.locality"));
+            rep.unsupported_if(e.weight.is_some(), &format!("{path}.weight"));
+            rep.unsupported_if(e.service_account.is_some(), &format!("{path}.serviceAccount"));
+        }
+        if resolution == Resolution::DnsRoundRobin && self.endpoints.len() > 1 {
+            rep.error("spec.endpoints", "resolution DNS_ROUND_ROBIN allows at most one endpoint");
+        }
+        rep.unsupported_if(!self.addresses.is_empty(), "spec.addresses");
+        rep.unsupported_if(!self.subject_alt_names.is_empty(), "spec.subjectAltNames");
+        rep.unsupported_if(self.workload_selector.is_some(), "spec.workloadSelector");
+    }
+}
+
+fn check_port_number(rep: &mut Reporter<'_>, number: Option<u32>, path: &str) {
+    match number {
+        None => rep.required(path),
+        Some(n) if !(1..=65535).contains(&n) => rep.error(path, format!("port {n} is out of range 1-65535")),
+        Some(_) => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+
+impl Validate for GatewaySpec {
+    fn validate(&self, rep: &mut Reporter<'_>, _opts: &LoadOptions, _namespace: &str) {
+        if self.servers.is_empty() {
+            rep.required("spec.servers");
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            let path = format!("spec.servers[{i}]");
+            let mut protocol = None;
+            match &s.port {
+                None => rep.required(&format!("{path}.port")),
+                Some(p) => {
+                    check_port_number(rep, p.number, &format!("{path}.port.number"));
+                    match p.protocol.as_deref() {
+                        None => rep.required(&format!("{path}.port.protocol")),
+                        Some(x) => match Protocol::parse(x) {
+                            Some(pr) => protocol = Some(pr),
+                            None => rep.error(&format!("{path}.port.protocol"), format!("unknown protocol {x:?}")),
+                        },
+                    }
+                    rep.unsupported_if(p.target_port.is_some(), &format!("{path}.port.targetPort"));
+                }
+            }
+            if s.hosts.is_empty() {
+                rep.required(&format!("{path}.hosts"));
+            }
+            for (j, h) in s.hosts.iter().enumerate() {
+                let host = h.rsplit_once('/').map_or(h.as_str(), |(_, h)| h);
+                if host.trim().is_empty() {
+                    rep.error(&format!("{path}.hosts[{j}]"), format!("invalid host {h:?}"));
+                }
+            }
+            if matches!(protocol, Some(Protocol::Https | Protocol::Tls)) && s.tls.as_ref().and_then(|t| t.mode).is_none() {
+                rep.error(&format!("{path}.tls.mode"), "TLS settings (tls.mode) are required for HTTPS and TLS servers");
+            }
+            rep.unsupported_if(s.bind.is_some(), &format!("{path}.bind"));
+            rep.unsupported_if(s.default_endpoint.is_some(), &format!("{path}.defaultEndpoint"));
+            if let Some(tls) = &s.tls {
+                if tls.https_redirect == Some(true) {
+                    rep.unsupported(&format!("{path}.tls.httpsRedirect"));
+                }
+                // With PASSTHROUGH the gateway never terminates TLS, so these do nothing; with
+                // other modes the whole server is reported by compile().
+                if tls.mode == Some(ServerTlsMode::Passthrough) {
+                    let t = format!("{path}.tls");
+                    let set = [
+                        ("serverCertificate", tls.server_certificate.is_some()),
+                        ("privateKey", tls.private_key.is_some()),
+                        ("caCertificates", tls.ca_certificates.is_some()),
+                        ("caCrl", tls.ca_crl.is_some()),
+                        ("credentialName", tls.credential_name.is_some()),
+                        ("credentialNames", !tls.credential_names.is_empty()),
+                        ("tlsCertificates", !tls.tls_certificates.is_empty()),
+                        ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+                        ("verifyCertificateSpki", !tls.verify_certificate_spki.is_empty()),
+                        ("verifyCertificateHash", !tls.verify_certificate_hash.is_empty()),
+                        ("minProtocolVersion", tls.min_protocol_version.is_some()),
+                        ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+                        ("cipherSuites", !tls.cipher_suites.is_empty()),
+                    ];
+                    for (field, present) in set {
+                        if present {
+                            rep.warn(&format!("{t}.{field}"), "not used with tls.mode PASSTHROUGH (the gateway does not terminate TLS); ignored");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VirtualService
+
+impl Validate for VirtualServiceSpec {
+    fn validate(&self, rep: &mut Reporter<'_>, _opts: &LoadOptions, _namespace: &str) {
+        if self.hosts.is_empty() {
+            rep.required("spec.hosts");
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.trim().is_empty() {
+                rep.error(&format!("spec.hosts[{i}]"), "invalid host \"\"");
+            }
+        }
+        if self.http.is_empty() && self.tls.is_empty() && self.tcp.is_empty() {
+            rep.error("spec", "at least one of http, tls or tcp routes is required");
+        }
+        for (i, r) in self.http.iter().enumerate() {
+            validate_http_route(rep, r, &format!("spec.http[{i}]"));
+        }
+        for (i, r) in self.tls.iter().enumerate() {
+            let path = format!("spec.tls[{i}]");
+            if r.matches.is_empty() {
+                rep.required(&format!("{path}.match"));
+            }
+            for (j, m) in r.matches.iter().enumerate() {
+                let mpath = format!("{path}.match[{j}]");
+                if m.sni_hosts.is_empty() {
+                    rep.required(&format!("{mpath}.sniHosts"));
+                }
+                rep.unsupported_if(!m.destination_subnets.is_empty(), &format!("{mpath}.destinationSubnets"));
+                check_match_port(rep, m.port, &format!("{mpath}.port"));
+            }
+            validate_l4_destinations(rep, &r.route, &format!("{path}.route"));
+        }
+        for (i, r) in self.tcp.iter().enumerate() {
+            let path = format!("spec.tcp[{i}]");
+            for (j, m) in r.matches.iter().enumerate() {
+                let mpath = format!("{path}.match[{j}]");
+                rep.unsupported_if(!m.destination_subnets.is_empty(), &format!("{mpath}.destinationSubnets"));
+                rep.unsupported_if(m.source_subnet.is_some(), &format!("{mpath}.sourceSubnet"));
+                check_match_port(rep, m.port, &format!("{mpath}.port"));
+            }
+            validate_l4_destinations(rep, &r.route, &format!("{path}.route"));
+        }
+    }
+}
+
+fn check_match_port(rep: &mut Reporter<'_>, port: Option<u32>, path: &str) {
+    if let Some(n) = port {
+        if !(1..=65535).contains(&n) {
+            rep.error(path, format!("port {n} is out of range 1-65535"));
+        }
+    }
+}
+
+fn validate_http_route(rep: &mut Reporter<'_>, r: &HttpRoute, path: &str) {
+    for (j, m) in r.matches.iter().enumerate() {
+        let mpath = format!("{path}.match[{j}]");
+        for (field, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
+            if let Some(sm) = sm {
+                check_string_match(rep, sm, &format!("{mpath}.{field}"));
+            }
+        }
+        for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+            for (name, sm) in map {
+                let hpath = format!("{mpath}.{field}.{name}");
+                if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                    rep.error(&hpath, format!("invalid header name {name:?}"));
+                }
+                check_string_match(rep, sm, &hpath);
+            }
+        }
+        for (name, sm) in &m.query_params {
+            check_string_match(rep, sm, &format!("{mpath}.queryParams.{name}"));
+        }
+        check_match_port(rep, m.port, &format!("{mpath}.port"));
+        rep.unsupported_if(m.stat_prefix.is_some(), &format!("{mpath}.statPrefix"));
+    }
+
+    let has_route = !r.route.is_empty();
+    if !has_route && r.redirect.is_none() && r.direct_response.is_none() && r.delegate.is_none() {
+        rep.error(path, "one of route, redirect, directResponse or delegate is required");
+    }
+    if has_route && r.redirect.is_some() {
+        rep.error(&format!("{path}.redirect"), "route and redirect cannot both be set");
+    }
+    if has_route && r.direct_response.is_some() {
+        rep.error(&format!("{path}.directResponse"), "route and directResponse cannot both be set");
+    }
+    if let Some(dr) = &r.direct_response {
+        match dr.status {
+            None => rep.required(&format!("{path}.directResponse.status")),
+            Some(s) if !(200..=599).contains(&s) => {
+                rep.error(&format!("{path}.directResponse.status"), format!("status {s} is not in 200-599"))
+            }
+            Some(_) => {}
+        }
+        if let Some(body) = &dr.body {
+            rep.unsupported_if(body.bytes.is_some(), &format!("{path}.directResponse.body.bytes"));
+        }
+    }
+    for (k, d) in r.route.iter().enumerate() {
+        let dpath = format!("{path}.route[{k}]");
+        check_destination(rep, d.destination.as_ref(), &format!("{dpath}.destination"));
+        if d.weight.is_some_and(|w| w < 0) {
+            rep.error(&format!("{dpath}.weight"), "weight must not be negative");
+        }
+        rep.unsupported_if(d.headers.is_some(), &format!("{dpath}.headers"));
+    }
+    check_weights(rep, r.route.iter().map(|d| d.weight), &format!("{path}.route"));
+
+    if r.redirect.is_some() {
+        rep.warn(&format!("{path}.redirect"), "not supported yet; matching requests get a local 503 instead");
+    }
+    if r.delegate.is_some() {
+        rep.warn(&format!("{path}.delegate"), "not supported yet; matching requests get a local 503 instead");
+    }
+    rep.unsupported_if(r.rewrite.is_some(), &format!("{path}.rewrite"));
+    rep.unsupported_if(r.retries.is_some(), &format!("{path}.retries"));
+    rep.unsupported_if(r.fault.is_some(), &format!("{path}.fault"));
+    rep.unsupported_if(r.mirror.is_some(), &format!("{path}.mirror"));
+    rep.unsupported_if(!r.mirrors.is_empty(), &format!("{path}.mirrors"));
+    rep.unsupported_if(r.mirror_percentage.is_some(), &format!("{path}.mirrorPercentage"));
+    rep.unsupported_if(r.mirror_percent.is_some(), &format!("{path}.mirrorPercent"));
+    rep.unsupported_if(r.cors_policy.is_some(), &format!("{path}.corsPolicy"));
+    rep.unsupported_if(r.headers.is_some(), &format!("{path}.headers"));
+}
+
+fn check_string_match(rep: &mut Reporter<'_>, sm: &StringMatch, path: &str) {
+    if sm.set_count() > 1 {
+        rep.error(path, "only one of exact, prefix or regex may be set");
+    }
+}
+
+fn check_destination(rep: &mut Reporter<'_>, d: Option<&Destination>, path: &str) {
+    let Some(d) = d else {
+        rep.required(path);
+        return;
+    };
+    match d.host.as_deref().map(str::trim) {
+        None | Some("") => rep.required(&format!("{path}.host")),
+        Some(h) if h.starts_with('*') => {
+            rep.error(&format!("{path}.host"), format!("a destination host cannot be a wildcard ({h:?})"))
+        }
+        Some(_) => {}
+    }
+    if let Some(p) = &d.port {
+        match p.number {
+            Some(n) if !(1..=65535).contains(&n) => {
+                rep.error(&format!("{path}.port.number"), format!("port {n} is out of range 1-65535"))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn validate_l4_destinations(rep: &mut Reporter<'_>, route: &[RouteDestination], path: &str) {
+    if route.is_empty() {
+        rep.required(path);
+    }
+    for (k, d) in route.iter().enumerate() {
+        check_destination(rep, d.destination.as_ref(), &format!("{path}[{k}].destination"));
+        if d.weight.is_some_and(|w| w < 0) {
+            rep.error(&format!("{path}[{k}].weight"), "weight must not be negative");
+        }
+    }
+    check_weights(rep, route.iter().map(|d| d.weight), path);
+}
+
+/// With more than one destination the weights must add up to 100 (a missing weight is 0).
+fn check_weights(rep: &mut Reporter<'_>, weights: impl Iterator<Item = Option<i64>>, path: &str) {
+    let weights: Vec<Option<i64>> = weights.collect();
+    if weights.len() > 1 {
+        let sum: i64 = weights.iter().map(|w| w.unwrap_or(0)).sum();
+        if sum != 100 {
+            rep.error(path, format!("destination weights add up to {sum}; they must add up to 100"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DestinationRule
+
+impl Validate for DestinationRuleSpec {
+    fn validate(&self, rep: &mut Reporter<'_>, _opts: &LoadOptions, _namespace: &str) {
+        match self.host.as_deref().map(str::trim) {
+            None | Some("") => rep.required("spec.host"),
+            Some(_) => {}
+        }
+        if let Some(tp) = &self.traffic_policy {
+            validate_traffic_policy(rep, tp, "spec.trafficPolicy");
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for (i, s) in self.subsets.iter().enumerate() {
+            let path = format!("spec.subsets[{i}]");
+            match s.name.as_deref() {
+                None | Some("") => rep.required(&format!("{path}.name")),
+                Some(n) => {
+                    if names.contains(&n) {
+                        rep.error(&format!("{path}.name"), format!("subset {n:?} is defined twice"));
+                    }
+                    names.push(n);
+                }
+            }
+            if let Some(tp) = &s.traffic_policy {
+                validate_traffic_policy(rep, tp, &format!("{path}.trafficPolicy"));
+            }
+        }
+    }
+}
+
+fn validate_traffic_policy(rep: &mut Reporter<'_>, tp: &TrafficPolicy, path: &str) {
+    validate_policy_parts(rep, tp.load_balancer.as_ref(), tp.connection_pool.as_ref(), tp.outlier_detection.as_ref(), path);
+    for (i, p) in tp.port_level_settings.iter().enumerate() {
+        let ppath = format!("{path}.portLevelSettings[{i}]");
+        match p.port.as_ref().and_then(|p| p.number) {
+            None => rep.required(&format!("{ppath}.port.number")),
+            Some(n) if !(1..=65535).contains(&n) => {
+                rep.error(&format!("{ppath}.port.number"), format!("port {n} is out of range 1-65535"))
+            }
+            Some(_) => {}
+        }
+        validate_policy_parts(rep, p.load_balancer.as_ref(), p.connection_pool.as_ref(), p.outlier_detection.as_ref(), &ppath);
+    }
+    rep.unsupported_if(tp.tunnel.is_some(), &format!("{path}.tunnel"));
+    rep.unsupported_if(tp.proxy_protocol.is_some(), &format!("{path}.proxyProtocol"));
+    rep.unsupported_if(tp.retry_budget.is_some(), &format!("{path}.retryBudget"));
+    // `tls` is reported by compile(), for the clusters it affects: TLS origination changes
+    // whether a cluster can be created at all.
+}
+
+fn validate_policy_parts(
+    rep: &mut Reporter<'_>,
+    lb: Option<&LoadBalancerSettings>,
+    pool: Option<&ConnectionPoolSettings>,
+    outlier: Option<&OutlierDetection>,
+    path: &str,
+) {
+    if let Some(lb) = lb {
+        let lpath = format!("{path}.loadBalancer");
+        if let Some(s @ (SimpleLb::Passthrough | SimpleLb::Unspecified)) = lb.simple {
+            rep.warn(&format!("{lpath}.simple"), format!("{s:?} is not supported yet; ROUND_ROBIN is used"));
+        }
+        rep.unsupported_if(lb.consistent_hash.is_some(), &format!("{lpath}.consistentHash"));
+        rep.unsupported_if(lb.locality_lb_setting.is_some(), &format!("{lpath}.localityLbSetting"));
+        rep.unsupported_if(lb.warmup_duration_secs.is_some(), &format!("{lpath}.warmupDurationSecs"));
+        rep.unsupported_if(lb.warmup.is_some(), &format!("{lpath}.warmup"));
+    }
+    if let Some(pool) = pool {
+        let cpath = format!("{path}.connectionPool");
+        if let Some(tcp) = &pool.tcp {
+            let t = format!("{cpath}.tcp");
+            rep.unsupported_if(tcp.max_connections.is_some(), &format!("{t}.maxConnections"));
+            rep.unsupported_if(tcp.tcp_keepalive.is_some(), &format!("{t}.tcpKeepalive"));
+            rep.unsupported_if(tcp.max_connection_duration.is_some(), &format!("{t}.maxConnectionDuration"));
+            rep.unsupported_if(tcp.idle_timeout.is_some(), &format!("{t}.idleTimeout"));
+            if tcp.connect_timeout.as_ref().is_some_and(|d| d.value.is_zero()) {
+                rep.error(&format!("{t}.connectTimeout"), "connect timeout must be greater than zero");
+            }
+        }
+        rep.unsupported_if(pool.http.is_some(), &format!("{cpath}.http"));
+    }
+    rep.unsupported_if(outlier.is_some(), &format!("{path}.outlierDetection"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across resources
+
+/// Every destination of a VirtualService with its field path.
+pub(crate) fn destinations(vs: &VirtualServiceSpec) -> Vec<(String, &Destination)> {
+    let mut out = Vec::new();
+    for (i, r) in vs.http.iter().enumerate() {
+        for (k, d) in r.route.iter().enumerate() {
+            if let Some(dest) = &d.destination {
+                out.push((format!("spec.http[{i}].route[{k}].destination"), dest));
+            }
+        }
+        if let Some(m) = &r.mirror {
+            out.push((format!("spec.http[{i}].mirror"), m));
+        }
+        for (k, m) in r.mirrors.iter().enumerate() {
+            if let Some(dest) = &m.destination {
+                out.push((format!("spec.http[{i}].mirrors[{k}].destination"), dest));
+            }
+        }
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        for (k, d) in r.route.iter().enumerate() {
+            if let Some(dest) = &d.destination {
+                out.push((format!("spec.tls[{i}].route[{k}].destination"), dest));
+            }
+        }
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        for (k, d) in r.route.iter().enumerate() {
+            if let Some(dest) = &d.destination {
+                out.push((format!("spec.tcp[{i}].route[{k}].destination"), dest));
+            }
+        }
+    }
+    out
+}
+
+/// Every gateway reference of a VirtualService with its field path.
+fn gateway_refs(vs: &VirtualServiceSpec) -> Vec<(String, &str)> {
+    let mut out: Vec<(String, &str)> =
+        vs.gateways.iter().enumerate().map(|(i, g)| (format!("spec.gateways[{i}]"), g.as_str())).collect();
+    for (i, r) in vs.http.iter().enumerate() {
+        for (j, m) in r.matches.iter().enumerate() {
+            for (k, g) in m.gateways.iter().enumerate() {
+                out.push((format!("spec.http[{i}].match[{j}].gateways[{k}]"), g.as_str()));
+            }
+        }
+    }
+    for (i, r) in vs.tls.iter().enumerate() {
+        for (j, m) in r.matches.iter().enumerate() {
+            for (k, g) in m.gateways.iter().enumerate() {
+                out.push((format!("spec.tls[{i}].match[{j}].gateways[{k}]"), g.as_str()));
+            }
+        }
+    }
+    for (i, r) in vs.tcp.iter().enumerate() {
+        for (j, m) in r.matches.iter().enumerate() {
+            for (k, g) in m.gateways.iter().enumerate() {
+                out.push((format!("spec.tcp[{i}].match[{j}].gateways[{k}]"), g.as_str()));
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn cross_check(loaded: &Loaded, errors: &mut Vec<Diagnostic>) {
+    // Duplicates: the same kind, namespace and name twice.
+    for ((kind, ns, name), locations) in first_locations(loaded) {
+        if let Some((first_file, first_line)) = locations.first() {
+            for (file, line) in locations.iter().skip(1) {
+                errors.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: file.clone(),
+                    line: *line,
+                    resource: Some(format!("{kind} {ns}/{name}")),
+                    field: None,
+                    message: format!(
+                        "defined more than once: first at {}:{first_line}, again here",
+                        first_file.display()
+                    ),
+                });
+            }
+        }
+    }
+
+    let domain = &loaded.options.cluster_domain;
+    for vs in &loaded.virtual_services {
+        for (path, reference) in gateway_refs(&vs.spec) {
+            if let GatewayRef::Named { namespace, name } = resolve_gateway(reference, &vs.namespace) {
+                let exists = loaded.gateways.iter().any(|g| g.namespace == namespace && g.name == name);
+                if !exists {
+                    errors.push(loaded.diagnostic(
+                        vs,
+                        &path,
+                        Severity::Error,
+                        format!("gateway {namespace}/{name} is not defined (no Gateway resource with that name; use `mesh` for sidecars)"),
+                    ));
+                }
+            }
+        }
+        for (path, dest) in destinations(&vs.spec) {
+            let (Some(host), Some(subset)) = (dest.host.as_deref(), dest.subset.as_deref()) else { continue };
+            if subset.is_empty() {
+                continue;
+            }
+            let host = fqdn(host, &vs.namespace, domain);
+            let defined = loaded.destination_rules.iter().any(|dr| {
+                let Some(dr_host) = dr.spec.host.as_deref() else { return false };
+                let pattern = HostPattern::parse(&fqdn(dr_host, &dr.namespace, domain));
+                pattern.matches(&host) && dr.spec.subsets.iter().any(|s| s.name.as_deref() == Some(subset))
+            });
+            if !defined {
+                errors.push(loaded.diagnostic(
+                    vs,
+                    &format!("{path}.subset"),
+                    Severity::Error,
+                    format!("subset {subset:?} is not defined by any DestinationRule for host {host}"),
+                ));
+            }
+        }
+    }
+}

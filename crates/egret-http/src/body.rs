@@ -1,0 +1,151 @@
+//! The response body sent downstream. It owns the request's access-log record and hands it
+//! to the log when the body ends — or when it is dropped because the client went away —
+//! so `%BYTES_SENT%` and `%DURATION%` cover the whole response, as in Envoy.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use egret_core::{LogGuard, ResponseFlags};
+use egret_upstream::pool::upstream_error_reason;
+use egret_upstream::PooledConn;
+
+use crate::local_reply::reset_details;
+
+pub struct ResponseBody {
+    kind: Kind,
+    log: Option<LogState>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream { inner: Incoming, conn: Option<PooledConn> },
+}
+
+struct LogState {
+    guard: LogGuard,
+    sent: u64,
+    received: Option<Arc<AtomicU64>>,
+}
+
+impl ResponseBody {
+    pub fn full(b: Option<Bytes>) -> ResponseBody {
+        ResponseBody { kind: Kind::Full(b.filter(|b| !b.is_empty())), log: None }
+    }
+
+    pub fn upstream(inner: Incoming, conn: PooledConn) -> ResponseBody {
+        ResponseBody { kind: Kind::Upstream { inner, conn: Some(conn) }, log: None }
+    }
+
+    /// Attach the request's log record; it is written when this body ends or is dropped.
+    pub fn with_log(mut self, guard: LogGuard, received: Option<Arc<AtomicU64>>) -> ResponseBody {
+        self.log = Some(LogState { guard, sent: 0, received });
+        self
+    }
+
+    fn count(&mut self, n: usize) {
+        if let Some(l) = &mut self.log {
+            l.sent += n as u64;
+        }
+    }
+
+    /// Completes the record. `complete` = the whole body was delivered.
+    fn finish(&mut self, complete: bool) {
+        if let Kind::Upstream { conn, .. } = &mut self.kind {
+            if let Some(c) = conn.take() {
+                if complete {
+                    c.release();
+                }
+            }
+        }
+        if let Some(mut l) = self.log.take() {
+            let rec = l.guard.record();
+            rec.bytes_sent = l.sent;
+            if let Some(r) = &l.received {
+                rec.bytes_received = r.load(Ordering::Relaxed);
+            }
+            if !complete && rec.response_flags.is_empty() {
+                // Envoy: the client went away before the response was delivered.
+                rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                rec.response_code_details = Some("downstream_remote_disconnect".into());
+            }
+            l.guard.finish();
+        }
+    }
+
+    fn upstream_failed(&mut self, e: &hyper::Error) {
+        // After headers, an HTTP/1.1 body cut short (the peer closed early) is a protocol error
+        // to Envoy (checked with Envoy 1.40: `UPE upstream_reset_after_response_started{protocol_error}`);
+        // an HTTP/2 stream reset stays a remote reset.
+        let reason = match upstream_error_reason(e) {
+            "remote reset" => "remote reset",
+            _ => "protocol error",
+        };
+        let flag = match reason {
+            "protocol error" => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            "remote reset" => ResponseFlags::UPSTREAM_REMOTE_RESET,
+            _ => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+        };
+        if let Some(l) = &mut self.log {
+            let rec = l.guard.record();
+            rec.set_flag(flag);
+            rec.response_code_details = Some(reset_details(true, reason, None).into());
+        }
+        if let Kind::Upstream { conn, .. } = &mut self.kind {
+            conn.take();
+        }
+        self.finish(false);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    let n = d.len();
+                    this.count(n);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => this.upstream_failed(e),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper never polls a body that is already at its end (no content, HEAD, 204/304).
+        let complete = self.is_end_stream();
+        self.finish(complete);
+    }
+}

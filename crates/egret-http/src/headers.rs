@@ -1,0 +1,135 @@
+//! Header rules Envoy applies at an Istio gateway (`use_remote_address: true`).
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+pub static SERVER_NAME: HeaderValue = HeaderValue::from_static("istio-envoy");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy, plus those named in
+/// `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+        for name in conn.split(',') {
+            let name = name.trim();
+            // Never let `Connection:` strip headers the proxy itself relies on.
+            if !name.is_empty() && !name.eq_ignore_ascii_case("x-request-id") {
+                headers.remove(name);
+            }
+        }
+    }
+    for h in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::header::PROXY_AUTHENTICATE,
+        http::header::TRAILER,
+    ] {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    // `te` may only say "trailers" (gRPC needs it); anything else goes.
+    if headers.get(http::header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.remove(http::header::TE);
+    }
+}
+
+/// Envoy's "internal" addresses (RFC 1918, loopback, link-local, unique-local v6): requests
+/// from them keep their `x-request-id`; others get a new one.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
+        }
+    }
+}
+
+/// Appends the downstream address to `x-forwarded-for`. Like Envoy, a loopback peer is
+/// recorded as this host's own address (`local_ip`) when one is known.
+pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAddr>) {
+    let ip = if remote.is_loopback() { local_ip.unwrap_or(remote) } else { remote };
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Keeps an internal client's `x-request-id`, otherwise sets a fresh UUID v4.
+pub fn ensure_request_id(headers: &mut HeaderMap, remote: IpAddr) {
+    if headers.contains_key(&X_REQUEST_ID) && is_internal(remote) {
+        return;
+    }
+    headers.insert(X_REQUEST_ID.clone(), new_request_id());
+}
+
+pub fn new_request_id() -> HeaderValue {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let mut s = [0u8; 36];
+    let hex = b"0123456789abcdef";
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s[j] = b'-';
+            j += 1;
+        }
+        s[j] = hex[(byte >> 4) as usize];
+        s[j + 1] = hex[(byte & 0xf) as usize];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_uuid_v4() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn xff_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        append_xff(&mut h, "10.0.0.1".parse().unwrap(), None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        append_xff(&mut h, "127.0.0.1".parse().unwrap(), Some("192.0.2.2".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1,192.0.2.2");
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("connection").is_none() && h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for ip in ["10.1.2.3", "192.168.0.1", "172.16.0.1", "127.0.0.1", "::1", "fd00::1"] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2001:db8::1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

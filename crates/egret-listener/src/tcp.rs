@@ -1,0 +1,119 @@
+//! TLS passthrough (route by SNI, never decrypt) and plain TCP routes: pick the cluster,
+//! connect, replay what was read, splice both ways, one access-log record per connection.
+//! Log lines match Envoy 1.40's tcp_proxy and listener logs field by field (checked:
+//! `NR filter_chain_not_found` for no/unknown SNI and non-TLS bytes with bytes 0 0,
+//! `UF,URX` plus the transport failure reason for a refused upstream). Envoy writes no line
+//! for a client that never completes its ClientHello; we do (`NR` with
+//! `listener_filter_timeout`, or `DC` when it hung up), so refused traffic is always visible.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use egret_core::limits::{LISTENER_FILTER_TIMEOUT, TCP_IDLE_TIMEOUT};
+use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, WeightedClusters};
+use egret_sni::reader::{read_client_hello_into, ReadError};
+use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
+use egret_sni::{forward_with_prefix, ForwardEnd, Side};
+use egret_upstream::connect::connect;
+
+use crate::active::Active;
+use crate::server::Gateway;
+
+pub(crate) async fn serve_tcp(
+    gw: &Gateway,
+    active: &Active,
+    listener: &Listener,
+    mut stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+) {
+    let rec = LogRecord::new(local, remote, active.snapshot.version.clone());
+    let mut guard = LogGuard::new(rec, gw.shared.sink.clone());
+    let mut prefix = Vec::new();
+    let clusters: &WeightedClusters = match &listener.routes {
+        ListenerRoutes::Sni(table) => {
+            let hello = read_client_hello_into(&mut stream, &mut prefix, LISTENER_FILTER_TIMEOUT, MAX_CLIENT_HELLO_RECORD_BYTES).await;
+            let sni = match hello {
+                Ok(h) => h.sni,
+                Err(ReadError::Timeout) => {
+                    return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", Some("listener_filter_timeout"));
+                }
+                Err(ReadError::Closed | ReadError::Io(_)) => {
+                    return refuse(guard, ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "downstream_remote_disconnect", None);
+                }
+                // Envoy's tls_inspector lets non-TLS bytes through without SNI; then no
+                // passthrough filter chain matches.
+                Err(ReadError::Parse(_)) => None,
+            };
+            let Some(sni) = sni else {
+                return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", None);
+            };
+            guard.record().requested_server_name = Some(Arc::from(sni.as_str()));
+            match table.find(&sni) {
+                Some(route) => &route.clusters,
+                None => return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", None),
+            }
+        }
+        ListenerRoutes::Tcp(table) => match &table.clusters {
+            Some(c) => c,
+            None => return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", None),
+        },
+        ListenerRoutes::Http(_) => return,
+    };
+
+    let Some(picked) = clusters.pick(fastrand_u32()) else {
+        return refuse(guard, ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found", None);
+    };
+    let Some(cluster) = active.upstreams.get(&picked.cluster).cloned() else {
+        return refuse(guard, ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found", None);
+    };
+    guard.record().upstream_cluster = Some(cluster.name().clone());
+    let addr = match cluster.pick(&gw.shared.resolver, &[]).await {
+        Ok(a) => a,
+        Err(_) => return refuse(guard, ResponseFlags::NO_HEALTHY_UPSTREAM, "-", None),
+    };
+    guard.record().upstream_host = Some(addr);
+    let upstream = match connect(addr, cluster.spec.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Envoy's tcp_proxy makes one connect attempt (max_connect_attempts 1) and
+            // reports `UF,URX` with the transport failure reason.
+            let rec = guard.record();
+            rec.upstream_transport_failure_reason = e.transport_failure_reason();
+            rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            rec.set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+            return;
+        }
+    };
+    guard.record().upstream_local_address = upstream.local_addr().ok();
+    let result = forward_with_prefix(&mut stream, upstream, &prefix, TCP_IDLE_TIMEOUT).await;
+    let rec = guard.record();
+    rec.bytes_received = result.bytes_from_downstream;
+    rec.bytes_sent = result.bytes_from_upstream;
+    match &result.end {
+        ForwardEnd::Closed { .. } => {}
+        ForwardEnd::Error { side: Side::Upstream, .. } => rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
+        ForwardEnd::Error { side: Side::Downstream, .. } => rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+        // Envoy's tcp_proxy idle timeout ends the connection without a response flag.
+        ForwardEnd::IdleTimeout => rec.connection_termination_details = Some("idle_timeout".into()),
+    }
+}
+
+/// Closes the connection (by returning) and logs why.
+fn refuse(mut guard: LogGuard, flag: ResponseFlags, details: &'static str, termination: Option<&'static str>) {
+    let rec = guard.record();
+    rec.set_flag(flag);
+    if details != "-" {
+        rec.response_code_details = Some(details.into());
+    }
+    rec.connection_termination_details = termination.map(Into::into);
+    // Envoy counts no bytes for a connection no filter chain took.
+    rec.bytes_received = 0;
+    guard.finish();
+}
+
+fn fastrand_u32() -> u32 {
+    fastrand::u32(..)
+}

@@ -1,0 +1,528 @@
+//! Envoy command operators: parsed once into segments, evaluated per record.
+//!
+//! Parsing follows Envoy's `SubstitutionFormatParser`: an operator is
+//! `%NAME%`, `%NAME(ARG)%` or `%NAME(ARG):N%` with NAME in `[A-Z0-9_]`, ARG without `)`;
+//! `%%` is a literal `%`; any other `%` is an error, as is an unknown NAME, an argument or
+//! length given to an operator that takes none, or a missing argument.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use egret_core::{LogRecord, ResponseFlags};
+use http::header::{HeaderMap, HeaderName, HOST};
+
+use crate::num::{write_ip, write_socket_addr, write_u64};
+use crate::time::TimeFormat;
+use crate::FormatError;
+
+/// Istio's default TEXT access-log format (`meshConfig.accessLogEncoding: TEXT`).
+pub const ISTIO_DEFAULT_TEXT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// The operators this crate understands, for error messages and documentation.
+pub const OPERATORS: &[&str] = &[
+    "START_TIME",
+    "REQ",
+    "REQ_WITHOUT_QUERY",
+    "RESP",
+    "TRAILER",
+    "PROTOCOL",
+    "RESPONSE_CODE",
+    "RESPONSE_FLAGS",
+    "RESPONSE_CODE_DETAILS",
+    "CONNECTION_TERMINATION_DETAILS",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON",
+    "BYTES_RECEIVED",
+    "BYTES_SENT",
+    "DURATION",
+    "UPSTREAM_HOST",
+    "UPSTREAM_CLUSTER",
+    "UPSTREAM_CLUSTER_RAW",
+    "UPSTREAM_LOCAL_ADDRESS",
+    "DOWNSTREAM_LOCAL_ADDRESS",
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_REMOTE_ADDRESS",
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+    "REQUESTED_SERVER_NAME",
+    "ROUTE_NAME",
+    "DOWNSTREAM_PEER_URI_SAN",
+    "HOSTNAME",
+    "CONFIG_VERSION",
+];
+
+/// A compiled TEXT access-log format. Build once (config load), then [`write`] per record.
+///
+/// [`write`]: AccessLogFormat::write
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogFormat {
+    segments: Box<[Segment]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Literal(Box<[u8]>),
+    Op(Operator),
+}
+
+/// One command operator with its arguments resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Operator {
+    StartTime(TimeFormat),
+    Request(HeaderOp),
+    Response(HeaderOp),
+    /// Egret keeps no trailers: always `-`, but the header argument is still checked.
+    Trailer,
+    Protocol,
+    ResponseCode,
+    ResponseFlags,
+    ResponseCodeDetails,
+    ConnectionTerminationDetails,
+    UpstreamTransportFailureReason,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    RequestedServerName,
+    RouteName,
+    DownstreamPeerUriSan,
+    Hostname,
+    ConfigVersion,
+}
+
+/// `REQ(MAIN?ALT):N` / `RESP(...)`: the alternative is read only when the main header is
+/// absent (a present but empty main header prints empty, as in Envoy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderOp {
+    main: Option<HeaderKey>,
+    alt: Option<HeaderKey>,
+    /// Truncate to this many bytes (Envoy's `substr`, bytes not characters).
+    max_len: Option<usize>,
+    /// `REQ_WITHOUT_QUERY`: drop everything from the first `?`.
+    strip_query: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HeaderKey {
+    Method,
+    Path,
+    /// `:authority`, and `host` (Envoy stores both as `:authority`).
+    Authority,
+    Scheme,
+    Status,
+    /// Another pseudo header (`:protocol`, ...): never present in Egret's records.
+    OtherPseudo,
+    Name(HeaderName),
+}
+
+/// What one operator produced for one record.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Value<'a> {
+    /// Printed `-` in TEXT, `null` in JSON.
+    Missing,
+    Bytes(&'a [u8]),
+    /// A JSON number (Envoy's typed numeric operators).
+    Number(u64),
+    /// Digits printed as a string in JSON (`RESP(:STATUS)` is a header value).
+    NumericString(u64),
+    Addr(SocketAddr),
+    Ip(IpAddr),
+    Flags(ResponseFlags),
+    Time(&'a TimeFormat, SystemTime),
+}
+
+impl Value<'_> {
+    /// TEXT rendering; `Missing` prints `-`.
+    pub(crate) fn write_text(&self, out: &mut Vec<u8>) {
+        match *self {
+            Value::Missing => out.push(b'-'),
+            Value::Bytes(b) => out.extend_from_slice(b),
+            Value::Number(n) | Value::NumericString(n) => write_u64(out, n),
+            Value::Addr(a) => write_socket_addr(out, a),
+            Value::Ip(ip) => write_ip(out, ip),
+            Value::Flags(f) => write_flags(out, f),
+            Value::Time(fmt, t) => fmt.write(t, out),
+        }
+    }
+}
+
+fn write_flags(out: &mut Vec<u8>, f: ResponseFlags) {
+    use std::io::Write as _;
+    // ResponseFlags' Display is the Envoy short form (`-` when empty); a Vec never fails.
+    let _ = write!(out, "{f}");
+}
+
+fn opt_str(s: Option<&str>) -> Value<'_> {
+    match s {
+        Some(s) if !s.is_empty() => Value::Bytes(s.as_bytes()),
+        _ => Value::Missing,
+    }
+}
+
+impl Operator {
+    pub(crate) fn value<'a>(&'a self, rec: &'a LogRecord) -> Value<'a> {
+        match self {
+            Operator::StartTime(fmt) => Value::Time(fmt, rec.start_time),
+            Operator::Request(h) => h.request_value(rec),
+            Operator::Response(h) => h.response_value(rec),
+            Operator::Trailer => Value::Missing,
+            Operator::Protocol => opt_str(rec.protocol),
+            // Envoy prints 0 when no response was sent, not `-`.
+            Operator::ResponseCode => Value::Number(rec.response_code.into()),
+            Operator::ResponseFlags => Value::Flags(rec.response_flags),
+            Operator::ResponseCodeDetails => opt_str(rec.response_code_details.as_deref()),
+            Operator::ConnectionTerminationDetails => opt_str(rec.connection_termination_details.as_deref()),
+            Operator::UpstreamTransportFailureReason => opt_str(rec.upstream_transport_failure_reason.as_deref()),
+            Operator::BytesReceived => Value::Number(rec.bytes_received),
+            Operator::BytesSent => Value::Number(rec.bytes_sent),
+            Operator::Duration => match rec.duration {
+                Some(d) => Value::Number(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                None => Value::Missing,
+            },
+            Operator::UpstreamHost => rec.upstream_host.map_or(Value::Missing, Value::Addr),
+            Operator::UpstreamCluster => opt_str(rec.upstream_cluster.as_deref()),
+            Operator::UpstreamLocalAddress => rec.upstream_local_address.map_or(Value::Missing, Value::Addr),
+            Operator::DownstreamLocalAddress => Value::Addr(rec.downstream_local_address),
+            Operator::DownstreamLocalAddressWithoutPort => Value::Ip(rec.downstream_local_address.ip()),
+            Operator::DownstreamRemoteAddress => Value::Addr(rec.downstream_remote_address),
+            Operator::DownstreamRemoteAddressWithoutPort => Value::Ip(rec.downstream_remote_address.ip()),
+            Operator::RequestedServerName => opt_str(rec.requested_server_name.as_deref()),
+            Operator::RouteName => opt_str(rec.route_name.as_deref()),
+            Operator::DownstreamPeerUriSan => opt_str(rec.downstream_peer_uri_san.as_deref()),
+            Operator::Hostname => opt_str(hostname()),
+            Operator::ConfigVersion => opt_str(Some(&rec.config_version)),
+        }
+    }
+}
+
+impl HeaderOp {
+    fn request_value<'a>(&self, rec: &'a LogRecord) -> Value<'a> {
+        let Some(req) = rec.request.as_ref() else {
+            return Value::Missing;
+        };
+        self.pick(|key| {
+            let b = match key {
+                HeaderKey::Method => Some(req.method.as_str().as_bytes()),
+                HeaderKey::Path => Some(req.path.as_bytes()),
+                HeaderKey::Authority => authority(req.authority.as_deref(), &req.headers),
+                HeaderKey::Scheme => req.scheme.as_deref().map(str::as_bytes),
+                HeaderKey::Status | HeaderKey::OtherPseudo => None,
+                HeaderKey::Name(n) => req.headers.get(n).map(|v| v.as_bytes()),
+            };
+            b.map(Value::Bytes)
+        })
+    }
+
+    fn response_value<'a>(&self, rec: &'a LogRecord) -> Value<'a> {
+        self.pick(|key| match key {
+            // `:status` is the one response pseudo header Envoy can print.
+            HeaderKey::Status => (rec.response_code != 0).then_some(Value::NumericString(rec.response_code.into())),
+            HeaderKey::Name(n) => rec
+                .response_headers
+                .as_ref()?
+                .get(n)
+                .map(|v| Value::Bytes(v.as_bytes())),
+            _ => None,
+        })
+    }
+
+    /// Envoy: the main header if present (even when empty), else the alternative; then the
+    /// `:N` byte limit.
+    fn pick<'a>(&self, lookup: impl Fn(&HeaderKey) -> Option<Value<'a>>) -> Value<'a> {
+        let found = self
+            .main
+            .as_ref()
+            .and_then(&lookup)
+            .or_else(|| self.alt.as_ref().and_then(&lookup));
+        match found {
+            Some(Value::Bytes(b)) => Value::Bytes(self.cut(b)),
+            Some(v) => v,
+            None => Value::Missing,
+        }
+    }
+
+    fn cut<'a>(&self, mut b: &'a [u8]) -> &'a [u8] {
+        if self.strip_query {
+            if let Some(q) = b.iter().position(|&c| c == b'?') {
+                b = &b[..q];
+            }
+        }
+        match self.max_len {
+            Some(n) if n < b.len() => &b[..n],
+            _ => b,
+        }
+    }
+}
+
+fn authority<'a>(authority: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    authority
+        .map(str::as_bytes)
+        .or_else(|| headers.get(HOST).map(|v| v.as_bytes()))
+}
+
+/// The machine's host name for `%HOSTNAME%`, read once.
+fn hostname() -> Option<&'static str> {
+    static HOSTNAME: OnceLock<Option<String>> = OnceLock::new();
+    HOSTNAME
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        })
+        .as_deref()
+}
+
+impl AccessLogFormat {
+    /// Istio's default TEXT format ([`ISTIO_DEFAULT_TEXT`]).
+    pub fn istio_default() -> AccessLogFormat {
+        static DEFAULT: OnceLock<AccessLogFormat> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                // A constant known to parse (tested); the fallback keeps this panic-free.
+                AccessLogFormat::parse(ISTIO_DEFAULT_TEXT).unwrap_or(AccessLogFormat { segments: Box::new([]) })
+            })
+            .clone()
+    }
+
+    /// Compiles an Envoy format string. Errors name the operator and its byte offset.
+    pub fn parse(format: &str) -> Result<AccessLogFormat, FormatError> {
+        Ok(AccessLogFormat {
+            segments: parse_segments(format)?.into_boxed_slice(),
+        })
+    }
+
+    /// Appends one formatted record to `out` (the format carries its own trailing `\n`, if any).
+    pub fn write(&self, rec: &LogRecord, out: &mut Vec<u8>) {
+        for seg in self.segments.iter() {
+            match seg {
+                Segment::Literal(b) => out.extend_from_slice(b),
+                Segment::Op(op) => op.value(rec).write_text(out),
+            }
+        }
+    }
+
+    /// Convenience for tests and diagnostics (allocates).
+    pub fn format_to_string(&self, rec: &LogRecord) -> String {
+        let mut out = Vec::with_capacity(256);
+        self.write(rec, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+pub(crate) fn parse_segments(format: &str) -> Result<Vec<Segment>, FormatError> {
+    let b = format.as_bytes();
+    let mut segs = Vec::new();
+    let mut lit: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let Some(rel) = b[i..].iter().position(|&c| c == b'%') else {
+            lit.extend_from_slice(&b[i..]);
+            break;
+        };
+        lit.extend_from_slice(&b[i..i + rel]);
+        i += rel;
+        if b.get(i + 1) == Some(&b'%') {
+            lit.push(b'%');
+            i += 2;
+            continue;
+        }
+        let cmd = match_command(format, i).ok_or_else(|| err(format, i, None, "no valid command operator here"))?;
+        if !lit.is_empty() {
+            segs.push(Segment::Literal(std::mem::take(&mut lit).into_boxed_slice()));
+        }
+        segs.push(Segment::Op(compile(format, i, &cmd)?));
+        i = cmd.end;
+    }
+    if !lit.is_empty() {
+        segs.push(Segment::Literal(lit.into_boxed_slice()));
+    }
+    Ok(segs)
+}
+
+struct Command<'a> {
+    name: &'a str,
+    arg: Option<&'a str>,
+    max_len: Option<&'a str>,
+    /// One past the closing `%`.
+    end: usize,
+}
+
+/// Envoy's `%([A-Z]|[0-9]|_)+(\([^\)]*\))?(:[0-9]+)?%` at `start` (which holds `%`).
+fn match_command(s: &str, start: usize) -> Option<Command<'_>> {
+    let b = s.as_bytes();
+    let mut i = start + 1;
+    while i < b.len() && (b[i].is_ascii_uppercase() || b[i].is_ascii_digit() || b[i] == b'_') {
+        i += 1;
+    }
+    if i == start + 1 {
+        return None;
+    }
+    let name = &s[start + 1..i];
+    let mut arg = None;
+    if b.get(i) == Some(&b'(') {
+        let close = i + 1 + b[i + 1..].iter().position(|&c| c == b')')?;
+        arg = Some(&s[i + 1..close]);
+        i = close + 1;
+    }
+    let mut max_len = None;
+    if b.get(i) == Some(&b':') {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        max_len = Some(&s[i + 1..i + 1 + digits]);
+        i += 1 + digits;
+    }
+    if b.get(i) != Some(&b'%') {
+        return None;
+    }
+    Some(Command {
+        name,
+        arg,
+        max_len,
+        end: i + 1,
+    })
+}
+
+fn err(format: &str, offset: usize, end: Option<usize>, reason: impl Into<String>) -> FormatError {
+    // Show the operator: up to its closing `%`, or the next `%`, or 40 bytes.
+    let rest = &format[offset..];
+    let shown = match end {
+        Some(e) => &format[offset..e],
+        None => {
+            let stop = rest[1..].find('%').map_or(rest.len(), |p| p + 2);
+            let mut cut = stop.min(40);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            &rest[..cut]
+        }
+    };
+    FormatError::Operator {
+        offset,
+        operator: shown.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, FormatError> {
+    let fail = |reason: String| err(format, at, Some(cmd.end), reason);
+    let no_args = |op: Operator| -> Result<Operator, FormatError> {
+        if cmd.arg.is_some() || cmd.max_len.is_some() {
+            return Err(fail(format!("{} takes no argument or length", cmd.name)));
+        }
+        Ok(op)
+    };
+    let header = |strip_query: bool| -> Result<HeaderOp, FormatError> {
+        let arg = cmd
+            .arg
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| fail(format!("{} needs a header name", cmd.name)))?;
+        let mut parts = arg.split('?');
+        let main = parts.next().unwrap_or_default();
+        let alt = parts.next().unwrap_or_default();
+        if parts.next().is_some() {
+            return Err(fail("more than one alternative header".to_owned()));
+        }
+        let key = |name: &str| -> Result<Option<HeaderKey>, FormatError> {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            header_key(name)
+                .map(Some)
+                .ok_or_else(|| fail(format!("invalid header name `{name}`")))
+        };
+        let max_len = match cmd.max_len {
+            Some(n) => Some(
+                n.parse::<usize>()
+                    .map_err(|_| fail(format!("length `{n}` is too large")))?,
+            ),
+            None => None,
+        };
+        Ok(HeaderOp {
+            main: key(main)?,
+            alt: key(alt)?,
+            max_len,
+            strip_query,
+        })
+    };
+    Ok(match cmd.name {
+        "START_TIME" => {
+            if cmd.max_len.is_some() {
+                return Err(fail("START_TIME takes no length".to_owned()));
+            }
+            match cmd.arg {
+                None | Some("") => Operator::StartTime(TimeFormat::default_format()),
+                Some(f) => Operator::StartTime(TimeFormat::parse(f).map_err(|e| {
+                    // Point at the offending specifier inside the argument.
+                    let off = at + cmd.name.len() + 2 + e.offset;
+                    FormatError::Operator {
+                        offset: off,
+                        operator: format[at..cmd.end].to_owned(),
+                        reason: e.reason.to_owned(),
+                    }
+                })?),
+            }
+        }
+        "REQ" => Operator::Request(header(false)?),
+        "REQ_WITHOUT_QUERY" => Operator::Request(header(true)?),
+        "RESP" => Operator::Response(header(false)?),
+        "TRAILER" => {
+            header(false)?;
+            Operator::Trailer
+        }
+        "PROTOCOL" => no_args(Operator::Protocol)?,
+        "RESPONSE_CODE" => no_args(Operator::ResponseCode)?,
+        "RESPONSE_FLAGS" => no_args(Operator::ResponseFlags)?,
+        "RESPONSE_CODE_DETAILS" => no_args(Operator::ResponseCodeDetails)?,
+        "CONNECTION_TERMINATION_DETAILS" => no_args(Operator::ConnectionTerminationDetails)?,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_args(Operator::UpstreamTransportFailureReason)?,
+        "BYTES_RECEIVED" => no_args(Operator::BytesReceived)?,
+        "BYTES_SENT" => no_args(Operator::BytesSent)?,
+        "DURATION" => no_args(Operator::Duration)?,
+        "UPSTREAM_HOST" => no_args(Operator::UpstreamHost)?,
+        // Envoy prints the alt_stat_name for UPSTREAM_CLUSTER when set; Egret sets none.
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => no_args(Operator::UpstreamCluster)?,
+        "UPSTREAM_LOCAL_ADDRESS" => no_args(Operator::UpstreamLocalAddress)?,
+        "DOWNSTREAM_LOCAL_ADDRESS" => no_args(Operator::DownstreamLocalAddress)?,
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_args(Operator::DownstreamLocalAddressWithoutPort)?,
+        "DOWNSTREAM_REMOTE_ADDRESS" => no_args(Operator::DownstreamRemoteAddress)?,
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => no_args(Operator::DownstreamRemoteAddressWithoutPort)?,
+        "REQUESTED_SERVER_NAME" => no_args(Operator::RequestedServerName)?,
+        "ROUTE_NAME" => no_args(Operator::RouteName)?,
+        "DOWNSTREAM_PEER_URI_SAN" => no_args(Operator::DownstreamPeerUriSan)?,
+        "HOSTNAME" => no_args(Operator::Hostname)?,
+        "CONFIG_VERSION" => no_args(Operator::ConfigVersion)?,
+        other => return Err(fail(format!("unknown command operator {other}"))),
+    })
+}
+
+fn header_key(name: &str) -> Option<HeaderKey> {
+    let lower = name.to_ascii_lowercase();
+    if let Some(pseudo) = lower.strip_prefix(':') {
+        return match pseudo {
+            "method" => Some(HeaderKey::Method),
+            "path" => Some(HeaderKey::Path),
+            "authority" => Some(HeaderKey::Authority),
+            "scheme" => Some(HeaderKey::Scheme),
+            "status" => Some(HeaderKey::Status),
+            p if !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'-') => {
+                Some(HeaderKey::OtherPseudo)
+            }
+            _ => None,
+        };
+    }
+    let n = HeaderName::from_bytes(lower.as_bytes()).ok()?;
+    Some(if n == HOST {
+        HeaderKey::Authority
+    } else {
+        HeaderKey::Name(n)
+    })
+}

@@ -1,0 +1,449 @@
+//! The access-log writer: a bounded queue in front of one dedicated OS thread.
+//!
+//! The data path only moves a boxed record into the queue (`try_send`); formatting and I/O
+//! happen on the writer thread, so a slow disk or a blocked stdout pipe can never stall a
+//! request. When the queue is full the record is dropped and counted, never waited for.
+//! Control messages (flush, new format, reopen, shutdown) travel through the same queue, so
+//! they act after every record logged before them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use egret_core::{AccessLogSink, LogRecord};
+
+use crate::LogFormat;
+
+/// Formatted bytes are handed to the destination once the queue is empty or this much
+/// has accumulated.
+const BATCH_BYTES: usize = 64 * 1024;
+/// At most one warning per this interval for write errors and for dropped records.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a control message is retried while the queue is full.
+const CONTROL_RETRY: Duration = Duration::from_millis(1);
+
+/// Where access-log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Stdout,
+    Stderr,
+    /// A file opened for append (created if missing).
+    File(PathBuf),
+}
+
+impl Destination {
+    /// Istio's `accessLogFile`: `-`, `/dev/stdout` → stdout, `/dev/stderr` → stderr, else a file.
+    pub fn from_path(path: &str) -> Destination {
+        match path {
+            "-" | "/dev/stdout" => Destination::Stdout,
+            "/dev/stderr" => Destination::Stderr,
+            p => Destination::File(PathBuf::from(p)),
+        }
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+        Ok(match self {
+            Destination::Stdout => Box::new(io::stdout()),
+            Destination::Stderr => Box::new(io::stderr()),
+            Destination::File(p) => Box::new(open_append(p)?),
+        })
+    }
+}
+
+fn open_append(p: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(p)
+}
+
+enum Msg {
+    Record(Box<LogRecord>),
+    Flush(mpsc::Sender<()>),
+    SetFormat(Box<LogFormat>),
+    Reopen,
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Stats {
+    queued: AtomicU64,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+/// An [`AccessLogSink`] that formats and writes on its own thread.
+pub struct AccessLogWriter {
+    tx: SyncSender<Msg>,
+    stats: Arc<Stats>,
+    thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
+}
+
+impl AccessLogWriter {
+    /// Opens `dest` and starts the writer thread with the default queue
+    /// ([`egret_core::limits::ACCESS_LOG_QUEUE`]).
+    pub fn open(dest: &Destination, format: LogFormat) -> io::Result<AccessLogWriter> {
+        Self::with_capacity(dest, format, egret_core::limits::ACCESS_LOG_QUEUE)
+    }
+
+    /// As [`open`](Self::open) with a queue of `capacity` records (at least 1).
+    pub fn with_capacity(dest: &Destination, format: LogFormat, capacity: usize) -> io::Result<AccessLogWriter> {
+        let out = dest.open()?;
+        Self::spawn(out, Some(dest.clone()), format, capacity)
+    }
+
+    /// Writes to any `Write` (tests, pipes). [`reopen`](Self::reopen) does nothing here.
+    pub fn with_writer(out: Box<dyn Write + Send>, format: LogFormat, capacity: usize) -> io::Result<AccessLogWriter> {
+        Self::spawn(out, None, format, capacity)
+    }
+
+    fn spawn(
+        out: Box<dyn Write + Send>,
+        dest: Option<Destination>,
+        format: LogFormat,
+        capacity: usize,
+    ) -> io::Result<AccessLogWriter> {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let (done_tx, done_rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let mut worker = Worker {
+            rx,
+            out,
+            dest,
+            format,
+            stats: stats.clone(),
+            batch: Vec::with_capacity(BATCH_BYTES),
+            batch_lines: 0,
+            last_error_warn: None,
+            errors_since_warn: 0,
+            last_drop_warn: None,
+            dropped_reported: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name("egret-access-log".into())
+            .spawn(move || {
+                worker.run();
+                // Dropping `done_tx` tells a waiting shutdown the thread has finished.
+                drop(done_tx);
+            })?;
+        Ok(AccessLogWriter {
+            tx,
+            stats,
+            thread: Mutex::new(Some((handle, done_rx))),
+        })
+    }
+
+    /// Records accepted into the queue.
+    pub fn queued(&self) -> u64 {
+        self.stats.queued.load(Ordering::Relaxed)
+    }
+    /// Lines handed to the destination without error.
+    pub fn written(&self) -> u64 {
+        self.stats.written.load(Ordering::Relaxed)
+    }
+    /// Records refused because the queue was full (or the writer had shut down).
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+    /// Lines lost to write errors (disk full, closed pipe).
+    pub fn write_errors(&self) -> u64 {
+        self.stats.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Switches the format for records logged from now on (a configuration reload).
+    pub fn set_format(&self, format: LogFormat, timeout: Duration) -> bool {
+        self.send_control(Msg::SetFormat(Box::new(format)), Instant::now() + timeout)
+    }
+
+    /// Reopens the destination file (after log rotation), like Envoy on SIGUSR1.
+    pub fn reopen(&self, timeout: Duration) -> bool {
+        self.send_control(Msg::Reopen, Instant::now() + timeout)
+    }
+
+    /// Waits until every record logged before this call has been written and flushed.
+    /// `false` if that did not happen within `timeout` (queue stuck behind a blocked writer).
+    pub fn flush_and_wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (ack_tx, ack_rx) = mpsc::channel();
+        if !self.send_control(Msg::Flush(ack_tx), deadline) {
+            return false;
+        }
+        ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+
+    /// Drains the queue, flushes, and stops the thread (call at process exit). Records logged
+    /// afterwards are counted as dropped. `false` if the thread did not finish within
+    /// `timeout`. Calling it again is harmless.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((_, done_rx)) = guard.as_ref() else {
+            return true;
+        };
+        // A send failure means the thread is already gone; joining below is then immediate.
+        self.send_control(Msg::Shutdown, deadline);
+        match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some((handle, _)) = guard.take() {
+                    if handle.join().is_err() {
+                        tracing::warn!("access-log writer thread panicked");
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Control messages must not be lost to a full queue: retry until the deadline.
+    fn send_control(&self, mut msg: Msg, deadline: Instant) -> bool {
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    msg = m;
+                    std::thread::sleep(CONTROL_RETRY);
+                }
+            }
+        }
+    }
+}
+
+impl AccessLogSink for AccessLogWriter {
+    /// Never blocks: a full queue drops the record and counts it.
+    fn log(&self, record: LogRecord) {
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for AccessLogWriter {
+    fn drop(&mut self) {
+        // Best effort for owners that forget `shutdown`; bounded so exit can't hang.
+        self.shutdown(Duration::from_secs(5));
+    }
+}
+
+impl std::fmt::Debug for AccessLogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogWriter")
+            .field("queued", &self.queued())
+            .field("written", &self.written())
+            .field("dropped", &self.dropped())
+            .field("write_errors", &self.write_errors())
+            .finish()
+    }
+}
+
+struct Worker {
+    rx: Receiver<Msg>,
+    out: Box<dyn Write + Send>,
+    dest: Option<Destination>,
+    format: LogFormat,
+    stats: Arc<Stats>,
+    /// Formatted lines not yet handed to `out`.
+    batch: Vec<u8>,
+    batch_lines: u64,
+    last_error_warn: Option<Instant>,
+    errors_since_warn: u64,
+    last_drop_warn: Option<Instant>,
+    dropped_reported: u64,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        loop {
+            let msg = match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => {
+                    // The queue ran dry: make what we have visible now, then sleep on it.
+                    self.flush();
+                    match self.rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            if matches!(msg, Msg::Shutdown) {
+                break;
+            }
+            self.handle(msg);
+        }
+        // Shutting down: write whatever is already queued so no accepted line is lost.
+        while let Ok(msg) = self.rx.try_recv() {
+            if !matches!(msg, Msg::Shutdown | Msg::Reopen) {
+                self.handle(msg);
+            }
+        }
+        self.flush();
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Record(rec) => {
+                self.format.write(&rec, &mut self.batch);
+                self.batch_lines += 1;
+                if self.batch.len() >= BATCH_BYTES {
+                    self.write_batch();
+                }
+            }
+            Msg::Flush(ack) => {
+                self.flush();
+                // The caller may have given up waiting; nothing to do then.
+                let _ = ack.send(());
+            }
+            Msg::SetFormat(f) => self.format = *f,
+            Msg::Reopen => {
+                self.flush();
+                self.reopen();
+            }
+            Msg::Shutdown => {}
+        }
+    }
+
+    fn flush(&mut self) {
+        self.write_batch();
+        if let Err(e) = self.out.flush() {
+            self.report_error(&e, 0);
+        }
+        self.report_drops();
+    }
+
+    fn write_batch(&mut self) {
+        if self.batch_lines == 0 {
+            self.batch.clear();
+            return;
+        }
+        let lines = std::mem::take(&mut self.batch_lines);
+        match self.out.write_all(&self.batch) {
+            Ok(()) => {
+                self.stats.written.fetch_add(lines, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(lines, Ordering::Relaxed);
+                self.report_error(&e, lines);
+            }
+        }
+        self.batch.clear();
+    }
+
+    fn reopen(&mut self) {
+        let Some(dest) = self.dest.as_ref() else {
+            return;
+        };
+        match dest.open() {
+            Ok(out) => self.out = out,
+            Err(e) => {
+                tracing::warn!(error = %e, destination = ?dest, "access log: reopen failed, keeping the old file")
+            }
+        }
+    }
+
+    fn report_error(&mut self, e: &io::Error, lost: u64) {
+        self.errors_since_warn += lost;
+        if due(&mut self.last_error_warn) {
+            tracing::warn!(error = %e, lines_lost = self.errors_since_warn, "access log: write failed");
+            self.errors_since_warn = 0;
+        }
+    }
+
+    fn report_drops(&mut self) {
+        let dropped = self.stats.dropped.load(Ordering::Relaxed);
+        if dropped > self.dropped_reported && due(&mut self.last_drop_warn) {
+            tracing::warn!(
+                dropped = dropped - self.dropped_reported,
+                "access log: queue full, records dropped"
+            );
+            self.dropped_reported = dropped;
+        }
+    }
+}
+
+/// True at most once per [`WARN_INTERVAL`].
+fn due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < WARN_INTERVAL) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+/// An in-memory sink for tests: keeps every record, lets a test wait for a count.
+#[derive(Default)]
+pub struct MemorySink {
+    records: Mutex<Vec<LogRecord>>,
+    changed: Condvar,
+}
+
+impl MemorySink {
+    pub fn new() -> Arc<MemorySink> {
+        Arc::new(MemorySink::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LogRecord>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A copy of the records so far.
+    pub fn records(&self) -> Vec<LogRecord> {
+        self.lock().clone()
+    }
+
+    /// Removes and returns the records so far.
+    pub fn take(&self) -> Vec<LogRecord> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The records so far, each formatted with `format` (lines keep their `\n`).
+    pub fn lines(&self, format: &LogFormat) -> Vec<String> {
+        self.lock().iter().map(|r| format.format_to_string(r)).collect()
+    }
+
+    /// Blocks until at least `n` records arrived; `false` on timeout.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let guard = self.lock();
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |r| r.len() < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        guard.len() >= n
+    }
+}
+
+impl AccessLogSink for MemorySink {
+    fn log(&self, record: LogRecord) {
+        self.lock().push(record);
+        self.changed.notify_all();
+    }
+}
+
+impl std::fmt::Debug for MemorySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySink").field("records", &self.len()).finish()
+    }
+}

@@ -1,0 +1,61 @@
+//! TCP connect with the cluster's timeout, reporting failures in Envoy's words.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} failed: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr} timed out")]
+    Timeout { addr: SocketAddr },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+impl ConnectError {
+    /// Envoy's reset reason for a failed connect (`remote connection failure`,
+    /// `connection timeout`), as used in local-reply bodies and response-code details.
+    pub fn reset_reason(&self) -> &'static str {
+        match self {
+            ConnectError::Timeout { .. } => "connection timeout",
+            _ => "remote connection failure",
+        }
+    }
+
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` as Envoy 1.40 prints it, e.g.
+    /// `delayed_connect_error:_Connection_refused` (Envoy replaces spaces by `_`).
+    pub fn transport_failure_reason(&self) -> Option<String> {
+        match self {
+            ConnectError::Io { source, .. } => {
+                Some(format!("delayed connect error: {}", strerror(source)).replace(' ', "_"))
+            }
+            ConnectError::Timeout { .. } => None,
+            ConnectError::Handshake { .. } => None,
+        }
+    }
+}
+
+/// The C library's text for an OS error ("Connection refused"), without Rust's
+/// " (os error 111)" suffix, so our text matches Envoy's.
+pub fn strerror(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr }),
+    };
+    // Requests and responses are small writes; Nagle would add up to 40 ms each.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

@@ -1,0 +1,135 @@
+//! Flags. This is a contract: tests, docs and benchmarks rely on these names.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "egret", version, about = "Egret: a native Rust data plane for Istio egress gateways")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway on the given Istio configuration.
+    Run(RunArgs),
+    /// Check the configuration and print the compiled listeners, routes and clusters.
+    Validate(ConfigArgs),
+}
+
+/// What selects and compiles the configuration (shared by `run` and `validate`).
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Files or folders of Istio YAML (recursive, .yaml/.yml, multi-document).
+    #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+    pub config: Vec<PathBuf>,
+    /// The gateway's namespace; also the default for resources without one.
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+    /// The gateway's labels: Gateways whose selector matches them are served.
+    #[arg(long, default_value = "istio=egressgateway", value_parser = parse_labels)]
+    pub labels: BTreeMap<String, String>,
+    /// Service port to listen port, as in Istio's gateway chart; other ports listen as they are.
+    #[arg(long = "port-map", default_value = "80=8080,443=8443", value_parser = parse_port_map)]
+    pub port_map: BTreeMap<u16, u16>,
+    /// Kubernetes cluster domain: hosts under `svc.<domain>` are Kubernetes services.
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address the listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// DNS server to use instead of /etc/resolv.conf.
+    #[arg(long = "dns-server")]
+    pub dns_server: Option<SocketAddr>,
+    /// /etc/hosts-format file consulted before DNS (for labs).
+    #[arg(long = "hosts-file")]
+    pub hosts_file: Option<PathBuf>,
+    /// Send connections meant for HOST:PORT to ADDR:PORT instead (like curl's --connect-to);
+    /// repeatable. For labs whose stand-ins for external hosts listen elsewhere.
+    #[arg(long = "connect-to", value_name = "HOST:PORT:ADDR:PORT", value_parser = egret_upstream::parse_connect_to)]
+    pub connect_to: Vec<((String, u16), std::net::SocketAddr)>,
+    /// Access-log destination: a file path, or `-` for stdout.
+    #[arg(long = "access-log", default_value = "-")]
+    pub access_log: String,
+    /// Envoy command-operator format (default: Istio's default TEXT format).
+    #[arg(long = "access-log-format")]
+    pub access_log_format: Option<String>,
+    /// Write access-log lines as JSON with Istio's keys (or with --access-log-format as a
+    /// JSON object of key → operator).
+    #[arg(long = "access-log-json")]
+    pub access_log_json: bool,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Level of Egret's own diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for kv in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("label {kv:?} is not key=value"))?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(m)
+}
+
+fn parse_port_map(s: &str) -> Result<BTreeMap<u16, u16>, String> {
+    let mut m = BTreeMap::new();
+    for kv in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("port mapping {kv:?} is not SERVICE=LISTEN"))?;
+        let k: u16 = k.trim().parse().map_err(|_| format!("{k:?} is not a port"))?;
+        let v: u16 = v.trim().parse().map_err(|_| format!("{v:?} is not a port"))?;
+        m.insert(k, v);
+    }
+    Ok(m)
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate(args) => crate::validate::validate(&args),
+        Command::Run(args) => match crate::run::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("egret: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+impl ConfigArgs {
+    pub fn load_options(&self) -> egret_config::LoadOptions {
+        egret_config::LoadOptions { namespace: self.namespace.clone(), cluster_domain: self.cluster_domain.clone() }
+    }
+    pub fn compile_options(&self) -> egret_config::CompileOptions {
+        egret_config::CompileOptions {
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            port_map: self.port_map.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+
+    /// Loads and compiles; on failure returns every error, formatted `file:line: ...`.
+    pub fn build(&self) -> Result<(egret_config::Compiled, Vec<egret_config::Diagnostic>), Vec<String>> {
+        let loaded = egret_config::load_with_options(&self.config, &self.load_options())
+            .map_err(|e| e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        let warnings = loaded.warnings.clone();
+        let compiled = egret_config::compile(&loaded, &self.compile_options())
+            .map_err(|errs| errs.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        Ok((compiled, warnings))
+    }
+}

@@ -1,0 +1,103 @@
+//! `egret run`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use egret_http::HttpShared;
+use egret_listener::{ActiveConfig, Gateway, GatewayOptions};
+use egret_telemetry::{AccessLogWriter, Destination, LogEncoding, LogFormat};
+use egret_upstream::{Pool, Resolver, ResolverConfig};
+
+use crate::cli::RunArgs;
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(&args.log_level);
+    let (compiled, load_warnings) = args.config.build().map_err(|errors| {
+        for e in &errors {
+            tracing::error!("{e}");
+        }
+        anyhow::anyhow!("{} configuration error(s)", errors.len())
+    })?;
+    for w in load_warnings.iter().chain(&compiled.warnings) {
+        tracing::warn!("{w}");
+    }
+    let snapshot = Arc::new(compiled.snapshot);
+    tracing::info!(version = %snapshot.version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "configuration loaded");
+
+    let encoding = if args.access_log_json { LogEncoding::Json } else { LogEncoding::Text };
+    let format = LogFormat::istio(encoding, args.access_log_format.as_deref().unwrap_or(""))
+        .context("invalid --access-log-format")?;
+    let writer = Arc::new(
+        AccessLogWriter::open(&Destination::from_path(&args.access_log), format)
+            .with_context(|| format!("cannot open access log {}", args.access_log))?,
+    );
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.workers {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("cannot start the async runtime")?;
+    let result = rt.block_on(serve(&args, snapshot, writer.clone()));
+    // Every access-log line reaches its destination before we exit.
+    writer.shutdown(Duration::from_secs(5));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(args: &RunArgs, snapshot: Arc<egret_core::Snapshot>, writer: Arc<AccessLogWriter>) -> anyhow::Result<()> {
+    let resolver = Resolver::new(&ResolverConfig {
+        dns_server: args.dns_server,
+        hosts_file: args.hosts_file.clone(),
+        connect_to: args.connect_to.iter().cloned().collect(),
+    })
+        .context("cannot set up DNS")?;
+    let shared = Arc::new(HttpShared {
+        pool: Pool::new(),
+        resolver: Arc::new(resolver),
+        sink: writer,
+        local_ip: crate::local_ip::first_non_loopback_ipv4(),
+    });
+    let gateway = Arc::new(Gateway {
+        config: Arc::new(ActiveConfig::new(snapshot)),
+        shared,
+        options: GatewayOptions { bind: args.bind },
+    });
+    let listeners = gateway.bind().await?;
+    let mut tasks = Vec::new();
+    for (port, l) in listeners {
+        tasks.push(gateway.spawn_accept(port, l));
+    }
+    tracing::info!("egret ready");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

@@ -1,0 +1,24 @@
+//! `egret validate`: exit 0 and print the compiled table, or exit 1 with every error.
+
+use std::process::ExitCode;
+
+use crate::cli::ConfigArgs;
+
+pub fn validate(args: &ConfigArgs) -> ExitCode {
+    match args.build() {
+        Ok((compiled, load_warnings)) => {
+            for w in load_warnings.iter().chain(&compiled.warnings) {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", egret_config::describe(&compiled.snapshot));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s); configuration not valid", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
