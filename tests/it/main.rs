@@ -1,1 +1,7 @@
+//! End-to-end suites: the real `egret` binary, real sockets, in-process upstreams and DNS.
+//! One test binary (link time on 2 cores); modules by scenario.
 
+mod common;
+mod passthrough;
+mod s1_http;
+mod validate;

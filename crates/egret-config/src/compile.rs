@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use egret_core::limits::DEFAULT_CONNECT_TIMEOUT;
 use egret_core::{
-    Cluster, Discovery, DnsTarget, HeaderMatch, HostPattern, HttpRouteTable, LbPolicy, Listener, ListenerRoutes, Route,
-    RouteAction, RouteMatch, ServerProtocol, SniRoute, SniRouteTable, Snapshot, TcpRouteTable, UpstreamProtocol,
-    VirtualHost, WeightedCluster, WeightedClusters,
+    CertSource, Cluster, Discovery, DnsTarget, DownstreamTls, HeaderMatch, HostPattern,
+    HttpRouteTable, LbPolicy, Listener, ListenerRoutes, Route, RouteAction, RouteMatch,
+    ServerProtocol, Snapshot, SniRoute, SniRouteTable, TcpRouteTable, TlsMode, TlsServer,
+    UpstreamProtocol, UpstreamTls, VirtualHost, WeightedCluster, WeightedClusters,
 };
 
 use crate::diag::{Diagnostic, Severity};
@@ -67,7 +69,11 @@ pub fn compile(loaded: &Loaded, opts: &CompileOptions) -> Result<Compiled, Vec<D
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
-    let snapshot = Snapshot { version: Arc::from(loaded.version.as_str()), listeners, clusters };
+    let snapshot = Snapshot {
+        version: Arc::from(loaded.version.as_str()),
+        listeners,
+        clusters,
+    };
     tracing::info!(
         version = %snapshot.version,
         listeners = snapshot.listeners.len(),
@@ -82,6 +88,8 @@ pub fn compile(loaded: &Loaded, opts: &CompileOptions) -> Result<Compiled, Vec<D
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     Http,
+    /// HTTPS terminated here, then routed as HTTP.
+    Https,
     Sni,
     Tcp,
 }
@@ -90,6 +98,7 @@ impl Family {
     fn name(self) -> &'static str {
         match self {
             Family::Http => "HTTP",
+            Family::Https => "HTTPS (TLS termination)",
             Family::Sni => "TLS passthrough",
             Family::Tcp => "TCP",
         }
@@ -112,7 +121,10 @@ impl OurServer<'_> {
     /// The server hosts a VirtualService of namespace `vs_ns` may bind to.
     fn hosts_for(&self, vs_ns: &str) -> impl Iterator<Item = &HostPattern> {
         let vs_ns = vs_ns.to_string();
-        self.hosts.iter().filter(move |h| h.namespace.as_deref().is_none_or(|n| n == vs_ns)).map(|h| &h.pattern)
+        self.hosts
+            .iter()
+            .filter(move |h| h.namespace.as_deref().is_none_or(|n| n == vs_ns))
+            .map(|h| &h.pattern)
     }
 }
 
@@ -124,6 +136,11 @@ struct ListenerBuild<'a> {
     servers: Vec<OurServer<'a>>,
     /// Where the first server of this port was defined, for conflict messages.
     first: String,
+    /// Route table name: `http.<listen port>`, or Istio's `https.<port>.<port name>.<gateway>.<ns>`
+    /// of the first server for terminated HTTPS.
+    route_name: String,
+    /// One per terminated-TLS server (Family::Https).
+    tls_servers: Vec<TlsServer>,
 }
 
 /// A cluster some route of ours needs.
@@ -174,7 +191,9 @@ impl<'a> Compiler<'a> {
     }
 
     fn warn_at<T>(&mut self, res: &Resource<T>, field: &str, message: impl Into<String>) {
-        let d = self.loaded.diagnostic(res, field, Severity::Warning, message);
+        let d = self
+            .loaded
+            .diagnostic(res, field, Severity::Warning, message);
         self.warn(d);
     }
 
@@ -199,7 +218,10 @@ impl<'a> Compiler<'a> {
 
     fn vs_binds(vs: &Resource<VirtualServiceSpec>, gw: &Resource<GatewaySpec>) -> bool {
         // No `gateways` means `mesh` only.
-        vs.spec.gateways.iter().any(|g| Self::names_gateway(g, &vs.namespace, gw))
+        vs.spec
+            .gateways
+            .iter()
+            .any(|g| Self::names_gateway(g, &vs.namespace, gw))
     }
 
     /// The matches of a rule that apply to gateway `gw` on service port `port`; None when the
@@ -250,8 +272,12 @@ impl<'a> Compiler<'a> {
 
     fn listeners(&mut self) -> Vec<Listener> {
         let mut builds: BTreeMap<u16, ListenerBuild<'a>> = BTreeMap::new();
-        let ours: Vec<&'a Resource<GatewaySpec>> =
-            self.loaded.gateways.iter().filter(|g| self.is_our_gateway(g)).collect();
+        let ours: Vec<&'a Resource<GatewaySpec>> = self
+            .loaded
+            .gateways
+            .iter()
+            .filter(|g| self.is_our_gateway(g))
+            .collect();
         if ours.is_empty() {
             tracing::info!(labels = ?self.opts.labels, "no Gateway selects this workload's labels");
         }
@@ -263,15 +289,23 @@ impl<'a> Compiler<'a> {
         // VirtualServices that name one of our Gateways but bind to none of its servers.
         for (_, vs) in self.visible_vs() {
             for gw in &ours {
-                let active = builds.values().flat_map(|b| b.servers.iter()).any(|s| std::ptr::eq(s.gw, *gw));
+                let active = builds
+                    .values()
+                    .flat_map(|b| b.servers.iter())
+                    .any(|s| std::ptr::eq(s.gw, *gw));
                 // A Gateway whose servers were all skipped was warned about already.
                 if !active || !Self::vs_binds(vs, gw) {
                     continue;
                 }
                 let hosts = self.vs_hosts(vs);
-                let binds = builds.values().flat_map(|b| b.servers.iter()).filter(|s| std::ptr::eq(s.gw, *gw)).any(|s| {
-                    s.hosts_for(&vs.namespace).any(|sh| hosts.iter().any(|h| h.intersect(sh).is_some()))
-                });
+                let binds = builds
+                    .values()
+                    .flat_map(|b| b.servers.iter())
+                    .filter(|s| std::ptr::eq(s.gw, *gw))
+                    .any(|s| {
+                        s.hosts_for(&vs.namespace)
+                            .any(|sh| hosts.iter().any(|h| h.intersect(sh).is_some()))
+                    });
                 if !binds {
                     self.warn_at(
                         vs,
@@ -286,9 +320,12 @@ impl<'a> Compiler<'a> {
         }
 
         let mut listeners = Vec::new();
-        for (_, b) in builds {
+        for (_, mut b) in builds {
+            let tls_servers = std::mem::take(&mut b.tls_servers);
             let routes = match b.family {
-                Family::Http => ListenerRoutes::Http(Arc::new(self.http_routes(&b))),
+                Family::Http | Family::Https => {
+                    ListenerRoutes::Http(Arc::new(self.http_routes(&b)))
+                }
                 Family::Sni => ListenerRoutes::Sni(Arc::new(self.sni_routes(&b))),
                 Family::Tcp => ListenerRoutes::Tcp(Arc::new(self.tcp_routes(&b))),
             };
@@ -298,6 +335,7 @@ impl<'a> Compiler<'a> {
                 listen_port: b.listen_port,
                 protocol: b.protocol,
                 routes,
+                tls_servers,
             });
         }
         listeners
@@ -312,39 +350,64 @@ impl<'a> Compiler<'a> {
     ) {
         let path = format!("spec.servers[{i}]");
         let Some(port) = &server.port else { return };
-        let Some(number) = port.number.and_then(|n| u16::try_from(n).ok()) else { return };
-        let Some(protocol) = port.protocol.as_deref().and_then(Protocol::parse) else { return };
+        let Some(number) = port.number.and_then(|n| u16::try_from(n).ok()) else {
+            return;
+        };
+        let Some(protocol) = port.protocol.as_deref().and_then(Protocol::parse) else {
+            return;
+        };
         let tls_mode = server.tls.as_ref().and_then(|t| t.mode);
         let (family, server_protocol) = match protocol {
             Protocol::Http => (Family::Http, ServerProtocol::Http),
-            Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => (Family::Http, ServerProtocol::Http2),
+            Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb => {
+                (Family::Http, ServerProtocol::Http2)
+            }
             Protocol::Https | Protocol::Tls => match tls_mode {
                 Some(ServerTlsMode::Passthrough) => (
                     Family::Sni,
-                    if protocol == Protocol::Https { ServerProtocol::Https } else { ServerProtocol::Tls },
+                    if protocol == Protocol::Https {
+                        ServerProtocol::Https
+                    } else {
+                        ServerProtocol::Tls
+                    },
                 ),
+                Some(
+                    ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::IstioMutual,
+                ) if protocol == Protocol::Https => (Family::Https, ServerProtocol::Https),
                 Some(mode) => {
+                    let why = match mode {
+                        ServerTlsMode::AutoPassthrough | ServerTlsMode::OptionalMutual => {
+                            format!("tls.mode {} is not supported yet", screaming(&format!("{mode:?}")))
+                        }
+                        _ => format!(
+                            "TLS termination (mode {}) on a protocol TLS server (TCP inside) is not supported yet; only protocol HTTPS servers terminate TLS",
+                            screaming(&format!("{mode:?}"))
+                        ),
+                    };
                     self.warn_at(
                         gw,
                         &format!("{path}.tls.mode"),
-                        format!(
-                            "TLS termination (mode {}) is not supported yet: this server is skipped, nothing listens for it on port {number}",
-                            screaming(&format!("{mode:?}"))
-                        ),
+                        format!("{why}: this server is skipped, nothing listens for it on port {number}"),
                     );
                     return;
                 }
                 // Reported by the loader.
                 None => return,
             },
-            Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis => (Family::Tcp, ServerProtocol::Tcp),
+            Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis => {
+                (Family::Tcp, ServerProtocol::Tcp)
+            }
         };
-        if family != Family::Sni {
+        if matches!(family, Family::Http | Family::Tcp) {
             if let Some(mode) = tls_mode {
                 self.warn_at(
                     gw,
                     &format!("{path}.tls"),
-                    format!("TLS settings (mode {}) on a plain {} server are ignored", screaming(&format!("{mode:?}")), family.name()),
+                    format!(
+                        "TLS settings (mode {}) on a plain {} server are ignored",
+                        screaming(&format!("{mode:?}")),
+                        family.name()
+                    ),
                 );
             }
         }
@@ -361,10 +424,18 @@ impl<'a> Compiler<'a> {
                     },
                     pattern: HostPattern::parse(host),
                 },
-                None => ServerHost { namespace: None, pattern: HostPattern::parse(h) },
+                None => ServerHost {
+                    namespace: None,
+                    pattern: HostPattern::parse(h),
+                },
             })
             .collect();
         let here = format!("{} {}/{} {path}", gw.kind, gw.namespace, gw.name);
+        let tls_server = if family == Family::Https {
+            self.tls_server(gw, i, server)
+        } else {
+            None
+        };
         match builds.get_mut(&listen_port) {
             Some(b) => {
                 if b.family != family {
@@ -390,9 +461,42 @@ impl<'a> Compiler<'a> {
                     );
                     return;
                 }
+                if let Some(ts) = tls_server {
+                    // Istio skips a TLS server whose hosts repeat another's on the same port:
+                    // the SNI would be ambiguous.
+                    let dup: Vec<String> = ts
+                        .hosts
+                        .iter()
+                        .filter(|h| b.tls_servers.iter().any(|o| o.hosts.contains(h)))
+                        .map(|h| h.to_string())
+                        .collect();
+                    if !dup.is_empty() {
+                        self.warn_at(
+                            gw,
+                            &format!("{path}.hosts"),
+                            format!(
+                                "host {} is already served with TLS on port {number} ({}): this server is skipped",
+                                dup.join(", "),
+                                b.first
+                            ),
+                        );
+                        return;
+                    }
+                    b.tls_servers.push(ts);
+                }
                 b.servers.push(OurServer { gw, hosts });
             }
             None => {
+                let route_name = if family == Family::Https {
+                    format!(
+                        "https.{number}.{}.{}.{}",
+                        port.name.as_deref().unwrap_or("https"),
+                        gw.name,
+                        gw.namespace
+                    )
+                } else {
+                    format!("http.{listen_port}")
+                };
                 builds.insert(
                     listen_port,
                     ListenerBuild {
@@ -402,10 +506,56 @@ impl<'a> Compiler<'a> {
                         protocol: server_protocol,
                         servers: vec![OurServer { gw, hosts }],
                         first: here,
+                        route_name,
+                        tls_servers: tls_server.into_iter().collect(),
                     },
                 );
             }
         }
+    }
+
+    /// The TLS termination of an HTTPS server (mode SIMPLE, MUTUAL or ISTIO_MUTUAL).
+    fn tls_server(
+        &mut self,
+        gw: &Resource<GatewaySpec>,
+        i: usize,
+        server: &Server,
+    ) -> Option<TlsServer> {
+        let tls = server.tls.as_ref()?;
+        let mode = match tls.mode? {
+            ServerTlsMode::Simple => TlsMode::Simple,
+            ServerTlsMode::Mutual => TlsMode::Mutual,
+            ServerTlsMode::IstioMutual => TlsMode::IstioMutual,
+            _ => return None,
+        };
+        let source = if mode == TlsMode::IstioMutual {
+            // The mesh certificates; the validator refused anything else here.
+            CertSource::default()
+        } else {
+            CertSource {
+                credential_name: non_empty(&tls.credential_name),
+                certificate: non_empty(&tls.server_certificate).map(PathBuf::from),
+                private_key: non_empty(&tls.private_key).map(PathBuf::from),
+                ca_certificates: non_empty(&tls.ca_certificates).map(PathBuf::from),
+            }
+        };
+        let mut hosts: Vec<HostPattern> = Vec::new();
+        for h in &server.hosts {
+            let host = h.rsplit_once('/').map_or(h.as_str(), |(_, host)| host);
+            let p = HostPattern::parse(host);
+            if !hosts.contains(&p) {
+                hosts.push(p);
+            }
+        }
+        Some(TlsServer {
+            hosts,
+            tls: DownstreamTls {
+                mode,
+                source,
+                subject_alt_names: tls.subject_alt_names.clone(),
+                origin: format!("{} servers[{i}]", gw.id()),
+            },
+        })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -440,7 +590,11 @@ impl<'a> Compiler<'a> {
                     let name = format!("{d}:{}", b.service_port);
                     match vhosts.iter_mut().find(|v| v.domains.first() == Some(&d)) {
                         Some(vh) => vh.routes.extend(routes.iter().map(clone_route)),
-                        None => vhosts.push(VirtualHost { name, domains: vec![d.clone()], routes: routes.iter().map(clone_route).collect() }),
+                        None => vhosts.push(VirtualHost {
+                            name,
+                            domains: vec![d.clone()],
+                            routes: routes.iter().map(clone_route).collect(),
+                        }),
                     }
                     done.push(d);
                 }
@@ -454,12 +608,15 @@ impl<'a> Compiler<'a> {
                 routes: vec![Route {
                     name: None,
                     matches: Vec::new(),
-                    action: RouteAction::Direct { status: 404, body: None },
+                    action: RouteAction::Direct {
+                        status: 404,
+                        body: None,
+                    },
                     timeout: None,
                 }],
             });
         }
-        HttpRouteTable::new(format!("http.{}", b.listen_port), vhosts)
+        HttpRouteTable::new(b.route_name.clone(), vhosts)
     }
 
     fn http_rules(
@@ -471,7 +628,9 @@ impl<'a> Compiler<'a> {
     ) -> Vec<Route> {
         let mut routes = Vec::new();
         for (i, rule) in vs.spec.http.iter().enumerate() {
-            let Some(matches) = self.applicable(&rule.matches, vs, gw, port) else { continue };
+            let Some(matches) = self.applicable(&rule.matches, vs, gw, port) else {
+                continue;
+            };
             let path = format!("spec.http[{i}]");
             let mut core_matches = Vec::with_capacity(matches.len());
             for m in matches {
@@ -482,7 +641,13 @@ impl<'a> Compiler<'a> {
                     .route
                     .iter()
                     .enumerate()
-                    .map(|(k, d)| (d.destination.as_ref(), d.weight, format!("{path}.route[{k}].destination")))
+                    .map(|(k, d)| {
+                        (
+                            d.destination.as_ref(),
+                            d.weight,
+                            format!("{path}.route[{k}].destination"),
+                        )
+                    })
                     .collect();
                 RouteAction::Forward(self.weighted(vs_idx, vs, &dests, port, true))
             } else if let Some(dr) = &rule.direct_response {
@@ -493,24 +658,40 @@ impl<'a> Compiler<'a> {
             } else {
                 // redirect / delegate: not implemented; refuse rather than fall through to
                 // later rules (the loader warned).
-                RouteAction::Direct { status: 503, body: None }
+                RouteAction::Direct {
+                    status: 503,
+                    body: None,
+                }
             };
             routes.push(Route {
                 name: rule.name.as_deref().map(Arc::from),
                 matches: core_matches,
                 action,
-                timeout: rule.timeout.as_ref().map(|t| t.value).filter(|d| !d.is_zero()),
+                timeout: rule
+                    .timeout
+                    .as_ref()
+                    .map(|t| t.value)
+                    .filter(|d| !d.is_zero()),
             });
         }
         routes
     }
 
-    fn route_match(&mut self, vs: &Resource<VirtualServiceSpec>, m: &HttpMatchRequest, path: &str) -> RouteMatch {
+    fn route_match(
+        &mut self,
+        vs: &Resource<VirtualServiceSpec>,
+        m: &HttpMatchRequest,
+        path: &str,
+    ) -> RouteMatch {
         let mut headers = Vec::new();
         for (map, invert) in [(&m.headers, false), (&m.without_headers, true)] {
             for (name, sm) in map {
                 match http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-                    Ok(hn) => headers.push(HeaderMatch { name: hn, value: core_string_match(sm), invert }),
+                    Ok(hn) => headers.push(HeaderMatch {
+                        name: hn,
+                        value: core_string_match(sm),
+                        invert,
+                    }),
                     Err(_) => self.error_at(vs, path, format!("invalid header name {name:?}")),
                 }
             }
@@ -524,7 +705,13 @@ impl<'a> Compiler<'a> {
             query_params: m
                 .query_params
                 .iter()
-                .map(|(k, sm)| (k.clone(), core_string_match(sm).unwrap_or(egret_core::StringMatch::Prefix(String::new()))))
+                .map(|(k, sm)| {
+                    (
+                        k.clone(),
+                        core_string_match(sm)
+                            .unwrap_or(egret_core::StringMatch::Prefix(String::new())),
+                    )
+                })
                 .collect(),
             ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
         }
@@ -543,12 +730,24 @@ impl<'a> Compiler<'a> {
         let mut clusters = Vec::new();
         for (dest, weight, path) in dests {
             let Some(dest) = dest else { continue };
-            let Some(name) = self.cluster_name(vs_idx, vs, dest, path, service_port, http) else { continue };
-            let weight = if single { 100 } else { weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0) };
-            clusters.push(WeightedCluster { cluster: name, weight });
+            let Some(name) = self.cluster_name(vs_idx, vs, dest, path, service_port, http) else {
+                continue;
+            };
+            let weight = if single {
+                100
+            } else {
+                weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0)
+            };
+            clusters.push(WeightedCluster {
+                cluster: name,
+                weight,
+            });
         }
         let total_weight = clusters.iter().map(|c| c.weight).sum();
-        WeightedClusters { clusters, total_weight }
+        WeightedClusters {
+            clusters,
+            total_weight,
+        }
     }
 
     /// `outbound|<port>|<subset>|<host>` for a destination, registering it as needed.
@@ -561,7 +760,11 @@ impl<'a> Compiler<'a> {
         service_port: u16,
         http: bool,
     ) -> Option<Arc<str>> {
-        let host = fqdn(dest.host.as_deref()?, &vs.namespace, &self.opts.cluster_domain);
+        let host = fqdn(
+            dest.host.as_deref()?,
+            &vs.namespace,
+            &self.opts.cluster_domain,
+        );
         let subset = dest.subset.clone().unwrap_or_default();
         let port = match dest.port.as_ref().and_then(|p| p.number) {
             Some(n) => u16::try_from(n).ok()?,
@@ -594,10 +797,14 @@ impl<'a> Compiler<'a> {
             },
         };
         let name = format!("outbound|{port}|{subset}|{host}");
-        let need = self
-            .needs
-            .entry(name.clone())
-            .or_insert_with(|| Need { host, port, subset, http: false, vs: vs_idx, path: path.to_string() });
+        let need = self.needs.entry(name.clone()).or_insert_with(|| Need {
+            host,
+            port,
+            subset,
+            http: false,
+            vs: vs_idx,
+            path: path.to_string(),
+        });
         need.http |= http;
         Some(Arc::from(name))
     }
@@ -618,11 +825,18 @@ impl<'a> Compiler<'a> {
                     continue;
                 }
                 let server_hosts: Vec<&HostPattern> = server.hosts_for(&vs.namespace).collect();
-                if !vs_hosts.iter().any(|h| server_hosts.iter().any(|sh| h.intersect(sh).is_some())) {
+                if !vs_hosts
+                    .iter()
+                    .any(|h| server_hosts.iter().any(|sh| h.intersect(sh).is_some()))
+                {
                     continue;
                 }
                 for (i, rule) in vs.spec.tls.iter().enumerate() {
-                    let Some(matches) = self.applicable(&rule.matches, vs, server.gw, b.service_port) else { continue };
+                    let Some(matches) =
+                        self.applicable(&rule.matches, vs, server.gw, b.service_port)
+                    else {
+                        continue;
+                    };
                     let mut sni_hosts: Vec<HostPattern> = Vec::new();
                     for m in matches {
                         for sni in &m.sni_hosts {
@@ -644,10 +858,19 @@ impl<'a> Compiler<'a> {
                         .route
                         .iter()
                         .enumerate()
-                        .map(|(k, d)| (d.destination.as_ref(), d.weight, format!("{path}.route[{k}].destination")))
+                        .map(|(k, d)| {
+                            (
+                                d.destination.as_ref(),
+                                d.weight,
+                                format!("{path}.route[{k}].destination"),
+                            )
+                        })
                         .collect();
                     let clusters = self.weighted(vs_idx, vs, &dests, b.service_port, false);
-                    routes.push(SniRoute { sni_hosts, clusters });
+                    routes.push(SniRoute {
+                        sni_hosts,
+                        clusters,
+                    });
                 }
             }
         }
@@ -661,11 +884,18 @@ impl<'a> Compiler<'a> {
                 if !Self::vs_binds(vs, server.gw) {
                     continue;
                 }
-                if !vs_hosts.iter().any(|h| server.hosts_for(&vs.namespace).any(|sh| h.intersect(sh).is_some())) {
+                if !vs_hosts.iter().any(|h| {
+                    server
+                        .hosts_for(&vs.namespace)
+                        .any(|sh| h.intersect(sh).is_some())
+                }) {
                     continue;
                 }
                 for (i, rule) in vs.spec.tcp.iter().enumerate() {
-                    if self.applicable(&rule.matches, vs, server.gw, b.service_port).is_none() {
+                    if self
+                        .applicable(&rule.matches, vs, server.gw, b.service_port)
+                        .is_none()
+                    {
                         continue;
                     }
                     let path = format!("spec.tcp[{i}]");
@@ -673,10 +903,18 @@ impl<'a> Compiler<'a> {
                         .route
                         .iter()
                         .enumerate()
-                        .map(|(k, d)| (d.destination.as_ref(), d.weight, format!("{path}.route[{k}].destination")))
+                        .map(|(k, d)| {
+                            (
+                                d.destination.as_ref(),
+                                d.weight,
+                                format!("{path}.route[{k}].destination"),
+                            )
+                        })
                         .collect();
                     let clusters = self.weighted(vs_idx, vs, &dests, b.service_port, false);
-                    return TcpRouteTable { clusters: Some(clusters) };
+                    return TcpRouteTable {
+                        clusters: Some(clusters),
+                    };
                 }
             }
         }
@@ -689,7 +927,11 @@ impl<'a> Compiler<'a> {
     /// The ServiceEntry for `host`: exact hosts first, then the longest wildcard; among equals
     /// the one in `prefer_ns`, then the gateway's namespace, then the first loaded. Returns
     /// whether it matched through a wildcard.
-    fn find_service_entry(&self, host: &str, prefer_ns: &str) -> Option<(&'a Resource<ServiceEntrySpec>, bool)> {
+    fn find_service_entry(
+        &self,
+        host: &str,
+        prefer_ns: &str,
+    ) -> Option<(&'a Resource<ServiceEntrySpec>, bool)> {
         let mut best: Option<(&'a Resource<ServiceEntrySpec>, usize, u8)> = None;
         for se in &self.loaded.service_entries {
             if !exported_to(&se.spec.export_to, &se.namespace, &self.opts.namespace) {
@@ -720,18 +962,26 @@ impl<'a> Compiler<'a> {
     }
 
     /// The DestinationRule for `host` seen from this gateway, with the same precedence.
-    fn find_destination_rule(&self, host: &str, prefer_ns: &str) -> Option<&'a Resource<DestinationRuleSpec>> {
+    fn find_destination_rule(
+        &self,
+        host: &str,
+        prefer_ns: &str,
+    ) -> Option<&'a Resource<DestinationRuleSpec>> {
         let mut best: Option<(&'a Resource<DestinationRuleSpec>, usize, u8)> = None;
         for dr in &self.loaded.destination_rules {
             if !exported_to(&dr.spec.export_to, &dr.namespace, &self.opts.namespace) {
                 continue;
             }
             if let Some(ws) = &dr.spec.workload_selector {
-                if dr.namespace != self.opts.namespace || !labels_match(&ws.labels, &self.opts.labels) {
+                if dr.namespace != self.opts.namespace
+                    || !labels_match(&ws.labels, &self.opts.labels)
+                {
                     continue;
                 }
             }
-            let Some(h) = dr.spec.host.as_deref() else { continue };
+            let Some(h) = dr.spec.host.as_deref() else {
+                continue;
+            };
             let p = HostPattern::parse(&fqdn(h, &dr.namespace, &self.opts.cluster_domain));
             if !p.matches(host) {
                 continue;
@@ -769,14 +1019,20 @@ impl<'a> Compiler<'a> {
         let host = need.host.as_str();
         let refused = "requests will be refused with 503 NC";
 
-        // Traffic policy first: a TLS-origination cluster is not created at all.
+        // Traffic policy first: an unknown subset means no cluster.
         let dr = self.find_destination_rule(host, &vs.namespace);
         let mut policy = EffectivePolicy::default();
         if let Some(dr) = dr {
             let subset = if need.subset.is_empty() {
                 None
             } else {
-                match dr.spec.subsets.iter().enumerate().find(|(_, s)| s.name.as_deref() == Some(need.subset.as_str())) {
+                match dr
+                    .spec
+                    .subsets
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| s.name.as_deref() == Some(need.subset.as_str()))
+                {
                     Some(found) => Some(found),
                     None => {
                         self.warn_at(
@@ -792,19 +1048,6 @@ impl<'a> Compiler<'a> {
                 }
             };
             policy = EffectivePolicy::merge(dr, subset, need.port);
-            if let Some((tls, path)) = &policy.tls {
-                if let Some(mode @ (ClientTlsMode::Simple | ClientTlsMode::Mutual | ClientTlsMode::IstioMutual)) = tls.mode {
-                    self.warn_at(
-                        dr,
-                        path,
-                        format!(
-                            "TLS origination (mode {}) is not supported yet: cluster {name} is not created and requests routed to it get 503 NC (they are never sent in plain text instead)",
-                            screaming(&format!("{mode:?}"))
-                        ),
-                    );
-                    return None;
-                }
-            }
         } else if !need.subset.is_empty() {
             self.warn_at(
                 vs,
@@ -815,16 +1058,30 @@ impl<'a> Compiler<'a> {
         }
 
         let subset_labels: Option<&Labels> = dr.and_then(|dr| {
-            dr.spec.subsets.iter().find(|s| s.name.as_deref() == Some(need.subset.as_str())).map(|s| &s.labels)
+            dr.spec
+                .subsets
+                .iter()
+                .find(|s| s.name.as_deref() == Some(need.subset.as_str()))
+                .map(|s| &s.labels)
         });
 
         let mut se_protocol = None;
-        let discovery = if let Some((se, via_wildcard)) = self.find_service_entry(host, &vs.namespace) {
-            let Some(sp) = se.spec.ports.iter().find(|p| p.number == Some(u32::from(need.port))) else {
+        let discovery = if let Some((se, via_wildcard)) =
+            self.find_service_entry(host, &vs.namespace)
+        {
+            let Some(sp) = se
+                .spec
+                .ports
+                .iter()
+                .find(|p| p.number == Some(u32::from(need.port)))
+            else {
                 self.warn_at(
                     vs,
                     &need.path,
-                    format!("ServiceEntry {}/{} has no port {} for {host}: {refused}", se.namespace, se.name, need.port),
+                    format!(
+                        "ServiceEntry {}/{} has no port {} for {host}: {refused}",
+                        se.namespace, se.name, need.port
+                    ),
                 );
                 return None;
             };
@@ -852,7 +1109,11 @@ impl<'a> Compiler<'a> {
                     .and_then(|p| u16::try_from(p).ok())
                     .unwrap_or(need.port)
             };
-            let default_port = sp.target_port.or(sp.number).and_then(|p| u16::try_from(p).ok()).unwrap_or(need.port);
+            let default_port = sp
+                .target_port
+                .or(sp.number)
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(need.port);
             let mut resolution = se.spec.resolution.unwrap_or(Resolution::None);
             let from_none = resolution == Resolution::None;
             if from_none {
@@ -878,19 +1139,36 @@ impl<'a> Compiler<'a> {
             match resolution {
                 Resolution::Dns | Resolution::None => {
                     let targets = if se.spec.endpoints.is_empty() {
-                        vec![DnsTarget { host: host.to_string(), port: default_port }]
+                        vec![DnsTarget {
+                            host: host.to_string(),
+                            port: default_port,
+                        }]
                     } else {
                         endpoints
                             .iter()
-                            .filter_map(|e| e.address.as_ref().map(|a| DnsTarget { host: a.trim().to_string(), port: target_port(e) }))
+                            .filter_map(|e| {
+                                e.address.as_ref().map(|a| DnsTarget {
+                                    host: a.trim().to_string(),
+                                    port: target_port(e),
+                                })
+                            })
                             .collect()
                     };
                     Discovery::StrictDns { targets }
                 }
                 Resolution::DnsRoundRobin => {
-                    let target = match endpoints.first().and_then(|e| e.address.as_ref().map(|a| (a, *e))) {
-                        Some((a, e)) => DnsTarget { host: a.trim().to_string(), port: target_port(e) },
-                        None => DnsTarget { host: host.to_string(), port: default_port },
+                    let target = match endpoints
+                        .first()
+                        .and_then(|e| e.address.as_ref().map(|a| (a, *e)))
+                    {
+                        Some((a, e)) => DnsTarget {
+                            host: a.trim().to_string(),
+                            port: target_port(e),
+                        },
+                        None => DnsTarget {
+                            host: host.to_string(),
+                            port: default_port,
+                        },
                     };
                     Discovery::LogicalDns { target }
                 }
@@ -911,7 +1189,11 @@ impl<'a> Compiler<'a> {
                         }
                     }
                     if addrs.is_empty() {
-                        self.warn_at(se, "spec.endpoints", format!("no endpoints for cluster {name}: requests will get 503 UH"));
+                        self.warn_at(
+                            se,
+                            "spec.endpoints",
+                            format!("no endpoints for cluster {name}: requests will get 503 UH"),
+                        );
                     }
                     Discovery::Static { endpoints: addrs }
                 }
@@ -924,7 +1206,12 @@ impl<'a> Compiler<'a> {
                     format!("subset labels cannot select pods of Kubernetes service {host} here: all its addresses are used"),
                 );
             }
-            Discovery::StrictDns { targets: vec![DnsTarget { host: host.to_string(), port: need.port }] }
+            Discovery::StrictDns {
+                targets: vec![DnsTarget {
+                    host: host.to_string(),
+                    port: need.port,
+                }],
+            }
         } else {
             self.warn_at(
                 vs,
@@ -948,13 +1235,83 @@ impl<'a> Compiler<'a> {
         };
         let protocol = if !need.http {
             UpstreamProtocol::Tcp
-        } else if matches!(se_protocol, Some(Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)) {
+        } else if matches!(
+            se_protocol,
+            Some(Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
+        ) {
             UpstreamProtocol::Http2
         } else {
             UpstreamProtocol::Http1
         };
-        Some(Cluster { name: Arc::from(name), discovery, connect_timeout, lb, protocol })
+        let tls = match (dr, &policy.tls) {
+            (Some(dr), Some((t, _))) => upstream_tls(dr, t, need).map(Arc::new),
+            _ => None,
+        };
+        Some(Cluster {
+            name: Arc::from(name),
+            discovery,
+            connect_timeout,
+            lb,
+            protocol,
+            tls,
+        })
     }
+}
+
+/// TLS origination for a cluster from the DestinationRule's effective `tls`; None for DISABLE
+/// (or no mode, which is DISABLE).
+fn upstream_tls(
+    dr: &Resource<DestinationRuleSpec>,
+    tls: &ClientTls,
+    need: &Need,
+) -> Option<UpstreamTls> {
+    let mode = match tls.mode? {
+        ClientTlsMode::Disable => return None,
+        ClientTlsMode::Simple => TlsMode::Simple,
+        ClientTlsMode::Mutual => TlsMode::Mutual,
+        ClientTlsMode::IstioMutual => TlsMode::IstioMutual,
+    };
+    let sni = match non_empty(&tls.sni) {
+        Some(sni) => sni,
+        // Istio's default for mesh mTLS is the cluster's SNI key, which gateways in the mesh
+        // route on; for the other modes it is the destination host.
+        None if mode == TlsMode::IstioMutual => {
+            format!("outbound_.{}_.{}_.{}", need.port, need.subset, need.host)
+        }
+        None => need.host.clone(),
+    };
+    let source = if mode == TlsMode::IstioMutual {
+        // The mesh certificates; explicit files were warned about as ignored.
+        CertSource::default()
+    } else {
+        CertSource {
+            credential_name: non_empty(&tls.credential_name),
+            certificate: non_empty(&tls.client_certificate).map(PathBuf::from),
+            private_key: non_empty(&tls.private_key).map(PathBuf::from),
+            ca_certificates: non_empty(&tls.ca_certificates).map(PathBuf::from),
+        }
+    };
+    Some(UpstreamTls {
+        mode,
+        sni,
+        subject_alt_names: tls
+            .subject_alt_names
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        source,
+        insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
+        origin: dr.id(),
+    })
+}
+
+/// A string field that is set and not blank (Istio treats `""` as unset), trimmed.
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// 0 = preferred namespace, 1 = the gateway's, 2 = any other.
@@ -980,7 +1337,11 @@ struct EffectivePolicy<'a> {
 }
 
 impl<'a> EffectivePolicy<'a> {
-    fn merge(dr: &'a Resource<DestinationRuleSpec>, subset: Option<(usize, &'a Subset)>, port: u16) -> Self {
+    fn merge(
+        dr: &'a Resource<DestinationRuleSpec>,
+        subset: Option<(usize, &'a Subset)>,
+        port: u16,
+    ) -> Self {
         let mut eff = EffectivePolicy::default();
         if let Some(tp) = &dr.spec.traffic_policy {
             eff.apply(tp, "spec.trafficPolicy", port);
@@ -1011,8 +1372,14 @@ impl<'a> EffectivePolicy<'a> {
         if let Some((i, pl)) = found {
             let ppath = format!("{path}.portLevelSettings[{i}]");
             // Port-level settings do not inherit: what they leave out is the default.
-            self.lb = pl.load_balancer.as_ref().map(|l| (l, format!("{ppath}.loadBalancer")));
-            self.pool = pl.connection_pool.as_ref().map(|p| (p, format!("{ppath}.connectionPool")));
+            self.lb = pl
+                .load_balancer
+                .as_ref()
+                .map(|l| (l, format!("{ppath}.loadBalancer")));
+            self.pool = pl
+                .connection_pool
+                .as_ref()
+                .map(|p| (p, format!("{ppath}.connectionPool")));
             self.tls = pl.tls.as_ref().map(|t| (t, format!("{ppath}.tls")));
         }
     }
@@ -1024,7 +1391,9 @@ fn core_string_match(sm: &StringMatch) -> Option<egret_core::StringMatch> {
     } else if let Some(p) = &sm.prefix {
         Some(egret_core::StringMatch::Prefix(p.clone()))
     } else {
-        sm.regex.as_ref().map(|r| egret_core::StringMatch::Regex(r.anchored.clone()))
+        sm.regex
+            .as_ref()
+            .map(|r| egret_core::StringMatch::Regex(r.anchored.clone()))
     }
 }
 
@@ -1042,7 +1411,11 @@ fn clone_route(r: &Route) -> Route {
                 headers: m
                     .headers
                     .iter()
-                    .map(|h| HeaderMatch { name: h.name.clone(), value: h.value.clone(), invert: h.invert })
+                    .map(|h| HeaderMatch {
+                        name: h.name.clone(),
+                        value: h.value.clone(),
+                        invert: h.invert,
+                    })
                     .collect(),
                 query_params: m.query_params.clone(),
                 ignore_uri_case: m.ignore_uri_case,
@@ -1050,7 +1423,10 @@ fn clone_route(r: &Route) -> Route {
             .collect(),
         action: match &r.action {
             RouteAction::Forward(w) => RouteAction::Forward(w.clone()),
-            RouteAction::Direct { status, body } => RouteAction::Direct { status: *status, body: body.clone() },
+            RouteAction::Direct { status, body } => RouteAction::Direct {
+                status: *status,
+                body: body.clone(),
+            },
         },
         timeout: r.timeout,
     }

@@ -114,7 +114,13 @@ mod tests {
             d.to_string(),
             "config/vs.yaml:12: VirtualService istio-system/vs: spec.http[0].retries: retries are not supported yet; ignored"
         );
-        let d = Diagnostic { resource: None, field: None, line: 0, message: "cannot read".into(), ..d };
+        let d = Diagnostic {
+            resource: None,
+            field: None,
+            line: 0,
+            message: "cannot read".into(),
+            ..d
+        };
         assert_eq!(d.to_string(), "config/vs.yaml: cannot read");
     }
 }

@@ -73,7 +73,9 @@ impl<'de> Deserialize<'de> for IstioDuration {
         let text = String::deserialize(d)?;
         match parse_duration(&text) {
             Ok(value) => Ok(IstioDuration { text, value }),
-            Err(why) => Err(serde::de::Error::custom(format!("invalid duration {text:?}: {why}"))),
+            Err(why) => Err(serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {why}"
+            ))),
         }
     }
 }
@@ -95,13 +97,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
     let mut rest = s;
     let mut total_nanos: u128 = 0;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let num = &rest[..num_end];
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
             return Err("expected a number followed by a unit (h, m, s, ms, us, ns)");
         }
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let unit_nanos: u128 = match unit {
@@ -118,7 +124,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
             Some((i, f)) => (i, f),
             None => (num, ""),
         };
-        let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| "number too large")? };
+        let int: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| "number too large")?
+        };
         let mut nanos = int.checked_mul(unit_nanos).ok_or("too large")?;
         // Fraction: digits beyond nanosecond precision are dropped.
         let mut scale = unit_nanos;
@@ -158,7 +168,9 @@ impl<'de> Deserialize<'de> for IstioRegex {
             Err(e) => {
                 let why = e.to_string();
                 let why = why.lines().last().unwrap_or("").trim().to_string();
-                Err(serde::de::Error::custom(format!("invalid regex {source:?}: {why}")))
+                Err(serde::de::Error::custom(format!(
+                    "invalid regex {source:?}: {why}"
+                )))
             }
         }
     }
@@ -175,7 +187,9 @@ pub struct StringMatch {
 
 impl StringMatch {
     pub fn set_count(&self) -> usize {
-        usize::from(self.exact.is_some()) + usize::from(self.prefix.is_some()) + usize::from(self.regex.is_some())
+        usize::from(self.exact.is_some())
+            + usize::from(self.prefix.is_some())
+            + usize::from(self.regex.is_some())
     }
 }
 

@@ -32,7 +32,7 @@ pub use compile::{compile, CompileOptions, Compiled};
 pub use describe::describe;
 pub use diag::{Diagnostic, Kind, Severity};
 pub use load::{
-    load, load_sources, load_with_options, LoadErrors, LoadOptions, Loaded, Resource, Skipped, Source,
-    ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_VERSIONS,
+    load, load_sources, load_with_options, LoadErrors, LoadOptions, Loaded, Resource, Skipped,
+    Source, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_VERSIONS,
 };
 pub use validate::NOT_SUPPORTED;

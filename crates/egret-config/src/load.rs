@@ -32,7 +32,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { namespace: "istio-system".into(), cluster_domain: "cluster.local".into() }
+        LoadOptions {
+            namespace: "istio-system".into(),
+            cluster_domain: "cluster.local".into(),
+        }
     }
 }
 
@@ -118,7 +121,13 @@ impl Loaded {
     }
 
     /// A diagnostic about a field of a resource.
-    pub fn diagnostic<T>(&self, res: &Resource<T>, field: &str, severity: Severity, message: impl Into<String>) -> Diagnostic {
+    pub fn diagnostic<T>(
+        &self,
+        res: &Resource<T>,
+        field: &str,
+        severity: Severity,
+        message: impl Into<String>,
+    ) -> Diagnostic {
         Diagnostic {
             severity,
             file: res.source.file.clone(),
@@ -176,7 +185,10 @@ pub fn load_with_options(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded
     if !errors.is_empty() {
         match &mut result {
             Ok(loaded) => {
-                return Err(LoadErrors { errors, warnings: std::mem::take(&mut loaded.warnings) });
+                return Err(LoadErrors {
+                    errors,
+                    warnings: std::mem::take(&mut loaded.warnings),
+                });
             }
             Err(e) => {
                 errors.append(&mut e.errors);
@@ -187,7 +199,12 @@ pub fn load_with_options(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded
     result
 }
 
-fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, errors: &mut Vec<Diagnostic>) {
+fn collect_files(
+    path: &Path,
+    explicit: bool,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<Diagnostic>,
+) {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -206,7 +223,10 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, errors: &m
         let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         children.sort();
         for child in children {
-            let hidden = child.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = child
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if !hidden {
                 collect_files(&child, false, out, errors);
             }
@@ -217,7 +237,10 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, errors: &m
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 fn file_error(file: &Path, line: u32, message: impl Into<String>) -> Diagnostic {
@@ -233,7 +256,10 @@ fn file_error(file: &Path, line: u32, message: impl Into<String>) -> Diagnostic 
 
 /// Loads manifests already in memory: `(path, text)` pairs (the path is only used in
 /// diagnostics and ordering). Useful for tests and for configuration that is not on disk.
-pub fn load_sources(sources: &[(PathBuf, String)], opts: &LoadOptions) -> Result<Loaded, LoadErrors> {
+pub fn load_sources(
+    sources: &[(PathBuf, String)],
+    opts: &LoadOptions,
+) -> Result<Loaded, LoadErrors> {
     let mut sorted: Vec<&(PathBuf, String)> = sources.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
 
@@ -246,20 +272,30 @@ pub fn load_sources(sources: &[(PathBuf, String)], opts: &LoadOptions) -> Result
     let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
 
     let mut st = LoadState {
-        loaded: Loaded { version, options: opts.clone(), ..Loaded::default() },
+        loaded: Loaded {
+            version,
+            options: opts.clone(),
+            ..Loaded::default()
+        },
         errors: Vec::new(),
     };
     for (path, text) in sorted {
         st.loaded.files.push(path.clone());
         st.load_file(path, text);
     }
-    let LoadState { mut loaded, mut errors } = st;
+    let LoadState {
+        mut loaded,
+        mut errors,
+    } = st;
     validate::cross_check(&loaded, &mut errors);
     tracing::info!(version = %loaded.version, files = loaded.files.len(), "configuration loaded");
     if errors.is_empty() {
         Ok(loaded)
     } else {
-        Err(LoadErrors { errors, warnings: std::mem::take(&mut loaded.warnings) })
+        Err(LoadErrors {
+            errors,
+            warnings: std::mem::take(&mut loaded.warnings),
+        })
     }
 }
 
@@ -278,7 +314,11 @@ fn repair_api_version_lines(text: &str) -> (std::borrow::Cow<'_, str>, Vec<u32>)
         let indent = line.len() - line.trim_start_matches([' ', '-']).len();
         let rest = &line[indent..];
         if let Some(value) = rest.strip_prefix("apiVersion:") {
-            if value.chars().next().is_some_and(|c| !c.is_whitespace() && c != '#') {
+            if value
+                .chars()
+                .next()
+                .is_some_and(|c| !c.is_whitespace() && c != '#')
+            {
                 repaired.push(i as u32 + 1);
                 out.push_str(&line[..indent]);
                 out.push_str("apiVersion: ");
@@ -301,7 +341,11 @@ impl LoadState {
         let docs = match node::parse_documents(&text) {
             Ok(d) => d,
             Err(e) => {
-                self.errors.push(file_error(path, e.line, format!("invalid YAML: {}", e.message)));
+                self.errors.push(file_error(
+                    path,
+                    e.line,
+                    format!("invalid YAML: {}", e.message),
+                ));
                 return;
             }
         };
@@ -313,7 +357,9 @@ impl LoadState {
     }
 
     fn load_object(&mut self, path: &Path, doc: usize, base: String, repaired: &[u32]) {
-        let Some(node) = object_node_in(&self.loaded.docs, doc, &base) else { return };
+        let Some(node) = object_node_in(&self.loaded.docs, doc, &base) else {
+            return;
+        };
         let head = Head::read(node);
         let line = head.line;
         let err = |field: &str, line: u32, resource: Option<String>, msg: String| Diagnostic {
@@ -325,29 +371,48 @@ impl LoadState {
             message: msg,
         };
         if !head.is_map {
-            self.errors.push(err("", line, None, "expected a Kubernetes object (a mapping with apiVersion and kind)".into()));
+            self.errors.push(err(
+                "",
+                line,
+                None,
+                "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
+            ));
             return;
         }
-        let Head { meta_name, meta_ns, .. } = head.clone();
+        let Head {
+            meta_name, meta_ns, ..
+        } = head.clone();
         let kind = match head.kind {
             Ok(Some((k, _))) => k,
             Ok(None) => {
-                self.errors.push(err("kind", line, None, "required field is missing: this is not a Kubernetes object".into()));
+                self.errors.push(err(
+                    "kind",
+                    line,
+                    None,
+                    "required field is missing: this is not a Kubernetes object".into(),
+                ));
                 return;
             }
             Err(l) => {
-                self.errors.push(err("kind", l, None, "expected a string".into()));
+                self.errors
+                    .push(err("kind", l, None, "expected a string".into()));
                 return;
             }
         };
         let (api_version, api_line) = match head.api_version {
             Ok(Some(v)) => v,
             Ok(None) => {
-                self.errors.push(err("apiVersion", line, None, format!("required field is missing (kind {kind})")));
+                self.errors.push(err(
+                    "apiVersion",
+                    line,
+                    None,
+                    format!("required field is missing (kind {kind})"),
+                ));
                 return;
             }
             Err(l) => {
-                self.errors.push(err("apiVersion", l, None, "expected a string".into()));
+                self.errors
+                    .push(err("apiVersion", l, None, "expected a string".into()));
                 return;
             }
         };
@@ -357,12 +422,17 @@ impl LoadState {
                 Some(Ok(n)) => n,
                 None => 0,
                 Some(Err(l)) => {
-                    self.errors.push(err("items", l, None, "expected a list".into()));
+                    self.errors
+                        .push(err("items", l, None, "expected a list".into()));
                     return;
                 }
             };
             for i in 0..count {
-                let item = if base.is_empty() { format!("items[{i}]") } else { format!("{base}.items[{i}]") };
+                let item = if base.is_empty() {
+                    format!("items[{i}]")
+                } else {
+                    format!("{base}.items[{i}]")
+                };
                 self.load_object(path, doc, item, repaired);
             }
             return;
@@ -372,7 +442,10 @@ impl LoadState {
             Some((g, v)) => (g, v.trim()),
             None => ("", api_version.trim()),
         };
-        let group = group_raw.trim_start_matches(|c: char| c == '.' || c.is_whitespace()).trim_end().to_ascii_lowercase();
+        let group = group_raw
+            .trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+            .trim_end()
+            .to_ascii_lowercase();
         let skip = |st: &mut LoadState| {
             tracing::info!(
                 file = %path.display(), line, api_version = %api_version, kind = %kind,
@@ -451,7 +524,12 @@ impl LoadState {
             });
         }
 
-        let source = Source { file: path.to_path_buf(), line, doc, base };
+        let source = Source {
+            file: path.to_path_buf(),
+            line,
+            doc,
+            base,
+        };
         match k {
             Kind::ServiceEntry => {
                 if let Some(r) = self.decode::<ServiceEntrySpec>(k, normalized, source) {
@@ -484,7 +562,10 @@ impl LoadState {
         let node = object_node_in(&self.loaded.docs, source.doc, &source.base)?;
         let ctx = DeContext::default();
         let parsed = node::from_node::<Object<S>>(node, "", &ctx);
-        let meta_name = node.at("metadata.name").and_then(Node::as_str).map(str::to_string);
+        let meta_name = node
+            .at("metadata.name")
+            .and_then(Node::as_str)
+            .map(str::to_string);
         let meta_ns = node
             .at("metadata.namespace")
             .and_then(Node::as_str)
@@ -498,7 +579,8 @@ impl LoadState {
                 line: u.line,
                 resource: Some(label.clone()),
                 field: Some(u.path),
-                message: "unknown field (misspelled, or not supported by Egret yet); ignored".into(),
+                message: "unknown field (misspelled, or not supported by Egret yet); ignored"
+                    .into(),
             });
         }
         let obj = match parsed {
@@ -526,8 +608,21 @@ impl LoadState {
             });
             return None;
         };
-        let namespace = obj.metadata.namespace.clone().filter(|n| !n.is_empty()).unwrap_or(meta_ns);
-        let res = Resource { kind, name, namespace, api_version, metadata: obj.metadata, spec: obj.spec, source };
+        let namespace = obj
+            .metadata
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(meta_ns);
+        let res = Resource {
+            kind,
+            name,
+            namespace,
+            api_version,
+            metadata: obj.metadata,
+            spec: obj.spec,
+            source,
+        };
         let mut rep = validate::Reporter::new(node, &res.source.file, res.id());
         res.spec.validate(&mut rep, &options, &res.namespace);
         self.errors.append(&mut rep.errors);
@@ -563,7 +658,10 @@ impl Head {
     fn read(node: &Node) -> Head {
         let str_field = |name: &str| -> Result<Option<(String, u32)>, u32> {
             match node.get(name) {
-                None | Some(Node { value: Value::Null, .. }) => Ok(None),
+                None
+                | Some(Node {
+                    value: Value::Null, ..
+                }) => Ok(None),
                 Some(n) => match n.as_str() {
                     Some(s) => Ok(Some((s.to_string(), node.line_of(name)))),
                     None => Err(node.line_of(name)),
@@ -575,8 +673,14 @@ impl Head {
             is_map: matches!(node.value, Value::Map(_)),
             kind: str_field("kind"),
             api_version: str_field("apiVersion"),
-            meta_name: node.at("metadata.name").and_then(Node::as_str).map(str::to_string),
-            meta_ns: node.at("metadata.namespace").and_then(Node::as_str).map(str::to_string),
+            meta_name: node
+                .at("metadata.name")
+                .and_then(Node::as_str)
+                .map(str::to_string),
+            meta_ns: node
+                .at("metadata.namespace")
+                .and_then(Node::as_str)
+                .map(str::to_string),
             items: node.get("items").map(|n| match &n.value {
                 Value::Seq(items) => Ok(items.len()),
                 Value::Null => Ok(0),
@@ -611,7 +715,9 @@ mod tests {
 
     #[test]
     fn repairs_missing_space_after_api_version() {
-        let (t, lines) = repair_api_version_lines("apiVersion:.NETworking.istio.io/v1alpha3\nkind: X\n- apiVersion:v1\napiVersion: ok\n");
+        let (t, lines) = repair_api_version_lines(
+            "apiVersion:.NETworking.istio.io/v1alpha3\nkind: X\n- apiVersion:v1\napiVersion: ok\n",
+        );
         assert_eq!(t, "apiVersion: .NETworking.istio.io/v1alpha3\nkind: X\n- apiVersion: v1\napiVersion: ok\n");
         assert_eq!(lines, vec![1, 3]);
     }

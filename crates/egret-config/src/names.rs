@@ -16,7 +16,10 @@ pub fn fqdn(host: &str, namespace: &str, cluster_domain: &str) -> String {
 pub enum GatewayRef {
     /// `mesh`: the sidecars, not a gateway.
     Mesh,
-    Named { namespace: String, name: String },
+    Named {
+        namespace: String,
+        name: String,
+    },
 }
 
 /// Resolves an entry of `gateways:` written in a VirtualService of namespace `vs_ns`:
@@ -29,14 +32,21 @@ pub fn resolve_gateway(reference: &str, vs_ns: &str) -> GatewayRef {
     }
     if let Some((ns, name)) = r.split_once('/') {
         let ns = if ns == "." { vs_ns } else { ns };
-        return GatewayRef::Named { namespace: ns.to_string(), name: name.to_string() };
+        return GatewayRef::Named {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
     }
     let mut parts = r.split('.');
     match (parts.next(), parts.next()) {
-        (Some(name), Some(ns)) if !ns.is_empty() => {
-            GatewayRef::Named { namespace: ns.to_string(), name: name.to_string() }
-        }
-        _ => GatewayRef::Named { namespace: vs_ns.to_string(), name: r.to_string() },
+        (Some(name), Some(ns)) if !ns.is_empty() => GatewayRef::Named {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        },
+        _ => GatewayRef::Named {
+            namespace: vs_ns.to_string(),
+            name: r.to_string(),
+        },
     }
 }
 
@@ -73,7 +83,10 @@ impl Protocol {
     }
 
     pub fn is_http(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
+        matches!(
+            self,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
+        )
     }
 }
 
@@ -92,7 +105,10 @@ pub fn exported_to(export_to: &[String], res_ns: &str, viewer_ns: &str) -> bool 
 }
 
 /// Are all of `selector`'s labels present in `labels` with the same values?
-pub fn labels_match(selector: &std::collections::BTreeMap<String, String>, labels: &std::collections::BTreeMap<String, String>) -> bool {
+pub fn labels_match(
+    selector: &std::collections::BTreeMap<String, String>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -102,17 +118,35 @@ mod tests {
 
     #[test]
     fn gateway_references() {
-        let named = |ns: &str, n: &str| GatewayRef::Named { namespace: ns.into(), name: n.into() };
+        let named = |ns: &str, n: &str| GatewayRef::Named {
+            namespace: ns.into(),
+            name: n.into(),
+        };
         assert_eq!(resolve_gateway("mesh", "default"), GatewayRef::Mesh);
-        assert_eq!(resolve_gateway("istio-egressgateway", "default"), named("default", "istio-egressgateway"));
-        assert_eq!(resolve_gateway("istio-system/gw", "default"), named("istio-system", "gw"));
-        assert_eq!(resolve_gateway("gw.istio-system.svc.cluster.local", "default"), named("istio-system", "gw"));
+        assert_eq!(
+            resolve_gateway("istio-egressgateway", "default"),
+            named("default", "istio-egressgateway")
+        );
+        assert_eq!(
+            resolve_gateway("istio-system/gw", "default"),
+            named("istio-system", "gw")
+        );
+        assert_eq!(
+            resolve_gateway("gw.istio-system.svc.cluster.local", "default"),
+            named("istio-system", "gw")
+        );
     }
 
     #[test]
     fn hosts_and_export() {
-        assert_eq!(fqdn("reviews", "ns", "cluster.local"), "reviews.ns.svc.cluster.local");
-        assert_eq!(fqdn("Edition.CNN.com", "ns", "cluster.local"), "edition.cnn.com");
+        assert_eq!(
+            fqdn("reviews", "ns", "cluster.local"),
+            "reviews.ns.svc.cluster.local"
+        );
+        assert_eq!(
+            fqdn("Edition.CNN.com", "ns", "cluster.local"),
+            "edition.cnn.com"
+        );
         assert!(exported_to(&[], "a", "b"));
         assert!(exported_to(&[".".into()], "a", "a"));
         assert!(!exported_to(&[".".into()], "a", "b"));

@@ -60,7 +60,10 @@ impl Node {
     /// The value of key `key` in a mapping node.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -68,7 +71,10 @@ impl Node {
     /// The key node of `key` in a mapping node (its line is the line of `key:`).
     pub fn key_node(&self, key: &str) -> Option<&Node> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(k, _)| k),
             _ => None,
         }
     }
@@ -154,7 +160,11 @@ struct RawValue(Value);
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<RawValue>::deserialize(d)?;
-        Ok(Node { line: s.referenced.line() as u32, column: s.referenced.column() as u32, value: s.value.0 })
+        Ok(Node {
+            line: s.referenced.line() as u32,
+            column: s.referenced.column() as u32,
+            value: s.value.0,
+        })
     }
 }
 
@@ -184,10 +194,14 @@ impl<'de> Visitor<'de> for RawVisitor {
         })
     }
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        i64::try_from(v).map(Value::Int).map_err(|_| E::custom("integer out of range"))
+        i64::try_from(v)
+            .map(Value::Int)
+            .map_err(|_| E::custom("integer out of range"))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        u64::try_from(v).map(Value::UInt).map_err(|_| E::custom("integer out of range"))
+        u64::try_from(v)
+            .map(Value::UInt)
+            .map_err(|_| E::custom("integer out of range"))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -238,10 +252,16 @@ pub struct SyntaxError {
 /// dropped. Returns the documents in order.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let options = serde_saphyr::options! { with_snippet: false };
-    let docs: Result<Vec<Option<Node>>, _> =
-        serde_saphyr::from_str_multiple_with_options::<Option<Node>, Vec<Option<Node>>>(text, options);
+    let docs: Result<Vec<Option<Node>>, _> = serde_saphyr::from_str_multiple_with_options::<
+        Option<Node>,
+        Vec<Option<Node>>,
+    >(text, options);
     match docs {
-        Ok(docs) => Ok(docs.into_iter().flatten().filter(|n| n.value != Value::Null).collect()),
+        Ok(docs) => Ok(docs
+            .into_iter()
+            .flatten()
+            .filter(|n| n.value != Value::Null)
+            .collect()),
         Err(e) => {
             let line = e.location().map(|l| l.line() as u32).unwrap_or(0);
             let mut message = e.to_string();
@@ -292,10 +312,20 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError { path: None, line: 0, message: msg.to_string(), missing: None }
+        DeError {
+            path: None,
+            line: 0,
+            message: msg.to_string(),
+            missing: None,
+        }
     }
     fn missing_field(field: &'static str) -> Self {
-        DeError { path: None, line: 0, message: "required field is missing".into(), missing: Some(field) }
+        DeError {
+            path: None,
+            line: 0,
+            message: "required field is missing".into(),
+            missing: Some(field),
+        }
     }
 }
 
@@ -313,8 +343,16 @@ pub struct DeContext {
 }
 
 /// Deserializes `T` from `node`, whose field path is `path`.
-pub fn from_node<'a, T: Deserialize<'a>>(node: &'a Node, path: &str, ctx: &DeContext) -> Result<T, DeError> {
-    T::deserialize(NodeDe { node, path: path.to_string(), ctx })
+pub fn from_node<'a, T: Deserialize<'a>>(
+    node: &'a Node,
+    path: &str,
+    ctx: &DeContext,
+) -> Result<T, DeError> {
+    T::deserialize(NodeDe {
+        node,
+        path: path.to_string(),
+        ctx,
+    })
 }
 
 fn push_key(path: &mut String, key: &str) {
@@ -376,8 +414,15 @@ impl<'a, 'c> de::Deserializer<'a> for NodeDe<'a, 'c> {
             Value::UInt(u) => visitor.visit_u64(*u),
             Value::Float(f) => visitor.visit_f64(*f),
             Value::Str(s) => visitor.visit_borrowed_str(s),
-            Value::Seq(items) => visitor.visit_seq(SeqDe { items: items.iter(), index: 0, path: &self.path, ctx: self.ctx }),
-            Value::Map(entries) => visitor.visit_map(MapDe::new(entries.iter().collect(), &self.path, self.ctx)),
+            Value::Seq(items) => visitor.visit_seq(SeqDe {
+                items: items.iter(),
+                index: 0,
+                path: &self.path,
+                ctx: self.ctx,
+            }),
+            Value::Map(entries) => {
+                visitor.visit_map(MapDe::new(entries.iter().collect(), &self.path, self.ctx))
+            }
         };
         self.wrap(r)
     }
@@ -436,7 +481,11 @@ impl<'a, 'c> de::Deserializer<'a> for NodeDe<'a, 'c> {
     fn deserialize_option<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let r = match &self.node.value {
             Value::Null => visitor.visit_none(),
-            _ => visitor.visit_some(NodeDe { node: self.node, path: self.path.clone(), ctx: self.ctx }),
+            _ => visitor.visit_some(NodeDe {
+                node: self.node,
+                path: self.path.clone(),
+                ctx: self.ctx,
+            }),
         };
         self.wrap(r)
     }
@@ -448,29 +497,55 @@ impl<'a, 'c> de::Deserializer<'a> for NodeDe<'a, 'c> {
         }
     }
 
-    fn deserialize_unit_struct<V: Visitor<'a>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'a>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'a>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
-        let r = visitor.visit_newtype_struct(NodeDe { node: self.node, path: self.path.clone(), ctx: self.ctx });
+    fn deserialize_newtype_struct<V: Visitor<'a>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let r = visitor.visit_newtype_struct(NodeDe {
+            node: self.node,
+            path: self.path.clone(),
+            ctx: self.ctx,
+        });
         self.wrap(r)
     }
 
     fn deserialize_seq<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Seq(items) => {
-                let r = visitor.visit_seq(SeqDe { items: items.iter(), index: 0, path: &self.path, ctx: self.ctx });
+                let r = visitor.visit_seq(SeqDe {
+                    items: items.iter(),
+                    index: 0,
+                    path: &self.path,
+                    ctx: self.ctx,
+                });
                 self.wrap(r)
             }
             // An empty value (`hosts:` with nothing after it) is an empty list, as Kubernetes
             // reads it.
-            Value::Null => self.wrap(visitor.visit_seq(SeqDe { items: [].iter(), index: 0, path: &self.path, ctx: self.ctx })),
+            Value::Null => self.wrap(visitor.visit_seq(SeqDe {
+                items: [].iter(),
+                index: 0,
+                path: &self.path,
+                ctx: self.ctx,
+            })),
             _ => Err(self.type_error("a list")),
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'a>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'a>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -486,10 +561,13 @@ impl<'a, 'c> de::Deserializer<'a> for NodeDe<'a, 'c> {
     fn deserialize_map<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Map(entries) => {
-                let r = visitor.visit_map(MapDe::new(entries.iter().collect(), &self.path, self.ctx));
+                let r =
+                    visitor.visit_map(MapDe::new(entries.iter().collect(), &self.path, self.ctx));
                 self.wrap(r)
             }
-            Value::Null => self.wrap(visitor.visit_map(MapDe::new(Vec::new(), &self.path, self.ctx))),
+            Value::Null => {
+                self.wrap(visitor.visit_map(MapDe::new(Vec::new(), &self.path, self.ctx)))
+            }
             _ => Err(self.type_error("a mapping")),
         }
     }
@@ -510,13 +588,19 @@ impl<'a, 'c> de::Deserializer<'a> for NodeDe<'a, 'c> {
             match e.0.as_str() {
                 Some(k) if fields.contains(&k) => known.push(e),
                 Some(k) => {
-                    self.ctx.unknown.borrow_mut().push(UnknownField { path: child_key(&self.path, k), line: e.0.line });
+                    self.ctx.unknown.borrow_mut().push(UnknownField {
+                        path: child_key(&self.path, k),
+                        line: e.0.line,
+                    });
                 }
                 None => {
                     return Err(DeError {
                         path: Some(self.path.clone()),
                         line: e.0.line,
-                        message: format!("field names must be strings, found {}", e.0.value.describe()),
+                        message: format!(
+                            "field names must be strings, found {}",
+                            e.0.value.describe()
+                        ),
                         missing: None,
                     })
                 }
@@ -561,12 +645,23 @@ struct SeqDe<'a, 'p, 'c> {
 
 impl<'a> de::SeqAccess<'a> for SeqDe<'a, '_, '_> {
     type Error = DeError;
-    fn next_element_seed<T: DeserializeSeed<'a>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
-        let Some(node) = self.items.next() else { return Ok(None) };
+    fn next_element_seed<T: DeserializeSeed<'a>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
+        let Some(node) = self.items.next() else {
+            return Ok(None);
+        };
         let path = format!("{}[{}]", self.path, self.index);
         self.index += 1;
         let line = node.line;
-        seed.deserialize(NodeDe { node, path: path.clone(), ctx: self.ctx }).map(Some).map_err(|e| e.at(&path, line))
+        seed.deserialize(NodeDe {
+            node,
+            path: path.clone(),
+            ctx: self.ctx,
+        })
+        .map(Some)
+        .map_err(|e| e.at(&path, line))
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.items.len())
@@ -582,14 +677,24 @@ struct MapDe<'a, 'p, 'c> {
 
 impl<'a, 'p, 'c> MapDe<'a, 'p, 'c> {
     fn new(entries: Vec<&'a (Node, Node)>, path: &'p str, ctx: &'c DeContext) -> Self {
-        MapDe { entries: entries.into_iter(), value: None, path, ctx }
+        MapDe {
+            entries: entries.into_iter(),
+            value: None,
+            path,
+            ctx,
+        }
     }
 }
 
 impl<'a> de::MapAccess<'a> for MapDe<'a, '_, '_> {
     type Error = DeError;
-    fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some((k, v)) = self.entries.next() else { return Ok(None) };
+    fn next_key_seed<K: DeserializeSeed<'a>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
+        let Some((k, v)) = self.entries.next() else {
+            return Ok(None);
+        };
         let key_text = match &k.value {
             Value::Str(s) => s.clone(),
             Value::Int(i) => i.to_string(),
@@ -606,7 +711,10 @@ impl<'a> de::MapAccess<'a> for MapDe<'a, '_, '_> {
             Value::Int(_) | Value::UInt(_) | Value::Bool(_) | Value::Float(_) => {
                 seed.deserialize(key_text.clone().into_deserializer())
             }
-            _ => Err(de::Error::custom(format!("mapping keys must be strings, found {}", k.value.describe()))),
+            _ => Err(de::Error::custom(format!(
+                "mapping keys must be strings, found {}",
+                k.value.describe()
+            ))),
         }
         .map_err(|e: DeError| e.at(&path, line))?;
         self.value = Some((v, path));
@@ -617,7 +725,12 @@ impl<'a> de::MapAccess<'a> for MapDe<'a, '_, '_> {
             return Err(de::Error::custom("value without key"));
         };
         let line = node.line;
-        seed.deserialize(NodeDe { node, path: path.clone(), ctx: self.ctx }).map_err(|e| e.at(&path, line))
+        seed.deserialize(NodeDe {
+            node,
+            path: path.clone(),
+            ctx: self.ctx,
+        })
+        .map_err(|e| e.at(&path, line))
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.entries.len())
@@ -666,13 +779,23 @@ mod tests {
         let err = from_node::<Spec>(docs[0].get("spec").unwrap(), "spec", &ctx).unwrap_err();
         assert_eq!(err.path.as_deref(), Some("spec.ports[0].number"));
         assert_eq!(err.line, 4);
-        assert!(err.message.contains("expected an integer"), "{}", err.message);
+        assert!(
+            err.message.contains("expected an integer"),
+            "{}",
+            err.message
+        );
 
         let text = "spec:\n  hosts: [a]\n  bogus:\n    x: 1\n  ports:\n  - number: 70000\n";
         let docs = parse_documents(text).unwrap();
         let ctx = DeContext::default();
         let _ = from_node::<Spec>(docs[0].get("spec").unwrap(), "spec", &ctx);
-        assert_eq!(ctx.unknown.borrow()[0], UnknownField { path: "spec.bogus".into(), line: 3 });
+        assert_eq!(
+            ctx.unknown.borrow()[0],
+            UnknownField {
+                path: "spec.bogus".into(),
+                line: 3
+            }
+        );
     }
 
     #[test]
@@ -684,6 +807,9 @@ mod tests {
     #[test]
     fn anchors_and_merge_keys() {
         let docs = parse_documents("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n").unwrap();
-        assert_eq!(docs[0].at("other.x").map(|n| &n.value), Some(&Value::Int(1)));
+        assert_eq!(
+            docs[0].at("other.x").map(|n| &n.value),
+            Some(&Value::Int(1))
+        );
     }
 }

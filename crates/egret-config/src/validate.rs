@@ -25,7 +25,13 @@ pub(crate) struct Reporter<'a> {
 
 impl<'a> Reporter<'a> {
     pub fn new(node: &'a Node, file: &'a Path, resource: String) -> Self {
-        Reporter { node, file, resource, errors: Vec::new(), warnings: Vec::new() }
+        Reporter {
+            node,
+            file,
+            resource,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     fn diag(&self, severity: Severity, field: &str, message: String) -> Diagnostic {
@@ -88,18 +94,27 @@ impl Validate for ServiceEntrySpec {
             check_port_number(rep, p.number, &format!("{path}.number"));
             if let Some(n) = p.number {
                 if numbers.contains(&n) {
-                    rep.error(&format!("{path}.number"), format!("port {n} is listed twice"));
+                    rep.error(
+                        &format!("{path}.number"),
+                        format!("port {n} is listed twice"),
+                    );
                 }
                 numbers.push(n);
             }
             match p.protocol.as_deref() {
                 None => {}
                 Some(s) if Protocol::parse(s).is_some() => {}
-                Some(s) => rep.error(&format!("{path}.protocol"), format!("unknown protocol {s:?}")),
+                Some(s) => rep.error(
+                    &format!("{path}.protocol"),
+                    format!("unknown protocol {s:?}"),
+                ),
             }
             if let Some(t) = p.target_port {
                 if !(1..=65535).contains(&t) {
-                    rep.error(&format!("{path}.targetPort"), format!("port {t} is out of range 1-65535"));
+                    rep.error(
+                        &format!("{path}.targetPort"),
+                        format!("port {t} is out of range 1-65535"),
+                    );
                 }
             }
         }
@@ -108,27 +123,40 @@ impl Validate for ServiceEntrySpec {
             let path = format!("spec.endpoints[{i}]");
             match e.address.as_deref().map(str::trim) {
                 None | Some("") => rep.required(&format!("{path}.address")),
-                Some(a) if a.starts_with("unix://") => {
-                    rep.error(&format!("{path}.address"), "unix domain socket endpoints are not supported")
-                }
-                Some(a) if resolution == Resolution::Static && a.parse::<IpAddr>().is_err() => rep.error(
+                Some(a) if a.starts_with("unix://") => rep.error(
                     &format!("{path}.address"),
-                    format!("{a:?} is not an IP address (resolution STATIC needs IP addresses)"),
+                    "unix domain socket endpoints are not supported",
                 ),
+                Some(a) if resolution == Resolution::Static && a.parse::<IpAddr>().is_err() => rep
+                    .error(
+                        &format!("{path}.address"),
+                        format!(
+                            "{a:?} is not an IP address (resolution STATIC needs IP addresses)"
+                        ),
+                    ),
                 Some(_) => {}
             }
             for (name, port) in &e.ports {
                 if !(1..=65535).contains(port) {
-                    rep.error(&format!("{path}.ports.{name}"), format!("port {port} is out of range 1-65535"));
+                    rep.error(
+                        &format!("{path}.ports.{name}"),
+                        format!("port {port} is out of range 1-65535"),
+                    );
                 }
             }
             rep.unsupported_if(e.network.is_some(), &format!("{path}.network"));
             rep.unsupported_if(e.locality.is_some(), &format!("{path}.locality"));
             rep.unsupported_if(e.weight.is_some(), &format!("{path}.weight"));
-            rep.unsupported_if(e.service_account.is_some(), &format!("{path}.serviceAccount"));
+            rep.unsupported_if(
+                e.service_account.is_some(),
+                &format!("{path}.serviceAccount"),
+            );
         }
         if resolution == Resolution::DnsRoundRobin && self.endpoints.len() > 1 {
-            rep.error("spec.endpoints", "resolution DNS_ROUND_ROBIN allows at most one endpoint");
+            rep.error(
+                "spec.endpoints",
+                "resolution DNS_ROUND_ROBIN allows at most one endpoint",
+            );
         }
         rep.unsupported_if(!self.addresses.is_empty(), "spec.addresses");
         rep.unsupported_if(!self.subject_alt_names.is_empty(), "spec.subjectAltNames");
@@ -139,7 +167,9 @@ impl Validate for ServiceEntrySpec {
 fn check_port_number(rep: &mut Reporter<'_>, number: Option<u32>, path: &str) {
     match number {
         None => rep.required(path),
-        Some(n) if !(1..=65535).contains(&n) => rep.error(path, format!("port {n} is out of range 1-65535")),
+        Some(n) if !(1..=65535).contains(&n) => {
+            rep.error(path, format!("port {n} is out of range 1-65535"))
+        }
         Some(_) => {}
     }
 }
@@ -163,7 +193,10 @@ impl Validate for GatewaySpec {
                         None => rep.required(&format!("{path}.port.protocol")),
                         Some(x) => match Protocol::parse(x) {
                             Some(pr) => protocol = Some(pr),
-                            None => rep.error(&format!("{path}.port.protocol"), format!("unknown protocol {x:?}")),
+                            None => rep.error(
+                                &format!("{path}.port.protocol"),
+                                format!("unknown protocol {x:?}"),
+                            ),
                         },
                     }
                     rep.unsupported_if(p.target_port.is_some(), &format!("{path}.port.targetPort"));
@@ -178,40 +211,127 @@ impl Validate for GatewaySpec {
                     rep.error(&format!("{path}.hosts[{j}]"), format!("invalid host {h:?}"));
                 }
             }
-            if matches!(protocol, Some(Protocol::Https | Protocol::Tls)) && s.tls.as_ref().and_then(|t| t.mode).is_none() {
-                rep.error(&format!("{path}.tls.mode"), "TLS settings (tls.mode) are required for HTTPS and TLS servers");
+            if matches!(protocol, Some(Protocol::Https | Protocol::Tls))
+                && s.tls.as_ref().and_then(|t| t.mode).is_none()
+            {
+                rep.error(
+                    &format!("{path}.tls.mode"),
+                    "TLS settings (tls.mode) are required for HTTPS and TLS servers",
+                );
             }
             rep.unsupported_if(s.bind.is_some(), &format!("{path}.bind"));
-            rep.unsupported_if(s.default_endpoint.is_some(), &format!("{path}.defaultEndpoint"));
+            rep.unsupported_if(
+                s.default_endpoint.is_some(),
+                &format!("{path}.defaultEndpoint"),
+            );
             if let Some(tls) = &s.tls {
                 if tls.https_redirect == Some(true) {
                     rep.unsupported(&format!("{path}.tls.httpsRedirect"));
                 }
-                // With PASSTHROUGH the gateway never terminates TLS, so these do nothing; with
-                // other modes the whole server is reported by compile().
-                if tls.mode == Some(ServerTlsMode::Passthrough) {
-                    let t = format!("{path}.tls");
-                    let set = [
-                        ("serverCertificate", tls.server_certificate.is_some()),
-                        ("privateKey", tls.private_key.is_some()),
-                        ("caCertificates", tls.ca_certificates.is_some()),
-                        ("caCrl", tls.ca_crl.is_some()),
-                        ("credentialName", tls.credential_name.is_some()),
-                        ("credentialNames", !tls.credential_names.is_empty()),
-                        ("tlsCertificates", !tls.tls_certificates.is_empty()),
-                        ("subjectAltNames", !tls.subject_alt_names.is_empty()),
-                        ("verifyCertificateSpki", !tls.verify_certificate_spki.is_empty()),
-                        ("verifyCertificateHash", !tls.verify_certificate_hash.is_empty()),
-                        ("minProtocolVersion", tls.min_protocol_version.is_some()),
-                        ("maxProtocolVersion", tls.max_protocol_version.is_some()),
-                        ("cipherSuites", !tls.cipher_suites.is_empty()),
-                    ];
-                    for (field, present) in set {
-                        if present {
-                            rep.warn(&format!("{t}.{field}"), "not used with tls.mode PASSTHROUGH (the gateway does not terminate TLS); ignored");
-                        }
+                validate_server_tls(rep, tls, &format!("{path}.tls"));
+            }
+        }
+    }
+}
+
+/// Is an optional string field set? Istio treats `""` as unset.
+fn set(v: &Option<String>) -> bool {
+    v.as_deref().is_some_and(|s| !s.trim().is_empty())
+}
+
+/// `servers[].tls`, with Istio's rules for where certificates come from.
+fn validate_server_tls(rep: &mut Reporter<'_>, tls: &ServerTls, t: &str) {
+    let Some(mode) = tls.mode else { return };
+    let unsupported_parts = [
+        ("caCrl", set(&tls.ca_crl)),
+        ("credentialNames", !tls.credential_names.is_empty()),
+        ("tlsCertificates", !tls.tls_certificates.is_empty()),
+        (
+            "verifyCertificateSpki",
+            !tls.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            !tls.verify_certificate_hash.is_empty(),
+        ),
+        ("minProtocolVersion", tls.min_protocol_version.is_some()),
+        ("maxProtocolVersion", tls.max_protocol_version.is_some()),
+        ("cipherSuites", !tls.cipher_suites.is_empty()),
+    ];
+    match mode {
+        ServerTlsMode::Passthrough => {
+            // The gateway never terminates TLS, so these do nothing.
+            let set_fields = [
+                ("serverCertificate", set(&tls.server_certificate)),
+                ("privateKey", set(&tls.private_key)),
+                ("caCertificates", set(&tls.ca_certificates)),
+                ("credentialName", set(&tls.credential_name)),
+                ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+            ];
+            for (field, present) in set_fields.into_iter().chain(unsupported_parts) {
+                if present {
+                    rep.warn(&format!("{t}.{field}"), "not used with tls.mode PASSTHROUGH (the gateway does not terminate TLS); ignored");
+                }
+            }
+        }
+        // The server is skipped by compile(), which says so.
+        ServerTlsMode::AutoPassthrough | ServerTlsMode::OptionalMutual => {}
+        ServerTlsMode::IstioMutual => {
+            for (field, present) in [
+                ("serverCertificate", set(&tls.server_certificate)),
+                ("privateKey", set(&tls.private_key)),
+                ("caCertificates", set(&tls.ca_certificates)),
+                ("credentialName", set(&tls.credential_name)),
+            ] {
+                if present {
+                    rep.error(
+                        &format!("{t}.{field}"),
+                        "tls.mode ISTIO_MUTUAL uses the mesh certificates (--mesh-certs); this field cannot be set",
+                    );
+                }
+            }
+            for (field, present) in unsupported_parts {
+                rep.unsupported_if(present, &format!("{t}.{field}"));
+            }
+        }
+        ServerTlsMode::Simple | ServerTlsMode::Mutual => {
+            let name = if mode == ServerTlsMode::Simple {
+                "SIMPLE"
+            } else {
+                "MUTUAL"
+            };
+            if set(&tls.credential_name) {
+                for (field, present) in [
+                    ("serverCertificate", set(&tls.server_certificate)),
+                    ("privateKey", set(&tls.private_key)),
+                    ("caCertificates", set(&tls.ca_certificates)),
+                ] {
+                    if present {
+                        rep.error(&format!("{t}.{field}"), "cannot be set together with credentialName (the credential provides it)");
                     }
                 }
+            } else {
+                let cert = set(&tls.server_certificate);
+                let key = set(&tls.private_key);
+                if !cert && !key {
+                    rep.error(
+                        &format!("{t}.mode"),
+                        format!("tls.mode {name} needs a certificate: set credentialName, or serverCertificate and privateKey"),
+                    );
+                } else if !cert {
+                    rep.error(&format!("{t}.serverCertificate"), format!("tls.mode {name} with privateKey also needs serverCertificate (or use credentialName)"));
+                } else if !key {
+                    rep.error(&format!("{t}.privateKey"), format!("tls.mode {name} with serverCertificate also needs privateKey (or use credentialName)"));
+                }
+                if mode == ServerTlsMode::Mutual && !set(&tls.ca_certificates) {
+                    rep.error(
+                        &format!("{t}.caCertificates"),
+                        "tls.mode MUTUAL needs the CA that signs client certificates: set caCertificates (or use credentialName)",
+                    );
+                }
+            }
+            for (field, present) in unsupported_parts {
+                rep.unsupported_if(present, &format!("{t}.{field}"));
             }
         }
     }
@@ -231,7 +351,10 @@ impl Validate for VirtualServiceSpec {
             }
         }
         if self.http.is_empty() && self.tls.is_empty() && self.tcp.is_empty() {
-            rep.error("spec", "at least one of http, tls or tcp routes is required");
+            rep.error(
+                "spec",
+                "at least one of http, tls or tcp routes is required",
+            );
         }
         for (i, r) in self.http.iter().enumerate() {
             validate_http_route(rep, r, &format!("spec.http[{i}]"));
@@ -246,7 +369,10 @@ impl Validate for VirtualServiceSpec {
                 if m.sni_hosts.is_empty() {
                     rep.required(&format!("{mpath}.sniHosts"));
                 }
-                rep.unsupported_if(!m.destination_subnets.is_empty(), &format!("{mpath}.destinationSubnets"));
+                rep.unsupported_if(
+                    !m.destination_subnets.is_empty(),
+                    &format!("{mpath}.destinationSubnets"),
+                );
                 check_match_port(rep, m.port, &format!("{mpath}.port"));
             }
             validate_l4_destinations(rep, &r.route, &format!("{path}.route"));
@@ -255,7 +381,10 @@ impl Validate for VirtualServiceSpec {
             let path = format!("spec.tcp[{i}]");
             for (j, m) in r.matches.iter().enumerate() {
                 let mpath = format!("{path}.match[{j}]");
-                rep.unsupported_if(!m.destination_subnets.is_empty(), &format!("{mpath}.destinationSubnets"));
+                rep.unsupported_if(
+                    !m.destination_subnets.is_empty(),
+                    &format!("{mpath}.destinationSubnets"),
+                );
                 rep.unsupported_if(m.source_subnet.is_some(), &format!("{mpath}.sourceSubnet"));
                 check_match_port(rep, m.port, &format!("{mpath}.port"));
             }
@@ -275,12 +404,20 @@ fn check_match_port(rep: &mut Reporter<'_>, port: Option<u32>, path: &str) {
 fn validate_http_route(rep: &mut Reporter<'_>, r: &HttpRoute, path: &str) {
     for (j, m) in r.matches.iter().enumerate() {
         let mpath = format!("{path}.match[{j}]");
-        for (field, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
+        for (field, sm) in [
+            ("uri", &m.uri),
+            ("scheme", &m.scheme),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ] {
             if let Some(sm) = sm {
                 check_string_match(rep, sm, &format!("{mpath}.{field}"));
             }
         }
-        for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+        for (field, map) in [
+            ("headers", &m.headers),
+            ("withoutHeaders", &m.without_headers),
+        ] {
             for (name, sm) in map {
                 let hpath = format!("{mpath}.{field}.{name}");
                 if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
@@ -298,24 +435,37 @@ fn validate_http_route(rep: &mut Reporter<'_>, r: &HttpRoute, path: &str) {
 
     let has_route = !r.route.is_empty();
     if !has_route && r.redirect.is_none() && r.direct_response.is_none() && r.delegate.is_none() {
-        rep.error(path, "one of route, redirect, directResponse or delegate is required");
+        rep.error(
+            path,
+            "one of route, redirect, directResponse or delegate is required",
+        );
     }
     if has_route && r.redirect.is_some() {
-        rep.error(&format!("{path}.redirect"), "route and redirect cannot both be set");
+        rep.error(
+            &format!("{path}.redirect"),
+            "route and redirect cannot both be set",
+        );
     }
     if has_route && r.direct_response.is_some() {
-        rep.error(&format!("{path}.directResponse"), "route and directResponse cannot both be set");
+        rep.error(
+            &format!("{path}.directResponse"),
+            "route and directResponse cannot both be set",
+        );
     }
     if let Some(dr) = &r.direct_response {
         match dr.status {
             None => rep.required(&format!("{path}.directResponse.status")),
-            Some(s) if !(200..=599).contains(&s) => {
-                rep.error(&format!("{path}.directResponse.status"), format!("status {s} is not in 200-599"))
-            }
+            Some(s) if !(200..=599).contains(&s) => rep.error(
+                &format!("{path}.directResponse.status"),
+                format!("status {s} is not in 200-599"),
+            ),
             Some(_) => {}
         }
         if let Some(body) = &dr.body {
-            rep.unsupported_if(body.bytes.is_some(), &format!("{path}.directResponse.body.bytes"));
+            rep.unsupported_if(
+                body.bytes.is_some(),
+                &format!("{path}.directResponse.body.bytes"),
+            );
         }
     }
     for (k, d) in r.route.iter().enumerate() {
@@ -326,20 +476,33 @@ fn validate_http_route(rep: &mut Reporter<'_>, r: &HttpRoute, path: &str) {
         }
         rep.unsupported_if(d.headers.is_some(), &format!("{dpath}.headers"));
     }
-    check_weights(rep, r.route.iter().map(|d| d.weight), &format!("{path}.route"));
+    check_weights(
+        rep,
+        r.route.iter().map(|d| d.weight),
+        &format!("{path}.route"),
+    );
 
     if r.redirect.is_some() {
-        rep.warn(&format!("{path}.redirect"), "not supported yet; matching requests get a local 503 instead");
+        rep.warn(
+            &format!("{path}.redirect"),
+            "not supported yet; matching requests get a local 503 instead",
+        );
     }
     if r.delegate.is_some() {
-        rep.warn(&format!("{path}.delegate"), "not supported yet; matching requests get a local 503 instead");
+        rep.warn(
+            &format!("{path}.delegate"),
+            "not supported yet; matching requests get a local 503 instead",
+        );
     }
     rep.unsupported_if(r.rewrite.is_some(), &format!("{path}.rewrite"));
     rep.unsupported_if(r.retries.is_some(), &format!("{path}.retries"));
     rep.unsupported_if(r.fault.is_some(), &format!("{path}.fault"));
     rep.unsupported_if(r.mirror.is_some(), &format!("{path}.mirror"));
     rep.unsupported_if(!r.mirrors.is_empty(), &format!("{path}.mirrors"));
-    rep.unsupported_if(r.mirror_percentage.is_some(), &format!("{path}.mirrorPercentage"));
+    rep.unsupported_if(
+        r.mirror_percentage.is_some(),
+        &format!("{path}.mirrorPercentage"),
+    );
     rep.unsupported_if(r.mirror_percent.is_some(), &format!("{path}.mirrorPercent"));
     rep.unsupported_if(r.cors_policy.is_some(), &format!("{path}.corsPolicy"));
     rep.unsupported_if(r.headers.is_some(), &format!("{path}.headers"));
@@ -358,16 +521,18 @@ fn check_destination(rep: &mut Reporter<'_>, d: Option<&Destination>, path: &str
     };
     match d.host.as_deref().map(str::trim) {
         None | Some("") => rep.required(&format!("{path}.host")),
-        Some(h) if h.starts_with('*') => {
-            rep.error(&format!("{path}.host"), format!("a destination host cannot be a wildcard ({h:?})"))
-        }
+        Some(h) if h.starts_with('*') => rep.error(
+            &format!("{path}.host"),
+            format!("a destination host cannot be a wildcard ({h:?})"),
+        ),
         Some(_) => {}
     }
     if let Some(p) = &d.port {
         match p.number {
-            Some(n) if !(1..=65535).contains(&n) => {
-                rep.error(&format!("{path}.port.number"), format!("port {n} is out of range 1-65535"))
-            }
+            Some(n) if !(1..=65535).contains(&n) => rep.error(
+                &format!("{path}.port.number"),
+                format!("port {n} is out of range 1-65535"),
+            ),
             _ => {}
         }
     }
@@ -378,9 +543,16 @@ fn validate_l4_destinations(rep: &mut Reporter<'_>, route: &[RouteDestination], 
         rep.required(path);
     }
     for (k, d) in route.iter().enumerate() {
-        check_destination(rep, d.destination.as_ref(), &format!("{path}[{k}].destination"));
+        check_destination(
+            rep,
+            d.destination.as_ref(),
+            &format!("{path}[{k}].destination"),
+        );
         if d.weight.is_some_and(|w| w < 0) {
-            rep.error(&format!("{path}[{k}].weight"), "weight must not be negative");
+            rep.error(
+                &format!("{path}[{k}].weight"),
+                "weight must not be negative",
+            );
         }
     }
     check_weights(rep, route.iter().map(|d| d.weight), path);
@@ -392,7 +564,10 @@ fn check_weights(rep: &mut Reporter<'_>, weights: impl Iterator<Item = Option<i6
     if weights.len() > 1 {
         let sum: i64 = weights.iter().map(|w| w.unwrap_or(0)).sum();
         if sum != 100 {
-            rep.error(path, format!("destination weights add up to {sum}; they must add up to 100"));
+            rep.error(
+                path,
+                format!("destination weights add up to {sum}; they must add up to 100"),
+            );
         }
     }
 }
@@ -416,7 +591,10 @@ impl Validate for DestinationRuleSpec {
                 None | Some("") => rep.required(&format!("{path}.name")),
                 Some(n) => {
                     if names.contains(&n) {
-                        rep.error(&format!("{path}.name"), format!("subset {n:?} is defined twice"));
+                        rep.error(
+                            &format!("{path}.name"),
+                            format!("subset {n:?} is defined twice"),
+                        );
                     }
                     names.push(n);
                 }
@@ -429,23 +607,126 @@ impl Validate for DestinationRuleSpec {
 }
 
 fn validate_traffic_policy(rep: &mut Reporter<'_>, tp: &TrafficPolicy, path: &str) {
-    validate_policy_parts(rep, tp.load_balancer.as_ref(), tp.connection_pool.as_ref(), tp.outlier_detection.as_ref(), path);
+    validate_policy_parts(
+        rep,
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        path,
+    );
     for (i, p) in tp.port_level_settings.iter().enumerate() {
         let ppath = format!("{path}.portLevelSettings[{i}]");
         match p.port.as_ref().and_then(|p| p.number) {
             None => rep.required(&format!("{ppath}.port.number")),
-            Some(n) if !(1..=65535).contains(&n) => {
-                rep.error(&format!("{ppath}.port.number"), format!("port {n} is out of range 1-65535"))
-            }
+            Some(n) if !(1..=65535).contains(&n) => rep.error(
+                &format!("{ppath}.port.number"),
+                format!("port {n} is out of range 1-65535"),
+            ),
             Some(_) => {}
         }
-        validate_policy_parts(rep, p.load_balancer.as_ref(), p.connection_pool.as_ref(), p.outlier_detection.as_ref(), &ppath);
+        validate_policy_parts(
+            rep,
+            p.load_balancer.as_ref(),
+            p.connection_pool.as_ref(),
+            p.outlier_detection.as_ref(),
+            &ppath,
+        );
+        if let Some(tls) = &p.tls {
+            validate_client_tls(rep, tls, &format!("{ppath}.tls"));
+        }
     }
     rep.unsupported_if(tp.tunnel.is_some(), &format!("{path}.tunnel"));
-    rep.unsupported_if(tp.proxy_protocol.is_some(), &format!("{path}.proxyProtocol"));
+    rep.unsupported_if(
+        tp.proxy_protocol.is_some(),
+        &format!("{path}.proxyProtocol"),
+    );
     rep.unsupported_if(tp.retry_budget.is_some(), &format!("{path}.retryBudget"));
-    // `tls` is reported by compile(), for the clusters it affects: TLS origination changes
-    // whether a cluster can be created at all.
+    if let Some(tls) = &tp.tls {
+        validate_client_tls(rep, tls, &format!("{path}.tls"));
+    }
+}
+
+/// `trafficPolicy.tls` (top level, port level, subset): Istio's rules plus pairs that only
+/// work together.
+fn validate_client_tls(rep: &mut Reporter<'_>, tls: &ClientTls, t: &str) {
+    let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
+    let cert = set(&tls.client_certificate);
+    let key = set(&tls.private_key);
+    let ca = set(&tls.ca_certificates);
+    let credential = set(&tls.credential_name);
+    match mode {
+        ClientTlsMode::Disable => return,
+        ClientTlsMode::IstioMutual => {
+            for (field, present) in [
+                ("clientCertificate", cert),
+                ("privateKey", key),
+                ("caCertificates", ca),
+                ("credentialName", credential),
+            ] {
+                if present {
+                    rep.warn(&format!("{t}.{field}"), "not used with tls.mode ISTIO_MUTUAL (the mesh certificates are used); ignored");
+                }
+            }
+        }
+        ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+            let name = if mode == ClientTlsMode::Simple {
+                "SIMPLE"
+            } else {
+                "MUTUAL"
+            };
+            if credential {
+                for (field, present) in [
+                    ("clientCertificate", cert),
+                    ("privateKey", key),
+                    ("caCertificates", ca),
+                ] {
+                    if present {
+                        rep.error(&format!("{t}.{field}"), "cannot be set together with credentialName (the credential provides it)");
+                    }
+                }
+            } else if cert && !key {
+                rep.error(
+                    &format!("{t}.privateKey"),
+                    "clientCertificate is set, so privateKey is required",
+                );
+            } else if key && !cert {
+                rep.error(
+                    &format!("{t}.clientCertificate"),
+                    "privateKey is set, so clientCertificate is required",
+                );
+            } else if mode == ClientTlsMode::Mutual && !cert {
+                rep.error(
+                    &format!("{t}.mode"),
+                    format!("tls.mode {name} needs a client certificate: set credentialName, or clientCertificate and privateKey"),
+                );
+            }
+            if tls.insecure_skip_verify == Some(true) {
+                let conflicts: &[(&str, bool)] = if mode == ClientTlsMode::Simple {
+                    &[
+                        ("caCertificates", ca),
+                        ("credentialName", credential),
+                        ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+                    ]
+                } else {
+                    &[
+                        ("caCertificates", ca),
+                        ("subjectAltNames", !tls.subject_alt_names.is_empty()),
+                    ]
+                };
+                for (field, present) in conflicts {
+                    if *present {
+                        rep.error(
+                            &format!("{t}.{field}"),
+                            format!(
+                                "cannot be set when insecureSkipVerify is true (tls.mode {name})"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    rep.unsupported_if(set(&tls.ca_crl), &format!("{t}.caCrl"));
 }
 
 fn validate_policy_parts(
@@ -458,23 +739,48 @@ fn validate_policy_parts(
     if let Some(lb) = lb {
         let lpath = format!("{path}.loadBalancer");
         if let Some(s @ (SimpleLb::Passthrough | SimpleLb::Unspecified)) = lb.simple {
-            rep.warn(&format!("{lpath}.simple"), format!("{s:?} is not supported yet; ROUND_ROBIN is used"));
+            rep.warn(
+                &format!("{lpath}.simple"),
+                format!("{s:?} is not supported yet; ROUND_ROBIN is used"),
+            );
         }
-        rep.unsupported_if(lb.consistent_hash.is_some(), &format!("{lpath}.consistentHash"));
-        rep.unsupported_if(lb.locality_lb_setting.is_some(), &format!("{lpath}.localityLbSetting"));
-        rep.unsupported_if(lb.warmup_duration_secs.is_some(), &format!("{lpath}.warmupDurationSecs"));
+        rep.unsupported_if(
+            lb.consistent_hash.is_some(),
+            &format!("{lpath}.consistentHash"),
+        );
+        rep.unsupported_if(
+            lb.locality_lb_setting.is_some(),
+            &format!("{lpath}.localityLbSetting"),
+        );
+        rep.unsupported_if(
+            lb.warmup_duration_secs.is_some(),
+            &format!("{lpath}.warmupDurationSecs"),
+        );
         rep.unsupported_if(lb.warmup.is_some(), &format!("{lpath}.warmup"));
     }
     if let Some(pool) = pool {
         let cpath = format!("{path}.connectionPool");
         if let Some(tcp) = &pool.tcp {
             let t = format!("{cpath}.tcp");
-            rep.unsupported_if(tcp.max_connections.is_some(), &format!("{t}.maxConnections"));
+            rep.unsupported_if(
+                tcp.max_connections.is_some(),
+                &format!("{t}.maxConnections"),
+            );
             rep.unsupported_if(tcp.tcp_keepalive.is_some(), &format!("{t}.tcpKeepalive"));
-            rep.unsupported_if(tcp.max_connection_duration.is_some(), &format!("{t}.maxConnectionDuration"));
+            rep.unsupported_if(
+                tcp.max_connection_duration.is_some(),
+                &format!("{t}.maxConnectionDuration"),
+            );
             rep.unsupported_if(tcp.idle_timeout.is_some(), &format!("{t}.idleTimeout"));
-            if tcp.connect_timeout.as_ref().is_some_and(|d| d.value.is_zero()) {
-                rep.error(&format!("{t}.connectTimeout"), "connect timeout must be greater than zero");
+            if tcp
+                .connect_timeout
+                .as_ref()
+                .is_some_and(|d| d.value.is_zero())
+            {
+                rep.error(
+                    &format!("{t}.connectTimeout"),
+                    "connect timeout must be greater than zero",
+                );
             }
         }
         rep.unsupported_if(pool.http.is_some(), &format!("{cpath}.http"));
@@ -522,26 +828,39 @@ pub(crate) fn destinations(vs: &VirtualServiceSpec) -> Vec<(String, &Destination
 
 /// Every gateway reference of a VirtualService with its field path.
 fn gateway_refs(vs: &VirtualServiceSpec) -> Vec<(String, &str)> {
-    let mut out: Vec<(String, &str)> =
-        vs.gateways.iter().enumerate().map(|(i, g)| (format!("spec.gateways[{i}]"), g.as_str())).collect();
+    let mut out: Vec<(String, &str)> = vs
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("spec.gateways[{i}]"), g.as_str()))
+        .collect();
     for (i, r) in vs.http.iter().enumerate() {
         for (j, m) in r.matches.iter().enumerate() {
             for (k, g) in m.gateways.iter().enumerate() {
-                out.push((format!("spec.http[{i}].match[{j}].gateways[{k}]"), g.as_str()));
+                out.push((
+                    format!("spec.http[{i}].match[{j}].gateways[{k}]"),
+                    g.as_str(),
+                ));
             }
         }
     }
     for (i, r) in vs.tls.iter().enumerate() {
         for (j, m) in r.matches.iter().enumerate() {
             for (k, g) in m.gateways.iter().enumerate() {
-                out.push((format!("spec.tls[{i}].match[{j}].gateways[{k}]"), g.as_str()));
+                out.push((
+                    format!("spec.tls[{i}].match[{j}].gateways[{k}]"),
+                    g.as_str(),
+                ));
             }
         }
     }
     for (i, r) in vs.tcp.iter().enumerate() {
         for (j, m) in r.matches.iter().enumerate() {
             for (k, g) in m.gateways.iter().enumerate() {
-                out.push((format!("spec.tcp[{i}].match[{j}].gateways[{k}]"), g.as_str()));
+                out.push((
+                    format!("spec.tcp[{i}].match[{j}].gateways[{k}]"),
+                    g.as_str(),
+                ));
             }
         }
     }
@@ -571,8 +890,12 @@ pub(crate) fn cross_check(loaded: &Loaded, errors: &mut Vec<Diagnostic>) {
     let domain = &loaded.options.cluster_domain;
     for vs in &loaded.virtual_services {
         for (path, reference) in gateway_refs(&vs.spec) {
-            if let GatewayRef::Named { namespace, name } = resolve_gateway(reference, &vs.namespace) {
-                let exists = loaded.gateways.iter().any(|g| g.namespace == namespace && g.name == name);
+            if let GatewayRef::Named { namespace, name } = resolve_gateway(reference, &vs.namespace)
+            {
+                let exists = loaded
+                    .gateways
+                    .iter()
+                    .any(|g| g.namespace == namespace && g.name == name);
                 if !exists {
                     errors.push(loaded.diagnostic(
                         vs,
@@ -584,22 +907,33 @@ pub(crate) fn cross_check(loaded: &Loaded, errors: &mut Vec<Diagnostic>) {
             }
         }
         for (path, dest) in destinations(&vs.spec) {
-            let (Some(host), Some(subset)) = (dest.host.as_deref(), dest.subset.as_deref()) else { continue };
+            let (Some(host), Some(subset)) = (dest.host.as_deref(), dest.subset.as_deref()) else {
+                continue;
+            };
             if subset.is_empty() {
                 continue;
             }
             let host = fqdn(host, &vs.namespace, domain);
             let defined = loaded.destination_rules.iter().any(|dr| {
-                let Some(dr_host) = dr.spec.host.as_deref() else { return false };
+                let Some(dr_host) = dr.spec.host.as_deref() else {
+                    return false;
+                };
                 let pattern = HostPattern::parse(&fqdn(dr_host, &dr.namespace, domain));
-                pattern.matches(&host) && dr.spec.subsets.iter().any(|s| s.name.as_deref() == Some(subset))
+                pattern.matches(&host)
+                    && dr
+                        .spec
+                        .subsets
+                        .iter()
+                        .any(|s| s.name.as_deref() == Some(subset))
             });
             if !defined {
                 errors.push(loaded.diagnostic(
                     vs,
                     &format!("{path}.subset"),
                     Severity::Error,
-                    format!("subset {subset:?} is not defined by any DestinationRule for host {host}"),
+                    format!(
+                        "subset {subset:?} is not defined by any DestinationRule for host {host}"
+                    ),
                 ));
             }
         }

@@ -61,12 +61,20 @@ flags! {
 }
 
 impl ResponseFlags {
-    pub const NONE: ResponseFlags = ResponseFlags { bits: 0, order: [0; MAX_ORDERED], len: 0 };
+    pub const NONE: ResponseFlags = ResponseFlags {
+        bits: 0,
+        order: [0; MAX_ORDERED],
+        len: 0,
+    };
 
     const fn single(bit: u8) -> ResponseFlags {
         let mut order = [0; MAX_ORDERED];
         order[0] = bit;
-        ResponseFlags { bits: 1 << bit, order, len: 1 }
+        ResponseFlags {
+            bits: 1 << bit,
+            order,
+            len: 1,
+        }
     }
 
     pub fn is_empty(self) -> bool {
@@ -121,7 +129,10 @@ impl fmt::Display for ResponseFlags {
                 continue;
             }
             printed |= bit;
-            let short = Self::SHORT.iter().find(|(b, _)| *b == bit).map_or("", |(_, s)| s);
+            let short = Self::SHORT
+                .iter()
+                .find(|(b, _)| *b == bit)
+                .map_or("", |(_, s)| s);
             if !first {
                 f.write_str(",")?;
             }
@@ -146,7 +157,8 @@ mod tests {
     fn prints_like_envoy() {
         assert_eq!(ResponseFlags::NONE.to_string(), "-");
         // Envoy 1.40 prints in the order set: retries exhausted after a connect failure.
-        let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+            | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         assert_eq!(f.to_string(), "URX,UF");
         let mut g = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         g.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
@@ -154,7 +166,8 @@ mod tests {
         assert_eq!(g.to_string(), "UF,URX");
         assert_eq!(ResponseFlags::NO_ROUTE_FOUND.to_string(), "NR");
         assert_eq!(
-            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::NO_HEALTHY_UPSTREAM).to_string(),
+            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT | ResponseFlags::NO_HEALTHY_UPSTREAM)
+                .to_string(),
             "UT,UH"
         );
     }

@@ -81,7 +81,11 @@ pub struct HostIndex<T> {
 
 impl<T> Default for HostIndex<T> {
     fn default() -> Self {
-        HostIndex { exact: HashMap::new(), suffix: HashMap::new(), any: None }
+        HostIndex {
+            exact: HashMap::new(),
+            suffix: HashMap::new(),
+            any: None,
+        }
     }
 }
 
@@ -140,13 +144,18 @@ fn insert_new<T>(map: &mut HashMap<String, T>, key: &str, value: T) -> bool {
 pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
-            let port = rest[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
+            let port = rest[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
             return (&authority[..end + 2], port);
         }
         return (authority, None);
     }
     match authority.rfind(':') {
-        Some(i) if authority[i + 1..].bytes().all(|b| b.is_ascii_digit()) && i + 1 < authority.len() => {
+        Some(i)
+            if authority[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && i + 1 < authority.len() =>
+        {
             (&authority[..i], authority[i + 1..].parse().ok())
         }
         _ => (authority, None),

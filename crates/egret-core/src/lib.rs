@@ -10,8 +10,10 @@ pub mod host;
 pub mod limits;
 pub mod record;
 pub mod snapshot;
+pub mod tls;
 
 pub use flags::ResponseFlags;
 pub use host::HostPattern;
 pub use record::{AccessLogSink, LogGuard, LogRecord, RequestInfo};
 pub use snapshot::*;
+pub use tls::{CertSource, DownstreamTls, TlsMode, TlsServer, UpstreamTls};

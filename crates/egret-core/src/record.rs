@@ -54,7 +54,11 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    pub fn new(downstream_local: SocketAddr, downstream_remote: SocketAddr, config_version: Arc<str>) -> Self {
+    pub fn new(
+        downstream_local: SocketAddr,
+        downstream_remote: SocketAddr,
+        config_version: Arc<str>,
+    ) -> Self {
         LogRecord {
             start_time: SystemTime::now(),
             start: Instant::now(),
@@ -101,7 +105,10 @@ pub struct LogGuard {
 
 impl LogGuard {
     pub fn new(record: LogRecord, sink: Arc<dyn AccessLogSink>) -> Self {
-        LogGuard { record: Some(record), sink }
+        LogGuard {
+            record: Some(record),
+            sink,
+        }
     }
 
     /// The record being filled. Always present until the guard is consumed.

@@ -47,6 +47,9 @@ pub struct Listener {
     pub listen_port: u16,
     pub protocol: ServerProtocol,
     pub routes: ListenerRoutes,
+    /// TLS termination (HTTPS servers with SIMPLE, MUTUAL or ISTIO_MUTUAL), chosen by SNI.
+    /// Empty for plain HTTP, passthrough and TCP listeners.
+    pub tls_servers: Vec<crate::TlsServer>,
 }
 
 #[derive(Debug)]
@@ -73,7 +76,11 @@ impl HttpRouteTable {
                 index.insert(d, i);
             }
         }
-        HttpRouteTable { name, virtual_hosts, index }
+        HttpRouteTable {
+            name,
+            virtual_hosts,
+            index,
+        }
     }
 
     /// The virtual host for an authority (`host` or `host:port`), Envoy's precedence.
@@ -231,6 +238,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub lb: LbPolicy,
     pub protocol: UpstreamProtocol,
+    /// TLS origination toward the endpoints (DestinationRule `tls`), if any.
+    pub tls: Option<Arc<crate::UpstreamTls>>,
 }
 
 /// How a cluster finds its endpoints.

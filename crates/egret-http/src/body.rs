@@ -24,7 +24,10 @@ pub struct ResponseBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream { inner: Incoming, conn: Option<PooledConn> },
+    Upstream {
+        inner: Incoming,
+        conn: Option<PooledConn>,
+    },
 }
 
 struct LogState {
@@ -35,16 +38,29 @@ struct LogState {
 
 impl ResponseBody {
     pub fn full(b: Option<Bytes>) -> ResponseBody {
-        ResponseBody { kind: Kind::Full(b.filter(|b| !b.is_empty())), log: None }
+        ResponseBody {
+            kind: Kind::Full(b.filter(|b| !b.is_empty())),
+            log: None,
+        }
     }
 
     pub fn upstream(inner: Incoming, conn: PooledConn) -> ResponseBody {
-        ResponseBody { kind: Kind::Upstream { inner, conn: Some(conn) }, log: None }
+        ResponseBody {
+            kind: Kind::Upstream {
+                inner,
+                conn: Some(conn),
+            },
+            log: None,
+        }
     }
 
     /// Attach the request's log record; it is written when this body ends or is dropped.
     pub fn with_log(mut self, guard: LogGuard, received: Option<Arc<AtomicU64>>) -> ResponseBody {
-        self.log = Some(LogState { guard, sent: 0, received });
+        self.log = Some(LogState {
+            guard,
+            sent: 0,
+            received,
+        });
         self
     }
 
@@ -107,7 +123,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

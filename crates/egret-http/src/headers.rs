@@ -7,13 +7,18 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
 pub static SERVER_NAME: HeaderValue = HeaderValue::from_static("istio-envoy");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy, plus those named in
 /// `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+    if let Some(conn) = headers
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
         for name in conn.split(',') {
             let name = name.trim();
             // Never let `Connection:` strip headers the proxy itself relies on.
@@ -34,7 +39,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
     // `te` may only say "trailers" (gRPC needs it); anything else goes.
-    if headers.get(http::header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
         headers.remove(http::header::TE);
     }
 }
@@ -56,7 +64,11 @@ pub fn is_internal(ip: IpAddr) -> bool {
 /// Appends the downstream address to `x-forwarded-for`. Like Envoy, a loopback peer is
 /// recorded as this host's own address (`local_ip`) when one is known.
 pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAddr>) {
-    let ip = if remote.is_loopback() { local_ip.unwrap_or(remote) } else { remote };
+    let ip = if remote.is_loopback() {
+        local_ip.unwrap_or(remote)
+    } else {
+        remote
+    };
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
         _ => ip.to_string(),
@@ -112,20 +124,35 @@ mod tests {
         let mut h = HeaderMap::new();
         append_xff(&mut h, "10.0.0.1".parse().unwrap(), None);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        append_xff(&mut h, "127.0.0.1".parse().unwrap(), Some("192.0.2.2".parse().unwrap()));
+        append_xff(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some("192.0.2.2".parse().unwrap()),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1,192.0.2.2");
         h.insert("connection", "close, x-secret".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        assert!(h.get("connection").is_none() && h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(
+            h.get("connection").is_none()
+                && h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+        );
         assert_eq!(h["te"], "trailers");
     }
 
     #[test]
     fn internal_addresses() {
-        for ip in ["10.1.2.3", "192.168.0.1", "172.16.0.1", "127.0.0.1", "::1", "fd00::1"] {
+        for ip in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "127.0.0.1",
+            "::1",
+            "fd00::1",
+        ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2001:db8::1"] {

@@ -8,7 +8,11 @@ use crate::body::ResponseBody;
 use crate::headers::SERVER_NAME;
 
 /// Envoy's body for a connect failure or reset before response headers.
-pub fn upstream_reset_body(reset_reason: &str, retried: bool, transport_failure: Option<&str>) -> String {
+pub fn upstream_reset_body(
+    reset_reason: &str,
+    retried: bool,
+    transport_failure: Option<&str>,
+) -> String {
     let mut s = String::from("upstream connect error or disconnect/reset before headers. ");
     if retried {
         s.push_str("retried and the latest reset reason: ");
@@ -28,7 +32,11 @@ pub fn upstream_reset_body(reset_reason: &str, retried: bool, transport_failure:
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for a reset before response headers, e.g.
 /// `upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}`.
-pub fn reset_details(after_response_started: bool, reset_reason: &str, transport_failure: Option<&str>) -> String {
+pub fn reset_details(
+    after_response_started: bool,
+    reset_reason: &str,
+    transport_failure: Option<&str>,
+) -> String {
     let mut s = String::from(if after_response_started {
         "upstream_reset_after_response_started{"
     } else {
@@ -55,7 +63,10 @@ pub fn build(status: u16, body: Option<String>) -> (Response<ResponseBody>, u64)
     let date = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())).ok();
     if len > 0 {
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
     }
     if let Some(d) = date {
         h.insert(http::header::DATE, d);
@@ -85,6 +96,9 @@ mod tests {
             reset_details(false, "remote connection failure", Some("delayed_connect_error:_Connection_refused")),
             "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
         );
-        assert_eq!(reset_details(true, "protocol error", None), "upstream_reset_after_response_started{protocol_error}");
+        assert_eq!(
+            reset_details(true, "protocol error", None),
+            "upstream_reset_after_response_started{protocol_error}"
+        );
     }
 }

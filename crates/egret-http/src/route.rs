@@ -40,7 +40,11 @@ fn match_applies(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     if let Some(uri) = &m.uri {
         // Istio matches `uri` against the path without the query string.
         let path = req.path.split('?').next().unwrap_or(req.path);
-        let ok = if m.ignore_uri_case { string_match_ci(uri, path) } else { uri.matches(path) };
+        let ok = if m.ignore_uri_case {
+            string_match_ci(uri, path)
+        } else {
+            uri.matches(path)
+        };
         if !ok {
             return false;
         }
@@ -74,7 +78,10 @@ fn match_applies(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     if !m.query_params.is_empty() {
         let query = req.path.split_once('?').map_or("", |(_, q)| q);
         for (name, sm) in &m.query_params {
-            let found = query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))).find(|(k, _)| k == name);
+            let found = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                .find(|(k, _)| k == name);
             match found {
                 Some((_, v)) if sm.matches(v) => {}
                 _ => return false,
@@ -87,7 +94,9 @@ fn match_applies(m: &RouteMatch, req: &RequestView<'_>) -> bool {
 fn string_match_ci(m: &StringMatch, value: &str) -> bool {
     match m {
         StringMatch::Exact(e) => value.eq_ignore_ascii_case(e),
-        StringMatch::Prefix(p) => value.len() >= p.len() && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()),
+        StringMatch::Prefix(p) => {
+            value.len() >= p.len() && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+        }
         StringMatch::Regex(r) => r.is_match(value),
     }
 }
@@ -98,7 +107,12 @@ mod tests {
     use egret_core::{HeaderMatch, HostPattern, RouteAction};
 
     fn route(matches: Vec<RouteMatch>, status: u16) -> Route {
-        Route { name: None, matches, action: RouteAction::Direct { status, body: None }, timeout: None }
+        Route {
+            name: None,
+            matches,
+            action: RouteAction::Direct { status, body: None },
+            timeout: None,
+        }
     }
 
     fn table() -> HttpRouteTable {
@@ -106,7 +120,13 @@ mod tests {
             name: "edition.cnn.com:80".into(),
             domains: vec![HostPattern::parse("edition.cnn.com")],
             routes: vec![
-                route(vec![RouteMatch { uri: Some(StringMatch::Exact("/exact".into())), ..Default::default() }], 201),
+                route(
+                    vec![RouteMatch {
+                        uri: Some(StringMatch::Exact("/exact".into())),
+                        ..Default::default()
+                    }],
+                    201,
+                ),
                 route(
                     vec![RouteMatch {
                         uri: Some(StringMatch::Prefix("/api".into())),
@@ -119,14 +139,22 @@ mod tests {
                     vec![RouteMatch {
                         headers: vec![HeaderMatch {
                             name: http::HeaderName::from_static("x-v"),
-                            value: Some(StringMatch::Regex(regex::Regex::new("^(?:v[0-9]+)$").unwrap())),
+                            value: Some(StringMatch::Regex(
+                                regex::Regex::new("^(?:v[0-9]+)$").unwrap(),
+                            )),
                             invert: false,
                         }],
                         ..Default::default()
                     }],
                     203,
                 ),
-                route(vec![RouteMatch { uri: Some(StringMatch::Prefix("/only".into())), ..Default::default() }], 204),
+                route(
+                    vec![RouteMatch {
+                        uri: Some(StringMatch::Prefix("/only".into())),
+                        ..Default::default()
+                    }],
+                    204,
+                ),
             ],
         };
         let wild = VirtualHost {
@@ -137,12 +165,27 @@ mod tests {
         HttpRouteTable::new("http.8080".into(), vec![vh, wild])
     }
 
-    fn status(t: &HttpRouteTable, authority: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
+    fn status(
+        t: &HttpRouteTable,
+        authority: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<u16> {
         let mut h = http::HeaderMap::new();
         for (k, v) in headers {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
-        let req = RequestView { authority, method, path, scheme: "http", headers: &h };
+        let req = RequestView {
+            authority,
+            method,
+            path,
+            scheme: "http",
+            headers: &h,
+        };
         match find_route(t, &req) {
             RouteResult::Matched(_, r) => match r.action {
                 RouteAction::Direct { status, .. } => Some(status),
@@ -155,17 +198,44 @@ mod tests {
     #[test]
     fn matching() {
         let t = table();
-        assert_eq!(status(&t, "edition.cnn.com", "GET", "/exact", &[]), Some(201));
-        assert_eq!(status(&t, "edition.cnn.com:80", "GET", "/exact?q=1", &[]), Some(201));
-        assert_eq!(status(&t, "EDITION.cnn.com:8080", "GET", "/exact", &[]), Some(201));
-        assert_eq!(status(&t, "edition.cnn.com", "POST", "/api/x", &[]), Some(202));
+        assert_eq!(
+            status(&t, "edition.cnn.com", "GET", "/exact", &[]),
+            Some(201)
+        );
+        assert_eq!(
+            status(&t, "edition.cnn.com:80", "GET", "/exact?q=1", &[]),
+            Some(201)
+        );
+        assert_eq!(
+            status(&t, "EDITION.cnn.com:8080", "GET", "/exact", &[]),
+            Some(201)
+        );
+        assert_eq!(
+            status(&t, "edition.cnn.com", "POST", "/api/x", &[]),
+            Some(202)
+        );
         assert_eq!(status(&t, "edition.cnn.com", "GET", "/api/x", &[]), None);
-        assert_eq!(status(&t, "edition.cnn.com", "GET", "/x", &[("x-v", "v12")]), Some(203));
-        assert_eq!(status(&t, "edition.cnn.com", "GET", "/x", &[("x-v", "v12x")]), None);
-        assert_eq!(status(&t, "edition.cnn.com", "GET", "/only/1", &[]), Some(204));
+        assert_eq!(
+            status(&t, "edition.cnn.com", "GET", "/x", &[("x-v", "v12")]),
+            Some(203)
+        );
+        assert_eq!(
+            status(&t, "edition.cnn.com", "GET", "/x", &[("x-v", "v12x")]),
+            None
+        );
+        assert_eq!(
+            status(&t, "edition.cnn.com", "GET", "/only/1", &[]),
+            Some(204)
+        );
         assert_eq!(status(&t, "a.b.example.com", "GET", "/", &[]), Some(205));
         let h = http::HeaderMap::new();
-        let req = RequestView { authority: "other.com", method: "GET", path: "/", scheme: "http", headers: &h };
+        let req = RequestView {
+            authority: "other.com",
+            method: "GET",
+            path: "/",
+            scheme: "http",
+            headers: &h,
+        };
         assert!(matches!(find_route(&t, &req), RouteResult::NoVirtualHost));
     }
 }

@@ -10,7 +10,8 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
 use egret_core::{
-    AccessLogSink, HttpRouteTable, LogGuard, LogRecord, RequestInfo, ResponseFlags, RouteAction, Snapshot,
+    AccessLogSink, HttpRouteTable, LogGuard, LogRecord, RequestInfo, ResponseFlags, RouteAction,
+    Snapshot,
 };
 use egret_upstream::{ClusterState, PickError, Pool, Resolver, UpstreamBody, Upstreams};
 
@@ -67,14 +68,29 @@ pub async fn handle(
         let h = req.headers_mut();
         headers::ensure_request_id(h, remote_ip);
         headers::append_xff(h, remote_ip, shared.local_ip);
-        h.insert(headers::X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.scheme == "https" { "https" } else { "http" }));
+        h.insert(
+            headers::X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if conn.scheme == "https" {
+                "https"
+            } else {
+                "http"
+            }),
+        );
     }
     let authority = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
-    let path = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     rec.request = Some(RequestInfo {
         method: req.method().clone(),
         path: path.clone(),
@@ -82,7 +98,7 @@ pub async fn handle(
         scheme: Some(conn.scheme.to_string()),
         headers: req.headers().clone(),
     });
-    let mut guard = LogGuard::new(rec, shared.sink.clone());
+    let mut guard = PendingLog(Some(LogGuard::new(rec, shared.sink.clone())));
 
     let authority_str = authority.as_deref().unwrap_or("");
     let view = RequestView {
@@ -95,39 +111,116 @@ pub async fn handle(
     let route = match find_route(&conn.table, &view) {
         RouteResult::Matched(_, r) => r,
         RouteResult::NoVirtualHost | RouteResult::NoRoute(_) => {
-            return Ok(local(guard, 404, None, ResponseFlags::NO_ROUTE_FOUND, "route_not_found", None));
+            return Ok(local(
+                guard.take(),
+                404,
+                None,
+                ResponseFlags::NO_ROUTE_FOUND,
+                "route_not_found",
+                None,
+            ));
         }
     };
     guard.record().route_name = route.name.clone();
     let clusters = match &route.action {
         RouteAction::Direct { status, body } => {
-            return Ok(local(guard, *status, body.clone(), ResponseFlags::NONE, "direct_response", None));
+            return Ok(local(
+                guard.take(),
+                *status,
+                body.clone(),
+                ResponseFlags::NONE,
+                "direct_response",
+                None,
+            ));
         }
         RouteAction::Forward(c) => c,
     };
     let Some(picked) = clusters.pick(fastrand::u32(..)) else {
-        return Ok(local(guard, 503, None, ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found", None));
+        return Ok(local(
+            guard.take(),
+            503,
+            None,
+            ResponseFlags::NO_CLUSTER_FOUND,
+            "cluster_not_found",
+            None,
+        ));
     };
     let Some(cluster) = conn.upstreams.get(&picked.cluster).cloned() else {
         // Envoy: the route names a cluster that does not exist (a host outside the registry).
-        return Ok(local(guard, 503, None, ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found", None));
+        return Ok(local(
+            guard.take(),
+            503,
+            None,
+            ResponseFlags::NO_CLUSTER_FOUND,
+            "cluster_not_found",
+            None,
+        ));
     };
     guard.record().upstream_cluster = Some(cluster.name().clone());
 
-    let forward = Forward { shared: &shared, cluster: &cluster, authority: authority_str.to_string(), path };
+    let forward = Forward {
+        shared: &shared,
+        cluster: &cluster,
+        authority: authority_str.to_string(),
+        path,
+    };
     match route.timeout {
-        Some(t) if !t.is_zero() => match tokio::time::timeout(t, forward.run(req, &mut guard)).await {
-            Ok(resp) => Ok(resp.finish(guard)),
-            Err(_) => Ok(local(
-                guard,
-                504,
-                Some("upstream request timeout".into()),
-                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                "response_timeout",
-                None,
-            )),
-        },
-        _ => Ok(forward.run(req, &mut guard).await.finish(guard)),
+        Some(t) if !t.is_zero() => {
+            match tokio::time::timeout(t, forward.run(req, guard.get())).await {
+                Ok(resp) => Ok(resp.finish(guard.take())),
+                Err(_) => Ok(local(
+                    guard.take(),
+                    504,
+                    Some("upstream request timeout".into()),
+                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                    "response_timeout",
+                    None,
+                )),
+            }
+        }
+        _ => Ok(forward.run(req, guard.get()).await.finish(guard.take())),
+    }
+}
+
+/// The request's log until a response exists. If hyper drops the request future first (the
+/// client went away), the record is logged as Envoy does: code 0, `DC`,
+/// `downstream_remote_disconnect` (checked with Envoy 1.40).
+struct PendingLog(Option<LogGuard>);
+
+impl PendingLog {
+    fn get(&mut self) -> &mut LogGuard {
+        // Present until `take`, which consumes the value.
+        self.0.get_or_insert_with(unreachable_guard)
+    }
+    fn record(&mut self) -> &mut LogRecord {
+        self.get().record()
+    }
+    fn take(mut self) -> LogGuard {
+        self.0.take().unwrap_or_else(unreachable_guard)
+    }
+}
+
+#[cold]
+fn unreachable_guard() -> LogGuard {
+    struct Discard;
+    impl AccessLogSink for Discard {
+        fn log(&self, _: LogRecord) {}
+    }
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    LogGuard::new(
+        LogRecord::new(unspecified, unspecified, Arc::from("-")),
+        Arc::new(Discard),
+    )
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        if let Some(mut g) = self.0.take() {
+            let rec = g.record();
+            rec.response_flags
+                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            rec.response_code_details = Some("downstream_remote_disconnect".into());
+        }
     }
 }
 
@@ -152,25 +245,48 @@ fn local(
 
 /// What the forwarding loop produced; turned into a response once the guard is back.
 enum Outcome {
-    Upstream { resp: Response<Incoming>, conn: egret_upstream::PooledConn, received: Option<Arc<AtomicU64>> },
-    Local { status: u16, body: Option<String>, flags: ResponseFlags, details: String, received: Option<Arc<AtomicU64>> },
+    Upstream {
+        resp: Response<Incoming>,
+        conn: egret_upstream::PooledConn,
+        received: Option<Arc<AtomicU64>>,
+    },
+    Local {
+        status: u16,
+        body: Option<String>,
+        flags: ResponseFlags,
+        details: String,
+        received: Option<Arc<AtomicU64>>,
+    },
 }
 
 impl Outcome {
     fn finish(self, mut guard: LogGuard) -> Response<ResponseBody> {
         match self {
-            Outcome::Local { status, body, flags, details, received } => {
-                local(guard, status, body, flags, &details, received)
-            }
-            Outcome::Upstream { resp, conn, received } => {
+            Outcome::Local {
+                status,
+                body,
+                flags,
+                details,
+                received,
+            } => local(guard, status, body, flags, &details, received),
+            Outcome::Upstream {
+                resp,
+                conn,
+                received,
+            } => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                parts.headers.insert(http::header::SERVER, headers::SERVER_NAME.clone());
+                parts
+                    .headers
+                    .insert(http::header::SERVER, headers::SERVER_NAME.clone());
                 let rec = guard.record();
                 rec.response_code = parts.status.as_u16();
                 rec.response_code_details = Some("via_upstream".into());
                 rec.response_headers = Some(parts.headers.clone());
-                Response::from_parts(parts, ResponseBody::upstream(body, conn).with_log(guard, received))
+                Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, conn).with_log(guard, received),
+                )
             }
         }
     }
@@ -194,7 +310,13 @@ impl Forward<'_> {
             (Some(UpstreamBody::Empty), None)
         } else {
             let counter = Arc::new(AtomicU64::new(0));
-            (Some(UpstreamBody::Streaming { inner: incoming, received: counter.clone() }), Some(counter))
+            (
+                Some(UpstreamBody::Streaming {
+                    inner: incoming,
+                    received: counter.clone(),
+                }),
+                Some(counter),
+            )
         };
         // Only a body-less request can be sent twice.
         let replayable = received.is_none();
@@ -217,7 +339,17 @@ impl Forward<'_> {
             };
             tried.push(addr);
             guard.record().upstream_host = Some(addr);
-            let mut conn = match self.shared.pool.checkout(self.cluster.name(), addr, spec.protocol, spec.connect_timeout).await {
+            let mut conn = match self
+                .shared
+                .pool
+                .checkout(
+                    self.cluster.name(),
+                    addr,
+                    spec.protocol,
+                    spec.connect_timeout,
+                )
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(cluster = %self.cluster.name(), error = %e, "upstream connect failed");
@@ -235,9 +367,17 @@ impl Forward<'_> {
                     flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
                     return Outcome::Local {
                         status: 503,
-                        body: Some(local_reply::upstream_reset_body(e.reset_reason(), attempt > 0, None)),
+                        body: Some(local_reply::upstream_reset_body(
+                            e.reset_reason(),
+                            attempt > 0,
+                            None,
+                        )),
                         flags,
-                        details: local_reply::reset_details(false, e.reset_reason(), tfr.as_deref()),
+                        details: local_reply::reset_details(
+                            false,
+                            e.reset_reason(),
+                            tfr.as_deref(),
+                        ),
                         received,
                     };
                 }
@@ -246,7 +386,11 @@ impl Forward<'_> {
             guard.record().upstream_transport_failure_reason = None;
             let Some(b) = body.take() else {
                 // Unreachable by construction (a streamed body is never retried), but never panic.
-                return self.reset_outcome("connection termination", ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, received);
+                return self.reset_outcome(
+                    "connection termination",
+                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    received,
+                );
             };
             let upstream_req = self.build_request(&parts.method, &up_headers, conn.is_http2(), b);
             let sent_at = Instant::now();
@@ -261,14 +405,21 @@ impl Forward<'_> {
                         continue;
                     }
                     if retriable_status && attempt > 0 {
-                        guard.record().set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        guard
+                            .record()
+                            .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
                     }
                     let mut resp = resp;
                     let ms = sent_at.max(started).elapsed().as_millis().to_string();
                     if let Ok(v) = HeaderValue::from_str(&ms) {
-                        resp.headers_mut().insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
+                        resp.headers_mut()
+                            .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
                     }
-                    return Outcome::Upstream { resp, conn, received };
+                    return Outcome::Upstream {
+                        resp,
+                        conn,
+                        received,
+                    };
                 }
                 Err(mut e) => {
                     // A pooled connection the peer had already closed: the request never
@@ -291,7 +442,12 @@ impl Forward<'_> {
         }
     }
 
-    fn reset_outcome(&self, reason: &str, flag: ResponseFlags, received: Option<Arc<AtomicU64>>) -> Outcome {
+    fn reset_outcome(
+        &self,
+        reason: &str,
+        flag: ResponseFlags,
+        received: Option<Arc<AtomicU64>>,
+    ) -> Outcome {
         Outcome::Local {
             status: 503,
             body: Some(local_reply::upstream_reset_body(reason, false, None)),

@@ -23,7 +23,13 @@ impl ActiveConfig {
     pub fn new(snapshot: Arc<Snapshot>) -> ActiveConfig {
         let registry = ClusterRegistry::default();
         let upstreams = Arc::new(Upstreams::bind(&snapshot, &registry));
-        ActiveConfig { current: ArcSwap::from_pointee(Active { snapshot, upstreams }), registry }
+        ActiveConfig {
+            current: ArcSwap::from_pointee(Active {
+                snapshot,
+                upstreams,
+            }),
+            registry,
+        }
     }
 
     pub fn load(&self) -> Arc<Active> {
@@ -34,6 +40,9 @@ impl ActiveConfig {
     /// for clusters whose definition did not change.
     pub fn store(&self, snapshot: Arc<Snapshot>) {
         let upstreams = Arc::new(Upstreams::bind(&snapshot, &self.registry));
-        self.current.store(Arc::new(Active { snapshot, upstreams }));
+        self.current.store(Arc::new(Active {
+            snapshot,
+            upstreams,
+        }));
     }
 }

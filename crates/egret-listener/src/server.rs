@@ -30,7 +30,8 @@ impl Gateway {
         let mut out = Vec::new();
         for l in &snapshot.listeners {
             let addr = SocketAddr::new(self.options.bind, l.listen_port);
-            let listener = bind_listener(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let listener = bind_listener(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             tracing::info!(listener = %l.name, %addr, protocol = ?l.protocol, "listening");
             out.push((l.listen_port, listener));
         }
@@ -38,14 +39,20 @@ impl Gateway {
     }
 
     /// Accepts on `listener` until the task is aborted.
-    pub fn spawn_accept(self: &Arc<Self>, listen_port: u16, listener: TcpListener) -> JoinHandle<()> {
+    pub fn spawn_accept(
+        self: &Arc<Self>,
+        listen_port: u16,
+        listener: TcpListener,
+    ) -> JoinHandle<()> {
         let gw = self.clone();
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => {
                         let gw = gw.clone();
-                        tokio::spawn(async move { gw.serve_connection(listen_port, stream, remote).await });
+                        tokio::spawn(async move {
+                            gw.serve_connection(listen_port, stream, remote).await
+                        });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
@@ -59,7 +66,9 @@ impl Gateway {
 
     async fn serve_connection(&self, listen_port: u16, stream: TcpStream, remote: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(self.options.bind, listen_port));
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(self.options.bind, listen_port));
         let active = self.config.load();
         let Some(listener) = active.snapshot.listener_on(listen_port) else {
             // The listener was removed by a reload; this socket is draining.
@@ -91,7 +100,11 @@ impl Gateway {
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

@@ -34,40 +34,85 @@ pub(crate) async fn serve_tcp(
     let mut prefix = Vec::new();
     let clusters: &WeightedClusters = match &listener.routes {
         ListenerRoutes::Sni(table) => {
-            let hello = read_client_hello_into(&mut stream, &mut prefix, LISTENER_FILTER_TIMEOUT, MAX_CLIENT_HELLO_RECORD_BYTES).await;
+            let hello = read_client_hello_into(
+                &mut stream,
+                &mut prefix,
+                LISTENER_FILTER_TIMEOUT,
+                MAX_CLIENT_HELLO_RECORD_BYTES,
+            )
+            .await;
             let sni = match hello {
                 Ok(h) => h.sni,
                 Err(ReadError::Timeout) => {
-                    return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", Some("listener_filter_timeout"));
+                    return refuse(
+                        guard,
+                        ResponseFlags::NO_ROUTE_FOUND,
+                        "filter_chain_not_found",
+                        Some("listener_filter_timeout"),
+                    );
                 }
                 Err(ReadError::Closed | ReadError::Io(_)) => {
-                    return refuse(guard, ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "downstream_remote_disconnect", None);
+                    return refuse(
+                        guard,
+                        ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                        "downstream_remote_disconnect",
+                        None,
+                    );
                 }
                 // Envoy's tls_inspector lets non-TLS bytes through without SNI; then no
                 // passthrough filter chain matches.
                 Err(ReadError::Parse(_)) => None,
             };
             let Some(sni) = sni else {
-                return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", None);
+                return refuse(
+                    guard,
+                    ResponseFlags::NO_ROUTE_FOUND,
+                    "filter_chain_not_found",
+                    None,
+                );
             };
             guard.record().requested_server_name = Some(Arc::from(sni.as_str()));
             match table.find(&sni) {
                 Some(route) => &route.clusters,
-                None => return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", None),
+                None => {
+                    return refuse(
+                        guard,
+                        ResponseFlags::NO_ROUTE_FOUND,
+                        "filter_chain_not_found",
+                        None,
+                    )
+                }
             }
         }
         ListenerRoutes::Tcp(table) => match &table.clusters {
             Some(c) => c,
-            None => return refuse(guard, ResponseFlags::NO_ROUTE_FOUND, "filter_chain_not_found", None),
+            None => {
+                return refuse(
+                    guard,
+                    ResponseFlags::NO_ROUTE_FOUND,
+                    "filter_chain_not_found",
+                    None,
+                )
+            }
         },
         ListenerRoutes::Http(_) => return,
     };
 
     let Some(picked) = clusters.pick(fastrand_u32()) else {
-        return refuse(guard, ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found", None);
+        return refuse(
+            guard,
+            ResponseFlags::NO_CLUSTER_FOUND,
+            "cluster_not_found",
+            None,
+        );
     };
     let Some(cluster) = active.upstreams.get(&picked.cluster).cloned() else {
-        return refuse(guard, ResponseFlags::NO_CLUSTER_FOUND, "cluster_not_found", None);
+        return refuse(
+            guard,
+            ResponseFlags::NO_CLUSTER_FOUND,
+            "cluster_not_found",
+            None,
+        );
     };
     guard.record().upstream_cluster = Some(cluster.name().clone());
     let addr = match cluster.pick(&gw.shared.resolver, &[]).await {
@@ -94,15 +139,26 @@ pub(crate) async fn serve_tcp(
     rec.bytes_sent = result.bytes_from_upstream;
     match &result.end {
         ForwardEnd::Closed { .. } => {}
-        ForwardEnd::Error { side: Side::Upstream, .. } => rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
-        ForwardEnd::Error { side: Side::Downstream, .. } => rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+        ForwardEnd::Error {
+            side: Side::Upstream,
+            ..
+        } => rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
+        ForwardEnd::Error {
+            side: Side::Downstream,
+            ..
+        } => rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
         // Envoy's tcp_proxy idle timeout ends the connection without a response flag.
         ForwardEnd::IdleTimeout => rec.connection_termination_details = Some("idle_timeout".into()),
     }
 }
 
 /// Closes the connection (by returning) and logs why.
-fn refuse(mut guard: LogGuard, flag: ResponseFlags, details: &'static str, termination: Option<&'static str>) {
+fn refuse(
+    mut guard: LogGuard,
+    flag: ResponseFlags,
+    details: &'static str,
+    termination: Option<&'static str>,
+) {
     let rec = guard.record();
     rec.set_flag(flag);
     if details != "-" {

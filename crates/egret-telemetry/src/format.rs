@@ -176,8 +176,12 @@ impl Operator {
             Operator::ResponseCode => Value::Number(rec.response_code.into()),
             Operator::ResponseFlags => Value::Flags(rec.response_flags),
             Operator::ResponseCodeDetails => opt_str(rec.response_code_details.as_deref()),
-            Operator::ConnectionTerminationDetails => opt_str(rec.connection_termination_details.as_deref()),
-            Operator::UpstreamTransportFailureReason => opt_str(rec.upstream_transport_failure_reason.as_deref()),
+            Operator::ConnectionTerminationDetails => {
+                opt_str(rec.connection_termination_details.as_deref())
+            }
+            Operator::UpstreamTransportFailureReason => {
+                opt_str(rec.upstream_transport_failure_reason.as_deref())
+            }
             Operator::BytesReceived => Value::Number(rec.bytes_received),
             Operator::BytesSent => Value::Number(rec.bytes_sent),
             Operator::Duration => match rec.duration {
@@ -186,11 +190,17 @@ impl Operator {
             },
             Operator::UpstreamHost => rec.upstream_host.map_or(Value::Missing, Value::Addr),
             Operator::UpstreamCluster => opt_str(rec.upstream_cluster.as_deref()),
-            Operator::UpstreamLocalAddress => rec.upstream_local_address.map_or(Value::Missing, Value::Addr),
+            Operator::UpstreamLocalAddress => rec
+                .upstream_local_address
+                .map_or(Value::Missing, Value::Addr),
             Operator::DownstreamLocalAddress => Value::Addr(rec.downstream_local_address),
-            Operator::DownstreamLocalAddressWithoutPort => Value::Ip(rec.downstream_local_address.ip()),
+            Operator::DownstreamLocalAddressWithoutPort => {
+                Value::Ip(rec.downstream_local_address.ip())
+            }
             Operator::DownstreamRemoteAddress => Value::Addr(rec.downstream_remote_address),
-            Operator::DownstreamRemoteAddressWithoutPort => Value::Ip(rec.downstream_remote_address.ip()),
+            Operator::DownstreamRemoteAddressWithoutPort => {
+                Value::Ip(rec.downstream_remote_address.ip())
+            }
             Operator::RequestedServerName => opt_str(rec.requested_server_name.as_deref()),
             Operator::RouteName => opt_str(rec.route_name.as_deref()),
             Operator::DownstreamPeerUriSan => opt_str(rec.downstream_peer_uri_san.as_deref()),
@@ -221,7 +231,9 @@ impl HeaderOp {
     fn response_value<'a>(&self, rec: &'a LogRecord) -> Value<'a> {
         self.pick(|key| match key {
             // `:status` is the one response pseudo header Envoy can print.
-            HeaderKey::Status => (rec.response_code != 0).then_some(Value::NumericString(rec.response_code.into())),
+            HeaderKey::Status => {
+                (rec.response_code != 0).then_some(Value::NumericString(rec.response_code.into()))
+            }
             HeaderKey::Name(n) => rec
                 .response_headers
                 .as_ref()?
@@ -286,7 +298,9 @@ impl AccessLogFormat {
         DEFAULT
             .get_or_init(|| {
                 // A constant known to parse (tested); the fallback keeps this panic-free.
-                AccessLogFormat::parse(ISTIO_DEFAULT_TEXT).unwrap_or(AccessLogFormat { segments: Box::new([]) })
+                AccessLogFormat::parse(ISTIO_DEFAULT_TEXT).unwrap_or(AccessLogFormat {
+                    segments: Box::new([]),
+                })
             })
             .clone()
     }
@@ -333,9 +347,12 @@ pub(crate) fn parse_segments(format: &str) -> Result<Vec<Segment>, FormatError> 
             i += 2;
             continue;
         }
-        let cmd = match_command(format, i).ok_or_else(|| err(format, i, None, "no valid command operator here"))?;
+        let cmd = match_command(format, i)
+            .ok_or_else(|| err(format, i, None, "no valid command operator here"))?;
         if !lit.is_empty() {
-            segs.push(Segment::Literal(std::mem::take(&mut lit).into_boxed_slice()));
+            segs.push(Segment::Literal(
+                std::mem::take(&mut lit).into_boxed_slice(),
+            ));
         }
         segs.push(Segment::Op(compile(format, i, &cmd)?));
         i = cmd.end;
@@ -492,9 +509,13 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
         "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => no_args(Operator::UpstreamCluster)?,
         "UPSTREAM_LOCAL_ADDRESS" => no_args(Operator::UpstreamLocalAddress)?,
         "DOWNSTREAM_LOCAL_ADDRESS" => no_args(Operator::DownstreamLocalAddress)?,
-        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_args(Operator::DownstreamLocalAddressWithoutPort)?,
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
+            no_args(Operator::DownstreamLocalAddressWithoutPort)?
+        }
         "DOWNSTREAM_REMOTE_ADDRESS" => no_args(Operator::DownstreamRemoteAddress)?,
-        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => no_args(Operator::DownstreamRemoteAddressWithoutPort)?,
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            no_args(Operator::DownstreamRemoteAddressWithoutPort)?
+        }
         "REQUESTED_SERVER_NAME" => no_args(Operator::RequestedServerName)?,
         "ROUTE_NAME" => no_args(Operator::RouteName)?,
         "DOWNSTREAM_PEER_URI_SAN" => no_args(Operator::DownstreamPeerUriSan)?,

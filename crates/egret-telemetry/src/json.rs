@@ -22,11 +22,17 @@ pub const ISTIO_DEFAULT_JSON: &[(&str, &str)] = &[
     ("response_code", "%RESPONSE_CODE%"),
     ("response_flags", "%RESPONSE_FLAGS%"),
     ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
-    ("connection_termination_details", "%CONNECTION_TERMINATION_DETAILS%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
     ("bytes_received", "%BYTES_RECEIVED%"),
     ("bytes_sent", "%BYTES_SENT%"),
     ("duration", "%DURATION%"),
-    ("upstream_service_time", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
     ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
     ("user_agent", "%REQ(USER-AGENT)%"),
     ("request_id", "%REQ(X-REQUEST-ID)%"),
@@ -71,21 +77,28 @@ impl JsonFormat {
             .collect::<serde_json::Map<_, _>>();
         // Constant operators known to parse (tested); the fallback keeps this panic-free.
         JsonFormat::from_map(&map).unwrap_or(JsonFormat {
-            root: Object { fields: Box::new([]) },
+            root: Object {
+                fields: Box::new([]),
+            },
         })
     }
 
     /// A user format: a JSON object whose values are format strings, nested objects or lists.
     pub fn parse(json: &str) -> Result<JsonFormat, FormatError> {
-        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| FormatError::Json(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| FormatError::Json(e.to_string()))?;
         match v {
             serde_json::Value::Object(map) => JsonFormat::from_map(&map),
-            _ => Err(FormatError::Json("the format must be a JSON object".to_owned())),
+            _ => Err(FormatError::Json(
+                "the format must be a JSON object".to_owned(),
+            )),
         }
     }
 
     /// Same as [`JsonFormat::parse`], from an already parsed object (e.g. a YAML mapping).
-    pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> Result<JsonFormat, FormatError> {
+    pub fn from_map(
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<JsonFormat, FormatError> {
         Ok(JsonFormat {
             root: compile_object(map, "")?,
         })
@@ -105,7 +118,10 @@ impl JsonFormat {
     }
 }
 
-fn compile_object(map: &serde_json::Map<String, serde_json::Value>, path: &str) -> Result<Object, FormatError> {
+fn compile_object(
+    map: &serde_json::Map<String, serde_json::Value>,
+    path: &str,
+) -> Result<Object, FormatError> {
     let mut fields = Vec::with_capacity(map.len());
     for (k, v) in map {
         let key_path = if path.is_empty() {
@@ -116,7 +132,11 @@ fn compile_object(map: &serde_json::Map<String, serde_json::Value>, path: &str) 
         let mut key = Vec::with_capacity(k.len() + 3);
         write_json_str(&mut key, k.as_bytes());
         key.push(b':');
-        fields.push((k.as_bytes(), key.into_boxed_slice(), compile_node(v, &key_path)?));
+        fields.push((
+            k.as_bytes(),
+            key.into_boxed_slice(),
+            compile_node(v, &key_path)?,
+        ));
     }
     // Envoy's output is sorted by key (protobuf Struct order), whatever the input order.
     fields.sort_by(|a, b| a.0.cmp(b.0));
@@ -283,7 +303,10 @@ mod tests {
     #[test]
     fn escaping_matches_envoy() {
         assert_eq!(esc(b"plain"), "\"plain\"");
-        assert_eq!(esc("q\"b\\\\s</ tab\té".as_bytes()), r#""q\"b\\\\s</ tab\té""#);
+        assert_eq!(
+            esc("q\"b\\\\s</ tab\té".as_bytes()),
+            r#""q\"b\\\\s</ tab\té""#
+        );
         assert_eq!(esc(b"a\xffb\xc3"), r#""a\u00ffb\u00c3""#);
         assert_eq!(
             esc("\x01\x08\x0c\x1f\x7f\u{2028}\"\\/".as_bytes()),

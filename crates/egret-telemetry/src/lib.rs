@@ -75,9 +75,15 @@ impl LogFormat {
     pub fn istio(encoding: LogEncoding, format: &str) -> Result<LogFormat, FormatError> {
         match encoding {
             LogEncoding::Text if format.is_empty() => Ok(LogFormat::default()),
-            LogEncoding::Text if format.ends_with('\n') => AccessLogFormat::parse(format).map(LogFormat::Text),
-            LogEncoding::Text => AccessLogFormat::parse(&format!("{format}\n")).map(LogFormat::Text),
-            LogEncoding::Json if format.trim().is_empty() => Ok(LogFormat::Json(JsonFormat::istio_default())),
+            LogEncoding::Text if format.ends_with('\n') => {
+                AccessLogFormat::parse(format).map(LogFormat::Text)
+            }
+            LogEncoding::Text => {
+                AccessLogFormat::parse(&format!("{format}\n")).map(LogFormat::Text)
+            }
+            LogEncoding::Json if format.trim().is_empty() => {
+                Ok(LogFormat::Json(JsonFormat::istio_default()))
+            }
             LogEncoding::Json => JsonFormat::parse(format).map(LogFormat::Json),
         }
     }

@@ -92,7 +92,10 @@ mod tests {
             s(|o| write_socket_addr(o, "10.244.2.184:46620".parse().unwrap())),
             "10.244.2.184:46620"
         );
-        assert_eq!(s(|o| write_socket_addr(o, "[::1]:8080".parse().unwrap())), "[::1]:8080");
+        assert_eq!(
+            s(|o| write_socket_addr(o, "[::1]:8080".parse().unwrap())),
+            "[::1]:8080"
+        );
         assert_eq!(
             s(|o| write_socket_addr(o, "[fe80::1%3]:1".parse().unwrap())),
             "[fe80::1]:1"
@@ -101,6 +104,9 @@ mod tests {
             s(|o| write_ip(o, "2001:db8::ff00:42:8329".parse().unwrap())),
             "2001:db8::ff00:42:8329"
         );
-        assert_eq!(s(|o| write_ip(o, "::ffff:1.2.3.4".parse().unwrap())), "::ffff:1.2.3.4");
+        assert_eq!(
+            s(|o| write_ip(o, "::ffff:1.2.3.4".parse().unwrap())),
+            "::ffff:1.2.3.4"
+        );
     }
 }

@@ -34,7 +34,11 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 
 /// The S1 request: `curl http://edition.cnn.com/politics` through the gateway.
 fn s1_record() -> LogRecord {
-    let mut r = LogRecord::new(addr("10.244.2.184:8080"), addr("10.244.1.73:49924"), Arc::from("cfg-1"));
+    let mut r = LogRecord::new(
+        addr("10.244.2.184:8080"),
+        addr("10.244.1.73:49924"),
+        Arc::from("cfg-1"),
+    );
     // 2023-11-15T08:48:38.683Z
     r.start_time = at_millis(1_700_038_118_683);
     r.duration = Some(Duration::from_micros(204_900));
@@ -78,7 +82,9 @@ fn s2_record() -> LogRecord {
 }
 
 fn text(format: &str, rec: &LogRecord) -> String {
-    AccessLogFormat::parse(format).unwrap().format_to_string(rec)
+    AccessLogFormat::parse(format)
+        .unwrap()
+        .format_to_string(rec)
 }
 
 #[test]
@@ -108,7 +114,11 @@ fn s2_tcp_line() {
 #[test]
 fn refused_connection_line() {
     // NR with nothing known but the downstream side: every operator still prints.
-    let mut r = LogRecord::new(addr("127.0.0.1:8443"), addr("127.0.0.1:50000"), Arc::from("cfg"));
+    let mut r = LogRecord::new(
+        addr("127.0.0.1:8443"),
+        addr("127.0.0.1:50000"),
+        Arc::from("cfg"),
+    );
     r.start_time = at_millis(0);
     r.duration = Some(Duration::ZERO);
     r.set_flag(ResponseFlags::NO_ROUTE_FOUND);
@@ -122,7 +132,8 @@ fn refused_connection_line() {
 #[test]
 fn every_operator() {
     let mut r = s1_record();
-    r.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+    r.response_flags =
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
     r.connection_termination_details = Some("term".into());
     r.upstream_transport_failure_reason = Some("TLS_error:|268435581:SSL routines".into());
     r.bytes_received = 12;
@@ -197,7 +208,9 @@ fn missing_values_print_dash_but_response_code_prints_zero() {
             "RESPONSE_CODE" | "BYTES_RECEIVED" | "BYTES_SENT" => "0",
             "DOWNSTREAM_LOCAL_ADDRESS" => "127.0.0.1:1",
             "DOWNSTREAM_REMOTE_ADDRESS" => "127.0.0.1:2",
-            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" | "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => "127.0.0.1",
+            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" | "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
+                "127.0.0.1"
+            }
             "START_TIME" | "HOSTNAME" => continue,
             _ => "-",
         };
@@ -227,11 +240,17 @@ fn header_operators_like_envoy() {
     );
     // Envoy oddities kept: an empty main name reads the alternative; `:0` prints empty.
     assert_eq!(
-        text("%REQ(?X-A)%|%REQ(X-A?)%|%REQ(X-A):0%|%REQ(X-A)%%REQ(X-A)%", &r),
+        text(
+            "%REQ(?X-A)%|%REQ(X-A?)%|%REQ(X-A):0%|%REQ(X-A)%%REQ(X-A)%",
+            &r
+        ),
         "abcdef|abcdef||abcdefabcdef"
     );
     assert_eq!(
-        text("%REQ_WITHOUT_QUERY(:PATH)%|%REQ_WITHOUT_QUERY(:PATH):4%", &r),
+        text(
+            "%REQ_WITHOUT_QUERY(:PATH)%|%REQ_WITHOUT_QUERY(:PATH):4%",
+            &r
+        ),
         "/politics|/pol"
     );
 }
@@ -273,7 +292,10 @@ fn authority_falls_back_to_host_header() {
         .unwrap()
         .headers
         .insert("host", HeaderValue::from_static("h.example:80"));
-    assert_eq!(text("%REQ(:AUTHORITY)%|%REQ(HOST)%", &r), "h.example:80|h.example:80");
+    assert_eq!(
+        text("%REQ(:AUTHORITY)%|%REQ(HOST)%", &r),
+        "h.example:80|h.example:80"
+    );
 }
 
 #[test]
@@ -326,7 +348,9 @@ fn parse_errors_name_operator_and_offset() {
     assert!(e("%REQ(X Y)%").2.contains("invalid header"));
     assert_eq!(e("x %REQ(X):abc%").0, 2);
     assert_eq!(e("%REQ(X)Y%").0, 0);
-    assert!(e("%REQ(X):99999999999999999999999%").2.contains("too large"));
+    assert!(e("%REQ(X):99999999999999999999999%")
+        .2
+        .contains("too large"));
     // The bad specifier's offset inside START_TIME.
     let (off, op, _) = e("ab%START_TIME(%Y%n)%");
     assert_eq!((off, op.as_str()), (16, "%START_TIME(%Y%n)%"));
@@ -343,12 +367,14 @@ fn parse_errors_name_operator_and_offset() {
 #[test]
 fn text_has_no_escaping() {
     let mut r = s1_record();
-    r.request
-        .as_mut()
-        .unwrap()
-        .headers
-        .insert("user-agent", HeaderValue::from_static("a \"quoted\" \\ agent"));
-    assert_eq!(text("\"%REQ(USER-AGENT)%\"", &r), "\"a \"quoted\" \\ agent\"");
+    r.request.as_mut().unwrap().headers.insert(
+        "user-agent",
+        HeaderValue::from_static("a \"quoted\" \\ agent"),
+    );
+    assert_eq!(
+        text("\"%REQ(USER-AGENT)%\"", &r),
+        "\"a \"quoted\" \\ agent\""
+    );
 }
 
 fn json_value(line: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -452,13 +478,22 @@ fn json_escapes_header_values() {
 
 #[test]
 fn json_parse_errors() {
-    assert!(matches!(JsonFormat::parse("[1]"), Err(FormatError::Json(_))));
+    assert!(matches!(
+        JsonFormat::parse("[1]"),
+        Err(FormatError::Json(_))
+    ));
     assert!(matches!(JsonFormat::parse("{"), Err(FormatError::Json(_))));
-    assert!(matches!(JsonFormat::parse(r#"{"a":1}"#), Err(FormatError::Json(_))));
+    assert!(matches!(
+        JsonFormat::parse(r#"{"a":1}"#),
+        Err(FormatError::Json(_))
+    ));
     match JsonFormat::parse(r#"{"outer":{"inner":"ok %NOPE%"}}"#).unwrap_err() {
         FormatError::JsonValue { key, source } => {
             assert_eq!(key, "outer.inner");
-            assert!(matches!(*source, FormatError::Operator { offset: 3, .. }), "{source:?}");
+            assert!(
+                matches!(*source, FormatError::Operator { offset: 3, .. }),
+                "{source:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -467,7 +502,10 @@ fn json_parse_errors() {
 #[test]
 fn istio_mesh_config_mapping() {
     let r = s1_record();
-    assert_eq!(LogFormat::istio(LogEncoding::Text, "").unwrap(), LogFormat::default());
+    assert_eq!(
+        LogFormat::istio(LogEncoding::Text, "").unwrap(),
+        LogFormat::default()
+    );
     assert_eq!(
         LogFormat::istio(LogEncoding::Text, "%PROTOCOL%")
             .unwrap()
@@ -541,7 +579,10 @@ fn writer_writes_every_line_to_a_file_and_shutdown_drains() {
         w.log(numbered(i));
     }
     assert!(w.shutdown(Duration::from_secs(30)));
-    assert_eq!((w.queued(), w.written(), w.dropped(), w.write_errors()), (N, N, 0, 0));
+    assert_eq!(
+        (w.queued(), w.written(), w.dropped(), w.write_errors()),
+        (N, N, 0, 0)
+    );
     let content = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = content.split_terminator('\n').collect();
     assert_eq!(lines.len() as u64, N);
@@ -569,7 +610,10 @@ fn writer_appends_to_existing_file_and_flush_makes_lines_visible() {
     );
     assert_eq!(w.written(), 1);
     // A new format applies to records logged after the switch.
-    assert!(w.set_format(LogFormat::Json(JsonFormat::istio_default()), Duration::from_secs(30)));
+    assert!(w.set_format(
+        LogFormat::Json(JsonFormat::istio_default()),
+        Duration::from_secs(30)
+    ));
     w.log(s2_record());
     drop(w); // Drop shuts down and drains too.
     let content = std::fs::read_to_string(&path).unwrap();
@@ -589,8 +633,12 @@ fn writer_reopen_follows_rotation() {
     assert!(w.reopen(Duration::from_secs(30)));
     w.log(s2_record());
     assert!(w.shutdown(Duration::from_secs(30)));
-    assert!(std::fs::read_to_string(&rotated).unwrap().contains("/politics"));
-    assert!(std::fs::read_to_string(&path).unwrap().contains("\"- - -\""));
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("/politics"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("\"- - -\""));
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&rotated);
 }
@@ -641,7 +689,10 @@ fn full_queue_drops_and_counts_without_blocking() {
     release_tx.send(()).unwrap();
     assert!(w.shutdown(Duration::from_secs(30)));
     assert_eq!(w.written(), 3);
-    assert_eq!(String::from_utf8(data.lock().unwrap().clone()).unwrap(), "0\n1\n2\n");
+    assert_eq!(
+        String::from_utf8(data.lock().unwrap().clone()).unwrap(),
+        "0\n1\n2\n"
+    );
 }
 
 struct FailingWriter;
@@ -657,7 +708,8 @@ impl Write for FailingWriter {
 
 #[test]
 fn write_errors_are_counted_not_fatal() {
-    let w = AccessLogWriter::with_writer(Box::new(FailingWriter), LogFormat::default(), 16).unwrap();
+    let w =
+        AccessLogWriter::with_writer(Box::new(FailingWriter), LogFormat::default(), 16).unwrap();
     for _ in 0..3 {
         w.log(s1_record());
         assert!(w.flush_and_wait(Duration::from_secs(30)));
@@ -669,7 +721,8 @@ fn write_errors_are_counted_not_fatal() {
 #[test]
 fn open_fails_cleanly_for_a_bad_path() {
     let dir = temp_path("no-such-dir");
-    let err = AccessLogWriter::open(&Destination::File(dir.join("x.log")), LogFormat::default()).unwrap_err();
+    let err = AccessLogWriter::open(&Destination::File(dir.join("x.log")), LogFormat::default())
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
 }
 

@@ -175,7 +175,15 @@ impl TimeFormat {
                 }
                 // Composite specifiers, expanded once here.
                 b'T' | b'X' => {
-                    expand(&mut segs, &mut lit, &[Hour], b":", &[Minute], b":", &[Second]);
+                    expand(
+                        &mut segs,
+                        &mut lit,
+                        &[Hour],
+                        b":",
+                        &[Minute],
+                        b":",
+                        &[Second],
+                    );
                     i += 2;
                 }
                 b'R' => {
@@ -226,7 +234,11 @@ impl TimeFormat {
                         push(
                             &mut segs,
                             &mut lit,
-                            if d == b'0' { Second } else { SecondFrac(d - b'0') },
+                            if d == b'0' {
+                                Second
+                            } else {
+                                SecondFrac(d - b'0')
+                            },
                         );
                         i += 4;
                     }
@@ -380,7 +392,9 @@ impl Civil {
         let days = epoch.div_euclid(86_400);
         let sod = epoch.rem_euclid(86_400) as u32;
         let (year, month, day) = civil_from_days(days);
-        let yday = DAYS_BEFORE_MONTH[(month - 1) as usize] + u32::from(month > 2 && is_leap(year)) + day - 1;
+        let yday =
+            DAYS_BEFORE_MONTH[(month - 1) as usize] + u32::from(month > 2 && is_leap(year)) + day
+                - 1;
         // 1970-01-01 was a Thursday.
         let wday = (days + 4).rem_euclid(7) as u32;
         Civil {
@@ -458,10 +472,20 @@ impl Civil {
             WeekdayLong => out.extend_from_slice(WEEKDAYS[self.wday as usize].as_bytes()),
             MonthShort => out.extend_from_slice(&MONTHS[(self.month - 1) as usize].as_bytes()[..3]),
             MonthLong => out.extend_from_slice(MONTHS[(self.month - 1) as usize].as_bytes()),
-            WeekdayMon1 => write_padded(out, if self.wday == 0 { 7 } else { self.wday.into() }, 1, b'0'),
+            WeekdayMon1 => write_padded(
+                out,
+                if self.wday == 0 { 7 } else { self.wday.into() },
+                1,
+                b'0',
+            ),
             WeekdaySun0 => write_padded(out, self.wday.into(), 1, b'0'),
             WeekSun => write_padded(out, ((self.yday + 7 - self.wday) / 7).into(), 2, b'0'),
-            WeekMon => write_padded(out, ((self.yday + 7 - (self.wday + 6) % 7) / 7).into(), 2, b'0'),
+            WeekMon => write_padded(
+                out,
+                ((self.yday + 7 - (self.wday + 6) % 7) / 7).into(),
+                2,
+                b'0',
+            ),
             IsoWeek => write_padded(out, self.iso_week().1.into(), 2, b'0'),
             IsoYear => write_i64(out, self.iso_week().0),
             IsoYear2 => write_padded(out, self.iso_week().0.rem_euclid(100) as u64, 2, b'0'),
@@ -537,7 +561,10 @@ mod tests {
             fmt(DEFAULT_START_TIME, at(1_700_038_118, 683_999_999)),
             "2023-11-15T08:48:38.683Z"
         );
-        assert_eq!(fmt(DEFAULT_START_TIME, at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            fmt(DEFAULT_START_TIME, at(0, 0)),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 
     /// Each expectation is what Envoy 1.40 printed for the same instant and format.
@@ -572,7 +599,10 @@ mod tests {
         assert_eq!(fmt("%E*S", at(ORACLE, 0)), "53");
         assert_eq!(fmt("%E*S", at(ORACLE, 500_000_000)), "53.5");
         assert_eq!(fmt("%E*S", at(ORACLE, 1)), "53.000000001");
-        assert_eq!(fmt("%I %p %l", at(ORACLE - 5 * 3600 - 2 * 60, 0)), "12 AM 12");
+        assert_eq!(
+            fmt("%I %p %l", at(ORACLE - 5 * 3600 - 2 * 60, 0)),
+            "12 AM 12"
+        );
         assert_eq!(fmt("%I %p", at(ORACLE + 8 * 3600, 0)), "01 PM");
     }
 
@@ -583,7 +613,18 @@ mod tests {
 
     #[test]
     fn calendar_round_trips_and_leap_years() {
-        for days in [-800_000i64, -1, 0, 59, 60, 365, 10_956, 11_016, 20_000, 2_932_896] {
+        for days in [
+            -800_000i64,
+            -1,
+            0,
+            59,
+            60,
+            365,
+            10_956,
+            11_016,
+            20_000,
+            2_932_896,
+        ] {
             let c = Civil::from_epoch(days * 86_400, 0);
             assert_eq!(days_from_civil(c.year, c.month, c.day), days);
         }

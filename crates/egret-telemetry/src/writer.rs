@@ -90,13 +90,21 @@ impl AccessLogWriter {
     }
 
     /// As [`open`](Self::open) with a queue of `capacity` records (at least 1).
-    pub fn with_capacity(dest: &Destination, format: LogFormat, capacity: usize) -> io::Result<AccessLogWriter> {
+    pub fn with_capacity(
+        dest: &Destination,
+        format: LogFormat,
+        capacity: usize,
+    ) -> io::Result<AccessLogWriter> {
         let out = dest.open()?;
         Self::spawn(out, Some(dest.clone()), format, capacity)
     }
 
     /// Writes to any `Write` (tests, pipes). [`reopen`](Self::reopen) does nothing here.
-    pub fn with_writer(out: Box<dyn Write + Send>, format: LogFormat, capacity: usize) -> io::Result<AccessLogWriter> {
+    pub fn with_writer(
+        out: Box<dyn Write + Send>,
+        format: LogFormat,
+        capacity: usize,
+    ) -> io::Result<AccessLogWriter> {
         Self::spawn(out, None, format, capacity)
     }
 
@@ -421,7 +429,10 @@ impl MemorySink {
 
     /// The records so far, each formatted with `format` (lines keep their `\n`).
     pub fn lines(&self, format: &LogFormat) -> Vec<String> {
-        self.lock().iter().map(|r| format.format_to_string(r)).collect()
+        self.lock()
+            .iter()
+            .map(|r| format.format_to_string(r))
+            .collect()
     }
 
     /// Blocks until at least `n` records arrived; `false` on timeout.
@@ -444,6 +455,8 @@ impl AccessLogSink for MemorySink {
 
 impl std::fmt::Debug for MemorySink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemorySink").field("records", &self.len()).finish()
+        f.debug_struct("MemorySink")
+            .field("records", &self.len())
+            .finish()
     }
 }

@@ -13,14 +13,20 @@ use hyper::body::Incoming;
 pub enum UpstreamBody {
     Empty,
     Full(Option<Bytes>),
-    Streaming { inner: Incoming, received: Arc<AtomicU64> },
+    Streaming {
+        inner: Incoming,
+        received: Arc<AtomicU64>,
+    },
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -57,7 +63,11 @@ impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpstreamBody::Empty => f.write_str("UpstreamBody::Empty"),
-            UpstreamBody::Full(b) => write!(f, "UpstreamBody::Full({:?} bytes)", b.as_ref().map(|b| b.len())),
+            UpstreamBody::Full(b) => write!(
+                f,
+                "UpstreamBody::Full({:?} bytes)",
+                b.as_ref().map(|b| b.len())
+            ),
             UpstreamBody::Streaming { .. } => f.write_str("UpstreamBody::Streaming"),
         }
     }

@@ -16,7 +16,10 @@ use crate::resolve::{DnsError, Resolver};
 pub enum PickError {
     /// Envoy: a cluster with no (resolved) hosts answers 503 `UH` `no_healthy_upstream`.
     #[error("no healthy upstream in {cluster}")]
-    NoHealthyUpstream { cluster: Arc<str>, cause: Option<Arc<DnsError>> },
+    NoHealthyUpstream {
+        cluster: Arc<str>,
+        cause: Option<Arc<DnsError>>,
+    },
 }
 
 #[derive(Debug)]
@@ -44,7 +47,11 @@ impl ClusterState {
         };
         ClusterState {
             spec,
-            endpoints: Mutex::new(Endpoints { addrs, valid_until, last_error: None }),
+            endpoints: Mutex::new(Endpoints {
+                addrs,
+                valid_until,
+                last_error: None,
+            }),
             refresh: tokio::sync::Mutex::new(()),
             next: AtomicUsize::new(fastrand::usize(..1024)),
         }
@@ -57,7 +64,10 @@ impl ClusterState {
     /// Current endpoints, re-resolving when the DNS answer has expired. A failed
     /// re-resolution keeps the previous addresses (as Envoy does) and is retried on the next
     /// request after the minimum TTL.
-    pub async fn endpoints(&self, resolver: &Resolver) -> (Arc<[SocketAddr]>, Option<Arc<DnsError>>) {
+    pub async fn endpoints(
+        &self,
+        resolver: &Resolver,
+    ) -> (Arc<[SocketAddr]>, Option<Arc<DnsError>>) {
         if let Some(fresh) = self.fresh() {
             return fresh;
         }
@@ -92,10 +102,16 @@ impl ClusterState {
 
     async fn resolve(&self, resolver: &Resolver) -> Result<(Vec<SocketAddr>, Instant), DnsError> {
         match &self.spec.discovery {
-            Discovery::Static { endpoints } => Ok((endpoints.clone(), Instant::now() + std::time::Duration::from_secs(86400))),
+            Discovery::Static { endpoints } => Ok((
+                endpoints.clone(),
+                Instant::now() + std::time::Duration::from_secs(86400),
+            )),
             Discovery::LogicalDns { target } => {
                 if let Some(a) = resolver.connect_override(&target.host, target.port) {
-                    return Ok((vec![a], Instant::now() + std::time::Duration::from_secs(86400)));
+                    return Ok((
+                        vec![a],
+                        Instant::now() + std::time::Duration::from_secs(86400),
+                    ));
                 }
                 // Envoy LOGICAL_DNS: only the first address of the answer is used.
                 let r = resolver.resolve(&target.host).await?;
@@ -109,7 +125,10 @@ impl ClusterState {
                 for DnsTarget { host, port } in targets {
                     if let Some(a) = resolver.connect_override(host, *port) {
                         all.push(a);
-                        soonest = Some(soonest.map_or(Instant::now() + std::time::Duration::from_secs(86400), |s| s));
+                        soonest = Some(soonest.map_or(
+                            Instant::now() + std::time::Duration::from_secs(86400),
+                            |s| s,
+                        ));
                         continue;
                     }
                     match resolver.resolve(host).await {
@@ -131,15 +150,24 @@ impl ClusterState {
 
     /// Picks an endpoint by the cluster's policy, avoiding `tried` when another exists
     /// (Envoy's previous_hosts retry predicate, which Istio enables).
-    pub async fn pick(&self, resolver: &Resolver, tried: &[SocketAddr]) -> Result<SocketAddr, PickError> {
+    pub async fn pick(
+        &self,
+        resolver: &Resolver,
+        tried: &[SocketAddr],
+    ) -> Result<SocketAddr, PickError> {
         let (addrs, err) = self.endpoints(resolver).await;
         if addrs.is_empty() {
-            return Err(PickError::NoHealthyUpstream { cluster: self.spec.name.clone(), cause: err });
+            return Err(PickError::NoHealthyUpstream {
+                cluster: self.spec.name.clone(),
+                cause: err,
+            });
         }
         let start = match self.spec.lb {
             LbPolicy::Random => fastrand::usize(..addrs.len()),
             // LEAST_REQUEST degrades to round robin until per-endpoint request counts exist.
-            LbPolicy::RoundRobin | LbPolicy::LeastRequest => self.next.fetch_add(1, Ordering::Relaxed),
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest => {
+                self.next.fetch_add(1, Ordering::Relaxed)
+            }
         };
         for i in 0..addrs.len() {
             let a = addrs[(start + i) % addrs.len()];
@@ -198,6 +226,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             lb: LbPolicy::RoundRobin,
             protocol: egret_core::UpstreamProtocol::Http1,
+            tls: None,
         })
     }
 
@@ -205,8 +234,15 @@ mod tests {
     async fn round_robin_and_previous_hosts() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.2:1".parse().unwrap();
-        let c = ClusterState::new(cluster(Discovery::Static { endpoints: vec![a, b] }));
-        let r = Resolver::new(&crate::ResolverConfig { dns_server: Some("127.0.0.1:9".parse().unwrap()), hosts_file: None, connect_to: Default::default() }).unwrap();
+        let c = ClusterState::new(cluster(Discovery::Static {
+            endpoints: vec![a, b],
+        }));
+        let r = Resolver::new(&crate::ResolverConfig {
+            dns_server: Some("127.0.0.1:9".parse().unwrap()),
+            hosts_file: None,
+            connect_to: Default::default(),
+        })
+        .unwrap();
         let x = c.pick(&r, &[]).await.unwrap();
         let y = c.pick(&r, &[]).await.unwrap();
         assert_ne!(x, y);
@@ -219,10 +255,18 @@ mod tests {
     #[tokio::test]
     async fn dns_failure_is_no_healthy_upstream() {
         let c = ClusterState::new(cluster(Discovery::StrictDns {
-            targets: vec![DnsTarget { host: "nonexistent.invalid".into(), port: 80 }],
+            targets: vec![DnsTarget {
+                host: "nonexistent.invalid".into(),
+                port: 80,
+            }],
         }));
         // A closed port: the query fails.
-        let r = Resolver::new(&crate::ResolverConfig { dns_server: Some("127.0.0.1:9".parse().unwrap()), hosts_file: None, connect_to: Default::default() }).unwrap();
+        let r = Resolver::new(&crate::ResolverConfig {
+            dns_server: Some("127.0.0.1:9".parse().unwrap()),
+            hosts_file: None,
+            connect_to: Default::default(),
+        })
+        .unwrap();
         match c.pick(&r, &[]).await {
             Err(PickError::NoHealthyUpstream { cause: Some(_), .. }) => {}
             other => panic!("{other:?}"),

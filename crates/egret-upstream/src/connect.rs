@@ -13,7 +13,10 @@ pub enum ConnectError {
     #[error("connect to {addr} timed out")]
     Timeout { addr: SocketAddr },
     #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 impl ConnectError {

@@ -124,7 +124,10 @@ impl Pool {
         protocol: UpstreamProtocol,
         connect_timeout: Duration,
     ) -> Result<PooledConn, ConnectError> {
-        let key = PoolKey { cluster: cluster.clone(), addr };
+        let key = PoolKey {
+            cluster: cluster.clone(),
+            addr,
+        };
         if protocol == UpstreamProtocol::Http2 {
             return self.checkout_h2(key, connect_timeout).await;
         }
@@ -151,7 +154,11 @@ impl Pool {
         Ok(self.conn(Sender::H1(sender), key, local, false))
     }
 
-    async fn checkout_h2(&self, key: PoolKey, connect_timeout: Duration) -> Result<PooledConn, ConnectError> {
+    async fn checkout_h2(
+        &self,
+        key: PoolKey,
+        connect_timeout: Duration,
+    ) -> Result<PooledConn, ConnectError> {
         let existing = lock(&self.inner.h2).get(&key).cloned();
         if let Some(mut h2) = existing {
             if !h2.sender.is_closed() && h2.sender.ready().await.is_ok() {
@@ -170,7 +177,13 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        lock(&self.inner.h2).insert(key.clone(), H2Conn { sender: sender.clone(), local });
+        lock(&self.inner.h2).insert(
+            key.clone(),
+            H2Conn {
+                sender: sender.clone(),
+                local,
+            },
+        );
         Ok(self.conn(Sender::H2(sender), key, local, false))
     }
 
@@ -179,12 +192,22 @@ impl Pool {
     }
 
     fn conn(&self, sender: Sender, key: PoolKey, local: SocketAddr, reused: bool) -> PooledConn {
-        PooledConn { sender, key, local, reused, pool: self.inner.clone() }
+        PooledConn {
+            sender,
+            key,
+            local,
+            reused,
+            pool: self.inner.clone(),
+        }
     }
 
     /// Idle HTTP/1.1 connections currently pooled for `cluster` (for tests and /clusters).
     pub fn idle_count(&self, cluster: &str) -> usize {
-        lock(&self.inner.idle).iter().filter(|(k, _)| &*k.cluster == cluster).map(|(_, v)| v.len()).sum()
+        lock(&self.inner.idle)
+            .iter()
+            .filter(|(k, _)| &*k.cluster == cluster)
+            .map(|(_, v)| v.len())
+            .sum()
     }
 }
 
@@ -204,14 +227,20 @@ impl PooledConn {
         matches!(self.sender, Sender::H2(_))
     }
 
-    pub async fn send(&mut self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
         let r = match &mut self.sender {
             Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         };
         r.map_err(|mut e| {
             let request = e.take_message();
-            SendError { source: e.into_error(), request }
+            SendError {
+                source: e.into_error(),
+                request,
+            }
         })
     }
 
@@ -224,7 +253,11 @@ impl PooledConn {
             let mut idle = lock(&self.pool.idle);
             let list = idle.entry(self.key).or_default();
             if list.len() < MAX_IDLE_PER_ENDPOINT {
-                list.push(IdleConn { sender, local: self.local, since: Instant::now() });
+                list.push(IdleConn {
+                    sender,
+                    local: self.local,
+                    since: Instant::now(),
+                });
             }
         }
     }

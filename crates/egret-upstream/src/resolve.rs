@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig as HickoryConfig};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, ResolverConfig as HickoryConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
@@ -68,7 +70,9 @@ pub struct Resolver {
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resolver").field("hosts", &self.hosts.len()).finish()
+        f.debug_struct("Resolver")
+            .field("hosts", &self.hosts.len())
+            .finish()
     }
 }
 
@@ -85,7 +89,10 @@ impl Resolver {
                 for c in &mut ns.connections {
                     c.port = server.port();
                 }
-                TokioResolver::builder_with_config(HickoryConfig::from_name_servers(vec![ns]), provider)
+                TokioResolver::builder_with_config(
+                    HickoryConfig::from_name_servers(vec![ns]),
+                    provider,
+                )
             }
             None => TokioResolver::builder(provider).map_err(|e| DnsError::Setup(e.to_string()))?,
         };
@@ -96,8 +103,14 @@ impl Resolver {
         // Our clusters cache answers themselves (keyed by cluster, TTL-aware); hickory's cache
         // would only hide TTL changes from us.
         opts.cache_size = 0;
-        let dns = builder.build().map_err(|e| DnsError::Setup(e.to_string()))?;
-        Ok(Resolver { hosts, connect_to: config.connect_to.clone(), dns })
+        let dns = builder
+            .build()
+            .map_err(|e| DnsError::Setup(e.to_string()))?;
+        Ok(Resolver {
+            hosts,
+            connect_to: config.connect_to.clone(),
+            dns,
+        })
     }
 
     /// The `--connect-to` override for `host:port`, if any.
@@ -105,16 +118,28 @@ impl Resolver {
         if self.connect_to.is_empty() {
             return None;
         }
-        self.connect_to.get(&(host.to_ascii_lowercase(), port)).copied()
+        self.connect_to
+            .get(&(host.to_ascii_lowercase(), port))
+            .copied()
     }
 
     pub async fn resolve(&self, host: &str) -> Result<Resolved, DnsError> {
-        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            return Ok(Resolved { addrs: vec![ip], valid_until: Instant::now() + STATIC_TTL });
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return Ok(Resolved {
+                addrs: vec![ip],
+                valid_until: Instant::now() + STATIC_TTL,
+            });
         }
         let key = host.trim_end_matches('.').to_ascii_lowercase();
         if let Some(addrs) = self.hosts.get(&key) {
-            return Ok(Resolved { addrs: addrs.clone(), valid_until: Instant::now() + STATIC_TTL });
+            return Ok(Resolved {
+                addrs: addrs.clone(),
+                valid_until: Instant::now() + STATIC_TTL,
+            });
         }
         // A fully-qualified query: cluster hosts are absolute names, search domains would
         // only add wrong answers and latency.
@@ -123,7 +148,10 @@ impl Resolver {
             .dns
             .lookup_ip(fqdn.as_str())
             .await
-            .map_err(|e| DnsError::Failed { host: key.clone(), message: e.to_string() })?;
+            .map_err(|e| DnsError::Failed {
+                host: key.clone(),
+                message: e.to_string(),
+            })?;
         let addrs: Vec<IpAddr> = lookup.iter().collect();
         if addrs.is_empty() {
             return Err(DnsError::Empty { host: key });
@@ -135,8 +163,10 @@ impl Resolver {
 
 /// Parses /etc/hosts format: `IP name [aliases...]`, `#` comments.
 pub fn parse_hosts_file(path: &Path) -> Result<HashMap<String, Vec<IpAddr>>, DnsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DnsError::HostsFile { path: path.display().to_string(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| DnsError::HostsFile {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     parse_hosts(&text).map_err(|(line, message)| DnsError::HostsFile {
         path: format!("{}:{line}", path.display()),
         message,
@@ -152,11 +182,15 @@ fn parse_hosts(text: &str) -> Result<HashMap<String, Vec<IpAddr>>, (usize, Strin
         }
         let mut parts = line.split_whitespace();
         let ip_text = parts.next().unwrap_or("");
-        let ip: IpAddr = ip_text.parse().map_err(|_| (i + 1, format!("{ip_text:?} is not an IP address")))?;
+        let ip: IpAddr = ip_text
+            .parse()
+            .map_err(|_| (i + 1, format!("{ip_text:?} is not an IP address")))?;
         let mut any = false;
         for name in parts {
             any = true;
-            let entry = map.entry(name.trim_end_matches('.').to_ascii_lowercase()).or_default();
+            let entry = map
+                .entry(name.trim_end_matches('.').to_ascii_lowercase())
+                .or_default();
             if !entry.contains(&ip) {
                 entry.push(ip);
             }
@@ -186,7 +220,13 @@ mod tests {
     fn hosts_format() {
         let m = parse_hosts("# lab\n127.0.0.1 edition.cnn.com Alias.example\n127.0.0.2 edition.cnn.com\n\n::1 v6.example # c\n")
             .unwrap();
-        assert_eq!(m["edition.cnn.com"], vec!["127.0.0.1".parse::<IpAddr>().unwrap(), "127.0.0.2".parse().unwrap()]);
+        assert_eq!(
+            m["edition.cnn.com"],
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "127.0.0.2".parse().unwrap()
+            ]
+        );
         assert_eq!(m["alias.example"].len(), 1);
         assert_eq!(m["v6.example"], vec!["::1".parse::<IpAddr>().unwrap()]);
         assert_eq!(parse_hosts("nope a.b\n").unwrap_err().0, 1);
@@ -206,7 +246,13 @@ mod tests {
             connect_to: HashMap::new(),
         })
         .unwrap();
-        assert_eq!(r.resolve("LAB.example").await.unwrap().addrs, vec!["127.0.0.9".parse::<IpAddr>().unwrap()]);
-        assert_eq!(r.resolve("127.0.0.3").await.unwrap().addrs, vec!["127.0.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            r.resolve("LAB.example").await.unwrap().addrs,
+            vec!["127.0.0.9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            r.resolve("127.0.0.3").await.unwrap().addrs,
+            vec!["127.0.0.3".parse::<IpAddr>().unwrap()]
+        );
     }
 }

@@ -16,7 +16,11 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn bind(snapshot: &Snapshot, registry: &ClusterRegistry) -> Upstreams {
-        let clusters = snapshot.clusters.iter().map(|(name, spec)| (name.clone(), registry.get(spec))).collect();
+        let clusters = snapshot
+            .clusters
+            .iter()
+            .map(|(name, spec)| (name.clone(), registry.get(spec)))
+            .collect();
         registry.retain(|name| snapshot.clusters.contains_key(name));
         Upstreams { clusters }
     }

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "egret", version, about = "Egret: a native Rust data plane for Istio egress gateways")]
+#[command(
+    name = "egret",
+    version,
+    about = "Egret: a native Rust data plane for Istio egress gateways"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -80,7 +84,9 @@ pub struct RunArgs {
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut m = BTreeMap::new();
     for kv in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("label {kv:?} is not key=value"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("label {kv:?} is not key=value"))?;
         m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(m)
@@ -89,9 +95,17 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 fn parse_port_map(s: &str) -> Result<BTreeMap<u16, u16>, String> {
     let mut m = BTreeMap::new();
     for kv in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| format!("port mapping {kv:?} is not SERVICE=LISTEN"))?;
-        let k: u16 = k.trim().parse().map_err(|_| format!("{k:?} is not a port"))?;
-        let v: u16 = v.trim().parse().map_err(|_| format!("{v:?} is not a port"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("port mapping {kv:?} is not SERVICE=LISTEN"))?;
+        let k: u16 = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("{k:?} is not a port"))?;
+        let v: u16 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{v:?} is not a port"))?;
         m.insert(k, v);
     }
     Ok(m)
@@ -112,7 +126,10 @@ pub fn main(cli: Cli) -> ExitCode {
 
 impl ConfigArgs {
     pub fn load_options(&self) -> egret_config::LoadOptions {
-        egret_config::LoadOptions { namespace: self.namespace.clone(), cluster_domain: self.cluster_domain.clone() }
+        egret_config::LoadOptions {
+            namespace: self.namespace.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
     }
     pub fn compile_options(&self) -> egret_config::CompileOptions {
         egret_config::CompileOptions {
@@ -124,12 +141,11 @@ impl ConfigArgs {
     }
 
     /// Loads and compiles; on failure returns every error, formatted `file:line: ...`.
-    pub fn build(&self) -> Result<(egret_config::Compiled, Vec<egret_config::Diagnostic>), Vec<String>> {
+    /// `Compiled::warnings` holds the load warnings too.
+    pub fn build(&self) -> Result<egret_config::Compiled, Vec<String>> {
         let loaded = egret_config::load_with_options(&self.config, &self.load_options())
             .map_err(|e| e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
-        let warnings = loaded.warnings.clone();
-        let compiled = egret_config::compile(&loaded, &self.compile_options())
-            .map_err(|errs| errs.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
-        Ok((compiled, warnings))
+        egret_config::compile(&loaded, &self.compile_options())
+            .map_err(|errs| errs.iter().map(|d| d.to_string()).collect::<Vec<_>>())
     }
 }

@@ -6,5 +6,8 @@ use std::net::IpAddr;
 
 pub fn first_non_loopback_ipv4() -> Option<IpAddr> {
     let addrs = if_addrs::get_if_addrs().ok()?;
-    addrs.into_iter().map(|i| i.ip()).find(|ip| ip.is_ipv4() && !ip.is_loopback())
+    addrs
+        .into_iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
 }

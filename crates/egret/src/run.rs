@@ -14,19 +14,23 @@ use crate::cli::RunArgs;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_level);
-    let (compiled, load_warnings) = args.config.build().map_err(|errors| {
+    let compiled = args.config.build().map_err(|errors| {
         for e in &errors {
             tracing::error!("{e}");
         }
         anyhow::anyhow!("{} configuration error(s)", errors.len())
     })?;
-    for w in load_warnings.iter().chain(&compiled.warnings) {
+    for w in &compiled.warnings {
         tracing::warn!("{w}");
     }
     let snapshot = Arc::new(compiled.snapshot);
     tracing::info!(version = %snapshot.version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "configuration loaded");
 
-    let encoding = if args.access_log_json { LogEncoding::Json } else { LogEncoding::Text };
+    let encoding = if args.access_log_json {
+        LogEncoding::Json
+    } else {
+        LogEncoding::Text
+    };
     let format = LogFormat::istio(encoding, args.access_log_format.as_deref().unwrap_or(""))
         .context("invalid --access-log-format")?;
     let writer = Arc::new(
@@ -47,13 +51,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(args: &RunArgs, snapshot: Arc<egret_core::Snapshot>, writer: Arc<AccessLogWriter>) -> anyhow::Result<()> {
+async fn serve(
+    args: &RunArgs,
+    snapshot: Arc<egret_core::Snapshot>,
+    writer: Arc<AccessLogWriter>,
+) -> anyhow::Result<()> {
     let resolver = Resolver::new(&ResolverConfig {
         dns_server: args.dns_server,
         hosts_file: args.hosts_file.clone(),
         connect_to: args.connect_to.iter().cloned().collect(),
     })
-        .context("cannot set up DNS")?;
+    .context("cannot set up DNS")?;
     let shared = Arc::new(HttpShared {
         pool: Pool::new(),
         resolver: Arc::new(resolver),
@@ -99,5 +107,9 @@ async fn wait_for_signal() {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

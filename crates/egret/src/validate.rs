@@ -6,8 +6,8 @@ use crate::cli::ConfigArgs;
 
 pub fn validate(args: &ConfigArgs) -> ExitCode {
     match args.build() {
-        Ok((compiled, load_warnings)) => {
-            for w in load_warnings.iter().chain(&compiled.warnings) {
+        Ok(compiled) => {
+            for w in &compiled.warnings {
                 eprintln!("warning: {w}");
             }
             print!("{}", egret_config::describe(&compiled.snapshot));

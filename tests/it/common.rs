@@ -1,0 +1,174 @@
+//! Shared helpers: write a scenario folder, start the gateway on free loopback ports, parse
+//! access-log lines into fields.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use egret_test_support::{free_port, EgretProcess, TestDir};
+
+pub const LOG_WAIT: Duration = Duration::from_secs(20);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn scenario(name: &str) -> PathBuf {
+    repo_root().join("config").join(name)
+}
+
+/// A running gateway and the loopback addresses of its listeners.
+pub struct Gateway {
+    pub process: EgretProcess,
+    pub http: SocketAddr,
+    pub tls: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts `egret run` on `configs` with ports 80 and 443 mapped to free loopback ports.
+    pub async fn start(configs: &[&Path], extra: &[String]) -> Gateway {
+        let (p80, p443) = (free_port(), free_port());
+        let mut args: Vec<String> = vec!["run".into()];
+        for c in configs {
+            args.push("--config".into());
+            args.push(c.display().to_string());
+        }
+        args.extend([
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--port-map".into(),
+            format!("80={p80},443={p443}"),
+        ]);
+        args.extend([
+            "--access-log".into(),
+            "-".into(),
+            "--workers".into(),
+            "2".into(),
+        ]);
+        args.extend(extra.iter().cloned());
+        let mut process =
+            EgretProcess::spawn(env!("CARGO_BIN_EXE_egret"), &args).expect("spawn egret");
+        let http: SocketAddr = format!("127.0.0.1:{p80}").parse().unwrap();
+        let tls: SocketAddr = format!("127.0.0.1:{p443}").parse().unwrap();
+        // Whichever of the two ports the configuration listens on.
+        let probe = if configs
+            .iter()
+            .any(|c| c.display().to_string().contains("passthrough"))
+        {
+            tls
+        } else {
+            http
+        };
+        process.wait_for_port(probe).await.expect("egret listening");
+        Gateway { process, http, tls }
+    }
+
+    pub async fn next_line(&mut self) -> LogLine {
+        let line = self
+            .process
+            .next_log_line(LOG_WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no access-log line; stderr:\n{}", self.process.stderr()));
+        LogLine::parse(&line)
+    }
+}
+
+/// The fields of one line in Istio's default TEXT format.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub raw: String,
+    pub start_time: String,
+    pub method: String,
+    pub path: String,
+    pub protocol: String,
+    pub code: String,
+    pub flags: String,
+    pub details: String,
+    pub termination: String,
+    pub transport_failure: String,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: String,
+    pub upstream_service_time: String,
+    pub xff: String,
+    pub user_agent: String,
+    pub request_id: String,
+    pub authority: String,
+    pub upstream_host: String,
+    pub cluster: String,
+    pub upstream_local: String,
+    pub downstream_local: String,
+    pub downstream_remote: String,
+    pub sni: String,
+    pub route: String,
+}
+
+impl LogLine {
+    pub fn parse(line: &str) -> LogLine {
+        parse_default_format(line)
+            .unwrap_or_else(|| panic!("not an Istio default-format line: {line:?}"))
+    }
+}
+
+/// A tiny hand parser for the default format (quoted and unquoted fields).
+fn parse_default_format(line: &str) -> Option<LogLine> {
+    let rest = line.strip_prefix('[')?;
+    let (start_time, rest) = rest.split_once("] ")?;
+    let rest = rest.strip_prefix('"')?;
+    let (req, rest) = rest.split_once("\" ")?;
+    let mut req_parts = req.splitn(3, ' ');
+    let (method, path, protocol) = (req_parts.next()?, req_parts.next()?, req_parts.next()?);
+    let mut fields = Vec::new();
+    let mut s = rest;
+    while !s.is_empty() {
+        if let Some(q) = s.strip_prefix('"') {
+            let end = q.find('"')?;
+            fields.push(q[..end].to_string());
+            s = q[end + 1..].trim_start_matches(' ');
+        } else {
+            let end = s.find(' ').unwrap_or(s.len());
+            fields.push(s[..end].to_string());
+            s = s[end..].trim_start_matches(' ');
+        }
+    }
+    if fields.len() != 20 {
+        return None;
+    }
+    let f = |i: usize| fields[i].clone();
+    Some(LogLine {
+        raw: line.to_string(),
+        start_time: start_time.to_string(),
+        method: method.to_string(),
+        path: path.to_string(),
+        protocol: protocol.to_string(),
+        code: f(0),
+        flags: f(1),
+        details: f(2),
+        termination: f(3),
+        transport_failure: f(4),
+        bytes_received: f(5).parse().ok()?,
+        bytes_sent: f(6).parse().ok()?,
+        duration: f(7),
+        upstream_service_time: f(8),
+        xff: f(9),
+        user_agent: f(10),
+        request_id: f(11),
+        authority: f(12),
+        upstream_host: f(13),
+        cluster: f(14),
+        upstream_local: f(15),
+        downstream_local: f(16),
+        downstream_remote: f(17),
+        sni: f(18),
+        route: f(19),
+    })
+}
+
+/// A scenario folder plus extra YAML, in a temp dir.
+pub fn config_dir(label: &str, files: &[(&str, &str)]) -> TestDir {
+    let dir = TestDir::new(label).expect("temp dir");
+    for (name, text) in files {
+        dir.write(name, text.as_bytes()).expect("write config");
+    }
+    dir
+}

@@ -1,0 +1,1 @@
+//! Scenario S2 lives here (TLS passthrough by SNI).

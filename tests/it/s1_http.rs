@@ -1,0 +1,509 @@
+//! Scenario S1: plain HTTP through the egress gateway, with the user's manifests verbatim,
+//! and the failure cases an operator meets. Expected statuses, bodies, flags and details
+//! were checked against Envoy 1.40 configured as Istio configures the gateway (default retry
+//! policy: 2 retries on connect-failure/refused-stream/503).
+
+use std::time::Duration;
+
+use egret_test_support::{
+    closed_port, free_addr, h2c_get, http1_get, Behavior, DnsServer, Http1Conn, HttpUpstream,
+};
+
+use crate::common::{config_dir, scenario, Gateway, LogLine};
+
+fn connect_to(host_port: &str, addr: std::net::SocketAddr) -> Vec<String> {
+    vec!["--connect-to".into(), format!("{host_port}:{addr}")]
+}
+
+#[tokio::test]
+async fn s1_manifests_verbatim_http11_and_log_line() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+
+    let r = http1_get(
+        gw.http,
+        "edition.cnn.com",
+        "/politics",
+        &[("user-agent", "curl/7.81.0-DEV")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("server"), Some("istio-envoy"));
+    assert!(r
+        .header("x-envoy-upstream-service-time")
+        .is_some_and(|v| v.parse::<u64>().is_ok()));
+    let echo = r.json();
+    assert_eq!(echo["path"], "/politics");
+    assert_eq!(echo["headers"]["host"], "edition.cnn.com");
+    let xff = echo["headers"]["x-forwarded-for"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!xff.is_empty());
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
+    let request_id = echo["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(request_id.len(), 36);
+
+    let l = gw.next_line().await;
+    assert!(
+        l.start_time.ends_with('Z') && l.start_time.len() == 24,
+        "{}",
+        l.start_time
+    );
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+        ("GET", "/politics", "HTTP/1.1")
+    );
+    assert_eq!(l.code, "200");
+    assert_eq!(l.flags, "-");
+    assert_eq!(l.details, "via_upstream");
+    assert_eq!(l.termination, "-");
+    assert_eq!(l.transport_failure, "-");
+    assert_eq!(l.bytes_received, 0);
+    assert_eq!(l.bytes_sent, r.body.len() as u64);
+    assert!(l.duration.parse::<u64>().is_ok());
+    assert!(l.upstream_service_time.parse::<u64>().is_ok());
+    assert_eq!(l.xff, xff);
+    assert_eq!(l.user_agent, "curl/7.81.0-DEV");
+    assert_eq!(l.request_id, request_id);
+    assert_eq!(l.authority, "edition.cnn.com");
+    assert_eq!(l.upstream_host, up.addr().to_string());
+    assert_eq!(l.cluster, "outbound|80||edition.cnn.com");
+    assert!(l.upstream_local.starts_with("127.0.0.1:"));
+    assert_eq!(l.downstream_local, gw.http.to_string());
+    assert!(l.downstream_remote.starts_with("127.0.0.1:"));
+    assert_eq!((l.sni.as_str(), l.route.as_str()), ("-", "-"));
+}
+
+#[tokio::test]
+async fn s1_h2c_prior_knowledge_like_a_sidecar() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = h2c_get(
+        gw.http,
+        "edition.cnn.com",
+        "/politics",
+        &[("x-request-id", "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    // The upstream gets HTTP/1.1 (ServiceEntry port protocol HTTP) with the authority as Host.
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    assert_eq!(r.json()["headers"]["host"], "edition.cnn.com");
+    let l = gw.next_line().await;
+    assert_eq!(l.protocol, "HTTP/2");
+    // An internal (loopback) client keeps its request id, as with Envoy.
+    assert_eq!(l.request_id, "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4");
+    assert_eq!(l.authority, "edition.cnn.com");
+}
+
+#[tokio::test]
+async fn host_outside_the_gateway_is_refused_with_404_nr() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = http1_get(gw.http, "www.google.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("0"));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("404", "NR", "route_not_found")
+    );
+    assert_eq!((l.upstream_host.as_str(), l.cluster.as_str()), ("-", "-"));
+    assert_eq!(l.authority, "www.google.com");
+    assert_eq!(up.requests(), 0, "nothing may reach an upstream");
+}
+
+#[tokio::test]
+async fn refused_connect_is_503_urx_uf_after_istio_default_retries() {
+    let closed = closed_port();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", closed)).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/politics", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    // Envoy 1.40's exact body and details for this case.
+    assert_eq!(
+        r.text(),
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+    );
+    let l = gw.next_line().await;
+    assert_eq!(l.code, "503");
+    assert_eq!(l.flags, "URX,UF");
+    assert_eq!(
+        l.details,
+        "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+    );
+    assert_eq!(
+        l.transport_failure,
+        "delayed_connect_error:_Connection_refused"
+    );
+    assert_eq!(l.upstream_host, closed.to_string());
+    assert_eq!(l.cluster, "outbound|80||edition.cnn.com");
+    assert_eq!(l.upstream_local, "-");
+    assert_eq!(l.bytes_sent, r.body.len() as u64);
+}
+
+#[tokio::test]
+async fn upstream_reset_before_headers_is_503_uc() {
+    let up = HttpUpstream::start(Behavior::Reset).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "upstream connect error or disconnect/reset before headers. reset reason: connection termination");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        (
+            "UC",
+            "upstream_reset_before_response_started{connection_termination}"
+        )
+    );
+    // `reset` is not in Istio's default retryOn: exactly one attempt.
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn upstream_503_is_retried_twice_then_returned_with_urx() {
+    let up = HttpUpstream::start(Behavior::fixed(503, "bad"))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "bad");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("URX", "via_upstream")
+    );
+    assert_eq!(up.requests(), 3, "1 try + Istio's 2 default retries");
+}
+
+#[tokio::test]
+async fn retry_after_503_succeeds_without_flags() {
+    let up = HttpUpstream::start(Behavior::dynamic(|r| {
+        if r.index == 0 {
+            Behavior::fixed(503, "")
+        } else {
+            Behavior::Echo
+        }
+    }))
+    .await
+    .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+    assert_eq!(up.requests(), 2);
+}
+
+const TIMEOUT_VS: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: { name: slow }
+spec:
+  hosts: [slow.example.com]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: { name: egress }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+  - port: { number: 80, name: http, protocol: HTTP }
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: { name: slow }
+spec:
+  hosts: [slow.example.com]
+  gateways: [egress]
+  http:
+  - timeout: 1s
+    route:
+    - destination: { host: slow.example.com, port: { number: 80 } }
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: { name: unknown }
+spec:
+  hosts: [unknown.example.org]
+  gateways: [egress]
+  http:
+  - route:
+    - destination: { host: unknown.example.org, port: { number: 80 } }
+"#;
+
+#[tokio::test]
+async fn route_timeout_is_504_ut() {
+    let up = HttpUpstream::start(Behavior::delay(Duration::from_secs(5), Behavior::Echo))
+        .await
+        .unwrap();
+    let dir = config_dir("timeout", &[("vs.yaml", TIMEOUT_VS)]);
+    let mut gw = Gateway::start(&[dir.path()], &connect_to("slow.example.com:80", up.addr())).await;
+    let r = http1_get(gw.http, "slow.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "upstream request timeout");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("504", "UT", "response_timeout")
+    );
+    assert_eq!(l.upstream_host, up.addr().to_string());
+}
+
+#[tokio::test]
+async fn destination_outside_the_registry_is_503_nc() {
+    let dir = config_dir("unknown", &[("vs.yaml", TIMEOUT_VS)]);
+    let mut gw = Gateway::start(&[dir.path()], &[]).await;
+    let r = http1_get(gw.http, "unknown.example.org", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.body.is_empty());
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("503", "NC", "cluster_not_found")
+    );
+    assert_eq!(l.cluster, "-");
+    assert!(
+        gw.process.stderr().contains("unknown.example.org"),
+        "the load warned about it"
+    );
+}
+
+#[tokio::test]
+async fn dns_answers_route_and_failure_is_503_uh() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    // The ServiceEntry resolves a name whose endpoint port points at the upstream.
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: api }}
+spec:
+  hosts: [api.example.com, broken.example.com]
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  resolution: DNS
+  endpoints:
+  - address: backend.example.net
+    ports: {{ http: {port} }}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: broken }}
+spec:
+  hosts: [nxdomain.example.com]
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: egress }}
+spec:
+  selector: {{ istio: egressgateway }}
+  servers:
+  - port: {{ number: 80, name: http, protocol: HTTP }}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: api }}
+spec:
+  hosts: [api.example.com, nxdomain.example.com]
+  gateways: [egress]
+  http:
+  - match: [{{ authority: {{ prefix: nxdomain }} }}]
+    route:
+    - destination: {{ host: nxdomain.example.com, port: {{ number: 80 }} }}
+  - route:
+    - destination: {{ host: api.example.com, port: {{ number: 80 }} }}
+"#,
+        port = up.addr().port()
+    );
+    let dns = DnsServer::start([("backend.example.net", vec![up.addr().ip()], 30)])
+        .await
+        .unwrap();
+    let dir = config_dir("dns", &[("se.yaml", &yaml)]);
+    let mut gw = Gateway::start(
+        &[dir.path()],
+        &["--dns-server".into(), dns.addr().to_string()],
+    )
+    .await;
+
+    let r = http1_get(gw.http, "api.example.com", "/v1", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let l = gw.next_line().await;
+    assert_eq!(l.upstream_host, up.addr().to_string());
+    assert_eq!(l.cluster, "outbound|80||api.example.com");
+    assert!(dns.queries_a("backend.example.net") >= 1);
+
+    let r = http1_get(gw.http, "nxdomain.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "no healthy upstream");
+    let l = gw.next_line().await;
+    // Envoy's STRICT_DNS answer for a name that does not resolve (checked with 1.40).
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("UH", "no_healthy_upstream")
+    );
+    assert_eq!(l.cluster, "outbound|80||nxdomain.example.com");
+}
+
+#[tokio::test]
+async fn client_gone_before_response_is_logged_dc() {
+    let up = HttpUpstream::start(Behavior::delay(Duration::from_secs(2), Behavior::Echo))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let gw_addr = gw.http;
+    let client =
+        tokio::spawn(async move { http1_get(gw_addr, "edition.cnn.com", "/slow", &[]).await });
+    // Wait until the request reached the upstream, then hang up.
+    for _ in 0..400 {
+        if up.requests() > 0 || !up.recorded().is_empty() || up.connections() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.abort();
+    let l = gw.next_line().await;
+    assert_eq!(l.code, "0");
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("DC", "downstream_remote_disconnect")
+    );
+    assert_eq!(l.path, "/slow");
+}
+
+const WEIGHTED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: ab }
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: egress }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+  - port: { number: 80, name: http, protocol: HTTP }
+    hosts: [split.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: split }
+spec:
+  hosts: [split.example.com]
+  gateways: [egress]
+  http:
+  - route:
+    - destination: { host: a.example.com, port: { number: 80 } }
+      weight: 80
+    - destination: { host: b.example.com, port: { number: 80 } }
+      weight: 20
+"#;
+
+#[tokio::test]
+async fn weighted_destinations_split_by_weight() {
+    let a = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let b = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let dir = config_dir("weighted", &[("vs.yaml", WEIGHTED)]);
+    let mut extra = connect_to("a.example.com:80", a.addr());
+    extra.extend(connect_to("b.example.com:80", b.addr()));
+    let gw = Gateway::start(&[dir.path()], &extra).await;
+    let mut conn = Http1Conn::connect(gw.http).await.unwrap();
+    let n = 1000;
+    for _ in 0..n {
+        assert_eq!(
+            conn.get("split.example.com", "/", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let (na, nb) = (a.requests(), b.requests());
+    assert_eq!(na + nb, n);
+    // 80/20 with 1000 draws: 5 standard deviations is ±63.
+    assert!((737..=863).contains(&na), "a got {na} of {n}");
+}
+
+#[tokio::test]
+async fn ten_thousand_keepalive_requests_ten_thousand_lines_and_pooled_upstream() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let mut conn = Http1Conn::connect(gw.http).await.unwrap();
+    let n = 10_000;
+    for i in 0..n {
+        let r = conn
+            .get("edition.cnn.com", &format!("/politics/{i}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        let l: LogLine = gw.next_line().await;
+        assert_eq!(l.code, "200");
+        assert!(seen.insert(l.path.clone()), "duplicate line for {}", l.path);
+    }
+    assert_eq!(seen.len(), n);
+    assert_eq!(up.requests(), n);
+    // Sequential requests on one downstream connection reuse one upstream connection.
+    assert!(
+        up.connections() <= 2,
+        "{} upstream connections",
+        up.connections()
+    );
+    // No extra line arrives.
+    assert!(gw
+        .process
+        .next_log_line(Duration::from_millis(300))
+        .await
+        .is_none());
+    let _ = free_addr();
+}
