@@ -60,6 +60,18 @@ impl Gateway {
             http
         };
         process.wait_for_port(probe).await.expect("egret listening");
+        if probe == tls {
+            // The readiness probe was a TCP connection that closed before any ClientHello:
+            // egret logs it (DC) like any other refused connection. Skip that line.
+            let line = process
+                .next_log_line(crate::common::LOG_WAIT)
+                .await
+                .unwrap_or_default();
+            assert!(
+                line.contains(" DC downstream_remote_disconnect "),
+                "probe line: {line}"
+            );
+        }
         Gateway { process, http, tls }
     }
 

@@ -432,7 +432,7 @@ impl<'a> Compiler<'a> {
             .collect();
         let here = format!("{} {}/{} {path}", gw.kind, gw.namespace, gw.name);
         let tls_server = if family == Family::Https {
-            self.tls_server(gw, i, server)
+            Self::tls_server(gw, i, server)
         } else {
             None
         };
@@ -515,12 +515,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// The TLS termination of an HTTPS server (mode SIMPLE, MUTUAL or ISTIO_MUTUAL).
-    fn tls_server(
-        &mut self,
-        gw: &Resource<GatewaySpec>,
-        i: usize,
-        server: &Server,
-    ) -> Option<TlsServer> {
+    fn tls_server(gw: &Resource<GatewaySpec>, i: usize, server: &Server) -> Option<TlsServer> {
         let tls = server.tls.as_ref()?;
         let mode = match tls.mode? {
             ServerTlsMode::Simple => TlsMode::Simple,

@@ -1620,7 +1620,7 @@ fn dr_with(policy: &str) -> String {
         dedent(DR_HEAD),
         dedent(policy)
             .lines()
-            .map(|l| format!("  {l}\n"))
+            .map(|l| format!("    {l}\n"))
             .collect::<String>()
     )
 }
@@ -1681,7 +1681,7 @@ fn upstream_tls_validation_errors_name_file_line_and_field() {
                 privateKey: /etc/k.pem
     ";
     let e = one_error(&[("dr.yaml", dr)]);
-    assert_eq!(e.line, 10);
+    assert_eq!(e.line, 9);
     assert_eq!(
         e.field.as_deref(),
         Some("spec.subsets[0].trafficPolicy.tls.clientCertificate")
@@ -1755,7 +1755,14 @@ fn gw_with_servers(servers: &str) -> String {
           selector: {istio: egressgateway}
           servers:
     ";
-    format!("{}{}", dedent(head), dedent(servers))
+    format!(
+        "{}\n{}",
+        dedent(head).trim_end(),
+        dedent(servers)
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    )
 }
 
 #[test]
@@ -1797,8 +1804,8 @@ fn server_tls_validation_errors_name_file_line_and_field() {
     assert_eq!(
         got,
         vec![
+            (9, "spec.servers[0].tls.privateKey"),
             (9, "spec.servers[0].tls.caCertificates"),
-            (9, "spec.servers[0].tls.privateKey")
         ]
     );
 
@@ -1907,9 +1914,9 @@ fn https_servers_on_one_port_merge_by_sni() {
     assert_eq!(
         w,
         vec![
-            (21, "spec.servers[2].hosts"),
-            (27, "spec.servers[3].tls.mode"),
-            (31, "spec.servers[4].tls.mode")
+            (20, "spec.servers[2].hosts"),
+            (26, "spec.servers[3].tls.mode"),
+            (30, "spec.servers[4].tls.mode")
         ],
         "{:#?}",
         c.warnings
@@ -1995,7 +2002,7 @@ fn http_and_https_servers_on_one_port_conflict() {
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(
         (errs[0].line, errs[0].field.as_deref()),
-        (11, Some("spec.servers[1].port"))
+        (10, Some("spec.servers[1].port"))
     );
     assert!(
         errs[0].message.contains("HTTPS (TLS termination)"),

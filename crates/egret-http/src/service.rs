@@ -244,6 +244,8 @@ fn local(
 }
 
 /// What the forwarding loop produced; turned into a response once the guard is back.
+/// Lives for one move on the stack, so the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Upstream {
         resp: Response<Incoming>,

@@ -14,6 +14,21 @@ use crate::active::ActiveConfig;
 
 pub struct GatewayOptions {
     pub bind: IpAddr,
+    /// How long a TLS passthrough client has to send its ClientHello (Envoy's
+    /// `listener_filters_timeout`, 15 s by default).
+    pub client_hello_timeout: std::time::Duration,
+    /// Idle timeout of passthrough and TCP connections (Istio's default: 1 h).
+    pub tcp_idle_timeout: std::time::Duration,
+}
+
+impl GatewayOptions {
+    pub fn new(bind: IpAddr) -> GatewayOptions {
+        GatewayOptions {
+            bind,
+            client_hello_timeout: egret_core::limits::LISTENER_FILTER_TIMEOUT,
+            tcp_idle_timeout: egret_core::limits::TCP_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// The running data plane: the configuration in force and the shared upstream machinery.

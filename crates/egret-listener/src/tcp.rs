@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use egret_core::limits::{LISTENER_FILTER_TIMEOUT, TCP_IDLE_TIMEOUT};
 use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, WeightedClusters};
 use egret_sni::reader::{read_client_hello_into, ReadError};
 use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
-use egret_sni::{forward_with_prefix, ForwardEnd, Side};
+use egret_sni::{forward_with_prefix, ForwardEnd};
 use egret_upstream::connect::connect;
 
 use crate::active::Active;
@@ -37,7 +36,7 @@ pub(crate) async fn serve_tcp(
             let hello = read_client_hello_into(
                 &mut stream,
                 &mut prefix,
-                LISTENER_FILTER_TIMEOUT,
+                gw.options.client_hello_timeout,
                 MAX_CLIENT_HELLO_RECORD_BYTES,
             )
             .await;
@@ -133,22 +132,20 @@ pub(crate) async fn serve_tcp(
         }
     };
     guard.record().upstream_local_address = upstream.local_addr().ok();
-    let result = forward_with_prefix(&mut stream, upstream, &prefix, TCP_IDLE_TIMEOUT).await;
+    let result =
+        forward_with_prefix(&mut stream, upstream, &prefix, gw.options.tcp_idle_timeout).await;
     let rec = guard.record();
     rec.bytes_received = result.bytes_from_downstream;
     rec.bytes_sent = result.bytes_from_upstream;
+    // Envoy's tcp_proxy sets no response flag for how a connected session ended — a FIN,
+    // a reset from either side, or its idle timeout (checked with Envoy 1.40: a curl session
+    // logs `-` even though curl resets). We match it and keep the cause in our own logs.
     match &result.end {
         ForwardEnd::Closed { .. } => {}
-        ForwardEnd::Error {
-            side: Side::Upstream,
-            ..
-        } => rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION),
-        ForwardEnd::Error {
-            side: Side::Downstream,
-            ..
-        } => rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
-        // Envoy's tcp_proxy idle timeout ends the connection without a response flag.
-        ForwardEnd::IdleTimeout => rec.connection_termination_details = Some("idle_timeout".into()),
+        ForwardEnd::Error { side, error } => {
+            tracing::debug!(?side, %error, "passthrough session ended by an error")
+        }
+        ForwardEnd::IdleTimeout => tracing::debug!("passthrough session idle timeout"),
     }
 }
 

@@ -29,6 +29,9 @@ struct Endpoints {
     last_error: Option<Arc<DnsError>>,
 }
 
+/// The current endpoint addresses, and the DNS error of the last resolution if it failed.
+pub type EndpointView = (Arc<[SocketAddr]>, Option<Arc<DnsError>>);
+
 /// One cluster's endpoints and balancer.
 #[derive(Debug)]
 pub struct ClusterState {
@@ -92,7 +95,7 @@ impl ClusterState {
         (ep.addrs.clone(), ep.last_error.clone())
     }
 
-    fn fresh(&self) -> Option<(Arc<[SocketAddr]>, Option<Arc<DnsError>>)> {
+    fn fresh(&self) -> Option<EndpointView> {
         let ep = lock(&self.endpoints);
         match ep.valid_until {
             Some(t) if t <= Instant::now() => None,

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway on the given Istio configuration.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check the configuration and print the compiled listeners, routes and clusters.
     Validate(ConfigArgs),
 }
@@ -73,12 +73,41 @@ pub struct RunArgs {
     /// JSON object of key → operator).
     #[arg(long = "access-log-json")]
     pub access_log_json: bool,
+    /// How long a TLS passthrough client may take to send its ClientHello (Envoy's listener
+    /// filter timeout), e.g. `15s`, `500ms`.
+    #[arg(long = "client-hello-timeout", default_value = "15s", value_parser = parse_duration)]
+    pub client_hello_timeout: std::time::Duration,
+    /// Idle timeout for passthrough and TCP connections (Istio's default is 1h).
+    #[arg(long = "tcp-idle-timeout", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: std::time::Duration,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Level of Egret's own diagnostics on stderr (error, warn, info, debug, trace).
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
+}
+
+/// `1h`, `15s`, `500ms`, `1.5s` — Istio's duration syntax.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 15s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -114,7 +143,7 @@ fn parse_port_map(s: &str) -> Result<BTreeMap<u16, u16>, String> {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate(args) => crate::validate::validate(&args),
-        Command::Run(args) => match crate::run::run(args) {
+        Command::Run(args) => match crate::run::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("egret: {e:#}");

@@ -71,7 +71,11 @@ async fn serve(
     let gateway = Arc::new(Gateway {
         config: Arc::new(ActiveConfig::new(snapshot)),
         shared,
-        options: GatewayOptions { bind: args.bind },
+        options: GatewayOptions {
+            client_hello_timeout: args.client_hello_timeout,
+            tcp_idle_timeout: args.tcp_idle_timeout,
+            ..GatewayOptions::new(args.bind)
+        },
     });
     let listeners = gateway.bind().await?;
     let mut tasks = Vec::new();

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone on Debian with Rust: installs the external tools the
+# end-to-end tests drive (curl, openssl, nginx) when they are missing, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in curl openssl nginx; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# One build of the binary the end-to-end suite starts, then every test in the workspace.
+cargo test --workspace --all-targets "$@"
