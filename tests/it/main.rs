@@ -2,6 +2,7 @@
 //! One test binary (link time on 2 cores); modules by scenario.
 
 mod common;
+mod operations;
 mod passthrough;
 mod s1_http;
 mod validate;

@@ -4,29 +4,51 @@
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::service::handle;
 use egret_http::{ConnContext, HttpShared};
 
-pub async fn serve_http<S>(io: S, shared: Arc<HttpShared>, ctx: Arc<ConnContext>)
-where
+/// Serves until the client is done — or, once `drain` turns true, until in-flight requests
+/// have finished (hyper's graceful shutdown: `connection: close` on HTTP/1.1, GOAWAY on h2).
+pub async fn serve_http<S>(
+    io: S,
+    shared: Arc<HttpShared>,
+    ctx: Arc<ConnContext>,
+    mut drain: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .max_buf_size(MAX_REQUEST_HEADERS_BYTES.max(8192))
-        .timer(hyper_util::rt::TokioTimer::new());
+        .timer(TokioTimer::new());
     builder
         .http2()
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
-        .timer(hyper_util::rt::TokioTimer::new());
+        .timer(TokioTimer::new());
     let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let draining = *drain.borrow();
+    let result = if draining {
+        conn.as_mut().graceful_shutdown();
+        conn.await
+    } else {
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { let _ = drain.wait_for(|d| *d).await; } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
 }

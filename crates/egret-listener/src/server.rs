@@ -1,10 +1,14 @@
-//! Binding and accepting.
+//! Binding, accepting, reloading the set of listeners, and draining.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use egret_core::{ListenerRoutes, Snapshot};
@@ -16,9 +20,9 @@ pub struct GatewayOptions {
     pub bind: IpAddr,
     /// How long a TLS passthrough client has to send its ClientHello (Envoy's
     /// `listener_filters_timeout`, 15 s by default).
-    pub client_hello_timeout: std::time::Duration,
+    pub client_hello_timeout: Duration,
     /// Idle timeout of passthrough and TCP connections (Istio's default: 1 h).
-    pub tcp_idle_timeout: std::time::Duration,
+    pub tcp_idle_timeout: Duration,
 }
 
 impl GatewayOptions {
@@ -31,48 +35,90 @@ impl GatewayOptions {
     }
 }
 
-/// The running data plane: the configuration in force and the shared upstream machinery.
+/// The running data plane: the configuration in force, the shared upstream machinery, the
+/// accept loops by port, and the drain signal every connection watches.
 pub struct Gateway {
     pub config: Arc<ActiveConfig>,
     pub shared: Arc<HttpShared>,
     pub options: GatewayOptions,
+    accepting: Mutex<HashMap<u16, JoinHandle<()>>>,
+    drain: watch::Sender<bool>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Gateway {
-    /// Binds every listener of the current snapshot; fails if any port cannot be bound.
-    pub async fn bind(&self) -> io::Result<Vec<(u16, TcpListener)>> {
+    pub fn new(
+        config: Arc<ActiveConfig>,
+        shared: Arc<HttpShared>,
+        options: GatewayOptions,
+    ) -> Arc<Gateway> {
+        let (drain, _) = watch::channel(false);
+        Arc::new(Gateway {
+            config,
+            shared,
+            options,
+            accepting: Mutex::new(HashMap::new()),
+            drain,
+            open: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Binds and starts accepting on every listener of the current snapshot not yet bound,
+    /// and stops accepting on ports the snapshot no longer has (their open connections
+    /// finish undisturbed). Used at start and after each reload. Fails on the first port
+    /// that cannot be bound; ports already started stay up.
+    pub fn sync_listeners(self: &Arc<Self>) -> io::Result<()> {
         let snapshot = self.config.load().snapshot.clone();
-        let mut out = Vec::new();
+        let mut accepting = lock(&self.accepting);
+        let wanted: Vec<u16> = snapshot.listeners.iter().map(|l| l.listen_port).collect();
+        accepting.retain(|port, task| {
+            let keep = wanted.contains(port);
+            if !keep {
+                tracing::info!(port, "listener removed: no longer accepting");
+                task.abort();
+            }
+            keep
+        });
+        if *self.drain.borrow() {
+            return Ok(());
+        }
         for l in &snapshot.listeners {
+            if accepting.contains_key(&l.listen_port) {
+                continue;
+            }
             let addr = SocketAddr::new(self.options.bind, l.listen_port);
             let listener = bind_listener(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             tracing::info!(listener = %l.name, %addr, protocol = ?l.protocol, "listening");
-            out.push((l.listen_port, listener));
+            accepting.insert(l.listen_port, self.spawn_accept(l.listen_port, listener));
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Accepts on `listener` until the task is aborted.
-    pub fn spawn_accept(
-        self: &Arc<Self>,
-        listen_port: u16,
-        listener: TcpListener,
-    ) -> JoinHandle<()> {
+    /// The ports currently accepting.
+    pub fn listening_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = lock(&self.accepting).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn spawn_accept(self: &Arc<Self>, listen_port: u16, listener: TcpListener) -> JoinHandle<()> {
         let gw = self.clone();
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => {
                         let gw = gw.clone();
+                        let guard = OpenConnection::new(gw.open.clone());
                         tokio::spawn(async move {
-                            gw.serve_connection(listen_port, stream, remote).await
+                            gw.serve_connection(listen_port, stream, remote).await;
+                            drop(guard);
                         });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
@@ -86,7 +132,7 @@ impl Gateway {
             .unwrap_or_else(|_| SocketAddr::new(self.options.bind, listen_port));
         let active = self.config.load();
         let Some(listener) = active.snapshot.listener_on(listen_port) else {
-            // The listener was removed by a reload; this socket is draining.
+            // The listener was removed by a reload between accept and here.
             return;
         };
         match &listener.routes {
@@ -101,7 +147,8 @@ impl Gateway {
                     requested_server_name: None,
                     peer_uri_san: None,
                 });
-                crate::http::serve_http(stream, self.shared.clone(), ctx).await;
+                crate::http::serve_http(stream, self.shared.clone(), ctx, self.drain.subscribe())
+                    .await;
             }
             ListenerRoutes::Sni(_) | ListenerRoutes::Tcp(_) => {
                 crate::tcp::serve_tcp(self, &active, listener, stream, local, remote).await;
@@ -112,6 +159,50 @@ impl Gateway {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.config.load().snapshot.clone()
     }
+
+    /// Connections currently open (all listeners).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    /// Graceful drain: stop accepting, ask HTTP connections to finish (HTTP/1.1 responses get
+    /// `connection: close`, HTTP/2 connections a GOAWAY), then wait up to `timeout` for open
+    /// connections to end. Returns how many were still open at the deadline.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.drain.send_replace(true);
+        for (_, task) in lock(&self.accepting).drain() {
+            task.abort();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_connections()
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(counter: Arc<AtomicUsize>) -> OpenConnection {
+        counter.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(counter)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -80,6 +80,18 @@ pub struct RunArgs {
     /// Idle timeout for passthrough and TCP connections (Istio's default is 1h).
     #[arg(long = "tcp-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: std::time::Duration,
+    /// On SIGTERM: keep accepting this long after readiness turns false (so load balancers
+    /// stop sending first), then stop accepting and drain.
+    #[arg(long = "drain-delay", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: std::time::Duration,
+    /// On SIGTERM: how long in-flight requests and connections may take to finish (Istio's
+    /// default termination drain is 5s).
+    #[arg(long = "drain-timeout", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// How often the --config files are checked for changes (a ConfigMap update is a
+    /// `..data` symlink swap, which this sees); SIGHUP reloads at once. `0s` disables it.
+    #[arg(long = "watch-interval", default_value = "1s", value_parser = parse_duration)]
+    pub watch_interval: std::time::Duration,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub workers: Option<usize>,

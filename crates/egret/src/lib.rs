@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod local_ip;
+pub mod reload;
 pub mod run;
 pub mod validate;
 

@@ -10,7 +10,8 @@ use egret_listener::{ActiveConfig, Gateway, GatewayOptions};
 use egret_telemetry::{AccessLogWriter, Destination, LogEncoding, LogFormat};
 use egret_upstream::{Pool, Resolver, ResolverConfig};
 
-use crate::cli::RunArgs;
+use crate::cli::{ConfigArgs, RunArgs};
+use crate::reload::{fingerprint, reload, ReloadStats};
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_level);
@@ -68,42 +69,79 @@ async fn serve(
         sink: writer,
         local_ip: crate::local_ip::first_non_loopback_ipv4(),
     });
-    let gateway = Arc::new(Gateway {
-        config: Arc::new(ActiveConfig::new(snapshot)),
-        shared,
-        options: GatewayOptions {
-            client_hello_timeout: args.client_hello_timeout,
-            tcp_idle_timeout: args.tcp_idle_timeout,
-            ..GatewayOptions::new(args.bind)
-        },
+    let options = GatewayOptions {
+        client_hello_timeout: args.client_hello_timeout,
+        tcp_idle_timeout: args.tcp_idle_timeout,
+        ..GatewayOptions::new(args.bind)
+    };
+    let gateway = Gateway::new(Arc::new(ActiveConfig::new(snapshot)), shared, options);
+    gateway.sync_listeners()?;
+    tracing::info!(ports = ?gateway.listening_ports(), "egret ready");
+
+    let stats = Arc::new(ReloadStats::default());
+    let watcher = (!args.watch_interval.is_zero()).then(|| {
+        tokio::spawn(watch_config(
+            args.config.clone(),
+            gateway.clone(),
+            stats.clone(),
+            args.watch_interval,
+        ))
     });
-    let listeners = gateway.bind().await?;
-    let mut tasks = Vec::new();
-    for (port, l) in listeners {
-        tasks.push(gateway.spawn_accept(port, l));
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload(&args.config, &gateway, &stats);
+            }
+        }
     }
-    tracing::info!("egret ready");
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    for t in tasks {
-        t.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    tracing::info!(delay = ?args.drain_delay, timeout = ?args.drain_timeout, "draining");
+    tokio::time::sleep(args.drain_delay).await;
+    let left = gateway.drain(args.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(
+            open = left,
+            "drain timeout reached; closing the remaining connections"
+        );
+    } else {
+        tracing::info!("drained");
     }
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
+/// Polls the configuration files and reloads on change (after they stay unchanged for one
+/// more interval, so a half-written set of files is not loaded).
+async fn watch_config(
+    config: ConfigArgs,
+    gateway: Arc<Gateway>,
+    stats: Arc<ReloadStats>,
+    every: Duration,
+) {
+    let mut seen = fingerprint(&config.config);
+    let mut pending: Option<Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = fingerprint(&config.config);
+        if now == seen {
+            pending = None;
+            continue;
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        if pending.as_ref() == Some(&now) {
+            seen = now;
+            pending = None;
+            let _ = reload(&config, &gateway, &stats);
+        } else {
+            pending = Some(now);
         }
     }
 }

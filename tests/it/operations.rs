@@ -1,0 +1,244 @@
+//! Operations: configuration reload under load, a broken configuration keeps serving,
+//! SIGTERM lets in-flight requests finish.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use egret_test_support::{http1_get, Behavior, Http1Conn, HttpUpstream};
+
+use crate::common::{config_dir, scenario, Gateway};
+
+const NEW_HOST: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: new }
+spec:
+  hosts: [new.example.com]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: new-gw }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+  - port: { number: 80, name: http, protocol: HTTP }
+    hosts: [new.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: new }
+spec:
+  hosts: [new.example.com]
+  gateways: [new-gw]
+  http:
+  - route:
+    - destination: { host: new.example.com, port: { number: 80 } }
+"#;
+
+fn copy_s1(dir: &egret_test_support::TestDir) {
+    for e in std::fs::read_dir(scenario("s1-http")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_change_under_load_loses_no_request_and_logs_each_once() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let dir = config_dir("reload", &[]);
+    copy_s1(&dir);
+    let extra = vec![
+        "--connect-to".to_string(),
+        format!("edition.cnn.com:80:{}", up.addr()),
+        "--connect-to".to_string(),
+        format!("new.example.com:80:{}", up.addr()),
+        "--watch-interval".to_string(),
+        "100ms".to_string(),
+    ];
+    let mut gw = Gateway::start(&[dir.path()], &extra).await;
+    assert_eq!(
+        http1_get(gw.http, "new.example.com", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+
+    // Continuous load on keep-alive and on fresh connections while the configuration changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for keepalive in [true, false] {
+        let (stop, sent, failed, addr) = (stop.clone(), sent.clone(), failed.clone(), gw.http);
+        load.push(tokio::spawn(async move {
+            let mut conn = Http1Conn::connect(addr).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let r = if keepalive {
+                    conn.get("edition.cnn.com", "/load", &[]).await
+                } else {
+                    http1_get(addr, "edition.cnn.com", "/load", &[]).await
+                };
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !matches!(r, Ok(ref r) if r.status == 200) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    dir.write("04-new-host.yaml", NEW_HOST.as_bytes()).unwrap();
+    let mut picked_up = false;
+    for _ in 0..400 {
+        if http1_get(gw.http, "new.example.com", "/", &[])
+            .await
+            .unwrap()
+            .status
+            == 200
+        {
+            picked_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        picked_up,
+        "reload not picked up; stderr:\n{}",
+        gw.process.stderr()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the reload"
+    );
+    assert!(gw.process.stderr().contains("configuration reloaded"));
+
+    // Exactly one line per request: the load's, plus the probes (404s then one 200).
+    let lines = {
+        let mut v = Vec::new();
+        while let Some(l) = gw.process.next_log_line(Duration::from_millis(500)).await {
+            v.push(crate::common::LogLine::parse(&l));
+        }
+        v
+    };
+    let load_lines = lines.iter().filter(|l| l.path == "/load").count();
+    assert_eq!(load_lines, sent.load(Ordering::Relaxed));
+    // Lines after the reload carry the new configuration's requests.
+    assert!(lines
+        .iter()
+        .any(|l| l.authority == "new.example.com" && l.code == "200"));
+}
+
+#[tokio::test]
+async fn broken_config_keeps_the_old_one_serving_and_sighup_reloads() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let dir = config_dir("broken", &[]);
+    copy_s1(&dir);
+    let extra = vec![
+        "--connect-to".to_string(),
+        format!("edition.cnn.com:80:{}", up.addr()),
+        "--connect-to".to_string(),
+        format!("new.example.com:80:{}", up.addr()),
+        "--watch-interval".to_string(),
+        "0s".to_string(),
+    ];
+    let gw = Gateway::start(&[dir.path()], &extra).await;
+    dir.write("05-broken.yaml", b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec:\n  hosts: [\n").unwrap();
+    gw.process.signal("HUP").await.unwrap();
+    let mut reported = false;
+    for _ in 0..400 {
+        if gw.process.stderr().contains("reload failed") {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(reported, "stderr:\n{}", gw.process.stderr());
+    assert!(
+        gw.process.stderr().contains("05-broken.yaml:"),
+        "the error names file and line"
+    );
+    assert_eq!(
+        http1_get(gw.http, "edition.cnn.com", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Fix it (a valid new host instead) and reload with SIGHUP.
+    std::fs::remove_file(dir.join("05-broken.yaml")).unwrap();
+    dir.write("04-new-host.yaml", NEW_HOST.as_bytes()).unwrap();
+    gw.process.signal("HUP").await.unwrap();
+    let mut ok = false;
+    for _ in 0..400 {
+        if http1_get(gw.http, "new.example.com", "/", &[])
+            .await
+            .unwrap()
+            .status
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ok, "stderr:\n{}", gw.process.stderr());
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let up = HttpUpstream::start(Behavior::delay(
+        Duration::from_millis(1500),
+        Behavior::fixed(200, "slow"),
+    ))
+    .await
+    .unwrap();
+    let mut gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+            "--drain-timeout".into(),
+            "20s".into(),
+        ],
+    )
+    .await;
+    let addr = gw.http;
+    let req = tokio::spawn(async move { http1_get(addr, "edition.cnn.com", "/slow", &[]).await });
+    for _ in 0..400 {
+        if up.connections() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.process.signal("TERM").await.unwrap();
+    let r = req.await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow");
+    // HTTP/1.1 responses during the drain ask the client to close.
+    assert_eq!(r.header("connection"), Some("close"));
+    let status = gw
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("egret exits after the drain");
+    assert!(status.success(), "{status:?}");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.path.as_str(), l.code.as_str(), l.flags.as_str()),
+        ("/slow", "200", "-")
+    );
+    // New connections are refused once draining.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
