@@ -345,3 +345,64 @@ async fn unreachable_upstream_is_uf_urx() {
     assert_eq!(l.cluster, "outbound|443||edition.cnn.com");
     assert_eq!((l.bytes_received, l.bytes_sent), (0, 0));
 }
+
+const TCP_ROUTE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db }
+spec:
+  hosts: [db.example.com]
+  ports: [{ number: 443, name: tcp, protocol: TCP }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: egress }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+  - port: { number: 443, name: tcp, protocol: TCP }
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db }
+spec:
+  hosts: ["*"]
+  gateways: [egress]
+  tcp:
+  - match: [{ port: 443 }]
+    route:
+    - destination: { host: db.example.com, port: { number: 443 } }
+"#;
+
+#[tokio::test]
+async fn plain_tcp_route_by_port() {
+    let echo = TcpUpstream::echo().await.unwrap();
+    let dir = config_dir("tcp-route", &[]);
+    let sub = dir.join("passthrough-tcp");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("db.yaml"), TCP_ROUTE).unwrap();
+    let mut gw = Gateway::start(
+        &[&sub],
+        &[
+            "--connect-to".into(),
+            format!("db.example.com:443:{}", echo.addr()),
+        ],
+    )
+    .await;
+    let mut c = TcpStream::connect(gw.tls).await.unwrap();
+    c.write_all(b"PING not tls at all").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"PING not tls at all");
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("0", "-"));
+    assert_eq!((l.bytes_received, l.bytes_sent), (19, 19));
+    assert_eq!(l.cluster, "outbound|443||db.example.com");
+    assert_eq!(l.sni, "-");
+}
