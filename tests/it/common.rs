@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use egret_test_support::{free_port, EgretProcess, TestDir};
+use egret_test_support::{free_addr, free_port, EgretProcess, TestDir};
 
 pub const LOG_WAIT: Duration = Duration::from_secs(20);
 
@@ -22,6 +22,9 @@ pub struct Gateway {
     pub process: EgretProcess,
     pub http: SocketAddr,
     pub tls: SocketAddr,
+    pub admin: SocketAddr,
+    pub health: SocketAddr,
+    pub prometheus: SocketAddr,
 }
 
 impl Gateway {
@@ -45,6 +48,15 @@ impl Gateway {
             "--workers".into(),
             "2".into(),
         ]);
+        let (admin, health, prometheus) = (free_addr(), free_addr(), free_addr());
+        for (flag, addr) in [
+            ("--admin", admin),
+            ("--health", health),
+            ("--prometheus", prometheus),
+        ] {
+            args.push(flag.into());
+            args.push(addr.to_string());
+        }
         args.extend(extra.iter().cloned());
         let mut process =
             EgretProcess::spawn(env!("CARGO_BIN_EXE_egret"), &args).expect("spawn egret");
@@ -69,7 +81,14 @@ impl Gateway {
                 .unwrap_or_default();
             assert!(line.contains("\"- - -\" 0 "), "probe line: {line}");
         }
-        Gateway { process, http, tls }
+        Gateway {
+            process,
+            http,
+            tls,
+            admin,
+            health,
+            prometheus,
+        }
     }
 
     pub async fn next_line(&mut self) -> LogLine {

@@ -242,3 +242,142 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     // New connections are refused once draining.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn probes_metrics_and_admin_endpoints() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    let health = http1_get(gw.health, "localhost", "/healthz/ready", &[])
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+    let ready = http1_get(gw.admin, "localhost", "/ready", &[])
+        .await
+        .unwrap();
+    assert_eq!((ready.status.as_u16(), ready.text().trim()), (200, "LIVE"));
+
+    for _ in 0..3 {
+        assert_eq!(
+            http1_get(gw.http, "edition.cnn.com", "/", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        http1_get(gw.http, "other.example", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    // Metrics are counted from the log records, which the writer thread has by now.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = http1_get(gw.prometheus, "localhost", "/stats/prometheus", &[])
+            .await
+            .unwrap()
+            .text();
+        if text.contains("response_code=\"404\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
+        .unwrap_or_else(|| panic!("no istio_requests_total for 200:\n{text}"));
+    assert!(
+        line.contains("destination_service=\"edition.cnn.com\""),
+        "{line}"
+    );
+    assert!(line.contains("reporter=\"source\""), "{line}");
+    assert!(line.ends_with(" 3"), "{line}");
+    let nr = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"NR\""))
+        .unwrap();
+    assert!(nr.ends_with(" 1"), "{nr}");
+    assert!(
+        text.contains(
+            "envoy_cluster_upstream_rq_total{cluster_name=\"outbound|80||edition.cnn.com\"} 3"
+        ),
+        "{text}"
+    );
+
+    let dump = http1_get(gw.admin, "localhost", "/config_dump", &[])
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(dump["clusters"][0]["name"], "outbound|80||edition.cnn.com");
+    assert_eq!(dump["version"].as_str().map(str::len), Some(12));
+
+    // State-changing endpoints want POST, as Envoy's do.
+    assert_eq!(
+        http1_get(gw.admin, "localhost", "/quitquitquit", &[])
+            .await
+            .unwrap()
+            .status,
+        405
+    );
+}
+
+#[tokio::test]
+async fn readiness_turns_false_while_draining() {
+    let up = HttpUpstream::start(Behavior::delay(
+        Duration::from_millis(1500),
+        Behavior::fixed(200, "slow"),
+    ))
+    .await
+    .unwrap();
+    let mut gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+            "--drain-delay".into(),
+            "1s".into(),
+        ],
+    )
+    .await;
+    let addr = gw.http;
+    let req = tokio::spawn(async move { http1_get(addr, "edition.cnn.com", "/slow", &[]).await });
+    for _ in 0..400 {
+        if up.connections() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.process.signal("TERM").await.unwrap();
+    let mut saw_not_ready = false;
+    for _ in 0..200 {
+        match http1_get(gw.health, "localhost", "/healthz/ready", &[]).await {
+            Ok(r) if r.status == 503 => {
+                saw_not_ready = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        saw_not_ready,
+        "readiness never turned false during the drain"
+    );
+    assert_eq!(req.await.unwrap().unwrap().status, 200);
+    assert!(gw
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .is_some_and(|s| s.success()));
+}

@@ -20,9 +20,9 @@ pub fn upstream_reset_body(
         s.push_str("reset reason: ");
     }
     s.push_str(reset_reason);
-    // Envoy 1.40 no longer appends the transport failure reason to the body for plain
-    // connect errors (checked: "...latest reset reason: remote connection failure"); it does
-    // for TLS failures, which pass `Some`.
+    // Envoy 1.40 no longer appends the transport failure reason to the body (checked for
+    // refused connects and TLS failures: "...latest reset reason: remote connection failure");
+    // callers pass `None` and the reason goes to the log line.
     if let Some(t) = transport_failure {
         s.push_str(", transport failure reason: ");
         s.push_str(t);

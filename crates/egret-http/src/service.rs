@@ -322,7 +322,6 @@ impl Forward<'_> {
         };
         // Only a body-less request can be sent twice.
         let replayable = received.is_none();
-        let spec = &self.cluster.spec;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0u32;
         loop {
@@ -341,17 +340,7 @@ impl Forward<'_> {
             };
             tried.push(addr);
             guard.record().upstream_host = Some(addr);
-            let mut conn = match self
-                .shared
-                .pool
-                .checkout(
-                    self.cluster.name(),
-                    addr,
-                    spec.protocol,
-                    spec.connect_timeout,
-                )
-                .await
-            {
+            let mut conn = match self.shared.pool.checkout(self.cluster, addr).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(cluster = %self.cluster.name(), error = %e, "upstream connect failed");

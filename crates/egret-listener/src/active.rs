@@ -1,34 +1,50 @@
-//! The configuration in force: a Snapshot plus the cluster states bound to it, swapped
-//! atomically on reload.
+//! The configuration in force: a Snapshot, the cluster states bound to it, and the TLS
+//! acceptors of its terminating listeners — swapped atomically on reload.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use egret_core::Snapshot;
+use egret_tls::DownstreamTlsAcceptor;
 use egret_upstream::{ClusterRegistry, Upstreams};
 
 pub struct Active {
     pub snapshot: Arc<Snapshot>,
     pub upstreams: Arc<Upstreams>,
+    /// By listen port, for listeners that terminate TLS. A listener whose TLS settings can
+    /// never work (e.g. ISTIO_MUTUAL without `--mesh-certs`) has its error here instead.
+    pub acceptors: HashMap<u16, Result<Arc<DownstreamTlsAcceptor>, String>>,
+}
+
+/// Where terminating listeners find their certificates.
+#[derive(Clone, Debug, Default)]
+pub struct TlsDirs {
+    pub credentials_dir: Option<PathBuf>,
+    pub mesh_certs_dir: Option<PathBuf>,
 }
 
 /// Shared, lock-free for readers: each new connection does one `load_full()`.
 pub struct ActiveConfig {
     current: ArcSwap<Active>,
     registry: ClusterRegistry,
+    tls_dirs: TlsDirs,
 }
 
 impl ActiveConfig {
     pub fn new(snapshot: Arc<Snapshot>) -> ActiveConfig {
+        Self::with_tls(snapshot, TlsDirs::default())
+    }
+
+    pub fn with_tls(snapshot: Arc<Snapshot>, tls_dirs: TlsDirs) -> ActiveConfig {
         let registry = ClusterRegistry::default();
-        let upstreams = Arc::new(Upstreams::bind(&snapshot, &registry));
+        let active = build(snapshot, &registry, &tls_dirs);
         ActiveConfig {
-            current: ArcSwap::from_pointee(Active {
-                snapshot,
-                upstreams,
-            }),
+            current: ArcSwap::from_pointee(active),
             registry,
+            tls_dirs,
         }
     }
 
@@ -39,10 +55,30 @@ impl ActiveConfig {
     /// Installs a new snapshot; cluster state (DNS answers, balancer position) carries over
     /// for clusters whose definition did not change.
     pub fn store(&self, snapshot: Arc<Snapshot>) {
-        let upstreams = Arc::new(Upstreams::bind(&snapshot, &self.registry));
-        self.current.store(Arc::new(Active {
-            snapshot,
-            upstreams,
-        }));
+        self.current
+            .store(Arc::new(build(snapshot, &self.registry, &self.tls_dirs)));
+    }
+}
+
+fn build(snapshot: Arc<Snapshot>, registry: &ClusterRegistry, dirs: &TlsDirs) -> Active {
+    let upstreams = Arc::new(Upstreams::bind(&snapshot, registry));
+    let mut acceptors = HashMap::new();
+    for l in snapshot
+        .listeners
+        .iter()
+        .filter(|l| !l.tls_servers.is_empty())
+    {
+        let acceptor = DownstreamTlsAcceptor::new(&l.tls_servers, dirs.credentials_dir.clone(), dirs.mesh_certs_dir.clone())
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!(listener = %l.name, error = %e, "TLS termination cannot work; connections will be closed");
+                e.to_string()
+            });
+        acceptors.insert(l.listen_port, acceptor);
+    }
+    Active {
+        snapshot,
+        upstreams,
+        acceptors,
     }
 }

@@ -11,5 +11,5 @@ pub mod http;
 pub mod server;
 mod tcp;
 
-pub use active::{Active, ActiveConfig};
+pub use active::{Active, ActiveConfig, TlsDirs};
 pub use server::{Gateway, GatewayOptions};

@@ -11,10 +11,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use egret_core::{ListenerRoutes, Snapshot};
+use egret_core::{ListenerRoutes, LogGuard, LogRecord, ResponseFlags, Snapshot};
 use egret_http::{ConnContext, HttpShared};
 
-use crate::active::ActiveConfig;
+use crate::active::{Active, ActiveConfig};
 
 pub struct GatewayOptions {
     pub bind: IpAddr,
@@ -136,6 +136,10 @@ impl Gateway {
             return;
         };
         match &listener.routes {
+            ListenerRoutes::Http(table) if !listener.tls_servers.is_empty() => {
+                self.serve_https(&active, listen_port, table, stream, local, remote)
+                    .await;
+            }
             ListenerRoutes::Http(table) => {
                 let ctx = Arc::new(ConnContext {
                     local,
@@ -154,6 +158,69 @@ impl Gateway {
                 crate::tcp::serve_tcp(self, &active, listener, stream, local, remote).await;
             }
         }
+    }
+
+    /// Terminates TLS (server chosen by SNI), then serves HTTP on the decrypted stream. A
+    /// failed handshake is logged as one connection record with the reason.
+    async fn serve_https(
+        &self,
+        active: &Active,
+        listen_port: u16,
+        table: &Arc<egret_core::HttpRouteTable>,
+        stream: TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) {
+        let refuse = |details: String, sni: Option<String>| {
+            let mut rec = LogRecord::new(local, remote, active.snapshot.version.clone());
+            rec.response_flags
+                .insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            rec.connection_termination_details = Some(details.into());
+            rec.requested_server_name = sni.map(|s| Arc::from(s.as_str()));
+            LogGuard::new(rec, self.shared.sink.clone()).finish();
+        };
+        let acceptor = match active.acceptors.get(&listen_port) {
+            Some(Ok(a)) => a.clone(),
+            Some(Err(e)) => {
+                return refuse(format!("tls_setup_error:{}", e.replace(' ', "_")), None)
+            }
+            None => return refuse("tls_setup_error".into(), None),
+        };
+        let accepted =
+            match tokio::time::timeout(self.options.client_hello_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "downstream TLS handshake failed");
+                    let sni = match &e {
+                        egret_tls::AcceptError::NoMatchingServer { sni } => sni.clone(),
+                        _ => None,
+                    };
+                    let reason = e
+                        .transport_failure_reason()
+                        .unwrap_or_else(|| e.to_string().replace(' ', "_"));
+                    return refuse(format!("tls_handshake_error:{reason}"), sni);
+                }
+                Err(_) => return refuse("tls_handshake_timeout".into(), None),
+            };
+        let ctx = Arc::new(ConnContext {
+            local,
+            remote,
+            snapshot: active.snapshot.clone(),
+            upstreams: active.upstreams.clone(),
+            table: table.clone(),
+            scheme: "https",
+            requested_server_name: accepted.sni.as_deref().map(Arc::from),
+            peer_uri_san: accepted.peer_uri_san.clone(),
+        });
+        crate::http::serve_http(
+            accepted.stream,
+            self.shared.clone(),
+            ctx,
+            self.drain.subscribe(),
+        )
+        .await;
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

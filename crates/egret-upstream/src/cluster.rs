@@ -40,6 +40,8 @@ pub struct ClusterState {
     /// Serialises re-resolution so one expiry triggers one query, not one per request.
     refresh: tokio::sync::Mutex<()>,
     next: AtomicUsize,
+    /// Identifies the TLS settings for pool keys (0 = plain).
+    tls_key: u64,
 }
 
 impl ClusterState {
@@ -49,7 +51,7 @@ impl ClusterState {
             _ => (Arc::from(Vec::new()), Some(Instant::now())),
         };
         ClusterState {
-            spec,
+            spec: spec.clone(),
             endpoints: Mutex::new(Endpoints {
                 addrs,
                 valid_until,
@@ -57,7 +59,22 @@ impl ClusterState {
             }),
             refresh: tokio::sync::Mutex::new(()),
             next: AtomicUsize::new(fastrand::usize(..1024)),
+            tls_key: spec.tls.as_ref().map_or(0, |t| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                t.hash(&mut h);
+                h.finish() | 1
+            }),
         }
+    }
+
+    /// The endpoints as last resolved (no DNS query), for `/clusters`.
+    pub fn cached_endpoints(&self) -> Arc<[SocketAddr]> {
+        lock(&self.endpoints).addrs.clone()
+    }
+
+    pub fn tls_key(&self) -> u64 {
+        self.tls_key
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -214,7 +231,11 @@ impl ClusterRegistry {
 }
 
 fn same_definition(a: &Cluster, b: &Cluster) -> bool {
-    format!("{:?}", a.discovery) == format!("{:?}", b.discovery) && a.lb == b.lb
+    format!("{:?}", a.discovery) == format!("{:?}", b.discovery)
+        && a.lb == b.lb
+        && a.protocol == b.protocol
+        && a.connect_timeout == b.connect_timeout
+        && a.tls == b.tls
 }
 
 #[cfg(test)]

@@ -17,6 +17,14 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error("TLS to {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: egret_tls::TlsConnectError,
+    },
+    /// The cluster's TLS material could not be loaded (a missing credential file, ...).
+    #[error("TLS to {addr} not possible: {message}")]
+    TlsSetup { addr: SocketAddr, message: String },
 }
 
 impl ConnectError {
@@ -25,6 +33,8 @@ impl ConnectError {
     pub fn reset_reason(&self) -> &'static str {
         match self {
             ConnectError::Timeout { .. } => "connection timeout",
+            ConnectError::Tls { source, .. } => source.reset_reason(),
+            ConnectError::TlsSetup { .. } => "connection failure",
             _ => "remote connection failure",
         }
     }
@@ -38,6 +48,8 @@ impl ConnectError {
             }
             ConnectError::Timeout { .. } => None,
             ConnectError::Handshake { .. } => None,
+            ConnectError::Tls { source, .. } => source.transport_failure_reason(),
+            ConnectError::TlsSetup { message, .. } => Some(message.replace(' ', "_")),
         }
     }
 }

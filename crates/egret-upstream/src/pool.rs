@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -20,14 +20,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use egret_core::limits::{MAX_IDLE_PER_ENDPOINT, UPSTREAM_IDLE_TIMEOUT};
 use egret_core::UpstreamProtocol;
+use egret_tls::UpstreamTlsContexts;
 
 use crate::body::UpstreamBody;
+use crate::cluster::ClusterState;
 use crate::connect::{connect, ConnectError};
 
+/// Connections are shared only between requests of the same cluster, endpoint and TLS
+/// settings (a reload that changes a cluster's TLS gets fresh connections).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     cluster: Arc<str>,
     addr: SocketAddr,
+    tls: u64,
 }
 
 struct IdleConn {
@@ -52,6 +57,7 @@ struct PoolInner {
 #[derive(Clone, Default)]
 pub struct Pool {
     inner: Arc<PoolInner>,
+    tls: Option<Arc<UpstreamTlsContexts>>,
 }
 
 enum Sender {
@@ -112,79 +118,138 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
+    /// A pool without TLS origination (plain clusters only).
     pub fn new() -> Pool {
         Pool::default()
     }
 
-    /// A ready connection to `addr` for `cluster`: an idle one if any, else a new one.
-    pub async fn checkout(
-        &self,
-        cluster: &Arc<str>,
-        addr: SocketAddr,
-        protocol: UpstreamProtocol,
-        connect_timeout: Duration,
-    ) -> Result<PooledConn, ConnectError> {
-        let key = PoolKey {
-            cluster: cluster.clone(),
-            addr,
-        };
-        if protocol == UpstreamProtocol::Http2 {
-            return self.checkout_h2(key, connect_timeout).await;
+    /// A pool that originates TLS for clusters with `tls` set, using these contexts.
+    pub fn with_tls(tls: Arc<UpstreamTlsContexts>) -> Pool {
+        Pool {
+            inner: Arc::default(),
+            tls: Some(tls),
         }
-        while let Some(idle) = self.pop_idle(&key) {
-            let mut sender = idle.sender;
-            if sender.is_closed() || idle.since.elapsed() > UPSTREAM_IDLE_TIMEOUT {
-                continue;
-            }
-            if sender.ready().await.is_ok() {
-                return Ok(self.conn(Sender::H1(sender), key, idle.local, true));
-            }
-        }
-        let stream = connect(addr, connect_timeout).await?;
-        let local = stream.local_addr().unwrap_or_else(|_| unspecified());
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
-        Ok(self.conn(Sender::H1(sender), key, local, false))
     }
 
-    async fn checkout_h2(
+    /// A ready connection to `addr` for `cluster`: a pooled one if any, else a new one
+    /// (TCP connect, then TLS when the cluster originates it, then the HTTP handshake for
+    /// the protocol chosen: the cluster's, or what ALPN negotiated).
+    pub async fn checkout(
         &self,
-        key: PoolKey,
-        connect_timeout: Duration,
+        cluster: &ClusterState,
+        addr: SocketAddr,
     ) -> Result<PooledConn, ConnectError> {
-        let existing = lock(&self.inner.h2).get(&key).cloned();
-        if let Some(mut h2) = existing {
-            if !h2.sender.is_closed() && h2.sender.ready().await.is_ok() {
-                return Ok(self.conn(Sender::H2(h2.sender), key, h2.local, true));
+        let spec = &cluster.spec;
+        let key = PoolKey {
+            cluster: spec.name.clone(),
+            addr,
+            tls: cluster.tls_key(),
+        };
+        if let Some(conn) = self.reuse_h2(&key).await {
+            return Ok(conn);
+        }
+        if spec.protocol != UpstreamProtocol::Http2 {
+            while let Some(idle) = self.pop_idle(&key) {
+                let mut sender = idle.sender;
+                if sender.is_closed() || idle.since.elapsed() > UPSTREAM_IDLE_TIMEOUT {
+                    continue;
+                }
+                if sender.ready().await.is_ok() {
+                    return Ok(self.conn(Sender::H1(sender), key, idle.local, true));
+                }
             }
         }
-        let addr = key.addr;
-        let stream = connect(addr, connect_timeout).await?;
+        let stream = connect(addr, spec.connect_timeout).await?;
         let local = stream.local_addr().unwrap_or_else(|_| unspecified());
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        match &spec.tls {
+            None => {
+                let h2 = spec.protocol == UpstreamProtocol::Http2;
+                self.handshake(TokioIo::new(stream), key, local, h2).await
             }
-        });
-        lock(&self.inner.h2).insert(
-            key.clone(),
-            H2Conn {
-                sender: sender.clone(),
-                local,
-            },
-        );
-        Ok(self.conn(Sender::H2(sender), key, local, false))
+            Some(tls) => {
+                let Some(contexts) = &self.tls else {
+                    return Err(ConnectError::TlsSetup {
+                        addr,
+                        message: "TLS origination is not set up in this process".into(),
+                    });
+                };
+                // Offer h2 and HTTP/1.1 and speak what the server picks; an HTTP2/GRPC
+                // cluster offers h2 only.
+                let alpn: &[&[u8]] = if spec.protocol == UpstreamProtocol::Http2 {
+                    &[b"h2"]
+                } else {
+                    egret_tls::ALPN_H2_HTTP1
+                };
+                let ctx = contexts.context(tls, alpn);
+                let config = ctx.client_config().map_err(|e| ConnectError::TlsSetup {
+                    addr,
+                    message: e.to_string(),
+                })?;
+                let (tls_stream, negotiated) =
+                    egret_tls::connect_tls(stream, config, ctx.sni(), spec.connect_timeout)
+                        .await
+                        .map_err(|source| ConnectError::Tls { addr, source })?;
+                let h2 = negotiated.as_deref() == Some(b"h2")
+                    || spec.protocol == UpstreamProtocol::Http2;
+                self.handshake(TokioIo::new(tls_stream), key, local, h2)
+                    .await
+            }
+        }
+    }
+
+    async fn handshake<IO>(
+        &self,
+        io: IO,
+        key: PoolKey,
+        local: SocketAddr,
+        h2: bool,
+    ) -> Result<PooledConn, ConnectError>
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let addr = key.addr;
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|source| ConnectError::Handshake { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            lock(&self.inner.h2).insert(
+                key.clone(),
+                H2Conn {
+                    sender: sender.clone(),
+                    local,
+                },
+            );
+            Ok(self.conn(Sender::H2(sender), key, local, false))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|source| ConnectError::Handshake { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(self.conn(Sender::H1(sender), key, local, false))
+        }
+    }
+
+    /// The shared HTTP/2 connection to this endpoint, if one is open and has room.
+    async fn reuse_h2(&self, key: &PoolKey) -> Option<PooledConn> {
+        let existing = lock(&self.inner.h2).get(key).cloned()?;
+        let mut sender = existing.sender;
+        if sender.is_closed() || sender.ready().await.is_err() {
+            lock(&self.inner.h2).remove(key);
+            return None;
+        }
+        Some(self.conn(Sender::H2(sender), key.clone(), existing.local, true))
     }
 
     fn pop_idle(&self, key: &PoolKey) -> Option<IdleConn> {

@@ -28,4 +28,8 @@ impl Upstreams {
     pub fn get(&self, name: &str) -> Option<&Arc<ClusterState>> {
         self.clusters.get(name)
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<ClusterState>)> {
+        self.clusters.iter()
+    }
 }

@@ -63,6 +63,22 @@ pub struct RunArgs {
     /// repeatable. For labs whose stand-ins for external hosts listen elsewhere.
     #[arg(long = "connect-to", value_name = "HOST:PORT:ADDR:PORT", value_parser = egret_upstream::parse_connect_to)]
     pub connect_to: Vec<((String, u16), std::net::SocketAddr)>,
+    /// Folder of mounted Secrets: `credentialName: X` reads `<dir>/X/tls.crt`, `tls.key`,
+    /// `ca.crt` (or `<dir>/X-cacert/ca.crt`). Files are re-read when they change.
+    #[arg(long = "credentials-dir", default_value = "/etc/egret/credentials")]
+    pub credentials_dir: std::path::PathBuf,
+    /// Mesh certificates for ISTIO_MUTUAL: `cert-chain.pem`, `key.pem`, `root-cert.pem`.
+    #[arg(long = "mesh-certs", default_value = "/etc/istio/proxy")]
+    pub mesh_certs: std::path::PathBuf,
+    /// Admin server (`/ready`, `/stats`, `/config_dump`, `/clusters`, ...), or `off`.
+    #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_addr_or_off)]
+    pub admin: AddrOrOff,
+    /// Health server (`/healthz/ready`, as Istio's gateways expose it), or `off`.
+    #[arg(long, default_value = "0.0.0.0:15021", value_parser = parse_addr_or_off)]
+    pub health: AddrOrOff,
+    /// Prometheus server (`/stats/prometheus`), or `off`.
+    #[arg(long, default_value = "0.0.0.0:15090", value_parser = parse_addr_or_off)]
+    pub prometheus: AddrOrOff,
     /// Access-log destination: a file path, or `-` for stdout.
     #[arg(long = "access-log", default_value = "-")]
     pub access_log: String,
@@ -120,6 +136,19 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// An address flag that `off` disables.
+#[derive(Debug, Clone, Copy)]
+pub struct AddrOrOff(pub Option<SocketAddr>);
+
+fn parse_addr_or_off(s: &str) -> Result<AddrOrOff, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AddrOrOff(None));
+    }
+    s.parse()
+        .map(|a| AddrOrOff(Some(a)))
+        .map_err(|_| format!("{s:?} is not IP:PORT or off"))
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {

@@ -5,6 +5,7 @@
 //! the upstream pool (`egret-upstream`), bind the listeners (`egret-listener`), and stop
 //! cleanly on SIGINT/SIGTERM with every access-log line written. It holds no data-path logic.
 
+pub mod admin;
 pub mod cli;
 pub mod local_ip;
 pub mod reload;

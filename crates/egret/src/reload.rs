@@ -15,11 +15,21 @@ use egret_listener::Gateway;
 
 use crate::cli::ConfigArgs;
 
-/// Counts for `/stats` and tests.
-#[derive(Debug, Default)]
+/// Reload outcomes, counted here and in the metrics (`egret_config_reloads_total`).
+#[derive(Default)]
 pub struct ReloadStats {
     pub success: AtomicU64,
     pub failure: AtomicU64,
+    pub metrics: Option<Arc<egret_admin::Metrics>>,
+}
+
+impl ReloadStats {
+    fn count(&self, ok: bool) {
+        if ok { &self.success } else { &self.failure }.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.record_config_reload(ok);
+        }
+    }
 }
 
 /// What the YAML files look like now: (path, length, mtime) sorted.
@@ -72,7 +82,7 @@ pub fn reload(
     let compiled = match args.build() {
         Ok(c) => c,
         Err(errors) => {
-            stats.failure.fetch_add(1, Ordering::Relaxed);
+            stats.count(false);
             for e in &errors {
                 tracing::error!("reload: {e}");
             }
@@ -95,7 +105,7 @@ pub fn reload(
     if let Err(e) = gateway.sync_listeners() {
         tracing::error!(error = %e, "reload: a new listener could not be bound");
     }
-    stats.success.fetch_add(1, Ordering::Relaxed);
+    stats.count(true);
     tracing::info!(from = %current.version, to = %version, "configuration reloaded");
     Ok(true)
 }

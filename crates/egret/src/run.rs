@@ -6,15 +6,24 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use egret_http::HttpShared;
-use egret_listener::{ActiveConfig, Gateway, GatewayOptions};
+use egret_listener::{ActiveConfig, Gateway, GatewayOptions, TlsDirs};
 use egret_telemetry::{AccessLogWriter, Destination, LogEncoding, LogFormat};
+use egret_tls::{UpstreamTlsContexts, UpstreamTlsOptions};
 use egret_upstream::{Pool, Resolver, ResolverConfig};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+use egret_admin::{AdminConfig, AdminServers, Metrics, MetricsConfig, MetricsSink};
+use egret_core::AccessLogSink;
+
+use crate::admin::{GatewayAdmin, LogLevelHandle};
 use crate::cli::{ConfigArgs, RunArgs};
 use crate::reload::{fingerprint, reload, ReloadStats};
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_level);
+    let log_level = init_tracing(&args.log_level);
     let compiled = args.config.build().map_err(|errors| {
         for e in &errors {
             tracing::error!("{e}");
@@ -45,7 +54,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.build().context("cannot start the async runtime")?;
-    let result = rt.block_on(serve(&args, snapshot, writer.clone()));
+    let result = rt.block_on(serve(&args, snapshot, writer.clone(), log_level));
     // Every access-log line reaches its destination before we exit.
     writer.shutdown(Duration::from_secs(5));
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -56,17 +65,33 @@ async fn serve(
     args: &RunArgs,
     snapshot: Arc<egret_core::Snapshot>,
     writer: Arc<AccessLogWriter>,
+    log_level: Option<LogLevelHandle>,
 ) -> anyhow::Result<()> {
+    // Metrics are counted from the access-log records on their way to the writer.
+    let metrics = Arc::new(Metrics::new(MetricsConfig {
+        namespace: args.config.namespace.clone(),
+        ..Default::default()
+    }));
+    {
+        let w = writer.clone();
+        metrics.set_access_log_stats(move || (w.written(), w.dropped(), w.queued()));
+    }
+    let sink: Arc<dyn AccessLogSink> = Arc::new(MetricsSink::new(metrics.clone(), writer));
     let resolver = Resolver::new(&ResolverConfig {
         dns_server: args.dns_server,
         hosts_file: args.hosts_file.clone(),
         connect_to: args.connect_to.iter().cloned().collect(),
     })
     .context("cannot set up DNS")?;
+    let tls_contexts = Arc::new(UpstreamTlsContexts::new(UpstreamTlsOptions {
+        credentials_dir: Some(args.credentials_dir.clone()),
+        mesh_certs_dir: Some(args.mesh_certs.clone()),
+        ..UpstreamTlsOptions::default()
+    }));
     let shared = Arc::new(HttpShared {
-        pool: Pool::new(),
+        pool: Pool::with_tls(tls_contexts),
         resolver: Arc::new(resolver),
-        sink: writer,
+        sink,
         local_ip: crate::local_ip::first_non_loopback_ipv4(),
     });
     let options = GatewayOptions {
@@ -74,11 +99,43 @@ async fn serve(
         tcp_idle_timeout: args.tcp_idle_timeout,
         ..GatewayOptions::new(args.bind)
     };
-    let gateway = Gateway::new(Arc::new(ActiveConfig::new(snapshot)), shared, options);
+    let tls_dirs = TlsDirs {
+        credentials_dir: Some(args.credentials_dir.clone()),
+        mesh_certs_dir: Some(args.mesh_certs.clone()),
+    };
+    let gateway = Gateway::new(
+        Arc::new(ActiveConfig::with_tls(snapshot, tls_dirs)),
+        shared,
+        options,
+    );
+    let quit = Arc::new(Notify::new());
+    let admin_state = Arc::new(GatewayAdmin {
+        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        quit: quit.clone(),
+        drain_timeout: args.drain_timeout,
+        log_level,
+        current_level: std::sync::Mutex::new(args.log_level.clone()),
+    });
+    let admin = AdminServers::spawn(
+        AdminConfig {
+            admin: args.admin.0,
+            health: args.health.0,
+            prometheus: args.prometheus.0,
+        },
+        admin_state.clone(),
+    )
+    .context("cannot start the admin servers")?;
     gateway.sync_listeners()?;
-    tracing::info!(ports = ?gateway.listening_ports(), "egret ready");
+    admin_state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(ports = ?gateway.listening_ports(), admin = ?admin.admin_addr(), "egret ready");
 
-    let stats = Arc::new(ReloadStats::default());
+    let stats = Arc::new(ReloadStats {
+        metrics: Some(metrics.clone()),
+        ..Default::default()
+    });
     let watcher = (!args.watch_interval.is_zero()).then(|| {
         tokio::spawn(watch_config(
             args.config.clone(),
@@ -96,6 +153,7 @@ async fn serve(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = quit.notified() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = reload(&args.config, &gateway, &stats);
@@ -105,6 +163,8 @@ async fn serve(
     if let Some(w) = watcher {
         w.abort();
     }
+    // Readiness turns false first, so load balancers stop sending during the drain delay.
+    admin_state.draining.store(true, Ordering::Relaxed);
     tracing::info!(delay = ?args.drain_delay, timeout = ?args.drain_timeout, "draining");
     tokio::time::sleep(args.drain_delay).await;
     let left = gateway.drain(args.drain_timeout).await;
@@ -116,6 +176,7 @@ async fn serve(
     } else {
         tracing::info!("drained");
     }
+    admin.shutdown();
     Ok(())
 }
 
@@ -146,12 +207,21 @@ async fn watch_config(
     }
 }
 
-fn init_tracing(level: &str) {
+/// Diagnostics to stderr; the level can be changed at run time through the admin
+/// `/logging` endpoint (returns the handle for it).
+fn init_tracing(level: &str) -> Option<LogLevelHandle> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .ok()
+        .map(|_| handle)
 }

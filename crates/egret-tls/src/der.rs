@@ -1,0 +1,416 @@
+//! A small, strict DER walker for the few certificate fields this crate needs and webpki does
+//! not expose: the version (webpki refuses v1 certificates, which `openssl x509 -req` makes),
+//! the subject CN, whether a subjectAltName extension is present and its entries in
+//! certificate order, the validity window, and the raw pieces needed to check a signature.
+//!
+//! Why not `x509-parser`: it brings `asn1-rs`, `der-parser`, `nom`, `time` and more into the
+//! build of a data-path crate for ~250 lines of reading. Every read here is bounds-checked and
+//! returns `None` on malformed input; nothing indexes without a check.
+
+use std::net::IpAddr;
+
+/// One DER element: its tag, its contents, and the whole encoding (tag + length + contents).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tlv<'a> {
+    pub tag: u8,
+    pub value: &'a [u8],
+    pub raw: &'a [u8],
+}
+
+/// Reads one element from the front of `input`; returns it and the rest.
+pub(crate) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
+    let tag = *input.first()?;
+    if tag & 0x1f == 0x1f {
+        return None; // high tag numbers never occur in the fields we read
+    }
+    let first = *input.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2usize)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None; // indefinite or absurd lengths
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*input.get(2 + i)?);
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    let raw = input.get(..end)?;
+    let value = raw.get(header..)?;
+    Some((Tlv { tag, value, raw }, input.get(end..)?))
+}
+
+/// Reads one element and requires its tag.
+fn expect(input: &[u8], tag: u8) -> Option<(Tlv<'_>, &[u8])> {
+    let (tlv, rest) = read_tlv(input)?;
+    (tlv.tag == tag).then_some((tlv, rest))
+}
+
+const SEQUENCE: u8 = 0x30;
+const BIT_STRING: u8 = 0x03;
+const OCTET_STRING: u8 = 0x04;
+const BOOLEAN: u8 = 0x01;
+const OID: u8 = 0x06;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// A subjectAltName entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GeneralName {
+    Dns(String),
+    Uri(String),
+    Ip(IpAddr),
+    Email(String),
+}
+
+impl std::fmt::Display for GeneralName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GeneralName::Dns(s) | GeneralName::Uri(s) | GeneralName::Email(s) => f.write_str(s),
+            GeneralName::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// The parts of an X.509 certificate this crate reads.
+#[derive(Clone, Debug)]
+pub(crate) struct CertInfo<'a> {
+    /// 0 for v1, 1 for v2, 2 for v3.
+    pub version: u8,
+    /// The whole TBSCertificate encoding: the bytes the issuer signed.
+    pub tbs: &'a [u8],
+    /// Contents of the outer signatureAlgorithm AlgorithmIdentifier.
+    pub signature_alg: &'a [u8],
+    /// The signature bits (BIT STRING without its unused-bits byte).
+    pub signature: &'a [u8],
+    /// Contents of the issuer Name.
+    pub issuer: &'a [u8],
+    /// Contents of the subject Name.
+    pub subject: &'a [u8],
+    /// Validity, seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The whole SubjectPublicKeyInfo encoding.
+    pub spki: &'a [u8],
+    /// `None` when the certificate has no subjectAltName extension at all.
+    pub san: Option<Vec<GeneralName>>,
+}
+
+impl<'a> CertInfo<'a> {
+    pub fn parse(der: &'a [u8]) -> Option<CertInfo<'a>> {
+        let (cert, trailing) = expect(der, SEQUENCE)?;
+        if !trailing.is_empty() {
+            return None;
+        }
+        let (tbs, rest) = expect(cert.value, SEQUENCE)?;
+        let (sig_alg, rest) = expect(rest, SEQUENCE)?;
+        let (sig, rest) = expect(rest, BIT_STRING)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        let signature = bit_string_bytes(sig.value)?;
+
+        let mut r = tbs.value;
+        let mut version = 0u8;
+        if let Some((v, rest)) = read_tlv(r) {
+            if v.tag == 0xa0 {
+                let (int, _) = expect(v.value, 0x02)?;
+                version = match int.value {
+                    [v] if *v <= 2 => *v,
+                    _ => return None,
+                };
+                r = rest;
+            }
+        }
+        let (_serial, r) = expect(r, 0x02)?;
+        let (_tbs_sig_alg, r) = expect(r, SEQUENCE)?;
+        let (issuer, r) = expect(r, SEQUENCE)?;
+        let (validity, r) = expect(r, SEQUENCE)?;
+        let (subject, r) = expect(r, SEQUENCE)?;
+        let (spki, mut r) = expect(r, SEQUENCE)?;
+        let (nb, vrest) = read_tlv(validity.value)?;
+        let (na, _) = read_tlv(vrest)?;
+        let not_before = parse_time(nb)?;
+        let not_after = parse_time(na)?;
+
+        let mut san = None;
+        while !r.is_empty() {
+            let (field, rest) = read_tlv(r)?;
+            r = rest;
+            // [1] issuerUniqueID, [2] subjectUniqueID are skipped; [3] holds the extensions.
+            if field.tag == 0xa3 {
+                if version != 2 {
+                    return None;
+                }
+                san = read_san_extension(field.value)?;
+            }
+        }
+        Some(CertInfo {
+            version,
+            tbs: tbs.raw,
+            signature_alg: sig_alg.value,
+            signature,
+            issuer: issuer.value,
+            subject: subject.value,
+            not_before,
+            not_after,
+            spki: spki.raw,
+            san,
+        })
+    }
+
+    /// The subject's common name. With several CNs, the last (most specific) one, as
+    /// OpenSSL/BoringSSL host checks use.
+    pub fn subject_cn(&self) -> Option<String> {
+        let mut found = None;
+        let mut sets = self.subject;
+        while !sets.is_empty() {
+            let (set, rest) = read_tlv(sets)?;
+            sets = rest;
+            let mut atvs = set.value;
+            while !atvs.is_empty() {
+                let (atv, rest) = expect(atvs, SEQUENCE)?;
+                atvs = rest;
+                let (oid, value) = expect(atv.value, OID)?;
+                if oid.value == OID_COMMON_NAME {
+                    let (text, _) = read_tlv(value)?;
+                    found = decode_string(text);
+                }
+            }
+        }
+        found
+    }
+
+    /// Is the issuer name byte-identical to the subject name (self-issued)?
+    pub fn self_issued(&self) -> bool {
+        self.issuer == self.subject
+    }
+
+    /// (algorithm identifier contents, public key bits) of the subject public key.
+    pub fn public_key(&self) -> Option<(&'a [u8], &'a [u8])> {
+        let (spki, _) = expect(self.spki, SEQUENCE)?;
+        spki_parts(spki.value)
+    }
+
+    /// The first URI SAN (the SPIFFE id of a mesh workload).
+    pub fn first_uri_san(&self) -> Option<String> {
+        self.san.as_ref()?.iter().find_map(|n| match n {
+            GeneralName::Uri(u) => Some(u.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// Splits the contents of a SubjectPublicKeyInfo SEQUENCE into (algorithm identifier
+/// contents, key bits). Trust anchors store exactly these contents.
+pub(crate) fn spki_parts(contents: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (alg, rest) = expect(contents, SEQUENCE)?;
+    let (key, rest) = expect(rest, BIT_STRING)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    Some((alg.value, bit_string_bytes(key.value)?))
+}
+
+fn bit_string_bytes(value: &[u8]) -> Option<&[u8]> {
+    match value.split_first() {
+        Some((0, bits)) => Some(bits),
+        _ => None,
+    }
+}
+
+fn decode_string(tlv: Tlv<'_>) -> Option<String> {
+    match tlv.tag {
+        // UTF8String, PrintableString, T61String, IA5String
+        0x0c | 0x13 | 0x14 | 0x16 => std::str::from_utf8(tlv.value).ok().map(str::to_string),
+        // BMPString: UTF-16BE
+        0x1e => {
+            let pairs = tlv.value.chunks_exact(2);
+            if !pairs.remainder().is_empty() {
+                return None;
+            }
+            let units: Vec<u16> = pairs.map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            String::from_utf16(&units).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Reads the `[3]` extensions wrapper; returns `Some(None)` if there is no SAN extension,
+/// `None` if the encoding is malformed.
+fn read_san_extension(explicit: &[u8]) -> Option<Option<Vec<GeneralName>>> {
+    let (exts, _) = expect(explicit, SEQUENCE)?;
+    let mut r = exts.value;
+    let mut found = None;
+    while !r.is_empty() {
+        let (ext, rest) = expect(r, SEQUENCE)?;
+        r = rest;
+        let (oid, mut body) = expect(ext.value, OID)?;
+        if oid.value != OID_SUBJECT_ALT_NAME {
+            continue;
+        }
+        if found.is_some() {
+            return None; // a duplicate extension makes the certificate invalid
+        }
+        if let Some((b, rest)) = read_tlv(body) {
+            if b.tag == BOOLEAN {
+                body = rest;
+            }
+        }
+        let (octets, _) = expect(body, OCTET_STRING)?;
+        let (names, _) = expect(octets.value, SEQUENCE)?;
+        let mut list = Vec::new();
+        let mut n = names.value;
+        while !n.is_empty() {
+            let (name, rest) = read_tlv(n)?;
+            n = rest;
+            let text = || std::str::from_utf8(name.value).ok().map(str::to_string);
+            match name.tag {
+                0x81 => list.extend(text().map(GeneralName::Email)),
+                0x82 => list.extend(text().map(GeneralName::Dns)),
+                0x86 => list.extend(text().map(GeneralName::Uri)),
+                0x87 => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(name.value) {
+                        list.push(GeneralName::Ip(IpAddr::from(v4)));
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(name.value) {
+                        list.push(GeneralName::Ip(IpAddr::from(v6)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        found = Some(list);
+    }
+    Some(found)
+}
+
+/// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` to Unix seconds.
+fn parse_time(tlv: Tlv<'_>) -> Option<i64> {
+    let s = tlv.value;
+    let (year, rest) = match (tlv.tag, s.len()) {
+        (UTC_TIME, 13) => {
+            let yy = digits(s.get(0..2)?)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+        }
+        (GENERALIZED_TIME, 15) => (digits(s.get(0..4)?)?, s.get(4..)?),
+        _ => return None,
+    };
+    if rest.get(10) != Some(&b'Z') {
+        return None;
+    }
+    let month = digits(rest.get(0..2)?)?;
+    let day = digits(rest.get(2..4)?)?;
+    let hour = digits(rest.get(4..6)?)?;
+    let minute = digits(rest.get(6..8)?)?;
+    let second = digits(rest.get(8..10)?)?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
+fn digits(s: &[u8]) -> Option<i64> {
+    let mut v = 0i64;
+    for b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(b - b'0');
+    }
+    Some(v)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_test_support::certs::TestCa;
+
+    #[test]
+    fn reads_cn_sans_and_validity() {
+        let ca = TestCa::new("test-ca");
+        let c = ca.server_cert(&["a.example.com", "127.0.0.1"], Some("cn.example.com"));
+        let der = c.cert_der();
+        let info = CertInfo::parse(&der).expect("parse");
+        assert_eq!(info.version, 2);
+        assert_eq!(info.subject_cn().as_deref(), Some("cn.example.com"));
+        assert_eq!(
+            info.san,
+            Some(vec![
+                GeneralName::Dns("a.example.com".into()),
+                GeneralName::Ip("127.0.0.1".parse().expect("ip")),
+            ])
+        );
+        assert!(info.not_before < info.not_after);
+        assert!(info.public_key().is_some());
+
+        let cn_only = ca.server_cert_cn_only("x.example.com");
+        let der = cn_only.cert_der();
+        let info = CertInfo::parse(&der).expect("parse");
+        assert_eq!(info.san, None);
+        assert_eq!(info.subject_cn().as_deref(), Some("x.example.com"));
+
+        let w = ca.workload_cert("spiffe://cluster.local/ns/a/sa/b");
+        let der = w.cert_der();
+        let info = CertInfo::parse(&der).expect("parse");
+        assert_eq!(
+            info.first_uri_san().as_deref(),
+            Some("spiffe://cluster.local/ns/a/sa/b")
+        );
+        assert_eq!(info.subject_cn(), None);
+    }
+
+    #[test]
+    fn expired_dates() {
+        let ca = TestCa::new("test-ca");
+        let c = ca.expired_server_cert(&["a.example.com"]);
+        let der = c.cert_der();
+        let info = CertInfo::parse(&der).expect("parse");
+        assert_eq!(info.not_before, 946_684_800); // 2000-01-01
+        assert_eq!(info.not_after, 978_307_200); // 2001-01-01
+    }
+
+    #[test]
+    fn truncated_and_corrupted_input_never_panics() {
+        let ca = TestCa::new("test-ca");
+        let der = ca
+            .server_cert(&["a.example.com"], Some("a"))
+            .cert_der()
+            .to_vec();
+        for cut in 0..der.len() {
+            let _ = CertInfo::parse(&der[..cut]);
+        }
+        for i in 0..der.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut d = der.clone();
+                d[i] ^= flip;
+                if let Some(info) = CertInfo::parse(&d) {
+                    let _ = info.subject_cn();
+                    let _ = info.public_key();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! TLS termination for Gateway servers: one rustls `ServerConfig` per server (each may have its
+//! own client-certificate policy), chosen by the SNI of the ClientHello.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egret_core::host::HostIndex;
+use egret_core::{DownstreamTls, TlsMode, TlsServer};
+use rustls::server::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+use crate::der::CertInfo;
+use crate::error::{AcceptError, TlsSetupError};
+use crate::files::{layout, load_certified_key, FileRef, Watched};
+use crate::verify::ClientVerifier;
+use crate::{provider, ALPN_H2_HTTP1};
+
+/// Settings shared by the servers of one acceptor.
+#[derive(Clone, Debug)]
+pub struct DownstreamTlsOptions {
+    pub credentials_dir: Option<PathBuf>,
+    pub mesh_certs_dir: Option<PathBuf>,
+    /// How often, at most, a server re-checks its files for rotation.
+    pub recheck_interval: Duration,
+    /// ALPN protocols offered, in preference order.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl Default for DownstreamTlsOptions {
+    fn default() -> Self {
+        DownstreamTlsOptions {
+            credentials_dir: None,
+            mesh_certs_dir: None,
+            recheck_interval: Duration::from_secs(1),
+            alpn: ALPN_H2_HTTP1.iter().map(|p| p.to_vec()).collect(),
+        }
+    }
+}
+
+/// A terminated TLS connection and what the listener needs to know about it.
+#[derive(Debug)]
+pub struct Accepted<IO> {
+    pub stream: TlsStream<IO>,
+    /// The SNI the client sent (lower-case), for `%REQUESTED_SERVER_NAME%`.
+    pub sni: Option<String>,
+    /// The negotiated ALPN protocol (`h2`, `http/1.1`), if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The first URI SAN of the client certificate (`%DOWNSTREAM_PEER_URI_SAN%`).
+    pub peer_uri_san: Option<String>,
+    /// Index into the `servers` slice given to [`DownstreamTlsAcceptor::new`].
+    pub server: usize,
+}
+
+/// Terminates TLS for the Gateway servers of one port.
+pub struct DownstreamTlsAcceptor {
+    configs: Vec<Watched<ServerConfig>>,
+    index: HostIndex<usize>,
+}
+
+impl std::fmt::Debug for DownstreamTlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownstreamTlsAcceptor")
+            .field("servers", &self.configs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DownstreamTlsAcceptor {
+    /// Builds the acceptor. Fails for settings that can never work (MUTUAL without a CA,
+    /// ISTIO_MUTUAL without `--mesh-certs`, no certificate configured). Missing or broken
+    /// files only fail the handshakes for that server's hosts (logged, [`AcceptError::Setup`])
+    /// until they are fixed, so one bad Secret does not take down the other hosts of the port.
+    pub fn new(
+        servers: &[TlsServer],
+        credentials_dir: Option<PathBuf>,
+        mesh_certs_dir: Option<PathBuf>,
+    ) -> Result<DownstreamTlsAcceptor, TlsSetupError> {
+        Self::with_options(
+            servers,
+            DownstreamTlsOptions {
+                credentials_dir,
+                mesh_certs_dir,
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn with_options(
+        servers: &[TlsServer],
+        opts: DownstreamTlsOptions,
+    ) -> Result<DownstreamTlsAcceptor, TlsSetupError> {
+        let mut configs = Vec::with_capacity(servers.len());
+        let mut index = HostIndex::default();
+        for (i, server) in servers.iter().enumerate() {
+            let plan = plan(&server.tls, &opts)?;
+            let mut paths: Vec<PathBuf> = Vec::new();
+            for f in [Some(&plan.cert), Some(&plan.key), plan.client_ca.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                paths.extend(f.candidates.iter().cloned());
+            }
+            let tls = server.tls.clone();
+            let alpn = opts.alpn.clone();
+            let what = format!("TLS server {}", tls.origin);
+            configs.push(Watched::new(
+                what,
+                paths,
+                opts.recheck_interval,
+                Box::new(move || build_config(&tls, &plan, &alpn)),
+            ));
+            for h in &server.hosts {
+                index.insert(h, i);
+            }
+        }
+        Ok(DownstreamTlsAcceptor { configs, index })
+    }
+
+    /// Reads the ClientHello, picks the server by SNI (exact, then the longest `*.suffix`, then
+    /// `*`, which also takes clients that send no SNI), and completes the handshake. Wrap it in
+    /// the listener's handshake timeout.
+    pub async fn accept<IO>(&self, io: IO) -> Result<Accepted<IO>, AcceptError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+            .await
+            .map_err(AcceptError::ClientHello)?;
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let Some(&server) = self.index.find(sni.as_deref().unwrap_or("")) else {
+            return Err(AcceptError::NoMatchingServer { sni });
+        };
+        let config = self
+            .configs
+            .get(server)
+            .ok_or(AcceptError::NoMatchingServer { sni: sni.clone() })?
+            .get()?;
+        let stream = start
+            .into_stream(config)
+            .await
+            .map_err(AcceptError::Handshake)?;
+        let conn = stream.get_ref().1;
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        let peer_uri_san = conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|c| CertInfo::parse(c).and_then(|i| i.first_uri_san()));
+        Ok(Accepted {
+            stream,
+            sni,
+            alpn,
+            peer_uri_san,
+            server,
+        })
+    }
+}
+
+struct Plan {
+    cert: FileRef,
+    key: FileRef,
+    client_ca: Option<FileRef>,
+}
+
+fn plan(tls: &DownstreamTls, opts: &DownstreamTlsOptions) -> Result<Plan, TlsSetupError> {
+    let src = &tls.source;
+    if tls.mode == TlsMode::IstioMutual {
+        let dir = opts
+            .mesh_certs_dir
+            .as_deref()
+            .ok_or_else(|| TlsSetupError::NoDirectory {
+                context: layout::MESH.to_string(),
+                flag: "--mesh-certs",
+            })?;
+        return Ok(Plan {
+            cert: layout::mesh_cert(dir),
+            key: layout::mesh_key(dir),
+            client_ca: Some(layout::mesh_root(dir)),
+        });
+    }
+    let mutual = tls.mode == TlsMode::Mutual;
+    if let Some(name) = &src.credential_name {
+        let dir = opts
+            .credentials_dir
+            .as_deref()
+            .ok_or_else(|| TlsSetupError::NoDirectory {
+                context: layout::credential_context(name),
+                flag: "--credentials-dir",
+            })?;
+        return Ok(Plan {
+            cert: layout::credential_cert(dir, name),
+            key: layout::credential_key(dir, name),
+            client_ca: mutual.then(|| layout::credential_ca(dir, name)),
+        });
+    }
+    let (Some(cert), Some(key)) = (&src.certificate, &src.private_key) else {
+        return Err(TlsSetupError::Config {
+            context: tls.origin.clone(),
+            reason: "serverCertificate and privateKey, or credentialName, are required".into(),
+        });
+    };
+    let client_ca = match (&src.ca_certificates, mutual) {
+        (Some(ca), true) => Some(FileRef::one(&tls.origin, ca.clone())),
+        (None, true) => {
+            return Err(TlsSetupError::Config {
+                context: tls.origin.clone(),
+                reason: "MUTUAL needs caCertificates or credentialName".into(),
+            })
+        }
+        (_, false) => None,
+    };
+    Ok(Plan {
+        cert: FileRef::one(&tls.origin, cert.clone()),
+        key: FileRef::one(&tls.origin, key.clone()),
+        client_ca,
+    })
+}
+
+fn build_config(
+    tls: &DownstreamTls,
+    plan: &Plan,
+    alpn: &[Vec<u8>],
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let provider = provider();
+    let ck = load_certified_key(&plan.cert, &plan.key, &provider)?;
+    let config_err = |e: String| TlsSetupError::Config {
+        context: tls.origin.clone(),
+        reason: e,
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| config_err(e.to_string()))?;
+    let builder = match &plan.client_ca {
+        Some(ca) => {
+            let roots = Arc::new(ca.load_roots()?);
+            let sans = if tls.mode == TlsMode::Mutual {
+                tls.subject_alt_names.clone()
+            } else {
+                Vec::new()
+            };
+            let verifier = ClientVerifier::new(roots, provider, sans)
+                .map_err(|e| config_err(e.to_string()))?;
+            builder.with_client_cert_verifier(Arc::new(verifier))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)));
+    config.alpn_protocols = alpn.to_vec();
+    Ok(Arc::new(config))
+}
