@@ -30,6 +30,11 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `egret run` on `configs` with ports 80 and 443 mapped to free loopback ports.
     pub async fn start(configs: &[&Path], extra: &[String]) -> Gateway {
+        Self::start_env(configs, extra, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables for the process (e.g. SSL_CERT_FILE).
+    pub async fn start_env(configs: &[&Path], extra: &[String], env: &[(&str, &Path)]) -> Gateway {
         let (p80, p443) = (free_port(), free_port());
         let mut args: Vec<String> = vec!["run".into()];
         for c in configs {
@@ -58,29 +63,30 @@ impl Gateway {
             args.push(addr.to_string());
         }
         args.extend(extra.iter().cloned());
-        let mut process =
-            EgretProcess::spawn(env!("CARGO_BIN_EXE_egret"), &args).expect("spawn egret");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_egret"));
+        cmd.args(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut process = EgretProcess::spawn_command(cmd).expect("spawn egret");
         let http: SocketAddr = format!("127.0.0.1:{p80}").parse().unwrap();
         let tls: SocketAddr = format!("127.0.0.1:{p443}").parse().unwrap();
-        // Whichever of the two ports the configuration listens on.
-        let probe = if configs
-            .iter()
-            .any(|c| c.display().to_string().contains("passthrough"))
-        {
-            tls
-        } else {
-            http
-        };
-        process.wait_for_port(probe).await.expect("egret listening");
-        if probe == tls {
-            // The readiness probe was a TCP connection that closed before any ClientHello:
-            // egret logs it (DC) like any other refused connection. Skip that line.
-            let line = process
-                .next_log_line(crate::common::LOG_WAIT)
-                .await
-                .unwrap_or_default();
-            assert!(line.contains("\"- - -\" 0 "), "probe line: {line}");
+        // Ready once every listener is bound: egret says so on stderr. (No probe connection:
+        // it would leave an access-log line of its own.)
+        for _ in 0..2400 {
+            if process.stderr().contains("egret ready") {
+                break;
+            }
+            if let Some(status) = process.exited() {
+                panic!("egret exited ({status}); stderr:\n{}", process.stderr());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+        assert!(
+            process.stderr().contains("egret ready"),
+            "egret never got ready; stderr:\n{}",
+            process.stderr()
+        );
         Gateway {
             process,
             http,

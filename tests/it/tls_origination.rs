@@ -1,0 +1,492 @@
+//! Scenarios S3 (TLS origination) and S4 (mutual TLS origination, ISTIO_MUTUAL termination)
+//! with the user's manifests verbatim. S4 runs against a real nginx with
+//! `ssl_verify_client on` and certificates made by the document's own openssl commands.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egret_test_support::certs::client_config;
+use egret_test_support::client::tls_connect;
+use egret_test_support::{
+    free_addr, http1_get, Behavior, Http1Conn, HttpUpstream, TestCa, TestDir,
+};
+
+use crate::common::{scenario, Gateway};
+
+async fn s3(
+    upstream_cert_ca: &TestCa,
+    trusted_ca: &TestCa,
+    names: &[&str],
+) -> (HttpUpstream, Gateway, TestDir) {
+    let cert = upstream_cert_ca.server_cert(names, None);
+    let up = HttpUpstream::start_tls(Behavior::Echo, &cert, None)
+        .await
+        .unwrap();
+    let dir = TestDir::new("s3").unwrap();
+    trusted_ca.write_cert(dir.path(), "ca.pem").unwrap();
+    let ca_file = dir.join("ca.pem");
+    let gw = Gateway::start_env(
+        &[&scenario("s3-tls-origination")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:443:{}", up.addr()),
+        ],
+        // SIMPLE without caCertificates verifies against the system trust store, which
+        // honours SSL_CERT_FILE as OpenSSL-based tools do.
+        &[("SSL_CERT_FILE", ca_file.as_path())],
+    )
+    .await;
+    (up, gw, dir)
+}
+
+#[tokio::test]
+async fn s3_plain_request_leaves_as_https_with_sni() {
+    let ca = TestCa::new("public CA stand-in");
+    let (up, mut gw, _dir) = s3(&ca, &ca, &["edition.cnn.com"]).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/politics", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["sni"], "edition.cnn.com");
+    assert_eq!(echo["path"], "/politics");
+    // ALPN offered h2 and http/1.1; the upstream picked h2 and the pool spoke it.
+    assert_eq!(echo["version"], "HTTP/2");
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+    assert_eq!(l.cluster, "outbound|443||edition.cnn.com");
+    assert_eq!(l.upstream_host, up.addr().to_string());
+    // A second request reuses the TLS connection.
+    assert_eq!(
+        http1_get(gw.http, "edition.cnn.com", "/again", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn s3_untrusted_certificate_is_503_with_envoys_reason() {
+    let trusted = TestCa::new("trusted");
+    let other = TestCa::new("someone else");
+    let (up, mut gw, _dir) = s3(&other, &trusted, &["edition.cnn.com"]).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/politics", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.text(),
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+    );
+    let l = gw.next_line().await;
+    assert_eq!(l.flags, "URX,UF");
+    assert!(
+        l.transport_failure.starts_with(
+            "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:"
+        ),
+        "{}",
+        l.transport_failure
+    );
+    assert!(
+        l.transport_failure
+            .contains("unable_to_get_local_issuer_certificate"),
+        "{}",
+        l.transport_failure
+    );
+    assert!(
+        l.details.starts_with(
+            "upstream_reset_before_response_started{remote_connection_failure|TLS_error:"
+        ),
+        "{}",
+        l.details
+    );
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test]
+async fn s3_wrong_name_and_expired_certificates_are_refused() {
+    let ca = TestCa::new("ca");
+    let (_up, mut gw, _dir) = s3(&ca, &ca, &["www.example.org"]).await;
+    assert_eq!(
+        http1_get(gw.http, "edition.cnn.com", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        503
+    );
+    let l = gw.next_line().await;
+    assert!(
+        l.transport_failure.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{}",
+        l.transport_failure
+    );
+    assert!(
+        l.transport_failure.contains("SAN_matcher"),
+        "{}",
+        l.transport_failure
+    );
+
+    let expired = ca.expired_server_cert(&["edition.cnn.com"]);
+    let up = HttpUpstream::start_tls(Behavior::Echo, &expired, None)
+        .await
+        .unwrap();
+    let dir = TestDir::new("s3-expired").unwrap();
+    ca.write_cert(dir.path(), "ca.pem").unwrap();
+    let mut gw = Gateway::start_env(
+        &[&scenario("s3-tls-origination")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:443:{}", up.addr()),
+        ],
+        &[("SSL_CERT_FILE", dir.join("ca.pem").as_path())],
+    )
+    .await;
+    assert_eq!(
+        http1_get(gw.http, "edition.cnn.com", "/", &[])
+            .await
+            .unwrap()
+            .status,
+        503
+    );
+    let l = gw.next_line().await;
+    assert!(
+        l.transport_failure.contains("certificate_has_expired"),
+        "{}",
+        l.transport_failure
+    );
+}
+
+/// nginx as in the document: `ssl_verify_client on` with the example.com CA.
+struct Nginx {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_nginx(dir: &TestDir, certs: &Path) -> Nginx {
+    let addr = free_addr();
+    let root = dir.join("html");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "<h1>Welcome to nginx!</h1>\n").unwrap();
+    let tmp = dir.join("nginx-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+    listen {addr} ssl;
+    root {root};
+    index index.html;
+    server_name my-nginx.mesh-external.svc.cluster.local;
+    ssl_certificate {certs}/nginx/tls.crt;
+    ssl_certificate_key {certs}/nginx/tls.key;
+    ssl_client_certificate {certs}/nginx/example.com.crt;
+    ssl_verify_client on;
+  }}
+}}
+"#,
+        tmp = tmp.display(),
+        root = root.display(),
+        certs = certs.display(),
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let nginx = ["/usr/sbin/nginx", "nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nginx");
+    let child = tokio::process::Command::new(nginx)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nginx is installed (scripts/test.sh installs it)");
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Nginx { child, addr };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "nginx did not start: {}",
+        std::fs::read_to_string(tmp.join("error.log")).unwrap_or_default()
+    );
+}
+
+fn make_document_certs(out: &Path) {
+    let status = std::process::Command::new("bash")
+        .arg(scenario("s4-mtls-origination").join("make-certs.sh"))
+        .arg(out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run make-certs.sh");
+    assert!(status.success());
+}
+
+struct S4 {
+    mesh: TestCa,
+    gw: Gateway,
+    _nginx: Nginx,
+    _dir: TestDir,
+}
+
+async fn s4(config: &Path) -> S4 {
+    s4_with(|_| config.to_path_buf()).await
+}
+
+/// `config` gets the folder with the document's certificates and returns the config to run.
+async fn s4_with(config: impl FnOnce(&Path) -> std::path::PathBuf) -> S4 {
+    let dir = TestDir::new("s4").unwrap();
+    let certs = dir.join("certs");
+    make_document_certs(&certs);
+    let config = config(&certs);
+    let config = config.as_path();
+    let nginx = start_nginx(&dir, &certs).await;
+    // Mesh certificates as Istio mounts them for the gateway.
+    let mesh = TestCa::new("cluster.local");
+    // The gateway's workload certificate. A real sidecar checks the gateway's SPIFFE identity;
+    // the test client checks names, so the certificate carries the host's DNS name as well.
+    let mut params =
+        rcgen::CertificateParams::new(vec!["my-nginx.mesh-external.svc.cluster.local".to_string()])
+            .unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(
+            "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account",
+        )
+        .unwrap(),
+    ));
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    mesh.issue(&params)
+        .unwrap()
+        .write_istio_dir(&dir.join("mesh"))
+        .unwrap();
+    let gw = Gateway::start(
+        &[config],
+        &[
+            "--credentials-dir".into(),
+            certs.join("credentials").display().to_string(),
+            "--mesh-certs".into(),
+            dir.join("mesh").display().to_string(),
+            "--connect-to".into(),
+            format!(
+                "my-nginx.mesh-external.svc.cluster.local:443:{}",
+                nginx.addr
+            ),
+        ],
+    )
+    .await;
+    S4 {
+        mesh,
+        gw,
+        _nginx: nginx,
+        _dir: dir,
+    }
+}
+
+/// The sidecar's side: mesh mTLS to the gateway, then a plain HTTP request.
+async fn sidecar_get(
+    s: &S4,
+    client_ca: &TestCa,
+) -> std::io::Result<egret_test_support::TestResponse> {
+    let sleep = client_ca.workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
+    let cfg = Arc::new(client_config(s.mesh.root_store(), Some(&sleep), &[b"http/1.1"]).unwrap());
+    let tls = tls_connect(s.gw.tls, "my-nginx.mesh-external.svc.cluster.local", cfg).await?;
+    let mut conn = Http1Conn::handshake(tls).await?;
+    conn.get("my-nginx.mesh-external.svc.cluster.local", "/", &[])
+        .await
+}
+
+#[tokio::test]
+async fn s4_mtls_origination_to_nginx_with_the_documents_certificates() {
+    let mut s = s4(&scenario("s4-mtls-origination")).await;
+    let r = sidecar_get(&s, &s.mesh).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("Welcome to nginx"), "{}", r.text());
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.method.as_str(),
+            l.path.as_str(),
+            l.protocol.as_str(),
+            l.code.as_str()
+        ),
+        ("GET", "/", "HTTP/1.1", "200")
+    );
+    assert_eq!(
+        l.cluster,
+        "outbound|443||my-nginx.mesh-external.svc.cluster.local"
+    );
+    assert_eq!(l.sni, "my-nginx.mesh-external.svc.cluster.local");
+}
+
+#[tokio::test]
+async fn s4_istio_mutual_refuses_a_client_from_another_root() {
+    let s = s4(&scenario("s4-mtls-origination")).await;
+    let stranger = TestCa::new("not the mesh");
+    let r = sidecar_get(&s, &stranger).await;
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|r| r.status != 200),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn s4_without_the_client_credential_nginx_answers_400() {
+    // The same scenario, but the DestinationRule originates plain TLS (no client cert).
+    let dir = TestDir::new("s4-nocred").unwrap();
+    let cfg = dir.join("config");
+    let mut s = s4_with(|certs| {
+        std::fs::create_dir_all(&cfg).unwrap();
+        for e in std::fs::read_dir(scenario("s4-mtls-origination")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.ends_with(".yaml") {
+                continue;
+            }
+            let mut text = std::fs::read_to_string(e.path()).unwrap();
+            if text.contains("originate-mtls-for-nginx") {
+                text = text.replace("mode: MUTUAL", "mode: SIMPLE").replace(
+                    "credentialName: client-credential",
+                    &format!(
+                        "caCertificates: {}",
+                        certs.join("nginx/example.com.crt").display()
+                    ),
+                );
+            }
+            std::fs::write(cfg.join(&name), text).unwrap();
+        }
+        cfg.clone()
+    })
+    .await;
+    let r = sidecar_get(&s, &s.mesh).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("No required SSL certificate was sent"),
+        "{}",
+        r.text()
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.details.as_str()),
+        ("400", "via_upstream")
+    );
+}
+
+#[tokio::test]
+async fn rotated_client_certificate_is_used_by_the_next_connection() {
+    let ca = TestCa::new("rotation CA");
+    let server = ca.server_cert(&["api.example.com"], None);
+    // Answer with the client certificate's CN and close, so each request needs a new connection.
+    let up = HttpUpstream::start_tls_with(
+        Behavior::dynamic(|r| Behavior::Fixed {
+            status: 200,
+            headers: vec![("connection".into(), "close".into())],
+            body: r.peer_cert_cn.clone().unwrap_or_default().into(),
+        }),
+        &server,
+        egret_test_support::TlsOptions {
+            client_auth: egret_test_support::ClientAuth::Optional(ca.cert_der()),
+            alpn: vec![b"http/1.1".to_vec()],
+        },
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new("rotation").unwrap();
+    let cred = dir.join("creds/api-credential");
+    ca.client_cert("first.example.com", None)
+        .write_secret_dir(&cred)
+        .unwrap();
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api }
+spec:
+  hosts: [api.example.com]
+  ports: [{ number: 443, name: https, protocol: HTTPS }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: egress }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+  - port: { number: 80, name: http, protocol: HTTP }
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: api }
+spec:
+  hosts: [api.example.com]
+  gateways: [egress]
+  http:
+  - route:
+    - destination: { host: api.example.com, port: { number: 443 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: api }
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: { mode: MUTUAL, credentialName: api-credential }
+"#;
+    dir.write("config/api.yaml", yaml.as_bytes()).unwrap();
+    let gw = Gateway::start(
+        &[&dir.join("config")],
+        &[
+            "--credentials-dir".into(),
+            dir.join("creds").display().to_string(),
+            "--connect-to".into(),
+            format!("api.example.com:443:{}", up.addr()),
+        ],
+    )
+    .await;
+    let r = http1_get(gw.http, "api.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "first.example.com".to_string())
+    );
+    // Rotate like Kubernetes: new files in place.
+    ca.client_cert("second.example.com", None)
+        .write_secret_dir(&cred)
+        .unwrap();
+    let mut last = String::new();
+    for _ in 0..200 {
+        let r = http1_get(gw.http, "api.example.com", "/", &[])
+            .await
+            .unwrap();
+        last = r.text();
+        if last == "second.example.com" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "second.example.com");
+}
