@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, WeightedClusters};
 use egret_sni::reader::{read_client_hello_into, ReadError};
 use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
-use egret_sni::{forward_with_prefix, ForwardEnd};
+use egret_sni::{forward_spliced, ForwardEnd};
 use egret_upstream::connect::connect;
 
 use crate::active::Active;
@@ -132,8 +132,9 @@ pub(crate) async fn serve_tcp(
         }
     };
     guard.record().upstream_local_address = upstream.local_addr().ok();
-    let result =
-        forward_with_prefix(&mut stream, upstream, &prefix, gw.options.tcp_idle_timeout).await;
+    // splice(2) on Linux (about 40% less CPU per GiB than the user-space copy, README
+    // "Passthrough forwarding"); elsewhere, or without pipes, the user-space copy.
+    let result = forward_spliced(&mut stream, upstream, &prefix, gw.options.tcp_idle_timeout).await;
     let rec = guard.record();
     rec.bytes_received = result.bytes_from_downstream;
     rec.bytes_sent = result.bytes_from_upstream;

@@ -4,7 +4,8 @@
 //! This crate owns the ClientHello parser (pure, no I/O, fuzzed: [`parse_client_hello`]), the
 //! async reader that peeks the hello off a stream and keeps every byte for replay
 //! ([`read_client_hello`]), and the bidirectional byte copy with half-close, idle timeout and
-//! byte counters ([`forward`], [`forward_with_prefix`]). It must not decrypt or terminate TLS,
+//! byte counters ([`forward`], [`forward_with_prefix`]; on Linux also [`forward_spliced`], the
+//! same contract through `splice(2)`, with no copy through user space). It must not decrypt or terminate TLS,
 //! must not panic or allocate without bound on anything a client sends, and knows nothing of
 //! configuration, routing tables, DNS or access-log formatting: callers pass in timeouts and
 //! caps and turn the results into routing decisions and log fields.
@@ -13,6 +14,7 @@
 pub mod client_hello;
 pub mod forward;
 pub mod reader;
+pub mod splice;
 
 pub use client_hello::{
     parse_client_hello, ClientHello, ClientHelloParser, ParseError, MAX_CLIENT_HELLO_RECORD_BYTES,
@@ -24,3 +26,6 @@ pub use reader::{
     read_client_hello, read_client_hello_into, ReadError, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_MAX_CLIENT_HELLO_READ,
 };
+pub use splice::forward_spliced;
+#[cfg(target_os = "linux")]
+pub use splice::{forward_spliced_with_pipe_size, SPLICE_CHUNK_BYTES};
