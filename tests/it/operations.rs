@@ -381,3 +381,35 @@ async fn readiness_turns_false_while_draining() {
         .await
         .is_some_and(|s| s.success()));
 }
+
+#[tokio::test]
+async fn demo_runs_the_four_scenarios_and_stays_up_until_ctrl_c() {
+    let mut demo = egret_test_support::EgretProcess::spawn(
+        env!("CARGO_BIN_EXE_egret"),
+        &["demo", "--ephemeral-ports"],
+    )
+    .unwrap();
+    let banner = demo
+        .wait_for_log(Duration::from_secs(60), |l| l.contains("egret demo ready"))
+        .await;
+    let out = demo.log_lines().join("\n");
+    assert!(
+        banner.is_some(),
+        "no ready banner; stdout:\n{out}\nstderr:\n{}",
+        demo.stderr()
+    );
+    assert!(out.contains("4/4 scenarios passed"), "{out}");
+    for needle in [
+        "\"GET /politics HTTP/1.1\" 301",
+        "outbound|443||edition.cnn.com",
+        "outbound|443||my-nginx.mesh-external.svc.cluster.local",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    demo.signal("INT").await.unwrap();
+    let status = demo
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("demo exits on Ctrl-C");
+    assert!(status.success(), "{status:?}");
+}

@@ -24,6 +24,19 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Check the configuration and print the compiled listeners, routes and clusters.
     Validate(ConfigArgs),
+    /// Run the four scenarios end to end with in-process stand-ins for the external hosts,
+    /// print the results and access-log lines, then stay up for you to try (Ctrl-C exits).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Folder holding s1-http ... s4-mtls-origination (default: ./config).
+    #[arg(long = "config-root")]
+    pub config_root: Option<std::path::PathBuf>,
+    /// Listen on free ports instead of 8080/8443/8081/8444.
+    #[arg(long = "ephemeral-ports", hide = true)]
+    pub ephemeral_ports: bool,
 }
 
 /// What selects and compiles the configuration (shared by `run` and `validate`).
@@ -184,6 +197,13 @@ fn parse_port_map(s: &str) -> Result<BTreeMap<u16, u16>, String> {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate(args) => crate::validate::validate(&args),
+        Command::Demo(args) => match crate::demo::demo(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("egret demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match crate::run::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod demo;
 pub mod local_ip;
 pub mod reload;
 pub mod run;

@@ -77,37 +77,22 @@ async fn serve(
         metrics.set_access_log_stats(move || (w.written(), w.dropped(), w.queued()));
     }
     let sink: Arc<dyn AccessLogSink> = Arc::new(MetricsSink::new(metrics.clone(), writer));
-    let resolver = Resolver::new(&ResolverConfig {
+    let resolver = ResolverConfig {
         dns_server: args.dns_server,
         hosts_file: args.hosts_file.clone(),
         connect_to: args.connect_to.iter().cloned().collect(),
-    })
-    .context("cannot set up DNS")?;
-    let tls_contexts = Arc::new(UpstreamTlsContexts::new(UpstreamTlsOptions {
+    };
+    let tls = UpstreamTlsOptions {
         credentials_dir: Some(args.credentials_dir.clone()),
         mesh_certs_dir: Some(args.mesh_certs.clone()),
         ..UpstreamTlsOptions::default()
-    }));
-    let shared = Arc::new(HttpShared {
-        pool: Pool::with_tls(tls_contexts),
-        resolver: Arc::new(resolver),
-        sink,
-        local_ip: crate::local_ip::first_non_loopback_ipv4(),
-    });
+    };
     let options = GatewayOptions {
         client_hello_timeout: args.client_hello_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
         ..GatewayOptions::new(args.bind)
     };
-    let tls_dirs = TlsDirs {
-        credentials_dir: Some(args.credentials_dir.clone()),
-        mesh_certs_dir: Some(args.mesh_certs.clone()),
-    };
-    let gateway = Gateway::new(
-        Arc::new(ActiveConfig::with_tls(snapshot, tls_dirs)),
-        shared,
-        options,
-    );
+    let gateway = assemble(snapshot, sink, &resolver, tls, options)?;
     let quit = Arc::new(Notify::new());
     let admin_state = Arc::new(GatewayAdmin {
         gateway: gateway.clone(),
@@ -178,6 +163,33 @@ async fn serve(
     }
     admin.shutdown();
     Ok(())
+}
+
+/// Puts a gateway together: DNS, the upstream pool with TLS origination, the configuration
+/// in force with its TLS acceptors. Listeners are not bound yet (`sync_listeners`).
+pub fn assemble(
+    snapshot: Arc<egret_core::Snapshot>,
+    sink: Arc<dyn AccessLogSink>,
+    resolver: &ResolverConfig,
+    tls: UpstreamTlsOptions,
+    options: GatewayOptions,
+) -> anyhow::Result<Arc<Gateway>> {
+    let resolver = Resolver::new(resolver).context("cannot set up DNS")?;
+    let tls_dirs = TlsDirs {
+        credentials_dir: tls.credentials_dir.clone(),
+        mesh_certs_dir: tls.mesh_certs_dir.clone(),
+    };
+    let shared = Arc::new(HttpShared {
+        pool: Pool::with_tls(Arc::new(UpstreamTlsContexts::new(tls))),
+        resolver: Arc::new(resolver),
+        sink,
+        local_ip: crate::local_ip::first_non_loopback_ipv4(),
+    });
+    Ok(Gateway::new(
+        Arc::new(ActiveConfig::with_tls(snapshot, tls_dirs)),
+        shared,
+        options,
+    ))
 }
 
 /// Polls the configuration files and reloads on change (after they stay unchanged for one
