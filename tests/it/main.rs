@@ -3,6 +3,8 @@
 
 mod common;
 mod operations;
+mod packaging;
 mod passthrough;
 mod s1_http;
+mod tls_origination;
 mod validate;
