@@ -5,6 +5,8 @@ mod common;
 mod operations;
 mod packaging;
 mod passthrough;
+mod pools;
+mod routing;
 mod s1_http;
 mod tls_origination;
 mod validate;

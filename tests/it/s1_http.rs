@@ -507,3 +507,142 @@ async fn ten_thousand_keepalive_requests_ten_thousand_lines_and_pooled_upstream(
         .is_none());
     let _ = free_addr();
 }
+
+#[tokio::test]
+async fn oversized_request_headers_get_431_dpe_like_envoy() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let big = "a".repeat(70_000);
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[("x-big", big.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+    assert_eq!(r.text(), "Request Header Fields Too Large");
+    assert_eq!(r.header("connection"), Some("close"));
+    let l = gw.next_line().await;
+    // Envoy 1.40: "- - HTTP/1.1" 431 DPE http1.headers_too_large ... 0 31 ...
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+        ("-", "-", "HTTP/1.1")
+    );
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("431", "DPE", "http1.headers_too_large")
+    );
+    assert_eq!((l.bytes_received, l.bytes_sent), (0, 31));
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test]
+async fn hosts_file_resolves_endpoint_names() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: lab }}
+spec:
+  hosts: [lab.example.com]
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  resolution: DNS
+  endpoints:
+  - address: backend.lab.internal
+    ports: {{ http: {port} }}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: egress }}
+spec:
+  selector: {{ istio: egressgateway }}
+  servers:
+  - port: {{ number: 80, name: http, protocol: HTTP }}
+    hosts: [lab.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: lab }}
+spec:
+  hosts: [lab.example.com]
+  gateways: [egress]
+  http:
+  - route:
+    - destination: {{ host: lab.example.com, port: {{ number: 80 }} }}
+"#,
+        port = up.addr().port()
+    );
+    let dir = config_dir(
+        "hosts-file",
+        &[
+            ("se.yaml", &yaml),
+            ("hosts", "127.0.0.1 backend.lab.internal\n"),
+        ],
+    );
+    // DNS points at a closed port: only the hosts file can answer.
+    let mut gw = Gateway::start(
+        &[&dir.join("se.yaml")],
+        &[
+            "--hosts-file".into(),
+            dir.join("hosts").display().to_string(),
+            "--dns-server".into(),
+            closed_port().to_string(),
+        ],
+    )
+    .await;
+    let r = http1_get(gw.http, "lab.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.next_line().await.upstream_host, up.addr().to_string());
+}
+
+#[tokio::test]
+async fn custom_and_json_access_log_formats() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut extra = connect_to("edition.cnn.com:80", up.addr());
+    extra.extend([
+        "--access-log-format".to_string(),
+        "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %UPSTREAM_CLUSTER% %REQ(USER-AGENT):4% v=%CONFIG_VERSION%".to_string(),
+    ]);
+    let mut gw = Gateway::start(&[&s1], &extra).await;
+    http1_get(
+        gw.http,
+        "edition.cnn.com",
+        "/politics",
+        &[("user-agent", "curl/8")],
+    )
+    .await
+    .unwrap();
+    let line = gw
+        .process
+        .next_log_line(crate::common::LOG_WAIT)
+        .await
+        .unwrap();
+    let (head, version) = line.split_once(" v=").unwrap();
+    assert_eq!(head, "GET /politics 200 outbound|80||edition.cnn.com curl");
+    assert_eq!(
+        version.len(),
+        12,
+        "config version is a 12-hex-digit hash: {version}"
+    );
+
+    let mut extra = connect_to("edition.cnn.com:80", up.addr());
+    extra.push("--access-log-json".to_string());
+    let mut gw = Gateway::start(&[&s1], &extra).await;
+    http1_get(gw.http, "edition.cnn.com", "/politics", &[])
+        .await
+        .unwrap();
+    let line = gw
+        .process
+        .next_log_line(crate::common::LOG_WAIT)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/politics");
+    assert_eq!(v["response_code"], 200);
+    assert_eq!(v["upstream_cluster"], "outbound|80||edition.cnn.com");
+    assert_eq!(v["response_flags"], "-");
+    assert!(v["requested_server_name"].is_null());
+}

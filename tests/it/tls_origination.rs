@@ -490,3 +490,51 @@ spec:
     }
     assert_eq!(last, "second.example.com");
 }
+
+#[tokio::test]
+async fn missing_client_credential_is_a_503_naming_the_file_not_a_crash() {
+    // S4 with an empty credentials folder: the route needs `client-credential`, absent.
+    let dir = TestDir::new("s4-missing").unwrap();
+    std::fs::create_dir_all(dir.join("creds")).unwrap();
+    let mesh = TestCa::new("cluster.local");
+    let mut params = rcgen::CertificateParams::new(vec![NGINX_HOST.to_string()]).unwrap();
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    mesh.issue(&params)
+        .unwrap()
+        .write_istio_dir(&dir.join("mesh"))
+        .unwrap();
+    let listening = egret_test_support::TcpUpstream::echo().await.unwrap();
+    let mut gw = Gateway::start(
+        &[&scenario("s4-mtls-origination")],
+        &[
+            "--credentials-dir".into(),
+            dir.join("creds").display().to_string(),
+            "--mesh-certs".into(),
+            dir.join("mesh").display().to_string(),
+            "--connect-to".into(),
+            format!("{NGINX_HOST}:443:{}", listening.addr()),
+        ],
+    )
+    .await;
+    let sleep = mesh.workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
+    let cfg = Arc::new(client_config(mesh.root_store(), Some(&sleep), &[b"http/1.1"]).unwrap());
+    let tls = tls_connect(gw.tls, NGINX_HOST, cfg).await.unwrap();
+    let mut conn = Http1Conn::handshake(tls).await.unwrap();
+    let r = conn.get(NGINX_HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, 503);
+    let l = gw.next_line().await;
+    assert!(l.flags.contains("UF"), "{}", l.raw);
+    assert!(
+        l.transport_failure.contains("client-credential"),
+        "the log names the credential: {}",
+        l.raw
+    );
+    // Still serving: the process is alive and answers the next request the same way.
+    assert!(gw.process.exited().is_none());
+    assert_eq!(conn.get(NGINX_HOST, "/", &[]).await.unwrap().status, 503);
+}
+
+const NGINX_HOST: &str = "my-nginx.mesh-external.svc.cluster.local";

@@ -87,6 +87,7 @@ fn cluster(name: &str, protocol: UpstreamProtocol) -> (Arc<str>, Arc<Cluster>) {
             lb: LbPolicy::RoundRobin,
             protocol,
             tls: None,
+            traffic: Default::default(),
         }),
     )
 }

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use egret_core::limits::DEFAULT_CONNECT_TIMEOUT;
 use egret_core::{
-    CertSource, Cluster, Discovery, DnsTarget, DownstreamTls, HeaderMatch, HostPattern,
-    HttpRouteTable, LbPolicy, Listener, ListenerRoutes, Route, RouteAction, RouteMatch,
-    ServerProtocol, Snapshot, SniRoute, SniRouteTable, TcpRouteTable, TlsMode, TlsServer,
-    UpstreamProtocol, UpstreamTls, VirtualHost, WeightedCluster, WeightedClusters,
+    AbortCode, CertSource, Cluster, Discovery, DnsTarget, DownstreamTls, Fault, FaultAbort,
+    FaultDelay, Fraction, HeaderAdd, HeaderMatch, HeaderMutations, HeaderOps, HostPattern,
+    HttpRouteTable, Listener, ListenerRoutes, MirrorPolicy, PathRewrite, Redirect, RetryOn,
+    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RoutePolicy, ServerProtocol, Snapshot,
+    SniRoute, SniRouteTable, TcpRouteTable, TlsMode, TlsServer, UpstreamProtocol, UpstreamTls,
+    VirtualHost, WeightedCluster, WeightedClusters,
 };
 
 use crate::diag::{Diagnostic, Severity};
@@ -580,7 +582,13 @@ impl<'a> Compiler<'a> {
                 if domains.is_empty() {
                     continue;
                 }
-                let routes = self.http_rules(vs_idx, vs, server.gw, b.service_port);
+                let routes = self.http_rules(
+                    vs_idx,
+                    vs,
+                    server.gw,
+                    b.service_port,
+                    b.family == Family::Https,
+                );
                 for d in domains {
                     let name = format!("{d}:{}", b.service_port);
                     match vhosts.iter_mut().find(|v| v.domains.first() == Some(&d)) {
@@ -608,6 +616,7 @@ impl<'a> Compiler<'a> {
                         body: None,
                     },
                     timeout: None,
+                    policy: RoutePolicy::default(),
                 }],
             });
         }
@@ -620,6 +629,7 @@ impl<'a> Compiler<'a> {
         vs: &'a Resource<VirtualServiceSpec>,
         gw: &Resource<GatewaySpec>,
         port: u16,
+        tls: bool,
     ) -> Vec<Route> {
         let mut routes = Vec::new();
         for (i, rule) in vs.spec.http.iter().enumerate() {
@@ -632,27 +642,17 @@ impl<'a> Compiler<'a> {
                 core_matches.push(self.route_match(vs, m, &path));
             }
             let action = if !rule.route.is_empty() {
-                let dests: Vec<(Option<&Destination>, Option<i64>, String)> = rule
-                    .route
-                    .iter()
-                    .enumerate()
-                    .map(|(k, d)| {
-                        (
-                            d.destination.as_ref(),
-                            d.weight,
-                            format!("{path}.route[{k}].destination"),
-                        )
-                    })
-                    .collect();
-                RouteAction::Forward(self.weighted(vs_idx, vs, &dests, port, true))
+                RouteAction::Forward(self.http_weighted(vs_idx, vs, rule, &path, port))
+            } else if let Some(r) = &rule.redirect {
+                RouteAction::Redirect(redirect(r, port, tls))
             } else if let Some(dr) = &rule.direct_response {
                 RouteAction::Direct {
                     status: dr.status.and_then(|s| u16::try_from(s).ok()).unwrap_or(503),
                     body: dr.body.as_ref().and_then(|b| b.string.clone()),
                 }
             } else {
-                // redirect / delegate: not implemented; refuse rather than fall through to
-                // later rules (the loader warned).
+                // delegate: not implemented; refuse rather than fall through to later rules
+                // (the loader warned).
                 RouteAction::Direct {
                     status: 503,
                     body: None,
@@ -667,9 +667,140 @@ impl<'a> Compiler<'a> {
                     .as_ref()
                     .map(|t| t.value)
                     .filter(|d| !d.is_zero()),
+                policy: self.route_policy(vs_idx, vs, rule, &path, port),
             });
         }
         routes
+    }
+
+    /// The weighted clusters of an HTTP rule; with several destinations each keeps its own
+    /// `headers` (with one, Istio merges them into the route's: see [`Self::route_policy`]).
+    fn http_weighted(
+        &mut self,
+        vs_idx: usize,
+        vs: &'a Resource<VirtualServiceSpec>,
+        rule: &HttpRoute,
+        path: &str,
+        port: u16,
+    ) -> WeightedClusters {
+        let single = rule.route.len() == 1;
+        let mut clusters = Vec::new();
+        for (k, d) in rule.route.iter().enumerate() {
+            let Some(dest) = &d.destination else { continue };
+            let dpath = format!("{path}.route[{k}].destination");
+            let Some(name) = self.cluster_name(vs_idx, vs, dest, &dpath, port, true) else {
+                continue;
+            };
+            let weight = if single {
+                100
+            } else {
+                d.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0)
+            };
+            let headers = match (&d.headers, single) {
+                (Some(h), false) => Some(Arc::new(header_ops(h))),
+                _ => None,
+            };
+            clusters.push(WeightedCluster {
+                cluster: name,
+                weight,
+                headers,
+            });
+        }
+        let total_weight = clusters.iter().map(|c| c.weight).sum();
+        WeightedClusters {
+            clusters,
+            total_weight,
+        }
+    }
+
+    /// Retries, rewrite, headers, fault and mirrors of one rule, as Istio translates them
+    /// (`pilot/pkg/networking/core/route`).
+    fn route_policy(
+        &mut self,
+        vs_idx: usize,
+        vs: &'a Resource<VirtualServiceSpec>,
+        rule: &HttpRoute,
+        path: &str,
+        port: u16,
+    ) -> RoutePolicy {
+        let mut headers = rule.headers.as_ref().map(header_ops).unwrap_or_default();
+        // One destination: its header operations follow the rule's (so its `set` wins) and
+        // its authority applies unless the rule rewrites the authority.
+        if let [only] = rule.route.as_slice() {
+            if let Some(h) = &only.headers {
+                let d = header_ops(h);
+                headers.request.add.extend(d.request.add);
+                headers.request.remove.extend(d.request.remove);
+                headers.response.add.extend(d.response.add);
+                headers.response.remove.extend(d.response.remove);
+                if headers.authority.is_none() {
+                    headers.authority = d.authority;
+                }
+            }
+        }
+        let mut rewrite = None;
+        if let Some(rw) = &rule.rewrite {
+            let path_rewrite = if let Some(rr) = &rw.uri_regex_rewrite {
+                match (&rr.matches, &rr.rewrite) {
+                    (Some(m), Some(sub)) => match regex::Regex::new(&m.source) {
+                        Ok(pattern) => Some(PathRewrite::Regex {
+                            pattern,
+                            substitution: envoy_substitution(sub),
+                        }),
+                        // Compiled anchored when read, so this cannot fail; never panic.
+                        Err(_) => None,
+                    },
+                    _ => None,
+                }
+            } else {
+                non_empty(&rw.uri).map(PathRewrite::Prefix)
+            };
+            rewrite = Some(Rewrite {
+                path: path_rewrite,
+                authority: non_empty(&rw.authority),
+            });
+        }
+        if let Some(a) = headers.authority.clone() {
+            let rw = rewrite.get_or_insert_with(Rewrite::default);
+            if rw.authority.is_none() {
+                rw.authority = Some(a);
+            }
+        }
+        let retry = retry_policy(rule.retries.as_ref());
+        let fault = rule.fault.as_ref().and_then(fault);
+        let mut mirrors = Vec::new();
+        if let Some(m) = &rule.mirror {
+            let fraction = match (&rule.mirror_percentage, rule.mirror_percent) {
+                (Some(p), _) => Fraction::from_percent(p.value.unwrap_or(0.0)),
+                (None, Some(p)) => Fraction::from_percent(f64::from(p)),
+                (None, None) => Fraction::ALL,
+            };
+            let mpath = format!("{path}.mirror");
+            if fraction.per_million > 0 {
+                if let Some(cluster) = self.cluster_name(vs_idx, vs, m, &mpath, port, true) {
+                    mirrors.push(MirrorPolicy { cluster, fraction });
+                }
+            }
+        }
+        for (k, m) in rule.mirrors.iter().enumerate() {
+            let Some(dest) = &m.destination else { continue };
+            let fraction = m.percentage.as_ref().map_or(Fraction::ALL, |p| {
+                Fraction::from_percent(p.value.unwrap_or(0.0))
+            });
+            let mpath = format!("{path}.mirrors[{k}].destination");
+            if fraction.per_million > 0 {
+                if let Some(cluster) = self.cluster_name(vs_idx, vs, dest, &mpath, port, true) {
+                    mirrors.push(MirrorPolicy { cluster, fraction });
+                }
+            }
+        }
+        RoutePolicy {
+            retry,
+            headers,
+            rewrite,
+            fault,
+            mirrors,
+        }
     }
 
     fn route_match(
@@ -736,6 +867,7 @@ impl<'a> Compiler<'a> {
             clusters.push(WeightedCluster {
                 cluster: name,
                 weight,
+                headers: None,
             });
         }
         let total_weight = clusters.iter().map(|c| c.weight).sum();
@@ -1218,22 +1350,25 @@ impl<'a> Compiler<'a> {
 
         let connect_timeout = policy
             .pool
+            .as_ref()
             .and_then(|(p, _)| p.tcp.as_ref())
             .and_then(|t| t.connect_timeout.as_ref())
             .map(|d| d.value)
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let lb = match policy.lb.and_then(|(l, _)| l.simple) {
-            Some(SimpleLb::Random) => LbPolicy::Random,
-            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => LbPolicy::LeastRequest,
-            _ => LbPolicy::RoundRobin,
-        };
+        let (lb, traffic) = crate::traffic::cluster_traffic(
+            policy.lb.as_ref().map(|(l, _)| *l),
+            policy.pool.as_ref().map(|(p, _)| *p),
+            policy.outlier.as_ref().map(|(o, _)| *o),
+        );
+        let pool = policy.pool.as_ref().map(|(p, _)| *p);
         let protocol = if !need.http {
             UpstreamProtocol::Tcp
         } else if matches!(
             se_protocol,
             Some(Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
-        ) {
+        ) || crate::traffic::h2_upgrade(pool)
+        {
             UpstreamProtocol::Http2
         } else {
             UpstreamProtocol::Http1
@@ -1249,6 +1384,7 @@ impl<'a> Compiler<'a> {
             lb,
             protocol,
             tls,
+            traffic,
         })
     }
 }
@@ -1328,6 +1464,7 @@ fn ns_rank(ns: &str, prefer: &str, gateway_ns: &str) -> u8 {
 struct EffectivePolicy<'a> {
     lb: Option<(&'a LoadBalancerSettings, String)>,
     pool: Option<(&'a ConnectionPoolSettings, String)>,
+    outlier: Option<(&'a OutlierDetection, String)>,
     tls: Option<(&'a ClientTls, String)>,
 }
 
@@ -1356,6 +1493,9 @@ impl<'a> EffectivePolicy<'a> {
         if let Some(p) = &tp.connection_pool {
             self.pool = Some((p, format!("{path}.connectionPool")));
         }
+        if let Some(o) = &tp.outlier_detection {
+            self.outlier = Some((o, format!("{path}.outlierDetection")));
+        }
         if let Some(t) = &tp.tls {
             self.tls = Some((t, format!("{path}.tls")));
         }
@@ -1375,6 +1515,10 @@ impl<'a> EffectivePolicy<'a> {
                 .connection_pool
                 .as_ref()
                 .map(|p| (p, format!("{ppath}.connectionPool")));
+            self.outlier = pl
+                .outlier_detection
+                .as_ref()
+                .map(|o| (o, format!("{ppath}.outlierDetection")));
             self.tls = pl.tls.as_ref().map(|t| (t, format!("{ppath}.tls")));
         }
     }
@@ -1418,13 +1562,205 @@ fn clone_route(r: &Route) -> Route {
             .collect(),
         action: match &r.action {
             RouteAction::Forward(w) => RouteAction::Forward(w.clone()),
+            RouteAction::Redirect(d) => RouteAction::Redirect(d.clone()),
             RouteAction::Direct { status, body } => RouteAction::Direct {
                 status: *status,
                 body: body.clone(),
             },
         },
         timeout: r.timeout,
+        policy: r.policy.clone(),
     }
+}
+
+/// `headers` → Envoy header operations, as Istio's `TranslateHeadersOperations`: `set` then
+/// `add`, each sorted by name; `host`/`:authority` becomes an authority rewrite, other
+/// pseudo-headers are dropped.
+fn header_ops(h: &Headers) -> HeaderOps {
+    fn is_authority(k: &str) -> bool {
+        k.eq_ignore_ascii_case(":authority") || k.eq_ignore_ascii_case("host")
+    }
+    fn is_internal(k: &str) -> bool {
+        k.starts_with(':') || k.eq_ignore_ascii_case("host")
+    }
+    fn mutations(ops: &HeaderOperations, authority: &mut Option<String>) -> HeaderMutations {
+        let mut out = HeaderMutations::default();
+        let mut set_authority = None;
+        let mut add_authority = None;
+        for (map, append) in [(&ops.set, false), (&ops.add, true)] {
+            for (k, v) in map {
+                if is_authority(k) {
+                    if append {
+                        add_authority = Some(v.clone());
+                    } else {
+                        set_authority = Some(v.clone());
+                    }
+                }
+                if is_internal(k) {
+                    continue;
+                }
+                let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                    http::HeaderValue::from_str(v),
+                ) else {
+                    continue; // refused by the validator
+                };
+                out.add.push(HeaderAdd {
+                    name,
+                    value,
+                    append,
+                });
+            }
+        }
+        *authority = set_authority.or(add_authority);
+        out.remove = ops
+            .remove
+            .iter()
+            .filter(|k| !is_internal(k))
+            .filter_map(|k| http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        out
+    }
+    let mut authority = None;
+    let mut ignored = None;
+    HeaderOps {
+        request: h
+            .request
+            .as_ref()
+            .map(|o| mutations(o, &mut authority))
+            .unwrap_or_default(),
+        response: h
+            .response
+            .as_ref()
+            .map(|o| mutations(o, &mut ignored))
+            .unwrap_or_default(),
+        authority: authority.filter(|a| !a.is_empty()),
+    }
+}
+
+/// Istio's `retry.ConvertPolicy`: no `retries` → the default policy; `attempts` 0 → none;
+/// otherwise the default with the given fields replaced (numbers in `retryOn` are status
+/// codes for `retriable-status-codes`).
+fn retry_policy(r: Option<&HttpRetry>) -> Option<RetryPolicy> {
+    let mut out = RetryPolicy::istio_default();
+    let Some(r) = r else { return Some(out) };
+    let attempts = u32::try_from(r.attempts.unwrap_or(0)).unwrap_or(0);
+    if attempts == 0 {
+        return None;
+    }
+    out.num_retries = attempts;
+    if let Some(on) = r.retry_on.as_deref().filter(|s| !s.trim().is_empty()) {
+        let mut retry_on = RetryOn::NONE;
+        let mut codes = Vec::new();
+        for part in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<u16>() {
+                Ok(code) => codes.push(code),
+                // Unknown names were refused or warned about by the validator.
+                Err(_) => retry_on |= RetryOn::parse(part).unwrap_or(RetryOn::NONE),
+            }
+        }
+        if !codes.is_empty() {
+            retry_on |= RetryOn::RETRIABLE_STATUS_CODES;
+        }
+        out.retry_on = retry_on;
+        out.retriable_status_codes = codes;
+    }
+    if let Some(t) = &r.per_try_timeout {
+        out.per_try_timeout = Some(t.value).filter(|d| !d.is_zero());
+    }
+    if let Some(b) = &r.backoff {
+        out.backoff_base = b.value;
+    }
+    if let Some(ignore) = r.retry_ignore_previous_hosts {
+        out.ignore_previous_hosts = ignore;
+    }
+    Some(out)
+}
+
+/// Istio's `TranslateFault`: a fault without a percentage applies to no request.
+fn fault(f: &HttpFaultInjection) -> Option<Fault> {
+    let delay = f.delay.as_ref().and_then(|d| {
+        let delay = d.fixed_delay.as_ref()?.value;
+        let fraction = match (&d.percentage, d.percent) {
+            (Some(p), _) => Fraction::from_percent(p.value.unwrap_or(0.0)),
+            (None, Some(p)) => Fraction::from_percent(f64::from(p)),
+            (None, None) => Fraction::NONE,
+        };
+        Some(FaultDelay { delay, fraction })
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let code = if let Some(s) = a.http_status {
+            AbortCode::Http(u16::try_from(s).ok()?)
+        } else {
+            let name = a.grpc_status.as_deref()?;
+            let n = crate::validate::GRPC_STATUS_NAMES
+                .iter()
+                .position(|g| *g == name)?;
+            AbortCode::Grpc(u32::try_from(n).ok()?)
+        };
+        let fraction = a.percentage.as_ref().map_or(Fraction::NONE, |p| {
+            Fraction::from_percent(p.value.unwrap_or(0.0))
+        });
+        Some(FaultAbort { code, fraction })
+    });
+    (delay.is_some() || abort.is_some()).then_some(Fault { delay, abort })
+}
+
+/// Istio's `ApplyRedirect`: `derivePort: FROM_REQUEST_PORT` is the server's port, and the
+/// default port of the scheme is left out.
+fn redirect(r: &HttpRedirect, service_port: u16, tls: bool) -> Redirect {
+    let status = match r.redirect_code {
+        None | Some(0) => 301,
+        Some(c) => u16::try_from(c).unwrap_or(301),
+    };
+    let scheme = non_empty(&r.scheme);
+    let mut port = match (r.port, r.derive_port.as_deref()) {
+        (Some(p), _) => u16::try_from(p).ok(),
+        (None, Some("FROM_REQUEST_PORT")) => Some(service_port),
+        _ => None,
+    };
+    let effective_scheme = scheme
+        .clone()
+        .unwrap_or_else(|| if tls { "https" } else { "http" }.to_string());
+    if (port == Some(80) && effective_scheme == "http")
+        || (port == Some(443) && effective_scheme == "https")
+    {
+        port = None;
+    }
+    Redirect {
+        status,
+        scheme,
+        host: non_empty(&r.authority),
+        port,
+        path: non_empty(&r.uri),
+    }
+}
+
+/// Envoy's `regex_rewrite` substitution (RE2: `\1` is a group, `\\` a backslash) in the
+/// `regex` crate's syntax (`${1}`, with `$` escaped as `$$`).
+fn envoy_substitution(sub: &str) -> String {
+    let mut out = String::with_capacity(sub.len());
+    let mut chars = sub.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    chars.next();
+                    out.push_str("${");
+                    out.push(d);
+                    out.push('}');
+                }
+                Some('\\') => {
+                    chars.next();
+                    out.push('\\');
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `IstioMutual` → `ISTIO_MUTUAL`.

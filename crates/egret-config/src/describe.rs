@@ -84,9 +84,30 @@ pub fn describe(snapshot: &Snapshot) -> String {
                             RouteAction::Direct { status, .. } => {
                                 format!("direct response {status}")
                             }
+                            RouteAction::Redirect(r) => format!("redirect {}", r.status),
                         };
                         if let Some(t) = r.timeout {
                             let _ = write!(action, " (timeout {t:?})");
+                        }
+                        let p = &r.policy;
+                        match &p.retry {
+                            Some(rp) if *rp != egret_core::RetryPolicy::istio_default() => {
+                                let _ = write!(action, " (retries {})", rp.num_retries);
+                            }
+                            None if matches!(r.action, RouteAction::Forward(_)) => {
+                                action.push_str(" (no retries)");
+                            }
+                            _ => {}
+                        }
+                        for (set, what) in [
+                            (p.rewrite.is_some(), "rewrite"),
+                            (!p.headers.is_empty(), "headers"),
+                            (p.fault.is_some(), "fault"),
+                            (!p.mirrors.is_empty(), "mirror"),
+                        ] {
+                            if set {
+                                let _ = write!(action, " +{what}");
+                            }
                         }
                         rows.push(vec![
                             l.name.clone(),
@@ -164,6 +185,8 @@ pub fn describe(snapshot: &Snapshot) -> String {
             LbPolicy::RoundRobin => "ROUND_ROBIN",
             LbPolicy::Random => "RANDOM",
             LbPolicy::LeastRequest => "LEAST_REQUEST",
+            LbPolicy::RingHash { .. } => "RING_HASH",
+            LbPolicy::Maglev { .. } => "MAGLEV",
         };
         let protocol = match c.protocol {
             UpstreamProtocol::Http1 => "HTTP/1.1",

@@ -452,6 +452,8 @@ pub struct HttpRetry {
     pub per_try_timeout: Option<IstioDuration>,
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
+    pub retry_ignore_previous_hosts: Option<bool>,
+    pub backoff: Option<IstioDuration>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -475,6 +477,7 @@ pub struct FaultDelay {
 pub struct FaultAbort {
     pub http_status: Option<i32>,
     pub grpc_status: Option<String>,
+    pub http2_error: Option<IgnoredAny>,
     pub percentage: Option<Percent>,
 }
 
@@ -598,10 +601,44 @@ pub struct PortTrafficPolicy {
 #[serde(default, rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
-    pub consistent_hash: Option<IgnoredAny>,
+    pub consistent_hash: Option<ConsistentHashLb>,
     pub locality_lb_setting: Option<IgnoredAny>,
     pub warmup_duration_secs: Option<IstioDuration>,
     pub warmup: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<RingHashLb>,
+    pub maglev: Option<MaglevLb>,
+    /// Deprecated in favour of `ringHash.minimumRingSize`.
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub ttl: Option<IstioDuration>,
+    pub attributes: Vec<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RingHashLb {
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MaglevLb {
+    pub table_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -22,15 +22,20 @@
 mod compile;
 mod describe;
 mod diag;
+mod dr_fields;
+mod fields;
 pub mod istio;
 mod load;
 pub mod names;
 mod node;
+mod traffic;
 mod validate;
 
 pub use compile::{compile, CompileOptions, Compiled};
 pub use describe::describe;
 pub use diag::{Diagnostic, Kind, Severity};
+pub use dr_fields::{dr_markdown_table, DrField, DESTINATION_RULE_FIELDS};
+pub use fields::{markdown_table, Field, Support, VIRTUAL_SERVICE_FIELDS};
 pub use load::{
     load, load_sources, load_with_options, LoadErrors, LoadOptions, Loaded, Resource, Skipped,
     Source, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_VERSIONS,

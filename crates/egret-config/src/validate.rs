@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::diag::{Diagnostic, Severity};
+use crate::fields::vs_warning;
 use crate::istio::*;
 use crate::load::{first_locations, LoadOptions, Loaded};
 use crate::names::{fqdn, resolve_gateway, GatewayRef, Protocol};
@@ -474,7 +475,9 @@ fn validate_http_route(rep: &mut Reporter<'_>, r: &HttpRoute, path: &str) {
         if d.weight.is_some_and(|w| w < 0) {
             rep.error(&format!("{dpath}.weight"), "weight must not be negative");
         }
-        rep.unsupported_if(d.headers.is_some(), &format!("{dpath}.headers"));
+        if let Some(h) = &d.headers {
+            validate_headers(rep, h, &format!("{dpath}.headers"));
+        }
     }
     check_weights(
         rep,
@@ -482,30 +485,326 @@ fn validate_http_route(rep: &mut Reporter<'_>, r: &HttpRoute, path: &str) {
         &format!("{path}.route"),
     );
 
-    if r.redirect.is_some() {
-        rep.warn(
-            &format!("{path}.redirect"),
-            "not supported yet; matching requests get a local 503 instead",
-        );
+    if let Some(redirect) = &r.redirect {
+        validate_redirect(rep, redirect, &format!("{path}.redirect"));
+        if r.rewrite.is_some() {
+            rep.error(
+                &format!("{path}.rewrite"),
+                "rewrite cannot be used with redirect",
+            );
+        }
     }
     if r.delegate.is_some() {
-        rep.warn(
-            &format!("{path}.delegate"),
-            "not supported yet; matching requests get a local 503 instead",
+        rep.warn(&format!("{path}.delegate"), vs_warning("http[].delegate"));
+    }
+    if let Some(rw) = &r.rewrite {
+        validate_rewrite(rep, rw, &format!("{path}.rewrite"));
+    }
+    if let Some(retries) = &r.retries {
+        validate_retries(rep, retries, &format!("{path}.retries"));
+    }
+    if let Some(fault) = &r.fault {
+        validate_fault(rep, fault, &format!("{path}.fault"));
+    }
+    if let Some(m) = &r.mirror {
+        check_destination(rep, Some(m), &format!("{path}.mirror"));
+    }
+    if let Some(p) = &r.mirror_percentage {
+        check_percent(rep, p, &format!("{path}.mirrorPercentage"));
+    }
+    if r.mirror_percent.is_some_and(|p| p > 100) {
+        rep.error(
+            &format!("{path}.mirrorPercent"),
+            "percentage must be in 0-100",
         );
     }
-    rep.unsupported_if(r.rewrite.is_some(), &format!("{path}.rewrite"));
-    rep.unsupported_if(r.retries.is_some(), &format!("{path}.retries"));
-    rep.unsupported_if(r.fault.is_some(), &format!("{path}.fault"));
-    rep.unsupported_if(r.mirror.is_some(), &format!("{path}.mirror"));
-    rep.unsupported_if(!r.mirrors.is_empty(), &format!("{path}.mirrors"));
-    rep.unsupported_if(
-        r.mirror_percentage.is_some(),
-        &format!("{path}.mirrorPercentage"),
-    );
-    rep.unsupported_if(r.mirror_percent.is_some(), &format!("{path}.mirrorPercent"));
-    rep.unsupported_if(r.cors_policy.is_some(), &format!("{path}.corsPolicy"));
-    rep.unsupported_if(r.headers.is_some(), &format!("{path}.headers"));
+    if (r.mirror_percentage.is_some() || r.mirror_percent.is_some()) && r.mirror.is_none() {
+        rep.warn(
+            &format!("{path}.mirrorPercentage"),
+            "applies to `mirror`, which is not set; ignored (use mirrors[].percentage)",
+        );
+    }
+    for (k, m) in r.mirrors.iter().enumerate() {
+        let mpath = format!("{path}.mirrors[{k}]");
+        check_destination(rep, m.destination.as_ref(), &format!("{mpath}.destination"));
+        if let Some(p) = &m.percentage {
+            check_percent(rep, p, &format!("{mpath}.percentage"));
+        }
+    }
+    if r.cors_policy.is_some() {
+        rep.warn(
+            &format!("{path}.corsPolicy"),
+            vs_warning("http[].corsPolicy"),
+        );
+    }
+    if let Some(h) = &r.headers {
+        validate_headers(rep, h, &format!("{path}.headers"));
+    }
+}
+
+/// Go's `http.StatusText` list: what Istio accepts as a status code in `retryOn`.
+fn is_known_status(code: u16) -> bool {
+    matches!(code,
+        100..=103 | 200..=208 | 226 | 300..=308 | 400..=418 | 421..=426 | 428 | 429 | 431
+        | 451 | 500..=508 | 510 | 511)
+}
+
+fn validate_retries(rep: &mut Reporter<'_>, r: &HttpRetry, path: &str) {
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts < 0 {
+        rep.error(&format!("{path}.attempts"), "attempts must not be negative");
+    } else if attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some()) {
+        rep.warn(
+            &format!("{path}.attempts"),
+            "attempts is 0 (or unset): retries are disabled, as in Istio",
+        );
+    }
+    if let Some(t) = &r.per_try_timeout {
+        if t.value < std::time::Duration::from_millis(1) {
+            rep.error(
+                &format!("{path}.perTryTimeout"),
+                "perTryTimeout must be at least 1ms",
+            );
+        }
+    }
+    if let Some(b) = &r.backoff {
+        if b.value < std::time::Duration::from_millis(1) {
+            rep.error(&format!("{path}.backoff"), "backoff must be at least 1ms");
+        }
+    }
+    if let Some(on) = &r.retry_on {
+        for part in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Ok(code) = part.parse::<u16>() {
+                if is_known_status(code) {
+                    continue;
+                }
+            }
+            if egret_core::RetryOn::parse(part).is_some() {
+                continue;
+            }
+            if matches!(
+                part,
+                "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure"
+            ) {
+                rep.warn(
+                    &format!("{path}.retryOn"),
+                    format!("retryOn {part:?} is not supported yet; ignored"),
+                );
+                continue;
+            }
+            rep.error(
+                &format!("{path}.retryOn"),
+                format!("{part:?} is not a valid retryOn policy"),
+            );
+        }
+    }
+    if r.retry_remote_localities.is_some() {
+        rep.warn(
+            &format!("{path}.retryRemoteLocalities"),
+            vs_warning("http[].retries.retryRemoteLocalities"),
+        );
+    }
+}
+
+fn validate_rewrite(rep: &mut Reporter<'_>, rw: &HttpRewrite, path: &str) {
+    if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+        rep.error(
+            &format!("{path}.uriRegexRewrite"),
+            "only one of uri or uriRegexRewrite may be set",
+        );
+    }
+    if let Some(rr) = &rw.uri_regex_rewrite {
+        if rr.matches.is_none() {
+            rep.required(&format!("{path}.uriRegexRewrite.match"));
+        }
+        if rr.rewrite.is_none() {
+            rep.required(&format!("{path}.uriRegexRewrite.rewrite"));
+        }
+    }
+}
+
+/// Istio's redirect codes (`0` = 301).
+pub(crate) const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
+
+fn validate_redirect(rep: &mut Reporter<'_>, r: &HttpRedirect, path: &str) {
+    if let Some(code) = r.redirect_code {
+        if code != 0 && !REDIRECT_CODES.contains(&code) {
+            rep.error(
+                &format!("{path}.redirectCode"),
+                format!("redirect code {code} is not supported (301, 302, 303, 307 or 308)"),
+            );
+        }
+    }
+    if let Some(p) = r.port {
+        if !(1..=65535).contains(&p) {
+            rep.error(
+                &format!("{path}.port"),
+                format!("port {p} is out of range 1-65535"),
+            );
+        }
+        if r.derive_port.is_some() {
+            rep.error(
+                &format!("{path}.derivePort"),
+                "only one of port or derivePort may be set",
+            );
+        }
+    }
+    match r.derive_port.as_deref() {
+        None | Some("FROM_PROTOCOL_DEFAULT" | "FROM_REQUEST_PORT") => {}
+        Some(other) => rep.error(
+            &format!("{path}.derivePort"),
+            format!("unknown derivePort {other:?} (FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT)"),
+        ),
+    }
+    if let Some(s) = &r.scheme {
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            rep.error(&format!("{path}.scheme"), format!("invalid scheme {s:?}"));
+        }
+    }
+}
+
+/// gRPC status names Istio accepts in `fault.abort.grpcStatus`, by code.
+pub(crate) const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn check_percent(rep: &mut Reporter<'_>, p: &Percent, path: &str) {
+    if p.value.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+        rep.error(&format!("{path}.value"), "percentage must be in 0-100");
+    }
+}
+
+fn validate_fault(rep: &mut Reporter<'_>, f: &HttpFaultInjection, path: &str) {
+    if f.delay.is_none() && f.abort.is_none() {
+        rep.error(path, "one of delay or abort is required");
+    }
+    if let Some(d) = &f.delay {
+        let dpath = format!("{path}.delay");
+        if d.exponential_delay.is_some() {
+            rep.warn(
+                &format!("{dpath}.exponentialDelay"),
+                vs_warning("http[].fault.delay.exponentialDelay"),
+            );
+        }
+        match &d.fixed_delay {
+            Some(fd) if fd.value < std::time::Duration::from_millis(1) => rep.error(
+                &format!("{dpath}.fixedDelay"),
+                "fixedDelay must be at least 1ms",
+            ),
+            Some(_) => {}
+            None if d.exponential_delay.is_none() => rep.required(&format!("{dpath}.fixedDelay")),
+            None => {}
+        }
+        if let Some(p) = &d.percentage {
+            check_percent(rep, p, &format!("{dpath}.percentage"));
+        } else if d.percent.is_some_and(|p| !(0..=100).contains(&p)) {
+            rep.error(&format!("{dpath}.percent"), "percentage must be in 0-100");
+        } else if d.percent.is_none() && d.fixed_delay.is_some() {
+            rep.warn(
+                &dpath,
+                "no percentage: no request is delayed (Istio's default is 0%); set percentage.value, e.g. 100",
+            );
+        }
+    }
+    if let Some(a) = &f.abort {
+        let apath = format!("{path}.abort");
+        let set = usize::from(a.http_status.is_some())
+            + usize::from(a.grpc_status.is_some())
+            + usize::from(a.http2_error.is_some());
+        if set == 0 {
+            rep.error(&apath, "one of httpStatus or grpcStatus is required");
+        } else if set > 1 {
+            rep.error(
+                &apath,
+                "only one of httpStatus, grpcStatus or http2Error may be set",
+            );
+        }
+        if let Some(s) = a.http_status {
+            if !(200..=599).contains(&s) {
+                rep.error(
+                    &format!("{apath}.httpStatus"),
+                    format!("httpStatus {s} is not in 200-599"),
+                );
+            }
+        }
+        if let Some(g) = &a.grpc_status {
+            if !GRPC_STATUS_NAMES.contains(&g.as_str()) {
+                rep.error(
+                    &format!("{apath}.grpcStatus"),
+                    format!("unknown gRPC status {g:?} (e.g. UNAVAILABLE)"),
+                );
+            }
+        }
+        if a.http2_error.is_some() {
+            rep.warn(
+                &format!("{apath}.http2Error"),
+                vs_warning("http[].fault.abort.http2Error"),
+            );
+        }
+        match &a.percentage {
+            Some(p) => check_percent(rep, p, &format!("{apath}.percentage")),
+            None => rep.warn(
+                &apath,
+                "no percentage: no request is aborted (Istio's default is 0%); set percentage.value, e.g. 100",
+            ),
+        }
+    }
+}
+
+/// `headers.request|response.set|add|remove`: valid names and values. Envoy would expand
+/// `%COMMAND%` in values; Egret sends them literally, so those warn.
+fn validate_headers(rep: &mut Reporter<'_>, h: &Headers, path: &str) {
+    for (dir, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(ops) = ops else { continue };
+        for (op, map) in [("set", &ops.set), ("add", &ops.add)] {
+            for (name, value) in map {
+                let fpath = format!("{path}.{dir}.{op}.{name}");
+                if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err()
+                    && !name.starts_with(':')
+                {
+                    rep.error(&fpath, format!("invalid header name {name:?}"));
+                }
+                if http::HeaderValue::from_str(value).is_err() {
+                    rep.error(&fpath, format!("invalid header value {value:?}"));
+                } else if value.contains('%') {
+                    rep.warn(
+                        &fpath,
+                        "Envoy would expand %COMMAND% operators in this value; Egret sends it literally",
+                    );
+                }
+            }
+        }
+        for (i, name) in ops.remove.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err()
+                && !name.starts_with(':')
+            {
+                rep.error(
+                    &format!("{path}.{dir}.remove[{i}]"),
+                    format!("invalid header name {name:?}"),
+                );
+            }
+        }
+    }
 }
 
 fn check_string_match(rep: &mut Reporter<'_>, sm: &StringMatch, path: &str) {
@@ -738,16 +1037,19 @@ fn validate_policy_parts(
 ) {
     if let Some(lb) = lb {
         let lpath = format!("{path}.loadBalancer");
-        if let Some(s @ (SimpleLb::Passthrough | SimpleLb::Unspecified)) = lb.simple {
+        if lb.simple == Some(SimpleLb::Passthrough) {
             rep.warn(
                 &format!("{lpath}.simple"),
-                format!("{s:?} is not supported yet; ROUND_ROBIN is used"),
+                "PASSTHROUGH sends each connection to its original destination, which at a gateway is the gateway itself; the default LEAST_REQUEST is used",
             );
         }
-        rep.unsupported_if(
-            lb.consistent_hash.is_some(),
-            &format!("{lpath}.consistentHash"),
-        );
+        if let Some(ch) = &lb.consistent_hash {
+            let h = format!("{lpath}.consistentHash");
+            if lb.simple.is_some() {
+                rep.error(&lpath, "simple and consistentHash cannot both be set");
+            }
+            validate_consistent_hash(rep, ch, &h);
+        }
         rep.unsupported_if(
             lb.locality_lb_setting.is_some(),
             &format!("{lpath}.localityLbSetting"),
@@ -762,16 +1064,7 @@ fn validate_policy_parts(
         let cpath = format!("{path}.connectionPool");
         if let Some(tcp) = &pool.tcp {
             let t = format!("{cpath}.tcp");
-            rep.unsupported_if(
-                tcp.max_connections.is_some(),
-                &format!("{t}.maxConnections"),
-            );
-            rep.unsupported_if(tcp.tcp_keepalive.is_some(), &format!("{t}.tcpKeepalive"));
-            rep.unsupported_if(
-                tcp.max_connection_duration.is_some(),
-                &format!("{t}.maxConnectionDuration"),
-            );
-            rep.unsupported_if(tcp.idle_timeout.is_some(), &format!("{t}.idleTimeout"));
+            non_negative(rep, tcp.max_connections, &format!("{t}.maxConnections"));
             if tcp
                 .connect_timeout
                 .as_ref()
@@ -783,9 +1076,146 @@ fn validate_policy_parts(
                 );
             }
         }
-        rep.unsupported_if(pool.http.is_some(), &format!("{cpath}.http"));
+        if let Some(http) = &pool.http {
+            let h = format!("{cpath}.http");
+            for (v, field) in [
+                (http.http1_max_pending_requests, "http1MaxPendingRequests"),
+                (http.http2_max_requests, "http2MaxRequests"),
+                (http.max_requests_per_connection, "maxRequestsPerConnection"),
+                (http.max_retries, "maxRetries"),
+                (http.max_concurrent_streams, "maxConcurrentStreams"),
+            ] {
+                non_negative(rep, v, &format!("{h}.{field}"));
+            }
+            match http.h2_upgrade_policy.as_deref() {
+                None | Some("DEFAULT" | "DO_NOT_UPGRADE" | "UPGRADE") => {}
+                Some(other) => rep.error(
+                    &format!("{h}.h2UpgradePolicy"),
+                    format!("{other:?} is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE"),
+                ),
+            }
+            rep.unsupported_if(
+                http.use_client_protocol == Some(true),
+                &format!("{h}.useClientProtocol"),
+            );
+            rep.unsupported_if(
+                http.max_concurrent_streams.is_some_and(|n| n > 0),
+                &format!("{h}.maxConcurrentStreams"),
+            );
+            // The limit is compiled (ClusterState::circuit().try_retry()); the retry loop does
+            // not take retry slots yet.
+            rep.unsupported_if(
+                http.max_retries.is_some_and(|n| n > 0),
+                &format!("{h}.maxRetries"),
+            );
+        }
     }
-    rep.unsupported_if(outlier.is_some(), &format!("{path}.outlierDetection"));
+    if let Some(o) = outlier {
+        let opath = format!("{path}.outlierDetection");
+        for (v, field) in [
+            (o.max_ejection_percent, "maxEjectionPercent"),
+            (o.min_health_percent, "minHealthPercent"),
+        ] {
+            if v.is_some_and(|v| !(0..=100).contains(&v)) {
+                rep.error(&format!("{opath}.{field}"), "must be between 0 and 100");
+            }
+        }
+        if o.consecutive_errors.is_some() {
+            rep.warn(
+                &format!("{opath}.consecutiveErrors"),
+                "deprecated and no longer applied by Istio; use consecutive5xxErrors or consecutiveGatewayErrors; ignored",
+            );
+        }
+        if o.consecutive_local_origin_failures.is_some()
+            && o.split_external_local_origin_errors != Some(true)
+        {
+            rep.warn(
+                &format!("{opath}.consecutiveLocalOriginFailures"),
+                "only applies with splitExternalLocalOriginErrors: true; ignored",
+            );
+        }
+    }
+}
+
+fn non_negative(rep: &mut Reporter<'_>, v: Option<i32>, field: &str) {
+    if v.is_some_and(|v| v < 0) {
+        rep.error(field, "must not be negative");
+    }
+}
+
+fn validate_consistent_hash(rep: &mut Reporter<'_>, ch: &ConsistentHashLb, h: &str) {
+    let keys = [
+        ch.http_header_name.is_some(),
+        ch.http_cookie.is_some(),
+        ch.use_source_ip == Some(true),
+        ch.http_query_parameter_name.is_some(),
+    ];
+    match keys.iter().filter(|k| **k).count() {
+        0 => rep.error(
+            h,
+            "needs one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+        ),
+        1 => {}
+        _ => rep.error(
+            h,
+            "only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName may be set",
+        ),
+    }
+    if ch.http_header_name.as_deref().is_some_and(|n| {
+        n.trim().is_empty() || http::HeaderName::from_bytes(n.trim().as_bytes()).is_err()
+    }) {
+        rep.error(&format!("{h}.httpHeaderName"), "not a valid header name");
+    }
+    if ch
+        .http_query_parameter_name
+        .as_deref()
+        .is_some_and(|n| n.is_empty())
+    {
+        rep.error(&format!("{h}.httpQueryParameterName"), "must not be empty");
+    }
+    if let Some(c) = &ch.http_cookie {
+        if c.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+            rep.required(&format!("{h}.httpCookie.name"));
+        }
+        if c.ttl.is_some() {
+            rep.warn(
+                &format!("{h}.httpCookie.ttl"),
+                "Envoy would set the cookie on responses when the request lacks it; Egret does not generate cookies: requests without it are balanced at random",
+            );
+        }
+        rep.unsupported_if(
+            !c.attributes.is_empty(),
+            &format!("{h}.httpCookie.attributes"),
+        );
+    }
+    if ch.ring_hash.is_some() && ch.maglev.is_some() {
+        rep.error(h, "ringHash and maglev cannot both be set");
+    }
+    if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
+        if size != 0 && !is_prime(size) {
+            rep.error(
+                &format!("{h}.maglev.tableSize"),
+                format!("{size} is not a prime number"),
+            );
+        }
+        if size > 5_000_011 {
+            rep.error(&format!("{h}.maglev.tableSize"), "must be at most 5000011");
+        }
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d.saturating_mul(d) <= n {
+        if n.rem_euclid(d) == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ fn s1_http_through_the_gateway() {
         other => panic!("{other:?}"),
     }
     assert_eq!(cl.protocol, UpstreamProtocol::Http1);
-    assert_eq!(cl.lb, LbPolicy::RoundRobin);
+    assert_eq!(cl.lb, LbPolicy::LeastRequest);
     assert_eq!(
         cl.connect_timeout,
         egret_core::limits::DEFAULT_CONNECT_TIMEOUT
@@ -247,7 +247,7 @@ fn s3_tls_origination() {
     assert_eq!(s.clusters.len(), 1);
     let cl = s.cluster("outbound|443||edition.cnn.com").expect("cluster");
     assert_eq!(cl.protocol, UpstreamProtocol::Http1);
-    assert_eq!(cl.lb, LbPolicy::RoundRobin);
+    assert_eq!(cl.lb, LbPolicy::LeastRequest);
     assert!(
         matches!(&cl.discovery, Discovery::StrictDns { targets } if targets == &vec![DnsTarget { host: "edition.cnn.com".into(), port: 443 }])
     );
@@ -407,7 +407,7 @@ fn describe_lists_listeners_routes_and_clusters() {
     assert!(text.contains("-> outbound|80||edition.cnn.com"), "{text}");
     assert!(text.contains("STRICT_DNS edition.cnn.com:80"), "{text}");
     assert!(
-        text.contains("ROUND_ROBIN") && text.contains("10s"),
+        text.contains("LEAST_REQUEST") && text.contains("10s"),
         "{text}"
     );
 }
@@ -784,11 +784,11 @@ fn unsupported_and_unknown_fields_warn_with_file_resource_and_field() {
           http:
           - route:
             - destination: {host: edition.cnn.com}
-            retries:
-              attempts: 3
-              perTryTimeout: 2s
-            fault:
-              abort: {httpStatus: 500, percentage: {value: 1}}
+            corsPolicy:
+              allowOrigins: [{exact: a}]
+              maxAge: 2s
+            retries: {attempts: 1, retryRemoteLocalities: true}
+            timeout: 1s
             colour: blue
     ";
     let dr = "
@@ -799,8 +799,8 @@ fn unsupported_and_unknown_fields_warn_with_file_resource_and_field() {
         spec:
           host: edition.cnn.com
           trafficPolicy:
-            outlierDetection:
-              consecutive5xxErrors: 5
+            loadBalancer:
+              localityLbSetting: {enabled: true}
     ";
     let c = compile_str(&[
         ("a.yaml", GW_80),
@@ -814,19 +814,19 @@ fn unsupported_and_unknown_fields_warn_with_file_resource_and_field() {
             .find(|w| w.field.as_deref() == Some(field))
             .unwrap_or_else(|| panic!("no warning for {field}: {:#?}", c.warnings))
     };
-    let w = find("spec.http[0].retries");
+    let w = find("spec.http[0].corsPolicy");
     assert_eq!((w.file.to_str(), w.line), (Some("c.yaml"), 11));
     assert_eq!(
         w.resource.as_deref(),
         Some("VirtualService istio-system/vs")
     );
-    assert_eq!(w.to_string(), "c.yaml:11: VirtualService istio-system/vs: spec.http[0].retries: not supported yet; ignored");
-    assert_eq!(find("spec.http[0].fault").line, 14);
+    assert_eq!(w.to_string(), "c.yaml:11: VirtualService istio-system/vs: spec.http[0].corsPolicy: not supported yet; ignored");
+    assert_eq!(find("spec.http[0].retries.retryRemoteLocalities").line, 14);
     let w = find("spec.http[0].colour");
     assert_eq!(w.line, 16);
     assert!(w.message.contains("unknown field"), "{w}");
-    let w = find("spec.trafficPolicy.outlierDetection");
-    assert_eq!((w.file.to_str(), w.line), (Some("d.yaml"), 8));
+    let w = find("spec.trafficPolicy.loadBalancer.localityLbSetting");
+    assert_eq!((w.file.to_str(), w.line), (Some("d.yaml"), 9));
     assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
 }
 
@@ -1302,8 +1302,8 @@ fn destination_rules_set_timeouts_lb_and_subsets() {
         .snapshot
         .cluster("outbound|80|v2|api.example.com")
         .unwrap();
-    // Port-level settings replace the subset's: default LB, their timeout.
-    assert_eq!(v2.lb, LbPolicy::RoundRobin);
+    // Port-level settings replace the subset's: default LB (Istio's LEAST_REQUEST), their timeout.
+    assert_eq!(v2.lb, LbPolicy::LeastRequest);
     assert_eq!(v2.connect_timeout, Duration::from_millis(250));
     assert!(
         matches!(&v2.discovery, Discovery::Static { endpoints } if endpoints == &vec!["10.0.0.2:9000".parse().unwrap()])

@@ -1,19 +1,25 @@
 //! Egret's shared vocabulary.
 //!
 //! This crate owns the types every other crate speaks: the compiled, immutable [`Snapshot`]
-//! (listeners, route tables, clusters), the per-request / per-connection [`LogRecord`], Envoy's
-//! [`ResponseFlags`], the [`AccessLogSink`] trait and the named limits. It does no I/O, knows
-//! nothing of YAML or sockets, and so is tested directly.
+//! (listeners, route tables with each route's [`RoutePolicy`] — retries, rewrites, header
+//! operations, faults, mirrors — and clusters), the per-request / per-connection
+//! [`LogRecord`], Envoy's [`ResponseFlags`], the [`AccessLogSink`] trait and the named limits.
+//! It does no I/O, knows nothing of YAML or sockets, and so is tested directly.
 
 pub mod flags;
 pub mod host;
 pub mod limits;
+pub mod policy;
 pub mod record;
 pub mod snapshot;
 pub mod tls;
 
 pub use flags::ResponseFlags;
 pub use host::HostPattern;
+pub use policy::{
+    AbortCode, Fault, FaultAbort, FaultDelay, Fraction, HeaderAdd, HeaderMutations, HeaderOps,
+    MirrorPolicy, PathRewrite, Redirect, RetryOn, RetryPolicy, Rewrite, RoutePolicy,
+};
 pub use record::{AccessLogSink, LogGuard, LogRecord, RequestInfo};
 pub use snapshot::*;
 pub use tls::{CertSource, DownstreamTls, TlsMode, TlsServer, UpstreamTls};

@@ -23,3 +23,11 @@ pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MIN_DNS_TTL: Duration = Duration::from_secs(1);
 /// Access-log queue length between the data path and the writer thread.
 pub const ACCESS_LOG_QUEUE: usize = 65_536;
+/// Request body bytes kept for replaying a retry or sending a mirror (Envoy's per-request
+/// buffer limit, which defaults to the listener's 1 MiB connection buffer limit; checked with
+/// Envoy 1.40: a 70 KB POST is retried, a 3 MB one is not). The body streams upstream while
+/// the copy is kept; past the limit the copy is dropped and the request is not replayed.
+pub const REQUEST_REPLAY_BUFFER_BYTES: usize = 1024 * 1024;
+/// An upgraded (WebSocket) connection with no byte either way for this long is closed
+/// (Istio's HTTP idle timeout, 1 h).
+pub const UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);

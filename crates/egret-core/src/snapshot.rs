@@ -113,6 +113,8 @@ pub struct Route {
     pub action: RouteAction,
     /// Route timeout (`http[].timeout`); None = no timeout (Istio's default is disabled).
     pub timeout: Option<Duration>,
+    /// Retries, rewrites, header changes, faults, mirrors (`egret_core::policy`).
+    pub policy: crate::RoutePolicy,
 }
 
 /// One `HTTPMatchRequest`: all present conditions must hold (AND).
@@ -160,6 +162,8 @@ pub enum RouteAction {
     Forward(WeightedClusters),
     /// Answer locally (Istio's 404 for a server without routes; `directResponse`).
     Direct { status: u16, body: Option<String> },
+    /// `redirect`: answered locally with `location`.
+    Redirect(crate::Redirect),
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +196,9 @@ impl WeightedClusters {
 pub struct WeightedCluster {
     pub cluster: Arc<str>,
     pub weight: u32,
+    /// Header changes of this destination (`route[].headers`) when the rule has several
+    /// destinations (with one, Istio merges them into the route's).
+    pub headers: Option<Arc<crate::HeaderOps>>,
 }
 
 /// Passthrough routes for one TLS listener: SNI → clusters.
@@ -240,6 +247,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// TLS origination toward the endpoints (DestinationRule `tls`), if any.
     pub tls: Option<Arc<crate::UpstreamTls>>,
+    /// DestinationRule `connectionPool`, `outlierDetection` and `consistentHash`.
+    pub traffic: ClusterTraffic,
 }
 
 /// How a cluster finds its endpoints.
@@ -260,12 +269,21 @@ pub struct DnsTarget {
     pub port: u16,
 }
 
+/// Envoy's `lb_policy`. Istio's default (no `loadBalancer.simple`) is `LEAST_REQUEST`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LbPolicy {
-    #[default]
     RoundRobin,
     Random,
+    #[default]
     LeastRequest,
+    /// `consistentHash` (Istio's default algorithm, and `ringHash`): Ketama-style ring.
+    RingHash {
+        minimum_ring_size: u64,
+    },
+    /// `consistentHash.maglev`: Maglev lookup table (size prime, Envoy's default 65537).
+    Maglev {
+        table_size: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,4 +293,113 @@ pub enum UpstreamProtocol {
     Http2,
     /// TCP/TLS passthrough clusters.
     Tcp,
+}
+
+/// Per-cluster traffic settings from the DestinationRule, as Istio hands them to Envoy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterTraffic {
+    pub pool: ConnectionPool,
+    /// None: no `outlierDetection`, no endpoint is ever ejected.
+    pub outlier: Option<OutlierDetection>,
+    /// What `consistentHash` hashes (only used with `RingHash`/`Maglev`).
+    pub hash: Option<HashPolicy>,
+}
+
+/// `connectionPool`: Envoy circuit-breaker thresholds plus HTTP protocol options. Istio's
+/// defaults are "no limit" (2^32-1) for every threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionPool {
+    /// `tcp.maxConnections`: open connections to all endpoints of the cluster.
+    pub max_connections: u32,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending_requests: u32,
+    /// `http.http2MaxRequests`: requests in flight to the cluster (any protocol).
+    pub max_requests: u32,
+    /// `http.maxRetries`: retries in flight to the cluster.
+    pub max_retries: u32,
+    /// `http.maxRequestsPerConnection`; None = unlimited.
+    pub max_requests_per_connection: Option<u32>,
+    /// `http.idleTimeout` (or `tcp.idleTimeout`): idle upstream connections are closed after it.
+    pub idle_timeout: Option<Duration>,
+    /// `tcp.maxConnectionDuration`: connections are not reused past this age.
+    pub max_connection_duration: Option<Duration>,
+    /// `tcp.tcpKeepalive`: SO_KEEPALIVE on upstream sockets (unset parts: OS defaults).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        ConnectionPool {
+            max_connections: u32::MAX,
+            max_pending_requests: u32::MAX,
+            max_requests: u32::MAX,
+            max_retries: u32::MAX,
+            max_requests_per_connection: None,
+            idle_timeout: None,
+            max_connection_duration: None,
+            tcp_keepalive: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+}
+
+/// `outlierDetection` as Istio configures Envoy's detector (success-rate detection off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Eject after this many consecutive 5xx (None = not enforced). Istio leaves Envoy's
+    /// default of 5 when `consecutive5xxErrors` is unset; 0 disables it.
+    pub consecutive_5xx: Option<u32>,
+    /// Eject after this many consecutive 502/503/504 (None = not enforced, Envoy's default).
+    pub consecutive_gateway_errors: Option<u32>,
+    /// `splitExternalLocalOriginErrors`: connect failures and timeouts count apart from 5xx.
+    pub split_local_origin: bool,
+    /// `consecutiveLocalOriginFailures` (with the split only).
+    pub consecutive_local_origin_failures: Option<u32>,
+    /// Sweep period: ejected endpoints return on the first sweep after their time is up.
+    pub interval: Duration,
+    /// Ejection time = base × number of ejections (capped at `max_ejection_time`).
+    pub base_ejection_time: Duration,
+    /// Envoy's `max_ejection_time` (Istio does not set it: 300 s).
+    pub max_ejection_time: Duration,
+    /// At most this share of the endpoints is ejected (Envoy's default 10%).
+    pub max_ejection_percent: u32,
+    /// `minHealthPercent` → Envoy's panic threshold: below it, ejections are ignored. Istio's
+    /// default 0 disables panic mode, so with every endpoint ejected requests get `UH`.
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: Some(5),
+            consecutive_gateway_errors: None,
+            split_local_origin: false,
+            consecutive_local_origin_failures: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        }
+    }
+}
+
+/// The request property a consistent-hash cluster hashes (Istio puts it on the route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashPolicy {
+    /// `httpHeaderName` (lower-case).
+    Header(http::HeaderName),
+    /// `httpCookie`: the cookie's value. Envoy generates the cookie when absent and a `ttl`
+    /// is set; Egret hashes only cookies the client sends.
+    Cookie { name: String },
+    /// `useSourceIp`: the downstream peer address.
+    SourceIp,
+    /// `httpQueryParameterName`.
+    QueryParameter(String),
 }

@@ -78,9 +78,82 @@ pub fn build(status: u16, body: Option<String>) -> (Response<ResponseBody>, u64)
     (resp, len)
 }
 
+/// A redirect as Envoy 1.40 sends it: `location`, `date`, `server`, `content-length: 0`.
+pub fn redirect(status: u16, location: &str) -> (Response<ResponseBody>, u64) {
+    let mut resp = Response::new(ResponseBody::full(None));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(http::header::LOCATION, v);
+    }
+    if let Ok(d) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
+        h.insert(http::header::DATE, d);
+    }
+    h.insert(http::header::SERVER, SERVER_NAME.clone());
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    (resp, 0)
+}
+
+/// A trailers-only gRPC error as Envoy 1.40 sends it to a gRPC client: `200`,
+/// `content-type: application/grpc`, `grpc-status`, `grpc-message`, no body.
+pub fn grpc(code: u32, message: &str) -> (Response<ResponseBody>, u64) {
+    let mut resp = Response::new(ResponseBody::full(None));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(m) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", m);
+    }
+    if let Ok(d) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
+        h.insert(http::header::DATE, d);
+    }
+    h.insert(http::header::SERVER, SERVER_NAME.clone());
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    (resp, 0)
+}
+
+/// Envoy marks a circuit-breaker overflow reply with `x-envoy-overloaded: true`, as the
+/// first header (checked with Envoy 1.40).
+pub fn mark_overloaded(headers: &mut http::HeaderMap) {
+    let rest = std::mem::take(headers);
+    headers.insert(
+        http::HeaderName::from_static("x-envoy-overloaded"),
+        HeaderValue::from_static("true"),
+    );
+    let mut last = None;
+    for (name, value) in rest {
+        if let Some(n) = name {
+            last = Some(n);
+        }
+        if let Some(n) = &last {
+            headers.append(n.clone(), value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overloaded_header_comes_first() {
+        let body = upstream_reset_body("overflow", false, None);
+        let (mut resp, _) = build(503, Some(body));
+        mark_overloaded(resp.headers_mut());
+        let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+        // Envoy 1.40's order for the overflow reply.
+        let envoy = [
+            "x-envoy-overloaded",
+            "content-length",
+            "content-type",
+            "date",
+            "server",
+        ];
+        assert_eq!(names, envoy);
+    }
 
     #[test]
     fn texts_match_envoy_1_40() {

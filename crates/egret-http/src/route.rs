@@ -19,21 +19,23 @@ pub enum RouteResult<'a> {
     NoVirtualHost,
     /// A virtual host, but none of its routes matched (same answer).
     NoRoute(&'a VirtualHost),
-    Matched(&'a VirtualHost, &'a Route),
+    /// The route, and which of its matches applied (None for a route without matches).
+    Matched(&'a VirtualHost, &'a Route, Option<&'a RouteMatch>),
 }
 
 pub fn find_route<'a>(table: &'a HttpRouteTable, req: &RequestView<'_>) -> RouteResult<'a> {
     let Some(vh) = table.find_virtual_host(req.authority) else {
         return RouteResult::NoVirtualHost;
     };
-    match vh.routes.iter().find(|r| route_applies(r, req)) {
-        Some(r) => RouteResult::Matched(vh, r),
-        None => RouteResult::NoRoute(vh),
+    for r in &vh.routes {
+        if r.matches.is_empty() {
+            return RouteResult::Matched(vh, r, None);
+        }
+        if let Some(m) = r.matches.iter().find(|m| match_applies(m, req)) {
+            return RouteResult::Matched(vh, r, Some(m));
+        }
     }
-}
-
-fn route_applies(route: &Route, req: &RequestView<'_>) -> bool {
-    route.matches.is_empty() || route.matches.iter().any(|m| match_applies(m, req))
+    RouteResult::NoRoute(vh)
 }
 
 fn match_applies(m: &RouteMatch, req: &RequestView<'_>) -> bool {
@@ -112,6 +114,7 @@ mod tests {
             matches,
             action: RouteAction::Direct { status, body: None },
             timeout: None,
+            policy: Default::default(),
         }
     }
 
@@ -187,7 +190,7 @@ mod tests {
             headers: &h,
         };
         match find_route(t, &req) {
-            RouteResult::Matched(_, r) => match r.action {
+            RouteResult::Matched(_, r, _) => match r.action {
                 RouteAction::Direct { status, .. } => Some(status),
                 _ => None,
             },

@@ -1,24 +1,29 @@
-//! The per-request handler: route, forward with Istio's default retry policy, answer.
+//! The per-request handler: route, apply the route's policy (fault, header operations,
+//! rewrite, mirrors), forward with its retry policy and timeout ([`crate::forward`]), answer.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::{Body as _, Incoming};
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
 
 use egret_core::{
-    AccessLogSink, HttpRouteTable, LogGuard, LogRecord, RequestInfo, ResponseFlags, RouteAction,
-    Snapshot,
+    AbortCode, AccessLogSink, HeaderMutations, HttpRouteTable, LogGuard, LogRecord, RequestInfo,
+    ResponseFlags, RouteAction, Snapshot,
 };
-use egret_upstream::{ClusterState, PickError, Pool, Resolver, UpstreamBody, Upstreams};
+use egret_upstream::{Pool, Resolver, Upstreams};
 
 use crate::body::ResponseBody;
+use crate::forward::{Downstream, Forward};
 use crate::headers;
 use crate::local_reply;
+use crate::mirror;
+use crate::replay::RequestBody;
+use crate::rewrite;
 use crate::route::{find_route, RequestView, RouteResult};
+use crate::upgrade::{self, Upgrade};
 
 /// Process-wide pieces every request uses.
 pub struct HttpShared {
@@ -42,12 +47,6 @@ pub struct ConnContext {
     pub peer_uri_san: Option<String>,
 }
 
-/// Istio's default retry policy for HTTP routes without `retries`: 2 retries on
-/// connect-failure, refused-stream, unavailable, cancelled and retriable status 503.
-const DEFAULT_RETRIES: u32 = 2;
-/// Envoy's default retry back-off base interval (25 ms; max 10×).
-const RETRY_BASE: Duration = Duration::from_millis(25);
-
 pub async fn handle(
     shared: Arc<HttpShared>,
     conn: Arc<ConnContext>,
@@ -63,9 +62,26 @@ pub async fn handle(
     rec.requested_server_name = conn.requested_server_name.clone();
     rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
 
+    if headers::request_headers_size(&req) > egret_core::limits::MAX_REQUEST_HEADERS_BYTES {
+        // Envoy (checked with 1.40): `"- - HTTP/1.1" 431 DPE http1.headers_too_large`, a
+        // text body, and the connection closed.
+        let guard = LogGuard::new(rec, shared.sink.clone());
+        let mut resp = local(
+            guard,
+            431,
+            Some("Request Header Fields Too Large".into()),
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "http1.headers_too_large",
+            None,
+        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let remote_ip = conn.remote.ip();
     {
         let h = req.headers_mut();
+        headers::strip_envoy_control(h);
         headers::ensure_request_id(h, remote_ip);
         headers::append_xff(h, remote_ip, shared.local_ip);
         h.insert(
@@ -100,6 +116,22 @@ pub async fn handle(
     });
     let mut guard = PendingLog(Some(LogGuard::new(rec, shared.sink.clone())));
 
+    if req.method() == http::Method::CONNECT {
+        // An Istio gateway has no CONNECT routes: Envoy 1.40 answers `404 NR` and closes.
+        let mut resp = local(
+            guard.take(),
+            404,
+            None,
+            ResponseFlags::NO_ROUTE_FOUND,
+            "route_not_found",
+            None,
+        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
+    let upgrade_kind = upgrade::requested(req.version(), req.headers());
+
     let authority_str = authority.as_deref().unwrap_or("");
     let view = RequestView {
         authority: authority_str,
@@ -108,8 +140,8 @@ pub async fn handle(
         scheme: conn.scheme,
         headers: req.headers(),
     };
-    let route = match find_route(&conn.table, &view) {
-        RouteResult::Matched(_, r) => r,
+    let (route, matched) = match find_route(&conn.table, &view) {
+        RouteResult::Matched(_, r, m) => (r, m),
         RouteResult::NoVirtualHost | RouteResult::NoRoute(_) => {
             return Ok(local(
                 guard.take(),
@@ -121,16 +153,32 @@ pub async fn handle(
             ));
         }
     };
+    let matched_uri = matched.and_then(|m| m.uri.as_ref());
     guard.record().route_name = route.name.clone();
+    let policy = &route.policy;
+    let route_response = [&policy.headers.response];
     let clusters = match &route.action {
         RouteAction::Direct { status, body } => {
-            return Ok(local(
+            return Ok(local_reply_with(
                 guard.take(),
                 *status,
                 body.clone(),
                 ResponseFlags::NONE,
                 "direct_response",
                 None,
+                &route_response,
+            ));
+        }
+        RouteAction::Redirect(r) => {
+            let location = rewrite::redirect_location(r, conn.scheme, authority_str, &path);
+            let (resp, _) = local_reply::redirect(r.status, &location);
+            return Ok(record_local(
+                guard.take(),
+                resp,
+                ResponseFlags::NONE,
+                "direct_response",
+                None,
+                &route_response,
             ));
         }
         RouteAction::Forward(c) => c,
@@ -157,28 +205,203 @@ pub async fn handle(
         ));
     };
     guard.record().upstream_cluster = Some(cluster.name().clone());
+    // Destination operations first, then the route's (Envoy's default order: the less
+    // specific level is applied last and wins).
+    let dest_ops = picked.headers.as_deref();
+    let response_ops: Vec<&HeaderMutations> = dest_ops
+        .map(|d| &d.response)
+        .into_iter()
+        .chain(route_response)
+        .collect();
+
+    if upgrade_kind == Upgrade::Other {
+        // Istio enables `websocket` upgrades only (Envoy 1.40: `403 upgrade_failed`, closed).
+        let mut resp = local_reply_with(
+            guard.take(),
+            403,
+            None,
+            ResponseFlags::NONE,
+            "upgrade_failed",
+            None,
+            &response_ops,
+        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
+
+    // Fault injection runs before the router: the delay does not count against the route
+    // timeout, and an abort never reaches the upstream (Envoy 1.40: `DI`, `FI`,
+    // `fault_filter_abort`, body `fault filter abort`).
+    if let Some(fault) = &policy.fault {
+        if let Some(d) = &fault.delay {
+            if d.fraction.hit(fastrand::u32(..1_000_000)) {
+                tokio::time::sleep(d.delay).await;
+                guard.record().set_flag(ResponseFlags::DELAY_INJECTED);
+            }
+        }
+        if let Some(a) = &fault.abort {
+            if a.fraction.hit(fastrand::u32(..1_000_000)) {
+                let grpc = headers::is_grpc(req.headers());
+                let resp = match a.code {
+                    AbortCode::Grpc(code) if grpc => local_reply::grpc(code, "fault filter abort"),
+                    AbortCode::Grpc(_) => {
+                        local_reply::build(200, Some("fault filter abort".into()))
+                    }
+                    AbortCode::Http(status) => {
+                        local_reply::build(status, Some("fault filter abort".into()))
+                    }
+                };
+                return Ok(record_local(
+                    guard.take(),
+                    resp.0,
+                    ResponseFlags::FAULT_INJECTED,
+                    "fault_filter_abort",
+                    None,
+                    &response_ops,
+                ));
+            }
+        }
+    }
+
+    // consistentHash: the key is read before the request's headers are rewritten.
+    let lb_hash = cluster.request_hash(req.headers(), &path, conn.remote.ip());
+
+    // Header operations and rewrites change the request in place, so the access log shows
+    // the request as it went upstream (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%` still prints the
+    // path the client sent), as in Envoy.
+    let mut up_path = path.clone();
+    let mut up_authority = authority_str.to_string();
+    let mutated = dest_ops.is_some_and(|d| !d.request.is_empty())
+        || !policy.headers.request.is_empty()
+        || policy.rewrite.is_some()
+        || dest_ops.is_some_and(|d| d.authority.is_some());
+    if mutated {
+        let h = req.headers_mut();
+        if let Some(d) = dest_ops {
+            d.request.apply(h);
+        }
+        policy.headers.request.apply(h);
+        let rw = policy.rewrite.as_ref();
+        if let Some(pr) = rw.and_then(|r| r.path.as_ref()) {
+            up_path = rewrite::rewrite_path(pr, matched_uri, &path);
+            if let Ok(v) = HeaderValue::from_str(&path) {
+                h.insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
+            }
+        }
+        let new_authority = rw
+            .and_then(|r| r.authority.as_deref())
+            .or_else(|| dest_ops.and_then(|d| d.authority.as_deref()));
+        if let Some(a) = new_authority {
+            if let Ok(v) = HeaderValue::from_str(authority_str) {
+                h.insert(headers::X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+            up_authority = a.to_string();
+        }
+        if let Some(info) = guard.record().request.as_mut() {
+            info.path = up_path.clone();
+            info.authority = Some(up_authority.clone());
+            info.headers = h.clone();
+        }
+    }
+
+    let on_upgrade = (upgrade_kind == Upgrade::WebSocket).then(|| hyper::upgrade::on(&mut req));
+    let upgrade_value = on_upgrade
+        .as_ref()
+        .and_then(|_| req.headers().get(http::header::UPGRADE).cloned());
+    let (parts, incoming) = req.into_parts();
+    let mut up_headers = parts.headers;
+    headers::strip_hop_by_hop(&mut up_headers);
+    up_headers.remove(http::header::HOST);
+
+    let retry = policy.retry.as_ref().filter(|p| p.num_retries > 0);
+    let mirrors: Vec<_> = policy
+        .mirrors
+        .iter()
+        .filter(|m| m.fraction.hit(fastrand::u32(..1_000_000)))
+        .collect();
+    let mut body = RequestBody::new(incoming, retry.is_some() || !mirrors.is_empty());
+    let received = body.received();
+    let timeout = route.timeout.filter(|t| !t.is_zero());
+    let shadow = |cluster: &Arc<str>, body| mirror::Shadow {
+        cluster: cluster.clone(),
+        method: parts.method.clone(),
+        headers: up_headers.clone(),
+        authority: up_authority.clone(),
+        path: up_path.clone(),
+        body,
+        timeout,
+    };
+    // Body-less requests are mirrored at once; the others once the body has been read.
+    let mut mirrors_left = Vec::new();
+    for m in mirrors {
+        if matches!(body, RequestBody::Empty) {
+            let s = shadow(&m.cluster, egret_upstream::UpstreamBody::Empty);
+            mirror::spawn(shared.clone(), conn.upstreams.clone(), s);
+        } else {
+            mirrors_left.push(m);
+        }
+    }
 
     let forward = Forward {
         shared: &shared,
         cluster: &cluster,
-        authority: authority_str.to_string(),
-        path,
+        authority: up_authority.clone(),
+        path: up_path.clone(),
+        retry,
+        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+        lb_hash,
+        upgrade: upgrade_value,
     };
-    match route.timeout {
-        Some(t) if !t.is_zero() => {
-            match tokio::time::timeout(t, forward.run(req, guard.get())).await {
-                Ok(resp) => Ok(resp.finish(guard.take())),
-                Err(_) => Ok(local(
-                    guard.take(),
-                    504,
-                    Some("upstream request timeout".into()),
-                    ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                    "response_timeout",
-                    None,
-                )),
+    let outcome = match timeout {
+        Some(t) => tokio::time::timeout(
+            t,
+            forward.run(&parts.method, &up_headers, &mut body, guard.get()),
+        )
+        .await
+        .ok(),
+        None => Some(
+            forward
+                .run(&parts.method, &up_headers, &mut body, guard.get())
+                .await,
+        ),
+    };
+    for m in mirrors_left {
+        match body.mirror_copy() {
+            Some(b) => {
+                let s = shadow(&m.cluster, b);
+                mirror::spawn(shared.clone(), conn.upstreams.clone(), s);
             }
+            None => tracing::debug!(
+                cluster = %m.cluster,
+                "not mirrored: the request body was not read to its end within the replay buffer"
+            ),
         }
-        _ => Ok(forward.run(req, guard.get()).await.finish(guard.take())),
+    }
+    match outcome {
+        Some(outcome) => Ok(outcome.finish(
+            guard.take(),
+            Downstream {
+                received,
+                on_upgrade,
+                response_ops: &response_ops,
+            },
+        )),
+        None => {
+            // Envoy reports a timed-out request to outlier detection (as a 504).
+            if let Some(h) = guard.record().upstream_host {
+                cluster.report(h, egret_upstream::Outcome::Timeout);
+            }
+            Ok(local_reply_with(
+                guard.take(),
+                504,
+                Some("upstream request timeout".into()),
+                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                "response_timeout",
+                received,
+                &response_ops,
+            ))
+        }
     }
 }
 
@@ -226,258 +449,51 @@ impl Drop for PendingLog {
 
 /// Answers locally, filling the record.
 fn local(
-    mut guard: LogGuard,
+    guard: LogGuard,
     status: u16,
     body: Option<String>,
     flags: ResponseFlags,
     details: &str,
     received: Option<Arc<AtomicU64>>,
 ) -> Response<ResponseBody> {
-    let (resp, _len) = local_reply::build(status, body);
+    local_reply_with(guard, status, body, flags, details, received, &[])
+}
+
+/// Answers locally for a matched route: its response header operations apply too (Envoy
+/// 1.40 adds them to local replies, redirects and fault aborts alike).
+pub(crate) fn local_reply_with(
+    guard: LogGuard,
+    status: u16,
+    body: Option<String>,
+    flags: ResponseFlags,
+    details: &str,
+    received: Option<Arc<AtomicU64>>,
+    response_ops: &[&HeaderMutations],
+) -> Response<ResponseBody> {
+    let (mut resp, _len) = local_reply::build(status, body);
+    if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) {
+        local_reply::mark_overloaded(resp.headers_mut());
+    }
+    record_local(guard, resp, flags, details, received, response_ops)
+}
+
+/// Fills the record for a locally built response and attaches it to the body.
+fn record_local(
+    mut guard: LogGuard,
+    resp: Response<ResponseBody>,
+    flags: ResponseFlags,
+    details: &str,
+    received: Option<Arc<AtomicU64>>,
+    response_ops: &[&HeaderMutations],
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    for ops in response_ops {
+        ops.apply(&mut parts.headers);
+    }
     let rec = guard.record();
-    rec.response_code = status;
+    rec.response_code = parts.status.as_u16();
     rec.response_flags.insert(flags);
     rec.response_code_details = Some(details.to_string().into());
-    rec.response_headers = Some(resp.headers().clone());
-    let (parts, body) = resp.into_parts();
+    rec.response_headers = Some(parts.headers.clone());
     Response::from_parts(parts, body.with_log(guard, received))
-}
-
-/// What the forwarding loop produced; turned into a response once the guard is back.
-/// Lives for one move on the stack, so the size difference of the variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-enum Outcome {
-    Upstream {
-        resp: Response<Incoming>,
-        conn: egret_upstream::PooledConn,
-        received: Option<Arc<AtomicU64>>,
-    },
-    Local {
-        status: u16,
-        body: Option<String>,
-        flags: ResponseFlags,
-        details: String,
-        received: Option<Arc<AtomicU64>>,
-    },
-}
-
-impl Outcome {
-    fn finish(self, mut guard: LogGuard) -> Response<ResponseBody> {
-        match self {
-            Outcome::Local {
-                status,
-                body,
-                flags,
-                details,
-                received,
-            } => local(guard, status, body, flags, &details, received),
-            Outcome::Upstream {
-                resp,
-                conn,
-                received,
-            } => {
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                parts
-                    .headers
-                    .insert(http::header::SERVER, headers::SERVER_NAME.clone());
-                let rec = guard.record();
-                rec.response_code = parts.status.as_u16();
-                rec.response_code_details = Some("via_upstream".into());
-                rec.response_headers = Some(parts.headers.clone());
-                Response::from_parts(
-                    parts,
-                    ResponseBody::upstream(body, conn).with_log(guard, received),
-                )
-            }
-        }
-    }
-}
-
-struct Forward<'a> {
-    shared: &'a HttpShared,
-    cluster: &'a Arc<ClusterState>,
-    authority: String,
-    path: String,
-}
-
-impl Forward<'_> {
-    async fn run(&self, req: Request<Incoming>, guard: &mut LogGuard) -> Outcome {
-        let started = Instant::now();
-        let (parts, incoming) = req.into_parts();
-        let mut up_headers = parts.headers;
-        headers::strip_hop_by_hop(&mut up_headers);
-        up_headers.remove(http::header::HOST);
-        let (mut body, received) = if incoming.is_end_stream() {
-            (Some(UpstreamBody::Empty), None)
-        } else {
-            let counter = Arc::new(AtomicU64::new(0));
-            (
-                Some(UpstreamBody::Streaming {
-                    inner: incoming,
-                    received: counter.clone(),
-                }),
-                Some(counter),
-            )
-        };
-        // Only a body-less request can be sent twice.
-        let replayable = received.is_none();
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut attempt = 0u32;
-        loop {
-            let last_attempt = attempt >= DEFAULT_RETRIES;
-            let addr = match self.cluster.pick(&self.shared.resolver, &tried).await {
-                Ok(a) => a,
-                Err(PickError::NoHealthyUpstream { .. }) => {
-                    return Outcome::Local {
-                        status: 503,
-                        body: Some("no healthy upstream".into()),
-                        flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
-                        details: "no_healthy_upstream".into(),
-                        received,
-                    };
-                }
-            };
-            tried.push(addr);
-            guard.record().upstream_host = Some(addr);
-            let mut conn = match self.shared.pool.checkout(self.cluster, addr).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(cluster = %self.cluster.name(), error = %e, "upstream connect failed");
-                    let tfr = e.transport_failure_reason();
-                    guard.record().upstream_transport_failure_reason = tfr.clone();
-                    if !last_attempt {
-                        attempt += 1;
-                        backoff(attempt).await;
-                        continue;
-                    }
-                    let mut flags = ResponseFlags::NONE;
-                    if attempt > 0 {
-                        flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                    }
-                    flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
-                    return Outcome::Local {
-                        status: 503,
-                        body: Some(local_reply::upstream_reset_body(
-                            e.reset_reason(),
-                            attempt > 0,
-                            None,
-                        )),
-                        flags,
-                        details: local_reply::reset_details(
-                            false,
-                            e.reset_reason(),
-                            tfr.as_deref(),
-                        ),
-                        received,
-                    };
-                }
-            };
-            guard.record().upstream_local_address = Some(conn.local_addr());
-            guard.record().upstream_transport_failure_reason = None;
-            let Some(b) = body.take() else {
-                // Unreachable by construction (a streamed body is never retried), but never panic.
-                return self.reset_outcome(
-                    "connection termination",
-                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                    received,
-                );
-            };
-            let upstream_req = self.build_request(&parts.method, &up_headers, conn.is_http2(), b);
-            let sent_at = Instant::now();
-            match conn.send(upstream_req).await {
-                Ok(resp) => {
-                    let retriable_status = resp.status().as_u16() == 503 && replayable;
-                    if retriable_status && !last_attempt {
-                        drop(resp);
-                        body = Some(UpstreamBody::Empty);
-                        attempt += 1;
-                        backoff(attempt).await;
-                        continue;
-                    }
-                    if retriable_status && attempt > 0 {
-                        guard
-                            .record()
-                            .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                    }
-                    let mut resp = resp;
-                    let ms = sent_at.max(started).elapsed().as_millis().to_string();
-                    if let Ok(v) = HeaderValue::from_str(&ms) {
-                        resp.headers_mut()
-                            .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-                    }
-                    return Outcome::Upstream {
-                        resp,
-                        conn,
-                        received,
-                    };
-                }
-                Err(mut e) => {
-                    // A pooled connection the peer had already closed: the request never
-                    // left, so it goes out again on a fresh connection (not a retry).
-                    if conn.reused() {
-                        if let Some(again) = e.request.take() {
-                            body = Some(again.into_body());
-                            continue;
-                        }
-                    }
-                    let reason = e.reset_reason();
-                    let flag = match reason {
-                        "protocol error" => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
-                        "remote reset" => ResponseFlags::UPSTREAM_REMOTE_RESET,
-                        _ => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                    };
-                    return self.reset_outcome(reason, flag, received);
-                }
-            }
-        }
-    }
-
-    fn reset_outcome(
-        &self,
-        reason: &str,
-        flag: ResponseFlags,
-        received: Option<Arc<AtomicU64>>,
-    ) -> Outcome {
-        Outcome::Local {
-            status: 503,
-            body: Some(local_reply::upstream_reset_body(reason, false, None)),
-            flags: flag,
-            details: local_reply::reset_details(false, reason, None),
-            received,
-        }
-    }
-
-    fn build_request(
-        &self,
-        method: &http::Method,
-        headers: &http::HeaderMap,
-        http2: bool,
-        body: UpstreamBody,
-    ) -> Request<UpstreamBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
-        let mut h = headers.clone();
-        if http2 {
-            *req.version_mut() = Version::HTTP_2;
-            let uri = format!("http://{}{}", self.authority, self.path);
-            *req.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = self.path.parse().unwrap_or_else(|_| Uri::from_static("/"));
-            if let Ok(v) = HeaderValue::from_str(&self.authority) {
-                h.insert(http::header::HOST, v);
-            }
-        }
-        *req.headers_mut() = h;
-        req
-    }
-}
-
-/// Envoy's jittered exponential back-off: uniform in [0, base·2^(n-1)], capped at 10× base.
-async fn backoff(attempt: u32) {
-    let max = (RETRY_BASE.as_millis() as u64) << (attempt.saturating_sub(1)).min(4);
-    let cap = RETRY_BASE.as_millis() as u64 * 10;
-    let ms = fastrand::u64(0..=max.min(cap));
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }

@@ -26,14 +26,17 @@ pub async fn serve_http<S>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .max_buf_size(MAX_REQUEST_HEADERS_BYTES.max(8192))
+        // Read past the 60 KiB header limit so the handler can answer it as Envoy does (431
+        // with a log line); hyper's own 431 only beyond this.
+        .max_buf_size(MAX_REQUEST_HEADERS_BYTES * 4)
         .timer(TokioTimer::new());
     builder
         .http2()
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
         .timer(TokioTimer::new());
     let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // With upgrades: a WebSocket `101` hands the connection to the request (egret-http).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let draining = *drain.borrow();
     let result = if draining {

@@ -15,7 +15,7 @@ use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, W
 use egret_sni::reader::{read_client_hello_into, ReadError};
 use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
 use egret_sni::{forward_spliced, ForwardEnd};
-use egret_upstream::connect::connect;
+use egret_upstream::connect::connect_with;
 
 use crate::active::Active;
 use crate::server::Gateway;
@@ -114,12 +114,21 @@ pub(crate) async fn serve_tcp(
         );
     };
     guard.record().upstream_cluster = Some(cluster.name().clone());
-    let addr = match cluster.pick(&gw.shared.resolver, &[]).await {
+    // consistentHash useSourceIp also balances TCP routes (Istio sets the tcp_proxy hash).
+    let hash = cluster.request_hash(&hyper::HeaderMap::new(), "", remote.ip());
+    let addr = match cluster.pick_for(&gw.shared.resolver, &[], hash).await {
         Ok(a) => a,
         Err(_) => return refuse(guard, ResponseFlags::NO_HEALTHY_UPSTREAM, "-", None),
     };
     guard.record().upstream_host = Some(addr);
-    let upstream = match connect(addr, cluster.spec.connect_timeout).await {
+    // DestinationRule maxConnections: Envoy's tcp_proxy closes the connection, flagged `UO`.
+    let Some(_connection_slot) = cluster.circuit().try_connection() else {
+        guard.record().upstream_host = None;
+        return refuse(guard, ResponseFlags::UPSTREAM_OVERFLOW, "-", None);
+    };
+    let keepalive = cluster.spec.traffic.pool.tcp_keepalive;
+    let upstream = match connect_with(addr, cluster.spec.connect_timeout, keepalive.as_ref()).await
+    {
         Ok(s) => s,
         Err(e) => {
             // Envoy's tcp_proxy makes one connect attempt (max_connect_attempts 1) and

@@ -17,6 +17,8 @@ pub enum UpstreamBody {
         inner: Incoming,
         received: Arc<AtomicU64>,
     },
+    /// Any other body (egret-http's copy-keeping body for retries and mirrors).
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static>>),
 }
 
 impl Body for UpstreamBody {
@@ -39,6 +41,7 @@ impl Body for UpstreamBody {
                 }
                 r
             }
+            UpstreamBody::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
 
@@ -47,6 +50,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => true,
             UpstreamBody::Full(b) => b.is_none(),
             UpstreamBody::Streaming { inner, .. } => inner.is_end_stream(),
+            UpstreamBody::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -55,6 +59,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             UpstreamBody::Streaming { inner, .. } => inner.size_hint(),
+            UpstreamBody::Boxed(b) => b.size_hint(),
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for UpstreamBody {
                 b.as_ref().map(|b| b.len())
             ),
             UpstreamBody::Streaming { .. } => f.write_str("UpstreamBody::Streaming"),
+            UpstreamBody::Boxed(_) => f.write_str("UpstreamBody::Boxed"),
         }
     }
 }

@@ -1,15 +1,20 @@
 //! Run-time state of each cluster: its current endpoints (re-resolved when their DNS TTL
-//! expires) and the load-balancer position. State lives in a registry keyed by cluster name
-//! so it survives config reloads whenever the cluster's definition is unchanged.
+//! expires) with their in-flight counts and outlier state, the load balancer, and the
+//! circuit-breaker counters. State lives in a registry keyed by cluster name so it survives
+//! config reloads whenever the cluster's definition is unchanged.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use egret_core::{Cluster, Discovery, DnsTarget, LbPolicy};
+use http::HeaderMap;
 
+use crate::circuit::Circuit;
+use crate::lb::{Maglev, Ring};
+use crate::outlier::{Detector, Endpoint, Outcome};
 use crate::resolve::{DnsError, Resolver};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +29,54 @@ pub enum PickError {
 
 #[derive(Debug)]
 struct Endpoints {
-    addrs: Arc<[SocketAddr]>,
+    set: Arc<EndpointSet>,
     valid_until: Option<Instant>,
     last_error: Option<Arc<DnsError>>,
+}
+
+/// The endpoints of one resolution, each with its run-time state, and the consistent-hash
+/// table over them (built on first use).
+#[derive(Debug)]
+pub struct EndpointSet {
+    pub addrs: Arc<[SocketAddr]>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    table: OnceLock<HashTable>,
+}
+
+#[derive(Debug)]
+enum HashTable {
+    Ring(Ring),
+    Maglev(Maglev),
+}
+
+impl EndpointSet {
+    /// A set for `addrs`, keeping the state of endpoints `previous` already had.
+    fn new(addrs: Vec<SocketAddr>, previous: Option<&EndpointSet>) -> EndpointSet {
+        let endpoints = addrs
+            .iter()
+            .map(|a| {
+                previous
+                    .and_then(|p| p.endpoints.iter().find(|e| e.addr == *a))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(*a)))
+            })
+            .collect();
+        EndpointSet {
+            addrs: addrs.into(),
+            endpoints,
+            table: OnceLock::new(),
+        }
+    }
+
+    fn find(&self, addr: SocketAddr) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
 }
 
 /// The current endpoint addresses, and the DNS error of the last resolution if it failed.
 pub type EndpointView = (Arc<[SocketAddr]>, Option<Arc<DnsError>>);
 
-/// One cluster's endpoints and balancer.
+/// One cluster's endpoints, balancer and limits.
 #[derive(Debug)]
 pub struct ClusterState {
     pub spec: Arc<Cluster>,
@@ -42,18 +86,20 @@ pub struct ClusterState {
     next: AtomicUsize,
     /// Identifies the TLS settings for pool keys (0 = plain).
     tls_key: u64,
+    circuit: Arc<Circuit>,
+    outlier: Option<Detector>,
 }
 
 impl ClusterState {
     pub fn new(spec: Arc<Cluster>) -> ClusterState {
-        let (addrs, valid_until): (Arc<[SocketAddr]>, _) = match &spec.discovery {
-            Discovery::Static { endpoints } => (endpoints.clone().into(), None),
-            _ => (Arc::from(Vec::new()), Some(Instant::now())),
+        let (addrs, valid_until) = match &spec.discovery {
+            Discovery::Static { endpoints } => (endpoints.clone(), None),
+            _ => (Vec::new(), Some(Instant::now())),
         };
         ClusterState {
             spec: spec.clone(),
             endpoints: Mutex::new(Endpoints {
-                addrs,
+                set: Arc::new(EndpointSet::new(addrs, None)),
                 valid_until,
                 last_error: None,
             }),
@@ -65,12 +111,62 @@ impl ClusterState {
                 t.hash(&mut h);
                 h.finish() | 1
             }),
+            circuit: Arc::new(Circuit::new(spec.traffic.pool.clone())),
+            outlier: spec
+                .traffic
+                .outlier
+                .clone()
+                .map(|cfg| Detector::new(cfg, Instant::now())),
         }
+    }
+
+    /// The circuit-breaker counters and limits of this cluster.
+    pub fn circuit(&self) -> &Arc<Circuit> {
+        &self.circuit
+    }
+
+    /// The state of endpoint `addr`, if it is in the current set.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<Arc<Endpoint>> {
+        lock(&self.endpoints).set.find(addr).cloned()
+    }
+
+    /// The current endpoints with their state (no DNS query), for `/clusters` and tests.
+    pub fn endpoint_states(&self) -> Vec<Arc<Endpoint>> {
+        lock(&self.endpoints).set.endpoints.clone()
+    }
+
+    /// Reports what became of a request (or connect attempt) on `addr`, for outlier detection.
+    /// Envoy: every attempt counts, retried ones included.
+    pub fn report(&self, addr: SocketAddr, outcome: Outcome) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        let set = lock(&self.endpoints).set.clone();
+        if let Some(ep) = set.find(addr) {
+            detector.report(ep, &set.endpoints, outcome, Instant::now());
+        }
+    }
+
+    /// The request's consistent-hash key, when this cluster balances by one.
+    pub fn request_hash(
+        &self,
+        headers: &HeaderMap,
+        path_and_query: &str,
+        source: IpAddr,
+    ) -> Option<u64> {
+        if !matches!(
+            self.spec.lb,
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+        ) {
+            return None;
+        }
+        let policy = self.spec.traffic.hash.as_ref()?;
+        crate::lb::request_hash(policy, headers, path_and_query, source)
     }
 
     /// The endpoints as last resolved (no DNS query), for `/clusters`.
     pub fn cached_endpoints(&self) -> Arc<[SocketAddr]> {
-        lock(&self.endpoints).addrs.clone()
+        lock(&self.endpoints).set.addrs.clone()
     }
 
     pub fn tls_key(&self) -> u64 {
@@ -84,10 +180,12 @@ impl ClusterState {
     /// Current endpoints, re-resolving when the DNS answer has expired. A failed
     /// re-resolution keeps the previous addresses (as Envoy does) and is retried on the next
     /// request after the minimum TTL.
-    pub async fn endpoints(
-        &self,
-        resolver: &Resolver,
-    ) -> (Arc<[SocketAddr]>, Option<Arc<DnsError>>) {
+    pub async fn endpoints(&self, resolver: &Resolver) -> EndpointView {
+        let (set, err) = self.endpoint_set(resolver).await;
+        (set.addrs.clone(), err)
+    }
+
+    async fn endpoint_set(&self, resolver: &Resolver) -> (Arc<EndpointSet>, Option<Arc<DnsError>>) {
         if let Some(fresh) = self.fresh() {
             return fresh;
         }
@@ -99,7 +197,12 @@ impl ClusterState {
         let mut ep = lock(&self.endpoints);
         match result {
             Ok((addrs, valid_until)) => {
-                ep.addrs = addrs.into();
+                if addrs[..] != ep.set.addrs[..] {
+                    ep.set = Arc::new(EndpointSet::new(addrs, Some(&ep.set)));
+                    if let Some(d) = &self.outlier {
+                        d.recount(&ep.set.endpoints);
+                    }
+                }
                 ep.valid_until = Some(valid_until);
                 ep.last_error = None;
             }
@@ -109,14 +212,14 @@ impl ClusterState {
                 ep.last_error = Some(Arc::new(e));
             }
         }
-        (ep.addrs.clone(), ep.last_error.clone())
+        (ep.set.clone(), ep.last_error.clone())
     }
 
-    fn fresh(&self) -> Option<EndpointView> {
+    fn fresh(&self) -> Option<(Arc<EndpointSet>, Option<Arc<DnsError>>)> {
         let ep = lock(&self.endpoints);
         match ep.valid_until {
             Some(t) if t <= Instant::now() => None,
-            _ => Some((ep.addrs.clone(), ep.last_error.clone())),
+            _ => Some((ep.set.clone(), ep.last_error.clone())),
         }
     }
 
@@ -175,27 +278,115 @@ impl ClusterState {
         resolver: &Resolver,
         tried: &[SocketAddr],
     ) -> Result<SocketAddr, PickError> {
-        let (addrs, err) = self.endpoints(resolver).await;
-        if addrs.is_empty() {
+        self.pick_for(resolver, tried, None).await
+    }
+
+    /// [`pick`](Self::pick) with the request's consistent-hash key (see
+    /// [`request_hash`](Self::request_hash)); without one a hash cluster picks at random, as
+    /// Envoy does. Ejected endpoints are skipped; none left is `UH`.
+    pub async fn pick_for(
+        &self,
+        resolver: &Resolver,
+        tried: &[SocketAddr],
+        hash: Option<u64>,
+    ) -> Result<SocketAddr, PickError> {
+        let (set, err) = self.endpoint_set(resolver).await;
+        let n = set.endpoints.len();
+        if n == 0 {
             return Err(PickError::NoHealthyUpstream {
                 cluster: self.spec.name.clone(),
                 cause: err,
             });
         }
-        let start = match self.spec.lb {
-            LbPolicy::Random => fastrand::usize(..addrs.len()),
-            // LEAST_REQUEST degrades to round robin until per-endpoint request counts exist.
-            LbPolicy::RoundRobin | LbPolicy::LeastRequest => {
-                self.next.fetch_add(1, Ordering::Relaxed)
+        let consider_health = match &self.outlier {
+            None => false,
+            Some(d) => {
+                d.sweep(&set.endpoints, Instant::now());
+                d.ejected_count() > 0 && !d.panic(n)
             }
         };
-        for i in 0..addrs.len() {
-            let a = addrs[(start + i) % addrs.len()];
-            if !tried.contains(&a) {
-                return Ok(a);
+        let healthy = |i: usize| !consider_health || !set.endpoints[i].is_ejected();
+        if consider_health && !(0..n).any(healthy) {
+            return Err(PickError::NoHealthyUpstream {
+                cluster: self.spec.name.clone(),
+                cause: None,
+            });
+        }
+        let fresh = |i: usize| healthy(i) && !tried.contains(&set.endpoints[i].addr);
+        let i = match (self.spec.lb, hash) {
+            (LbPolicy::RingHash { minimum_ring_size }, Some(h)) => {
+                let t = set
+                    .table
+                    .get_or_init(|| HashTable::Ring(Ring::new(&set.addrs, minimum_ring_size)));
+                first_in(t, h, &fresh).or_else(|| first_in(t, h, &healthy))
+            }
+            (LbPolicy::Maglev { table_size }, Some(h)) => {
+                let t = set
+                    .table
+                    .get_or_init(|| HashTable::Maglev(Maglev::new(&set.addrs, table_size)));
+                first_in(t, h, &fresh).or_else(|| first_in(t, h, &healthy))
+            }
+            (LbPolicy::RoundRobin, _) => scan(
+                n,
+                self.next.fetch_add(1, Ordering::Relaxed),
+                &fresh,
+                &healthy,
+            ),
+            (LbPolicy::LeastRequest, _) => least_request(&set.endpoints, &fresh)
+                .or_else(|| scan(n, fastrand::usize(..n), &fresh, &healthy)),
+            _ => scan(n, fastrand::usize(..n), &fresh, &healthy),
+        };
+        // `healthy` holds for some endpoint, so a scan always finds one.
+        let i = i.unwrap_or(0);
+        Ok(set.endpoints[i].addr)
+    }
+}
+
+/// The first index from `start` (wrapping) that is fresh, else the first that is healthy.
+fn scan(
+    n: usize,
+    start: usize,
+    fresh: &dyn Fn(usize) -> bool,
+    healthy: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
+    let order = (0..n).map(|k| (start + k) % n);
+    order
+        .clone()
+        .find(|i| fresh(*i))
+        .or_else(|| order.clone().find(|i| healthy(*i)))
+}
+
+fn first_in(t: &HashTable, hash: u64, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    match t {
+        HashTable::Ring(r) => r.walk(hash).find(|i| ok(*i)),
+        HashTable::Maglev(m) => m.walk(hash).find(|i| ok(*i)),
+    }
+}
+
+/// Envoy's LEAST_REQUEST with equal weights: the fewer in-flight requests of two endpoints
+/// drawn at random. We draw two distinct ones (Envoy may draw the same twice), so with two
+/// endpoints the less loaded one always wins.
+fn least_request(endpoints: &[Arc<Endpoint>], fresh: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let n = endpoints.len();
+    if n == 1 {
+        return fresh(0).then_some(0);
+    }
+    let a = fastrand::usize(..n);
+    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+    match (fresh(a), fresh(b)) {
+        (true, true) => {
+            if endpoints[b].active_requests() < endpoints[a].active_requests() {
+                Some(b)
+            } else {
+                Some(a)
             }
         }
-        Ok(addrs[start % addrs.len()])
+        (true, false) => Some(a),
+        (false, true) => Some(b),
+        // Both drawn were ejected or tried: the least loaded of the rest.
+        (false, false) => (0..n)
+            .filter(|i| fresh(*i))
+            .min_by_key(|i| endpoints[*i].active_requests()),
     }
 }
 
@@ -236,6 +427,7 @@ fn same_definition(a: &Cluster, b: &Cluster) -> bool {
         && a.protocol == b.protocol
         && a.connect_timeout == b.connect_timeout
         && a.tls == b.tls
+        && a.traffic == b.traffic
 }
 
 #[cfg(test)]
@@ -251,6 +443,7 @@ mod tests {
             lb: LbPolicy::RoundRobin,
             protocol: egret_core::UpstreamProtocol::Http1,
             tls: None,
+            traffic: Default::default(),
         })
     }
 
@@ -274,6 +467,102 @@ mod tests {
         assert_eq!(c.pick(&r, &[b]).await.unwrap(), a);
         // All tried: still answers.
         assert!(c.pick(&r, &[a, b]).await.is_ok());
+    }
+
+    fn static_cluster(lb: LbPolicy, traffic: egret_core::ClusterTraffic, n: u8) -> ClusterState {
+        ClusterState::new(Arc::new(Cluster {
+            name: Arc::from("outbound|80||x"),
+            discovery: Discovery::Static {
+                endpoints: (1..=n)
+                    .map(|i| SocketAddr::from(([127, 0, 0, i], 80)))
+                    .collect(),
+            },
+            connect_timeout: Duration::from_secs(1),
+            lb,
+            protocol: egret_core::UpstreamProtocol::Http1,
+            tls: None,
+            traffic,
+        }))
+    }
+
+    fn resolver() -> Resolver {
+        Resolver::new(&crate::ResolverConfig {
+            dns_server: Some("127.0.0.1:9".parse().unwrap()),
+            hosts_file: None,
+            connect_to: Default::default(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn least_request_prefers_the_idle_endpoint() {
+        let c = static_cluster(LbPolicy::LeastRequest, Default::default(), 2);
+        let r = resolver();
+        let busy = c.endpoint("127.0.0.1:80".parse().unwrap()).unwrap();
+        let _in_flight = busy.begin_request();
+        for _ in 0..50 {
+            assert_eq!(
+                c.pick(&r, &[]).await.unwrap(),
+                "127.0.0.2:80".parse().unwrap()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn consistent_hash_keeps_a_key_on_one_endpoint() {
+        for lb in [
+            LbPolicy::RingHash {
+                minimum_ring_size: 1024,
+            },
+            LbPolicy::Maglev { table_size: 65537 },
+        ] {
+            let c = static_cluster(lb, Default::default(), 3);
+            let r = resolver();
+            let mut owners = std::collections::HashSet::new();
+            for key in 0..64u64 {
+                let h = crate::lb::mix(key);
+                let first = c.pick_for(&r, &[], Some(h)).await.unwrap();
+                for _ in 0..5 {
+                    assert_eq!(c.pick_for(&r, &[], Some(h)).await.unwrap(), first);
+                }
+                owners.insert(first);
+                // A retry goes elsewhere (previous_hosts).
+                assert_ne!(c.pick_for(&r, &[first], Some(h)).await.unwrap(), first);
+            }
+            assert_eq!(owners.len(), 3, "{lb:?}: keys spread over all endpoints");
+        }
+    }
+
+    #[tokio::test]
+    async fn ejected_endpoints_leave_the_rotation() {
+        let traffic = egret_core::ClusterTraffic {
+            outlier: Some(egret_core::OutlierDetection {
+                consecutive_5xx: Some(2),
+                max_ejection_percent: 100,
+                base_ejection_time: Duration::from_secs(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = static_cluster(LbPolicy::RoundRobin, traffic, 2);
+        let r = resolver();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:80".parse().unwrap(),
+            "127.0.0.2:80".parse().unwrap(),
+        );
+        c.report(a, Outcome::Status(503));
+        c.report(a, Outcome::ConnectFailed);
+        for _ in 0..10 {
+            assert_eq!(c.pick(&r, &[]).await.unwrap(), b);
+        }
+        // A retry that already tried b still gets b: a is out.
+        assert_eq!(c.pick(&r, &[b]).await.unwrap(), b);
+        c.report(b, Outcome::Status(500));
+        c.report(b, Outcome::Status(500));
+        match c.pick(&r, &[]).await {
+            Err(PickError::NoHealthyUpstream { cause: None, .. }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

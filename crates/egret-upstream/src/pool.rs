@@ -6,10 +6,17 @@
 //!
 //! HTTP/1.1: a connection carries one request at a time; it returns to the idle list when the
 //! response body has been read to the end ([`PooledConn::release`]), and is dropped (closed)
-//! otherwise. HTTP/2: one shared connection per endpoint, multiplexed.
+//! otherwise. HTTP/2: one shared connection per endpoint, multiplexed; while it is being
+//! established, other requests for the endpoint wait for it instead of opening their own.
+//!
+//! Circuit breaking as Envoy does it: a request takes a request slot (`http2MaxRequests`);
+//! then an idle connection, or a new one if `maxConnections` allows; otherwise it waits as a
+//! pending request (`http1MaxPendingRequests`) until a connection frees up. Past any limit
+//! the checkout fails at once with [`ConnectError::Overflow`] (Envoy's `503 UO`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,12 +26,14 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use egret_core::limits::{MAX_IDLE_PER_ENDPOINT, UPSTREAM_IDLE_TIMEOUT};
-use egret_core::UpstreamProtocol;
+use egret_core::{ConnectionPool, UpstreamProtocol};
 use egret_tls::UpstreamTlsContexts;
 
 use crate::body::UpstreamBody;
+use crate::circuit::{Circuit, Slot};
 use crate::cluster::ClusterState;
-use crate::connect::{connect, ConnectError};
+use crate::connect::{connect_with, ConnectError};
+use crate::outlier::ActiveRequest;
 
 /// Connections are shared only between requests of the same cluster, endpoint and TLS
 /// settings (a reload that changes a cluster's TLS gets fresh connections).
@@ -35,22 +44,41 @@ struct PoolKey {
     tls: u64,
 }
 
+/// What a connection has done, for `maxRequestsPerConnection` and `maxConnectionDuration`.
+#[derive(Clone, Copy, Debug)]
+struct ConnAge {
+    created: Instant,
+    /// Requests sent on it, this one included.
+    served: u32,
+}
+
 struct IdleConn {
     sender: http1::SendRequest<UpstreamBody>,
     local: SocketAddr,
     since: Instant,
+    age: ConnAge,
 }
 
 #[derive(Clone)]
 struct H2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     local: SocketAddr,
+    created: Instant,
+    /// Streams opened on it so far.
+    streams: Arc<AtomicU32>,
+}
+
+#[derive(Clone)]
+enum H2Entry {
+    /// A request is establishing the connection; others wait for it.
+    Connecting,
+    Ready(H2Conn),
 }
 
 #[derive(Default)]
 struct PoolInner {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
-    h2: Mutex<HashMap<PoolKey, H2Conn>>,
+    h2: Mutex<HashMap<PoolKey, H2Entry>>,
 }
 
 /// Shared by every listener and snapshot; cheap to clone.
@@ -65,13 +93,18 @@ enum Sender {
     H2(http2::SendRequest<UpstreamBody>),
 }
 
-/// A connection checked out for one request.
+/// A connection checked out for one request. Holds the request's circuit-breaker slot and
+/// the endpoint's in-flight count until it is released or dropped.
 pub struct PooledConn {
     sender: Sender,
     key: PoolKey,
     local: SocketAddr,
     reused: bool,
     pool: Arc<PoolInner>,
+    age: ConnAge,
+    circuit: Arc<Circuit>,
+    _request: Slot,
+    _active: Option<ActiveRequest>,
 }
 
 /// Why sending a request upstream failed, in Envoy's terms.
@@ -117,6 +150,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The `Connecting` mark of one key, held by the request establishing the connection.
+struct Connecting<'a> {
+    pool: &'a PoolInner,
+    key: &'a PoolKey,
+    circuit: &'a Circuit,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        {
+            let mut map = lock(&self.pool.h2);
+            if matches!(map.get(self.key), Some(H2Entry::Connecting)) {
+                map.remove(self.key);
+            }
+        }
+        self.circuit.available.notify_waiters();
+    }
+}
+
+/// What a checkout found in the HTTP/2 table.
+enum H2State {
+    Ready(PooledParts),
+    Connecting,
+    Absent,
+}
+
+/// A usable connection before it is wrapped with the request's slots.
+struct PooledParts {
+    sender: Sender,
+    local: SocketAddr,
+    reused: bool,
+    age: ConnAge,
+}
+
 impl Pool {
     /// A pool without TLS origination (plain clusters only).
     pub fn new() -> Pool {
@@ -133,38 +200,107 @@ impl Pool {
 
     /// A ready connection to `addr` for `cluster`: a pooled one if any, else a new one
     /// (TCP connect, then TLS when the cluster originates it, then the HTTP handshake for
-    /// the protocol chosen: the cluster's, or what ALPN negotiated).
+    /// the protocol chosen: the cluster's, or what ALPN negotiated), within the cluster's
+    /// circuit-breaker limits.
     pub async fn checkout(
         &self,
         cluster: &ClusterState,
         addr: SocketAddr,
     ) -> Result<PooledConn, ConnectError> {
         let spec = &cluster.spec;
+        let circuit = cluster.circuit().clone();
         let key = PoolKey {
             cluster: spec.name.clone(),
             addr,
             tls: cluster.tls_key(),
         };
-        if let Some(conn) = self.reuse_h2(&key).await {
-            return Ok(conn);
-        }
-        if spec.protocol != UpstreamProtocol::Http2 {
-            while let Some(idle) = self.pop_idle(&key) {
-                let mut sender = idle.sender;
-                if sender.is_closed() || idle.since.elapsed() > UPSTREAM_IDLE_TIMEOUT {
-                    continue;
+        // Envoy checks the request limit first, then looks for a connection.
+        let request = circuit.try_request().ok_or(ConnectError::Overflow {
+            limit: "http2MaxRequests",
+        })?;
+        let active = cluster.endpoint(addr).map(|e| e.begin_request());
+        let wrap = |p: PooledParts, request: Slot, active: Option<ActiveRequest>| PooledConn {
+            sender: p.sender,
+            key: key.clone(),
+            local: p.local,
+            reused: p.reused,
+            pool: self.inner.clone(),
+            age: p.age,
+            circuit: circuit.clone(),
+            _request: request,
+            _active: active,
+        };
+        let limits = &circuit.limits;
+        let h2_only = spec.protocol == UpstreamProtocol::Http2;
+        let mut pending: Option<Slot> = None;
+        loop {
+            // Registered before looking, so a release between the look and the wait is seen.
+            let available = circuit.available.notified();
+            tokio::pin!(available);
+            available.as_mut().enable();
+
+            match self.h2_state(&key, limits, h2_only) {
+                H2State::Ready(p) => return Ok(wrap(p, request, active)),
+                H2State::Connecting => {}
+                H2State::Absent if h2_only => {
+                    // We hold the key's `Connecting` mark; the guard lifts it if we fail, give
+                    // up or are cancelled, and wakes the requests waiting for it.
+                    let _connecting = Connecting {
+                        pool: &self.inner,
+                        key: &key,
+                        circuit: &circuit,
+                    };
+                    if let Some(slot) = circuit.try_connection() {
+                        let r = self.connect(cluster, &key, slot).await;
+                        return r.map(|p| wrap(p, request, active));
+                    }
                 }
-                if sender.ready().await.is_ok() {
-                    return Ok(self.conn(Sender::H1(sender), key, idle.local, true));
+                H2State::Absent => {
+                    if let Some(p) = self.take_idle(&key, limits).await {
+                        return Ok(wrap(p, request, active));
+                    }
+                    if let Some(slot) = circuit.try_connection() {
+                        return self
+                            .connect(cluster, &key, slot)
+                            .await
+                            .map(|p| wrap(p, request, active));
+                    }
+                    // At the connection limit: an idle connection to another endpoint of
+                    // this cluster gives up its place.
+                    self.evict_idle(&key);
                 }
             }
+            if pending.is_none() {
+                pending = Some(circuit.try_pending().ok_or(ConnectError::Overflow {
+                    limit: "http1MaxPendingRequests",
+                })?);
+            }
+            available.await;
         }
-        let stream = connect(addr, spec.connect_timeout).await?;
+    }
+
+    /// TCP (+ TLS) + HTTP handshake; `slot` is the connection's place under maxConnections and
+    /// lives as long as the connection.
+    async fn connect(
+        &self,
+        cluster: &ClusterState,
+        key: &PoolKey,
+        slot: Slot,
+    ) -> Result<PooledParts, ConnectError> {
+        let spec = &cluster.spec;
+        let addr = key.addr;
+        let stream = connect_with(
+            addr,
+            spec.connect_timeout,
+            spec.traffic.pool.tcp_keepalive.as_ref(),
+        )
+        .await?;
         let local = stream.local_addr().unwrap_or_else(|_| unspecified());
         match &spec.tls {
             None => {
                 let h2 = spec.protocol == UpstreamProtocol::Http2;
-                self.handshake(TokioIo::new(stream), key, local, h2).await
+                self.handshake(TokioIo::new(stream), key, local, h2, slot)
+                    .await
             }
             Some(tls) => {
                 let Some(contexts) = &self.tls else {
@@ -191,7 +327,7 @@ impl Pool {
                         .map_err(|source| ConnectError::Tls { addr, source })?;
                 let h2 = negotiated.as_deref() == Some(b"h2")
                     || spec.protocol == UpstreamProtocol::Http2;
-                self.handshake(TokioIo::new(tls_stream), key, local, h2)
+                self.handshake(TokioIo::new(tls_stream), key, local, h2, slot)
                     .await
             }
         }
@@ -200,14 +336,19 @@ impl Pool {
     async fn handshake<IO>(
         &self,
         io: IO,
-        key: PoolKey,
+        key: &PoolKey,
         local: SocketAddr,
         h2: bool,
-    ) -> Result<PooledConn, ConnectError>
+        slot: Slot,
+    ) -> Result<PooledParts, ConnectError>
     where
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let addr = key.addr;
+        let age = ConnAge {
+            created: Instant::now(),
+            served: 1,
+        };
         if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -215,55 +356,129 @@ impl Pool {
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            lock(&self.inner.h2).insert(
-                key.clone(),
-                H2Conn {
-                    sender: sender.clone(),
-                    local,
-                },
-            );
-            Ok(self.conn(Sender::H2(sender), key, local, false))
+            let entry = H2Conn {
+                sender: sender.clone(),
+                local,
+                created: age.created,
+                streams: Arc::new(AtomicU32::new(1)),
+            };
+            lock(&self.inner.h2).insert(key.clone(), H2Entry::Ready(entry));
+            Ok(PooledParts {
+                sender: Sender::H2(sender),
+                local,
+                reused: false,
+                age,
+            })
         } else {
             let (sender, conn) = http1::Builder::new()
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let _slot = slot;
+                // `with_upgrades`: a `101 Switching Protocols` (WebSocket) hands the socket to
+                // the request's upgrade future instead of closing it.
+                if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
                 }
             });
-            Ok(self.conn(Sender::H1(sender), key, local, false))
+            Ok(PooledParts {
+                sender: Sender::H1(sender),
+                local,
+                reused: false,
+                age,
+            })
         }
     }
 
-    /// The shared HTTP/2 connection to this endpoint, if one is open and has room.
-    async fn reuse_h2(&self, key: &PoolKey) -> Option<PooledConn> {
-        let existing = lock(&self.inner.h2).get(key).cloned()?;
-        let mut sender = existing.sender;
-        if sender.is_closed() || sender.ready().await.is_err() {
-            lock(&self.inner.h2).remove(key);
-            return None;
+    /// The shared HTTP/2 connection to this endpoint if it can take another stream; marks the
+    /// key as connecting when there is none and `claim` is set.
+    fn h2_state(&self, key: &PoolKey, limits: &ConnectionPool, claim: bool) -> H2State {
+        let mut map = lock(&self.inner.h2);
+        match map.get(key).cloned() {
+            Some(H2Entry::Connecting) => H2State::Connecting,
+            Some(H2Entry::Ready(c)) => {
+                let expired = limits
+                    .max_connection_duration
+                    .is_some_and(|d| c.created.elapsed() >= d);
+                if c.sender.is_closed() || !c.sender.is_ready() || expired {
+                    // Closed, or draining: new streams go to a new connection.
+                    map.remove(key);
+                    if claim {
+                        map.insert(key.clone(), H2Entry::Connecting);
+                    }
+                    return H2State::Absent;
+                }
+                let served = c.streams.fetch_add(1, Ordering::AcqRel) + 1;
+                if limits
+                    .max_requests_per_connection
+                    .is_some_and(|max| served >= max)
+                {
+                    // Its last stream: later requests open a new connection.
+                    map.remove(key);
+                }
+                H2State::Ready(PooledParts {
+                    sender: Sender::H2(c.sender),
+                    local: c.local,
+                    reused: true,
+                    age: ConnAge {
+                        created: c.created,
+                        served,
+                    },
+                })
+            }
+            None => {
+                if claim {
+                    map.insert(key.clone(), H2Entry::Connecting);
+                }
+                H2State::Absent
+            }
         }
-        Some(self.conn(Sender::H2(sender), key.clone(), existing.local, true))
+    }
+
+    /// An idle HTTP/1.1 connection to this endpoint that is still usable.
+    async fn take_idle(&self, key: &PoolKey, limits: &ConnectionPool) -> Option<PooledParts> {
+        let idle_timeout = limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT);
+        while let Some(idle) = self.pop_idle(key) {
+            let mut sender = idle.sender;
+            if sender.is_closed() || idle.since.elapsed() > idle_timeout {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(PooledParts {
+                    sender: Sender::H1(sender),
+                    local: idle.local,
+                    reused: true,
+                    age: ConnAge {
+                        created: idle.age.created,
+                        served: idle.age.served + 1,
+                    },
+                });
+            }
+        }
+        None
     }
 
     fn pop_idle(&self, key: &PoolKey) -> Option<IdleConn> {
         lock(&self.inner.idle).get_mut(key).and_then(|v| v.pop())
     }
 
-    fn conn(&self, sender: Sender, key: PoolKey, local: SocketAddr, reused: bool) -> PooledConn {
-        PooledConn {
-            sender,
-            key,
-            local,
-            reused,
-            pool: self.inner.clone(),
-        }
+    /// Closes the oldest idle connection of the same cluster to another endpoint (its slot
+    /// comes back when the connection task ends, which wakes the waiters).
+    fn evict_idle(&self, key: &PoolKey) {
+        let mut idle = lock(&self.inner.idle);
+        let victim = idle
+            .iter_mut()
+            .filter(|(k, v)| k.cluster == key.cluster && k.addr != key.addr && !v.is_empty())
+            .min_by_key(|(_, v)| v.first().map(|c| c.since))
+            .map(|(_, v)| v.remove(0));
+        drop(idle);
+        drop(victim);
     }
 
     /// Idle HTTP/1.1 connections currently pooled for `cluster` (for tests and /clusters).
@@ -309,10 +524,18 @@ impl PooledConn {
         })
     }
 
-    /// The response was read to its end: the connection may serve another request.
+    /// The response was read to its end: the connection may serve another request (unless it
+    /// reached `maxRequestsPerConnection` or `maxConnectionDuration`, then it closes).
     pub fn release(self) {
+        let limits = &self.circuit.limits;
+        let spent = limits
+            .max_requests_per_connection
+            .is_some_and(|max| self.age.served >= max)
+            || limits
+                .max_connection_duration
+                .is_some_and(|d| self.age.created.elapsed() >= d);
         if let Sender::H1(sender) = self.sender {
-            if sender.is_closed() {
+            if sender.is_closed() || spent {
                 return;
             }
             let mut idle = lock(&self.pool.idle);
@@ -322,8 +545,11 @@ impl PooledConn {
                     sender,
                     local: self.local,
                     since: Instant::now(),
+                    age: self.age,
                 });
             }
+            drop(idle);
+            self.circuit.available.notify_waiters();
         }
     }
 }

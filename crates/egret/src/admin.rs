@@ -137,6 +137,7 @@ pub fn config_dump(s: &Snapshot) -> Value {
                             "action": match &r.action {
                                 RouteAction::Forward(w) => json!({"clusters": w.clusters.iter().map(|c| json!({"name": &*c.cluster, "weight": c.weight})).collect::<Vec<_>>()}),
                                 RouteAction::Direct { status, body } => json!({"direct_response": {"status": status, "body": body}}),
+                                RouteAction::Redirect(r) => json!({"redirect": {"status": r.status, "scheme": r.scheme, "host": r.host, "port": r.port, "path": r.path}}),
                             },
                         })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),

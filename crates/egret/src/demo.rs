@@ -155,6 +155,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ports.push(port);
     }
 
+    // Listen for Ctrl-C before anything is printed, so a Ctrl-C right after the banner is
+    // caught by the handler and not by the default action.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     println!("egret demo: the four scenarios of the egress-gateway walkthrough, on 127.0.0.1\n");
     let mut passed = 0;
     for (i, sc) in SCENARIOS.iter().enumerate() {
@@ -274,7 +277,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    let _ = tokio::signal::ctrl_c().await;
+    interrupt.recv().await;
     for gw in &gateways {
         gw.drain(Duration::from_secs(2)).await;
     }

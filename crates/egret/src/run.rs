@@ -93,6 +93,12 @@ async fn serve(
         ..GatewayOptions::new(args.bind)
     };
     let gateway = assemble(snapshot, sink, &resolver, tls, options)?;
+    // Signal handlers go in before the listeners bind, so a signal right after "ready" is
+    // handled, not fatal.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let quit = Arc::new(Notify::new());
     let admin_state = Arc::new(GatewayAdmin {
         gateway: gateway.clone(),
@@ -130,10 +136,6 @@ async fn serve(
         ))
     });
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -1,0 +1,485 @@
+//! Sending one request to its cluster: pick an endpoint, get a connection, send, and retry as
+//! the route's `retry_policy` says (Envoy 1.40's semantics: see [`crate::retry`]), each
+//! attempt bounded by `perTryTimeout`. The route timeout wraps all of it (in
+//! [`crate::service`]). The outcome is either the upstream's response or the local reply
+//! Envoy would send, with the flags and details for the log.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tokio::time::Instant;
+
+use egret_core::{HeaderMutations, LogGuard, ResponseFlags, RetryPolicy};
+use egret_upstream::{ClusterState, PickError, PooledConn, SendError, UpstreamBody};
+
+use crate::body::ResponseBody;
+use crate::headers;
+use crate::local_reply;
+use crate::replay::RequestBody;
+use crate::retry::{self, Failure};
+use crate::service::HttpShared;
+
+/// One request's trip upstream.
+pub struct Forward<'a> {
+    pub shared: &'a HttpShared,
+    pub cluster: &'a Arc<ClusterState>,
+    /// The upstream authority and path (after rewrites).
+    pub authority: String,
+    pub path: String,
+    /// None: a single attempt.
+    pub retry: Option<&'a RetryPolicy>,
+    /// When the route timeout expires, for `x-envoy-expected-rq-timeout-ms`.
+    pub deadline: Option<Instant>,
+    /// The request's consistent-hash key, for clusters that balance by one.
+    pub lb_hash: Option<u64>,
+    /// A WebSocket upgrade request: its `Upgrade` value goes upstream with
+    /// `Connection: Upgrade`.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// What the attempts produced; turned into the downstream response by [`Outcome::finish`].
+/// Lives for one move on the stack, so the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    Upstream {
+        resp: Response<Incoming>,
+        conn: PooledConn,
+    },
+    Local {
+        status: u16,
+        body: Option<String>,
+        flags: ResponseFlags,
+        details: String,
+    },
+}
+
+/// Whether to try again after a failed attempt.
+enum Next {
+    Retry,
+    /// Retriable, but the retries ran out: Envoy flags `URX`.
+    Exhausted,
+    /// Not retriable (no policy, not a retry condition, or the body cannot be replayed).
+    Stop,
+}
+
+impl Forward<'_> {
+    fn next(&self, retriable: bool, retries: u32, body: &RequestBody) -> Next {
+        let Some(policy) = self.retry else {
+            return Next::Stop;
+        };
+        // Envoy retries only what it can replay: a body that streamed past the replay buffer
+        // (or is still arriving) ends the attempts without `URX` (checked with Envoy 1.40).
+        if !retriable || !body.replayable() {
+            return Next::Stop;
+        }
+        if retries >= policy.num_retries {
+            return Next::Exhausted;
+        }
+        Next::Retry
+    }
+
+    async fn back_off(&self, retries: u32) {
+        let base = self
+            .retry
+            .map_or(egret_core::policy::DEFAULT_RETRY_BACKOFF, |p| {
+                p.backoff_base
+            });
+        tokio::time::sleep(retry::backoff(base, retries, fastrand::u64(..))).await;
+    }
+
+    pub async fn run(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        body: &mut RequestBody,
+        guard: &mut LogGuard,
+    ) -> Outcome {
+        let per_try = self.retry.and_then(|p| p.per_try_timeout);
+        let avoid_tried = self.retry.is_none_or(|p| p.ignore_previous_hosts);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0u32;
+        // `x-envoy-upstream-service-time` counts from the first attempt (Envoy 1.40).
+        let mut first_sent: Option<Instant> = None;
+        loop {
+            let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
+            let addr = match self
+                .cluster
+                .pick_for(&self.shared.resolver, avoid, self.lb_hash)
+                .await
+            {
+                Ok(a) => a,
+                Err(PickError::NoHealthyUpstream { .. }) => {
+                    return Outcome::Local {
+                        status: 503,
+                        body: Some("no healthy upstream".into()),
+                        flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
+                        details: "no_healthy_upstream".into(),
+                    };
+                }
+            };
+            tried.push(addr);
+            guard.record().upstream_host = Some(addr);
+            let mut conn = match self.shared.pool.checkout(self.cluster, addr).await {
+                Ok(c) => c,
+                Err(e) if e.is_overflow() => {
+                    // Envoy (checked with 1.40): `503 UO upstream_reset_before_response_started{overflow}`,
+                    // `x-envoy-overloaded: true`, no retry, no upstream host in the log.
+                    let rec = guard.record();
+                    rec.upstream_host = None;
+                    rec.upstream_transport_failure_reason = None;
+                    return Outcome::Local {
+                        status: 503,
+                        body: Some(local_reply::upstream_reset_body("overflow", false, None)),
+                        flags: ResponseFlags::UPSTREAM_OVERFLOW,
+                        details: local_reply::reset_details(false, "overflow", None),
+                    };
+                }
+                Err(e) => {
+                    self.cluster
+                        .report(addr, egret_upstream::Outcome::ConnectFailed);
+                    tracing::debug!(cluster = %self.cluster.name(), error = %e, "upstream connect failed");
+                    let tfr = e.transport_failure_reason();
+                    guard.record().upstream_transport_failure_reason = tfr.clone();
+                    let retriable = self.retry.is_some_and(|p| {
+                        retry::retry_on_failure(p.retry_on, Failure::ConnectFailure)
+                    });
+                    let mut flags = ResponseFlags::NONE;
+                    match self.next(retriable, retries, body) {
+                        Next::Retry => {
+                            retries += 1;
+                            self.back_off(retries).await;
+                            continue;
+                        }
+                        Next::Exhausted => {
+                            flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                        }
+                        Next::Stop => {}
+                    }
+                    flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                    return Outcome::Local {
+                        status: 503,
+                        body: Some(local_reply::upstream_reset_body(
+                            e.reset_reason(),
+                            retries > 0,
+                            None,
+                        )),
+                        flags,
+                        details: local_reply::reset_details(
+                            false,
+                            e.reset_reason(),
+                            tfr.as_deref(),
+                        ),
+                    };
+                }
+            };
+            self.cluster
+                .report(addr, egret_upstream::Outcome::ConnectSucceeded);
+            guard.record().upstream_local_address = Some(conn.local_addr());
+            guard.record().upstream_transport_failure_reason = None;
+            let Some(b) = body.next_attempt() else {
+                // Unreachable by construction (a body that cannot be replayed is never
+                // retried), but never panic.
+                return reset_outcome(
+                    "connection termination",
+                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    retries > 0,
+                    ResponseFlags::NONE,
+                );
+            };
+            let upstream_req =
+                self.build_request(method, headers, conn.is_http2(), b, retries + 1, per_try);
+            first_sent.get_or_insert_with(Instant::now);
+            let sent = match per_try {
+                Some(t) => tokio::time::timeout(t, conn.send(upstream_req)).await,
+                None => Ok(conn.send(upstream_req).await),
+            };
+            match sent {
+                Err(_elapsed) => {
+                    // Envoy: `504 UT upstream_per_try_timeout`, after `URX` when retries ran
+                    // out (checked with 1.40).
+                    self.cluster.report(addr, egret_upstream::Outcome::Timeout);
+                    drop(conn);
+                    let retriable = self.retry.is_some_and(|p| {
+                        retry::retry_on_failure(p.retry_on, Failure::PerTryTimeout)
+                    });
+                    let mut flags = ResponseFlags::NONE;
+                    match self.next(retriable, retries, body) {
+                        Next::Retry => {
+                            retries += 1;
+                            self.back_off(retries).await;
+                            continue;
+                        }
+                        Next::Exhausted => {
+                            flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                        }
+                        Next::Stop => {}
+                    }
+                    flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    return Outcome::Local {
+                        status: 504,
+                        body: Some("upstream request timeout".into()),
+                        flags,
+                        details: "upstream_per_try_timeout".into(),
+                    };
+                }
+                Ok(Ok(mut resp)) => {
+                    let status = resp.status().as_u16();
+                    self.cluster
+                        .report(addr, egret_upstream::Outcome::Status(status));
+                    let retriable = self
+                        .retry
+                        .is_some_and(|p| retry::retry_on_response(p, status, resp.headers()));
+                    if retriable {
+                        match self.next(true, retries, body) {
+                            Next::Retry => {
+                                drop(resp);
+                                drop(conn);
+                                retries += 1;
+                                self.back_off(retries).await;
+                                continue;
+                            }
+                            Next::Exhausted => guard
+                                .record()
+                                .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
+                            Next::Stop => {}
+                        }
+                    }
+                    let since = first_sent.map_or(Duration::ZERO, |t| t.elapsed());
+                    if let Ok(v) = HeaderValue::from_str(&since.as_millis().to_string()) {
+                        resp.headers_mut()
+                            .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
+                    }
+                    return Outcome::Upstream { resp, conn };
+                }
+                Ok(Err(mut e)) => {
+                    // A pooled connection the peer had already closed: the request never
+                    // left, so it goes out again on a fresh connection (not a retry).
+                    if let Some(again) = e.request.take() {
+                        // The body is ours again (a retry below can send it as it is).
+                        body.put_back(again.into_body());
+                        if conn.reused() {
+                            continue;
+                        }
+                    }
+                    self.cluster.report(addr, egret_upstream::Outcome::Reset);
+                    let reason = e.reset_reason();
+                    let failure = if is_refused_stream(&e) {
+                        Failure::RefusedStream
+                    } else {
+                        Failure::Reset
+                    };
+                    let retriable = self
+                        .retry
+                        .is_some_and(|p| retry::retry_on_failure(p.retry_on, failure));
+                    let mut first = ResponseFlags::NONE;
+                    match self.next(retriable, retries, body) {
+                        Next::Retry => {
+                            drop(conn);
+                            retries += 1;
+                            self.back_off(retries).await;
+                            continue;
+                        }
+                        Next::Exhausted => first = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                        Next::Stop => {}
+                    }
+                    let flag = match reason {
+                        "protocol error" => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                        "remote reset" => ResponseFlags::UPSTREAM_REMOTE_RESET,
+                        _ => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    };
+                    return reset_outcome(reason, flag, retries > 0, first);
+                }
+            }
+        }
+    }
+
+    fn build_request(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        http2: bool,
+        body: UpstreamBody,
+        attempt: u32,
+        per_try: Option<Duration>,
+    ) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        let mut h = headers.clone();
+        // Istio sets `include_request_attempt_count` on every virtual host.
+        h.insert(
+            headers::X_ENVOY_ATTEMPT_COUNT.clone(),
+            HeaderValue::from(attempt),
+        );
+        // Envoy tells the upstream how long it will wait: the per-try timeout, or what is
+        // left of the route timeout if less.
+        let remaining = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let expected = match (per_try, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        };
+        if let Some(t) = expected {
+            h.insert(
+                headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            );
+        }
+        if let Some(up) = &self.upgrade {
+            h.insert(http::header::UPGRADE, up.clone());
+            h.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            );
+        }
+        if http2 {
+            *req.version_mut() = Version::HTTP_2;
+            let uri = format!("http://{}{}", self.authority, self.path);
+            *req.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = self.path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            if let Ok(v) = HeaderValue::from_str(&self.authority) {
+                h.insert(http::header::HOST, v);
+            }
+        }
+        *req.headers_mut() = h;
+        req
+    }
+}
+
+fn reset_outcome(
+    reason: &str,
+    flag: ResponseFlags,
+    retried: bool,
+    first: ResponseFlags,
+) -> Outcome {
+    Outcome::Local {
+        status: 503,
+        body: Some(local_reply::upstream_reset_body(reason, retried, None)),
+        flags: first | flag,
+        details: local_reply::reset_details(false, reason, None),
+    }
+}
+
+/// An HTTP/2 `REFUSED_STREAM` from the upstream (retried by `refused-stream`).
+fn is_refused_stream(e: &SendError) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e.source);
+    while let Some(s) = src {
+        if s.to_string().contains("refused stream") {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// What the downstream response needs besides the outcome.
+pub struct Downstream<'a> {
+    /// `%BYTES_RECEIVED%` counter of the request body.
+    pub received: Option<Arc<AtomicU64>>,
+    /// The client's side of a WebSocket upgrade.
+    pub on_upgrade: Option<OnUpgrade>,
+    /// Response header operations of the route (and destination), applied in order.
+    pub response_ops: &'a [&'a HeaderMutations],
+}
+
+impl Outcome {
+    pub fn finish(self, mut guard: LogGuard, ds: Downstream<'_>) -> Response<ResponseBody> {
+        match self {
+            Outcome::Local {
+                status,
+                body,
+                flags,
+                details,
+            } => crate::service::local_reply_with(
+                guard,
+                status,
+                body,
+                flags,
+                &details,
+                ds.received,
+                ds.response_ops,
+            ),
+            Outcome::Upstream { mut resp, conn } => {
+                let was_upgrade = ds.on_upgrade.is_some();
+                let upgraded = match ds.on_upgrade {
+                    Some(down) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                        Some((down, hyper::upgrade::on(&mut resp)))
+                    }
+                    _ => None,
+                };
+                let upgrade_value = resp.headers().get(http::header::UPGRADE).cloned();
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(http::header::SERVER, headers::SERVER_NAME.clone());
+                let rec = guard.record();
+                rec.response_code = parts.status.as_u16();
+                if let Some((down, up)) = upgraded {
+                    // Envoy 1.40's 101: the upstream's headers with `upgrade` and
+                    // `connection: Upgrade`, no `x-envoy-upstream-service-time`.
+                    parts
+                        .headers
+                        .remove(&headers::X_ENVOY_UPSTREAM_SERVICE_TIME);
+                    if let Some(v) = upgrade_value {
+                        parts.headers.insert(http::header::UPGRADE, v);
+                    }
+                    parts.headers.insert(
+                        http::header::CONNECTION,
+                        HeaderValue::from_static("Upgrade"),
+                    );
+                    for ops in ds.response_ops {
+                        ops.apply(&mut parts.headers);
+                    }
+                    let rec = guard.record();
+                    rec.response_code_details = Some("via_upstream".into());
+                    rec.response_headers = Some(parts.headers.clone());
+                    drop(conn);
+                    crate::upgrade::spawn_tunnel(down, up, guard);
+                    return Response::from_parts(parts, ResponseBody::full(None));
+                }
+                if was_upgrade {
+                    // An upgrade the upstream did not accept: Envoy 1.40 passes the status
+                    // and headers, drops the body and closes the connection.
+                    parts
+                        .headers
+                        .remove(&headers::X_ENVOY_UPSTREAM_SERVICE_TIME);
+                    parts
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                    parts
+                        .headers
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    for ops in ds.response_ops {
+                        ops.apply(&mut parts.headers);
+                    }
+                    let rec = guard.record();
+                    rec.response_code_details = Some("websocket_handshake_unsuccessful".into());
+                    rec.response_headers = Some(parts.headers.clone());
+                    drop((body, conn));
+                    return Response::from_parts(
+                        parts,
+                        ResponseBody::full(None).with_log(guard, ds.received),
+                    );
+                }
+                for ops in ds.response_ops {
+                    ops.apply(&mut parts.headers);
+                }
+                let rec = guard.record();
+                rec.response_code_details = Some("via_upstream".into());
+                rec.response_headers = Some(parts.headers.clone());
+                Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, conn).with_log(guard, ds.received),
+                )
+            }
+        }
+    }
+}

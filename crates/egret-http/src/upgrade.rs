@@ -1,0 +1,222 @@
+//! HTTP/1.1 upgrades. Istio configures the gateway for `websocket` only: such a request is
+//! forwarded with its `Upgrade` headers, and after the upstream's `101` both connections are
+//! spliced until they close; any other upgrade is refused (`403 upgrade_failed`), and an
+//! `h2c` upgrade offer is dropped so the request goes through as plain HTTP (checked with
+//! Envoy 1.40). HTTP/2 extended CONNECT is not offered (no `SETTINGS_ENABLE_CONNECT_PROTOCOL`),
+//! and a `CONNECT` request is answered `404 NR`, as at an Istio gateway.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use egret_core::limits::UPGRADE_IDLE_TIMEOUT;
+use egret_core::{LogGuard, ResponseFlags};
+
+/// What a request asks to upgrade to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    None,
+    WebSocket,
+    /// Anything but `websocket` (and `h2c`): refused.
+    Other,
+}
+
+/// Reads `Connection: upgrade` + `Upgrade: ...` of an HTTP/1.1 request.
+pub fn requested(version: http::Version, headers: &http::HeaderMap) -> Upgrade {
+    if version != http::Version::HTTP_11 && version != http::Version::HTTP_10 {
+        return Upgrade::None;
+    }
+    let connection_upgrade = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let Some(value) = headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Upgrade::None;
+    };
+    if !connection_upgrade {
+        return Upgrade::None;
+    }
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("websocket") {
+        Upgrade::WebSocket
+    } else if value.eq_ignore_ascii_case("h2c") {
+        Upgrade::None
+    } else {
+        Upgrade::Other
+    }
+}
+
+/// Splices the two upgraded connections once both are ready, then hands the record to the
+/// log. As in Envoy 1.40, the tunnel ends when either side ends its stream (the FIN and any
+/// bytes before it are passed on first): the client ending it is `DC
+/// downstream_remote_disconnect`, the upstream `UC
+/// upstream_reset_after_response_started{connection_termination}`; the bytes each way are
+/// `%BYTES_RECEIVED%` / `%BYTES_SENT%`.
+pub fn spawn_tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut guard: LogGuard) {
+    tokio::spawn(async move {
+        let up = match upstream.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream upgrade failed");
+                set_end(&mut guard, Side::Upstream);
+                return;
+            }
+        };
+        let down = match downstream.await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "downstream upgrade failed");
+                set_end(&mut guard, Side::Downstream);
+                return;
+            }
+        };
+        let received = AtomicU64::new(0);
+        let sent = AtomicU64::new(0);
+        let base = Instant::now();
+        let last_activity = AtomicU64::new(0);
+        let (down_read, down_write) = tokio::io::split(TokioIo::new(down));
+        let (up_read, up_write) = tokio::io::split(TokioIo::new(up));
+        let ended = tokio::select! {
+            r = pump(down_read, up_write, &received, &last_activity, base) => match r {
+                Err(Failed::Write) => Some(Side::Upstream),
+                Ok(()) | Err(Failed::Read) => Some(Side::Downstream),
+            },
+            r = pump(up_read, down_write, &sent, &last_activity, base) => match r {
+                Err(Failed::Write) => Some(Side::Downstream),
+                Ok(()) | Err(Failed::Read) => Some(Side::Upstream),
+            },
+            () = idle(&last_activity, base, UPGRADE_IDLE_TIMEOUT) => None,
+        };
+        let rec = guard.record();
+        rec.bytes_received = received.load(Ordering::Relaxed);
+        rec.bytes_sent = sent.load(Ordering::Relaxed);
+        match ended {
+            Some(side) => set_end(&mut guard, side),
+            None => {
+                let rec = guard.record();
+                rec.set_flag(ResponseFlags::STREAM_IDLE_TIMEOUT);
+                rec.response_code_details = Some("stream_idle_timeout".into());
+            }
+        }
+        guard.finish();
+    });
+}
+
+/// Which side of a direction failed.
+enum Failed {
+    Read,
+    Write,
+}
+
+/// Copies `from` → `to` until `from` ends (then shuts `to` down), counting bytes.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    count: &AtomicU64,
+    last_activity: &AtomicU64,
+    base: Instant,
+) -> Result<(), Failed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; TUNNEL_BUFFER_BYTES];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|_| Failed::Read)?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last_activity.store(millis_since(base), Ordering::Relaxed);
+        let chunk = buf.get(..n).unwrap_or_default();
+        to.write_all(chunk).await.map_err(|_| Failed::Write)?;
+        to.flush().await.map_err(|_| Failed::Write)?;
+    }
+}
+
+/// Resolves once no byte has moved for `limit`.
+async fn idle(last_activity: &AtomicU64, base: Instant, limit: Duration) {
+    loop {
+        let last = base + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        let deadline = last + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+fn millis_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Bytes buffered per direction of a tunnel.
+const TUNNEL_BUFFER_BYTES: usize = 16 * 1024;
+
+/// One side of a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Downstream,
+    Upstream,
+}
+
+fn set_end(guard: &mut LogGuard, side: Side) {
+    let rec = guard.record();
+    match side {
+        Side::Downstream => {
+            rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            rec.response_code_details = Some("downstream_remote_disconnect".into());
+        }
+        Side::Upstream => {
+            rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+            rec.response_code_details =
+                Some("upstream_reset_after_response_started{connection_termination}".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut m = http::HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn upgrade_kinds() {
+        let v = http::Version::HTTP_11;
+        let ws = h(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert_eq!(requested(v, &ws), Upgrade::WebSocket);
+        assert_eq!(requested(http::Version::HTTP_2, &ws), Upgrade::None);
+        let other = h(&[("connection", "upgrade"), ("upgrade", "foo")]);
+        assert_eq!(requested(v, &other), Upgrade::Other);
+        let h2c = h(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(requested(v, &h2c), Upgrade::None);
+        // `Upgrade` without `Connection: upgrade` is not an upgrade request.
+        assert_eq!(requested(v, &h(&[("upgrade", "websocket")])), Upgrade::None);
+    }
+}

@@ -1,0 +1,948 @@
+//! Issue 5, route level: retries, rewrites and redirects, header operations, fault
+//! injection, mirroring, WebSocket upgrades and streaming — through the real binary, with
+//! in-process upstreams that misbehave on purpose. Expected statuses, bodies, flags and
+//! details were checked against Envoy 1.40 configured as Istio configures a gateway.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use egret_test_support::client::request;
+use egret_test_support::upstream::pattern_bytes;
+use egret_test_support::{closed_port, http1_get, Behavior, Http1Conn, HttpUpstream, TestDir};
+
+use crate::common::{config_dir, Gateway};
+
+const HOST: &str = "api.example.com";
+/// Generous bound for something that must happen (never a timing assertion).
+const WAIT: Duration = Duration::from_secs(15);
+
+const BASE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external}
+spec:
+  hosts: [api.example.com, mirror.example.com, shadow.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: egress}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [api.example.com]
+"#;
+
+/// A gateway whose VirtualService for `api.example.com` has these `http` rules (YAML list
+/// items, indented by 4), with each `(host, addr)` pointed at an in-process upstream.
+struct Setup {
+    gw: Gateway,
+    _dir: TestDir,
+}
+
+async fn start(rules: &str, targets: &[(&str, SocketAddr)]) -> Setup {
+    let vs = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: api}}\nspec:\n  hosts: [api.example.com]\n  gateways: [egress]\n  http:\n{rules}"
+    );
+    let dir = config_dir("routing", &[("base.yaml", BASE), ("vs.yaml", &vs)]);
+    let mut args = Vec::new();
+    for (host, addr) in targets {
+        args.push("--connect-to".to_string());
+        args.push(format!("{host}:80:{addr}"));
+    }
+    let gw = Gateway::start(&[dir.path()], &args).await;
+    assert!(
+        !gw.process.stderr().contains("not supported"),
+        "a field was not implemented:\n{}",
+        gw.process.stderr()
+    );
+    Setup { gw, _dir: dir }
+}
+
+async fn get(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> egret_test_support::TestResponse {
+    http1_get(gw.http, HOST, path, headers)
+        .await
+        .expect("request")
+}
+
+async fn post(gw: &Gateway, path: &str, body: Bytes) -> egret_test_support::TestResponse {
+    let req = request(Method::POST, path, &[("host", HOST)], body).expect("request");
+    Http1Conn::connect(gw.http)
+        .await
+        .expect("connect")
+        .send(req)
+        .await
+        .expect("response")
+}
+
+fn attempts(up: &HttpUpstream) -> Vec<String> {
+    up.recorded()
+        .iter()
+        .map(|r| r.header("x-envoy-attempt-count").unwrap_or("-").to_string())
+        .collect()
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never met"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Retries
+
+#[tokio::test]
+async fn retry_on_5xx_makes_three_attempts_then_returns_the_500_with_urx() {
+    let up = HttpUpstream::start(Behavior::fixed(500, "broken"))
+        .await
+        .unwrap();
+    let mut s = start(
+        "
+  - retries: {attempts: 2, retryOn: 5xx}
+    route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(&s.gw, "/flaky", &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (500, "broken"));
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("500", "URX", "via_upstream")
+    );
+    // Exactly 1 try + 2 retries arrived, numbered as Istio's `include_request_attempt_count`.
+    assert_eq!(attempts(&up), ["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn default_policy_retries_503_but_not_500_and_succeeds_without_flags() {
+    let up = HttpUpstream::start(Behavior::dynamic(|r| {
+        match (r.path.as_str(), r.header("x-envoy-attempt-count")) {
+            ("/once", Some("1")) => Behavior::fixed(503, ""),
+            ("/500", _) => Behavior::fixed(500, "no"),
+            _ => Behavior::Echo,
+        }
+    }))
+    .await
+    .unwrap();
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(&s.gw, "/once", &[]).await;
+    assert_eq!(r.status, 200);
+    let l = s.gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+    assert_eq!(attempts(&up), ["1", "2"]);
+
+    let r = get(&s.gw, "/500", &[]).await;
+    assert_eq!(r.status, 500);
+    let l = s.gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("500", "-"));
+    assert_eq!(
+        up.requests(),
+        3,
+        "Istio's default policy does not retry a 500"
+    );
+}
+
+#[tokio::test]
+async fn retry_on_reset_and_disabled_retries() {
+    let up = HttpUpstream::start(Behavior::Reset).await.unwrap();
+    let closed = closed_port();
+    let mut s = start(
+        "
+  - match: [{uri: {prefix: /reset}}]
+    retries: {attempts: 2, retryOn: reset}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /off}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: shadow.example.com}}]
+",
+        &[(HOST, up.addr()), ("shadow.example.com", closed)],
+    )
+    .await;
+    let r = get(&s.gw, "/reset", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.text(),
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        (
+            "URX,UC",
+            "upstream_reset_before_response_started{connection_termination}"
+        )
+    );
+    assert_eq!(up.requests(), 3);
+
+    // `attempts: 0`: a refused connect is not retried (no `URX`).
+    let r = get(&s.gw, "/off", &[]).await;
+    assert_eq!(
+        r.text(),
+        "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(l.flags, "UF");
+}
+
+#[tokio::test]
+async fn per_try_timeout_gives_504_ut_upstream_per_try_timeout() {
+    let up = HttpUpstream::start(Behavior::delay(Duration::from_secs(5), Behavior::Echo))
+        .await
+        .unwrap();
+    let mut s = start(
+        "
+  - match: [{uri: {prefix: /retried}}]
+    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /default}}]
+    retries: {attempts: 2, perTryTimeout: 200ms}
+    route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(&s.gw, "/retried", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (504, "upstream request timeout")
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.flags.as_str(),
+            l.details.as_str(),
+            l.upstream_service_time.as_str()
+        ),
+        ("URX,UT", "upstream_per_try_timeout", "-")
+    );
+    assert_eq!(attempts(&up), ["1", "2", "3"]);
+    // Envoy tells the upstream how long it waits.
+    assert!(up
+        .recorded()
+        .iter()
+        .all(|r| r.header("x-envoy-expected-rq-timeout-ms") == Some("200")));
+
+    // Istio's default retryOn does not cover a per-try timeout (Envoy 1.40).
+    let r = get(&s.gw, "/default", &[]).await;
+    assert_eq!(r.status, 504);
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("UT", "upstream_per_try_timeout")
+    );
+    assert_eq!(up.requests(), 4);
+}
+
+#[tokio::test]
+async fn request_bodies_are_replayed_within_the_buffer_only() {
+    let up = HttpUpstream::start(Behavior::dynamic(|r| {
+        if r.header("x-envoy-attempt-count") == Some("1") {
+            Behavior::fixed(503, "")
+        } else {
+            Behavior::EchoBody
+        }
+    }))
+    .await
+    .unwrap();
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let small = pattern_bytes(100_000);
+    let r = post(&s.gw, "/small", small.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, small, "the retry carried the same body");
+    let l = s.gw.next_line().await;
+    assert_eq!((l.flags.as_str(), l.bytes_received), ("-", 100_000));
+    assert_eq!(
+        up.recorded().iter().map(|r| r.body_len).collect::<Vec<_>>(),
+        [100_000, 100_000]
+    );
+
+    // Past the 1 MiB replay buffer the request is sent once (Envoy: no retry, no `URX`).
+    let big = pattern_bytes(3_000_000);
+    let r = post(&s.gw, "/big", big).await;
+    assert_eq!(r.status, 503);
+    let l = s.gw.next_line().await;
+    assert_eq!((l.flags.as_str(), l.bytes_received), ("-", 3_000_000));
+    assert_eq!(up.requests(), 3);
+}
+
+#[tokio::test]
+async fn client_x_envoy_headers_cannot_steer_the_gateway_or_forge_the_log() {
+    let up = HttpUpstream::start(Behavior::fixed(500, "")).await.unwrap();
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(
+        &s.gw,
+        "/real",
+        &[
+            ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-max-retries", "5"),
+            ("x-envoy-original-path", "/forged"),
+            ("x-envoy-upstream-rq-timeout-ms", "1"),
+            ("x-envoy-custom", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    let l = s.gw.next_line().await;
+    assert_eq!(l.path, "/real");
+    assert_eq!(up.requests(), 1, "the client's x-envoy-retry-on is ignored");
+    let seen = up.last_request().unwrap();
+    for h in [
+        "x-envoy-retry-on",
+        "x-envoy-max-retries",
+        "x-envoy-original-path",
+        "x-envoy-upstream-rq-timeout-ms",
+    ] {
+        assert_eq!(seen.header(h), None, "{h} reached the upstream");
+    }
+    assert_eq!(seen.header("x-envoy-custom"), Some("kept"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Rewrites and redirects
+
+#[tokio::test]
+async fn rewrites_reach_the_upstream_while_the_log_shows_the_original_path() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let mut s = start(
+        r#"
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new, authority: internal.example.com}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /rx}}]
+    rewrite:
+      uriRegexRewrite: {match: '^/rx/([^/]+)/(.*)$', rewrite: '/\2/\1'}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {exact: /exact}}]
+    rewrite: {uri: /whole}
+    route: [{destination: {host: api.example.com}}]
+"#,
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(&s.gw, "/old/x?q=1", &[]).await;
+    let echo = r.json();
+    assert_eq!(echo["path"], "/new/x?q=1");
+    assert_eq!(echo["headers"]["host"], "internal.example.com");
+    assert_eq!(echo["headers"]["x-envoy-original-path"], "/old/x?q=1");
+    assert_eq!(echo["headers"]["x-envoy-original-host"], HOST);
+    let l = s.gw.next_line().await;
+    // `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%` and the rewritten authority, as Envoy logs them.
+    assert_eq!(
+        (l.path.as_str(), l.authority.as_str()),
+        ("/old/x?q=1", "internal.example.com")
+    );
+
+    let r = get(&s.gw, "/rx/one/two/three?k=v", &[]).await;
+    assert_eq!(r.json()["path"], "/two/three/one?k=v");
+    assert_eq!(s.gw.next_line().await.path, "/rx/one/two/three?k=v");
+
+    let r = get(&s.gw, "/exact?a=b", &[]).await;
+    assert_eq!(r.json()["path"], "/whole?a=b");
+    assert_eq!(s.gw.next_line().await.path, "/exact?a=b");
+}
+
+#[tokio::test]
+async fn redirects_are_answered_locally() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let mut s = start(
+        "
+  - match: [{uri: {prefix: /moved}}]
+    redirect: {uri: /new}
+    headers: {response: {set: {x-route: moved}}}
+  - match: [{uri: {prefix: /elsewhere}}]
+    redirect: {authority: other.example.com, port: 8443, scheme: https, redirectCode: 302}
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(&s.gw, "/moved/x?q=1", &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("http://api.example.com/new?q=1"));
+    assert_eq!(r.header("content-length"), Some("0"));
+    assert_eq!(r.header("x-route"), Some("moved"));
+    assert!(r.body.is_empty());
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str(),
+            l.cluster.as_str()
+        ),
+        ("301", "-", "direct_response", "-")
+    );
+
+    let r = get(&s.gw, "/elsewhere/a?b", &[]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("https://other.example.com:8443/elsewhere/a?b")
+    );
+    s.gw.next_line().await;
+    assert_eq!(up.requests(), 0, "redirects never reach an upstream");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Headers
+
+#[tokio::test]
+async fn header_operations_at_route_and_destination_level() {
+    let up = HttpUpstream::start(Behavior::Fixed {
+        status: 200,
+        headers: vec![
+            ("x-upstream".into(), "original".into()),
+            ("x-secret".into(), "s3cr3t".into()),
+        ],
+        body: Bytes::from_static(b"ok"),
+    })
+    .await
+    .unwrap();
+    let mut s = start(
+        "
+  - match: [{uri: {prefix: /weighted}}]
+    headers: {request: {set: {x-which: route}}}
+    route:
+    - destination: {host: api.example.com}
+      weight: 100
+      headers: {request: {set: {x-which: destination, x-only-dest: '1'}}}
+    - destination: {host: mirror.example.com}
+      weight: 0
+  - headers:
+      request:
+        set: {x-set: route}
+        add: {x-add: route}
+        remove: [x-drop]
+      response:
+        set: {x-upstream: replaced}
+        add: {x-added: route}
+        remove: [x-secret]
+    route:
+    - destination: {host: api.example.com}
+      headers:
+        request: {set: {x-dest: 'yes'}}
+        response: {add: {x-dest-resp: 'yes'}}
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(
+        &s.gw,
+        "/h",
+        &[("x-set", "client"), ("x-add", "client"), ("x-drop", "1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-upstream"), Some("replaced"));
+    assert_eq!(r.header("x-added"), Some("route"));
+    assert_eq!(r.header("x-dest-resp"), Some("yes"));
+    assert_eq!(r.header("x-secret"), None);
+    let seen = up.last_request().unwrap();
+    assert_eq!(seen.header("x-set"), Some("route"));
+    let adds: Vec<&str> = seen
+        .headers
+        .get_all("x-add")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(adds, ["client", "route"]);
+    assert_eq!(seen.header("x-drop"), None);
+    assert_eq!(seen.header("x-dest"), Some("yes"));
+    s.gw.next_line().await;
+
+    // With several destinations, the destination's operations come first and the rule's
+    // win (Envoy's default order; with one destination Istio merges them the other way).
+    let r = get(&s.gw, "/weighted", &[]).await;
+    assert_eq!(r.status, 200);
+    let seen = up.last_request().unwrap();
+    assert_eq!(seen.header("x-which"), Some("route"));
+    assert_eq!(seen.header("x-only-dest"), Some("1"));
+    s.gw.next_line().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Fault injection
+
+#[tokio::test]
+async fn faults_abort_and_delay_with_fi_and_di() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let mut s = start(
+        "
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 200ms, percentage: {value: 100}}}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /both}}]
+    fault:
+      delay: {fixedDelay: 100ms, percentage: {value: 100}}
+      abort: {httpStatus: 503, percentage: {value: 100}}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /grpc}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: api.example.com}}]
+  - match: [{uri: {prefix: /never}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 0}}}
+    route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let r = get(&s.gw, "/abort", &[]).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (418, "fault filter abort")
+    );
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("418", "FI", "fault_filter_abort")
+    );
+    // Envoy logs the route's cluster, though nothing was sent to it.
+    assert_eq!(
+        (l.cluster.as_str(), l.upstream_host.as_str()),
+        ("outbound|80||api.example.com", "-")
+    );
+
+    let r = get(&s.gw, "/delay", &[]).await;
+    assert_eq!(r.status, 200);
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("200", "DI", "via_upstream")
+    );
+
+    let r = get(&s.gw, "/both", &[]).await;
+    assert_eq!(r.status, 503);
+    let l = s.gw.next_line().await;
+    assert_eq!(l.flags, "DI,FI");
+
+    let req = request(
+        Method::POST,
+        "/grpc",
+        &[("host", HOST), ("content-type", "application/grpc")],
+        Bytes::new(),
+    )
+    .unwrap();
+    let r = Http1Conn::connect(s.gw.http)
+        .await
+        .unwrap()
+        .send(req)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    assert_eq!(r.header("grpc-message"), Some("fault filter abort"));
+    assert_eq!(s.gw.next_line().await.flags, "FI");
+
+    let r = get(&s.gw, "/never", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.gw.next_line().await.flags, "-");
+    assert_eq!(
+        up.requests(),
+        2,
+        "only /delay and /never reached the upstream"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Mirroring
+
+#[tokio::test]
+async fn mirror_gets_a_shadow_copy_and_no_log_line() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let mirror = HttpUpstream::start(Behavior::fixed(500, "mirror answers are dropped"))
+        .await
+        .unwrap();
+    let closed = closed_port();
+    let mut s = start(
+        "
+  - match: [{uri: {prefix: /broken-mirror}}]
+    route: [{destination: {host: api.example.com}}]
+    mirror: {host: shadow.example.com}
+  - route: [{destination: {host: api.example.com}}]
+    mirror: {host: mirror.example.com}
+    mirrorPercentage: {value: 100}
+",
+        &[
+            (HOST, up.addr()),
+            ("mirror.example.com", mirror.addr()),
+            ("shadow.example.com", closed),
+        ],
+    )
+    .await;
+    let r = get(&s.gw, "/copy?x=1", &[]).await;
+    assert_eq!(r.status, 200);
+    wait_until(|| mirror.requests() == 1).await;
+    let shadow = mirror.last_request().unwrap();
+    assert_eq!(shadow.path, "/copy?x=1");
+    assert_eq!(shadow.authority.as_deref(), Some("api.example.com-shadow"));
+    assert_eq!(shadow.header("x-envoy-internal"), Some("true"));
+    let primary = up.last_request().unwrap();
+    assert_eq!(
+        shadow.header("x-request-id"),
+        primary.header("x-request-id")
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+
+    // A body is copied too.
+    let body = pattern_bytes(20_000);
+    let r = post(&s.gw, "/upload", body).await;
+    assert_eq!(r.status, 200);
+    wait_until(|| mirror.requests() == 2).await;
+    assert_eq!(mirror.last_request().unwrap().body_len, 20_000);
+    s.gw.next_line().await;
+
+    // A mirror that cannot be reached changes nothing for the client.
+    let r = get(&s.gw, "/broken-mirror", &[]).await;
+    assert_eq!(r.status, 200);
+    let l = s.gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+
+    // The shadows wrote no access-log line of their own (Envoy 1.40 neither).
+    assert!(
+        s.gw.process
+            .next_log_line(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a mirror was logged"
+    );
+    assert_eq!(up.requests(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Upgrades and streaming
+
+/// A raw upstream: answers `Upgrade: websocket` with 101 and echoes bytes (or, on
+/// `/ws-close`, sends `bye` and closes); answers anything else with a plain 200. Records
+/// each request head.
+async fn websocket_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut sock).await;
+                seen.lock().unwrap().push(head.clone());
+                if !head.to_ascii_lowercase().contains("upgrade: websocket")
+                    || head.starts_with("GET /no-ws")
+                {
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno")
+                        .await;
+                    return;
+                }
+                let _ = sock
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+                    .await;
+                if head.starts_with("GET /ws-close") {
+                    let _ = sock.write_all(b"bye").await;
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if sock.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Reads an HTTP head (through the blank line) byte by byte.
+async fn read_head(sock: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match sock.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+fn upgrade_request(path: &str, upgrade: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: {upgrade}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_gateway() {
+    let (ws, heads) = websocket_upstream().await;
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, ws)],
+    )
+    .await;
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(upgrade_request("/ws", "websocket").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert!(
+        lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for msg in [&b"hello websocket"[..], b"second frame"] {
+        c.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, c.read_exact(&mut back))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await;
+    let l = s.gw.next_line().await;
+    // Envoy 1.40: the client ending the tunnel is `DC`; the tunneled bytes are counted.
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("101", "DC", "downstream_remote_disconnect")
+    );
+    assert_eq!((l.bytes_received, l.bytes_sent), (27, 27));
+    let up_head = heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(up_head.contains("upgrade: websocket") && up_head.contains("connection: upgrade"));
+    assert!(up_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="));
+
+    // The upstream ending the tunnel is `UC`.
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(upgrade_request("/ws-close", "websocket").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut c).await.starts_with("HTTP/1.1 101"));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await;
+    assert_eq!(rest, b"bye");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str(),
+            l.bytes_sent
+        ),
+        (
+            "101",
+            "UC",
+            "upstream_reset_after_response_started{connection_termination}",
+            3
+        )
+    );
+}
+
+#[tokio::test]
+async fn upgrades_other_than_websocket_and_connect_are_refused() {
+    let (ws, heads) = websocket_upstream().await;
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, ws)],
+    )
+    .await;
+    // Envoy 1.40 with Istio's upgrade_configs: `403 upgrade_failed`.
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(upgrade_request("/x", "foo").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.details.as_str()),
+        ("403", "upgrade_failed")
+    );
+
+    // An upstream that does not switch: its status, no body, the connection closed.
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(upgrade_request("/no-ws", "websocket").as_bytes())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains("content-length: 0") && text.ends_with("\r\n\r\n"),
+        "{text}"
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.details.as_str()),
+        ("200", "websocket_handshake_unsuccessful")
+    );
+
+    // CONNECT: no route at an Istio gateway.
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("NR", "route_not_found")
+    );
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        1,
+        "only /no-ws reached the upstream"
+    );
+}
+
+/// An upstream that sends one server-sent event, then waits for `release` before the next
+/// one and the end of the stream.
+async fn sse_upstream(release: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut sock, _)) = listener.accept().await {
+            let _ = read_head(&mut sock).await;
+            let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+            let first = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{}",
+                chunk("data: one\n\n")
+            );
+            let _ = sock.write_all(first.as_bytes()).await;
+            release.notified().await;
+            let _ = sock
+                .write_all(format!("{}0\r\n\r\n", chunk("data: two\n\n")).as_bytes())
+                .await;
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn server_sent_events_stream_without_buffering() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let sse = sse_upstream(release.clone()).await;
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, sse)],
+    )
+    .await;
+    let tcp = TcpStream::connect(s.gw.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/events")
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let mut body = resp.into_body();
+    // The first event arrives while the upstream is still holding the stream open.
+    let first = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("first event not delivered before the stream ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+    release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "data: two\n\n");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.bytes_sent),
+        ("200", "-", 22)
+    );
+}
+
+#[tokio::test]
+async fn large_upload_streams_through_intact() {
+    let up = HttpUpstream::start(Behavior::EchoBody).await.unwrap();
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up.addr())],
+    )
+    .await;
+    let body = pattern_bytes(10 * 1024 * 1024);
+    let r = post(&s.gw, "/upload", body.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last_request().unwrap().body_len, body.len());
+    assert!(
+        r.body == body,
+        "the upstream received exactly what was sent"
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.bytes_received, l.bytes_sent),
+        (body.len() as u64, body.len() as u64)
+    );
+}
