@@ -49,7 +49,7 @@ pub const DESTINATION_RULE_FIELDS: &[DrField] = &[
     ok("connectionPool.http.http1MaxPendingRequests", "Requests waiting for a connection (HTTP/1.1, or HTTP/2 while connecting). Past it: `503 UO`."),
     ok("connectionPool.http.http2MaxRequests", "Requests in flight to the cluster, any protocol. Past it: `503 UO`."),
     ok("connectionPool.http.maxRequestsPerConnection", "The connection closes after this many requests."),
-    warned("connectionPool.http.maxRetries", IGNORED, "The limit is compiled; the retry loop does not take retry slots yet."),
+    ok("connectionPool.http.maxRetries", "Retries in flight to the cluster. Past it a retriable failure is not retried and is flagged `UO`, as in Envoy."),
     ok("connectionPool.http.idleTimeout", "Idle HTTP/1.1 upstream connections are dropped after it (default 60 s)."),
     ok("connectionPool.http.h2UpgradePolicy", "`UPGRADE`: HTTP/2 (h2c prior knowledge, or ALPN h2 over TLS) to the endpoints of an HTTP port."),
     warned("connectionPool.http.useClientProtocol, maxConcurrentStreams", IGNORED, ""),

@@ -1102,12 +1102,6 @@ fn validate_policy_parts(
                 http.max_concurrent_streams.is_some_and(|n| n > 0),
                 &format!("{h}.maxConcurrentStreams"),
             );
-            // The limit is compiled (ClusterState::circuit().try_retry()); the retry loop does
-            // not take retry slots yet.
-            rep.unsupported_if(
-                http.max_retries.is_some_and(|n| n > 0),
-                &format!("{h}.maxRetries"),
-            );
         }
     }
     if let Some(o) = outlier {

@@ -60,7 +60,11 @@ pub enum Outcome {
 
 /// Whether to try again after a failed attempt.
 enum Next {
-    Retry,
+    /// Try again, holding a retry slot of the cluster's `maxRetries` budget meanwhile.
+    Retry(egret_upstream::Slot),
+    /// Retriable, but the cluster's retry budget (`connectionPool.http.maxRetries`) is used
+    /// up: Envoy does not retry and flags `UO`.
+    Overflow,
     /// Retriable, but the retries ran out: Envoy flags `URX`.
     Exhausted,
     /// Not retriable (no policy, not a retry condition, or the body cannot be replayed).
@@ -80,7 +84,10 @@ impl Forward<'_> {
         if retries >= policy.num_retries {
             return Next::Exhausted;
         }
-        Next::Retry
+        match self.cluster.circuit().try_retry() {
+            Some(slot) => Next::Retry(slot),
+            None => Next::Overflow,
+        }
     }
 
     async fn back_off(&self, retries: u32) {
@@ -103,6 +110,8 @@ impl Forward<'_> {
         let avoid_tried = self.retry.is_none_or(|p| p.ignore_previous_hosts);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries = 0u32;
+        // Held while a retried attempt is in flight (the cluster's `maxRetries` budget).
+        let mut _retry_slot: Option<egret_upstream::Slot> = None;
         // `x-envoy-upstream-service-time` counts from the first attempt (Envoy 1.40).
         let mut first_sent: Option<Instant> = None;
         loop {
@@ -150,7 +159,8 @@ impl Forward<'_> {
                     });
                     let mut flags = ResponseFlags::NONE;
                     match self.next(retriable, retries, body) {
-                        Next::Retry => {
+                        Next::Retry(slot) => {
+                            _retry_slot = Some(slot);
                             retries += 1;
                             self.back_off(retries).await;
                             continue;
@@ -158,6 +168,7 @@ impl Forward<'_> {
                         Next::Exhausted => {
                             flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
                         }
+                        Next::Overflow => flags.insert(ResponseFlags::UPSTREAM_OVERFLOW),
                         Next::Stop => {}
                     }
                     flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
@@ -209,7 +220,8 @@ impl Forward<'_> {
                     });
                     let mut flags = ResponseFlags::NONE;
                     match self.next(retriable, retries, body) {
-                        Next::Retry => {
+                        Next::Retry(slot) => {
+                            _retry_slot = Some(slot);
                             retries += 1;
                             self.back_off(retries).await;
                             continue;
@@ -217,6 +229,7 @@ impl Forward<'_> {
                         Next::Exhausted => {
                             flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
                         }
+                        Next::Overflow => flags.insert(ResponseFlags::UPSTREAM_OVERFLOW),
                         Next::Stop => {}
                     }
                     flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
@@ -236,7 +249,8 @@ impl Forward<'_> {
                         .is_some_and(|p| retry::retry_on_response(p, status, resp.headers()));
                     if retriable {
                         match self.next(true, retries, body) {
-                            Next::Retry => {
+                            Next::Retry(slot) => {
+                                _retry_slot = Some(slot);
                                 drop(resp);
                                 drop(conn);
                                 retries += 1;
@@ -246,6 +260,9 @@ impl Forward<'_> {
                             Next::Exhausted => guard
                                 .record()
                                 .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
+                            Next::Overflow => {
+                                guard.record().set_flag(ResponseFlags::UPSTREAM_OVERFLOW)
+                            }
                             Next::Stop => {}
                         }
                     }
@@ -278,13 +295,15 @@ impl Forward<'_> {
                         .is_some_and(|p| retry::retry_on_failure(p.retry_on, failure));
                     let mut first = ResponseFlags::NONE;
                     match self.next(retriable, retries, body) {
-                        Next::Retry => {
+                        Next::Retry(slot) => {
+                            _retry_slot = Some(slot);
                             drop(conn);
                             retries += 1;
                             self.back_off(retries).await;
                             continue;
                         }
                         Next::Exhausted => first = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+                        Next::Overflow => first = ResponseFlags::UPSTREAM_OVERFLOW,
                         Next::Stop => {}
                     }
                     let flag = match reason {
