@@ -256,7 +256,10 @@ mod linux {
     }
 
     pub fn main() {
-        let quick = std::env::var("EGRET_BENCH_QUICK").is_ok_and(|v| v == "1");
+        // Full size only under `cargo bench` (which passes `--bench`); `cargo test
+        // --all-targets` runs this once as a smoke test.
+        let quick = std::env::var("EGRET_BENCH_QUICK").is_ok_and(|v| v == "1")
+            || !std::env::args().any(|a| a == "--bench");
         let rounds: usize = std::env::var("EGRET_BENCH_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
