@@ -322,6 +322,20 @@ async fn probes_metrics_and_admin_endpoints() {
     assert_eq!(dump["clusters"][0]["name"], "outbound|80||edition.cnn.com");
     assert_eq!(dump["version"].as_str().map(str::len), Some(12));
 
+    let clusters = http1_get(gw.admin, "localhost", "/clusters", &[])
+        .await
+        .unwrap()
+        .text();
+    let ep = format!(
+        "outbound|80||edition.cnn.com::{}::health_flags::healthy",
+        up.addr()
+    );
+    assert!(clusters.contains(&ep), "{clusters}");
+    assert!(
+        clusters.contains("outbound|80||edition.cnn.com::rq_active::0"),
+        "{clusters}"
+    );
+
     // State-changing endpoints want POST, as Envoy's do.
     assert_eq!(
         http1_get(gw.admin, "localhost", "/quitquitquit", &[])

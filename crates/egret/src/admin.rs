@@ -50,31 +50,54 @@ impl AdminState for GatewayAdmin {
         config_dump(&self.gateway.snapshot())
     }
 
+    /// Envoy's `/clusters` text form: limits and live counts per cluster, and per endpoint
+    /// its health (outlier ejection) and requests in flight.
     fn clusters_text(&self) -> String {
         let active = self.gateway.config.load();
         let mut out = String::new();
         for (name, state) in active.upstreams.iter() {
             let spec = &state.spec;
+            let circuit = state.circuit();
+            let l = &circuit.limits;
+            for (key, value) in [
+                ("max_connections", l.max_connections),
+                ("max_pending_requests", l.max_pending_requests),
+                ("max_requests", l.max_requests),
+                ("max_retries", l.max_retries),
+            ] {
+                out.push_str(&format!("{name}::default_priority::{key}::{value}\n"));
+            }
+            out.push_str(&format!("{name}::cx_active::{}\n", circuit.connections()));
             out.push_str(&format!(
-                "{name}::default_priority::max_connections::1024\n"
+                "{name}::rq_pending_active::{}\n",
+                circuit.pending()
+            ));
+            out.push_str(&format!("{name}::rq_active::{}\n", circuit.requests()));
+            out.push_str(&format!(
+                "{name}::idle_connections::{}\n",
+                self.gateway.shared.pool.idle_count(name)
             ));
             out.push_str(&format!(
                 "{name}::connect_timeout::{:?}\n",
                 spec.connect_timeout
             ));
-            out.push_str(&format!(
-                "{name}::tls::{}\n",
-                spec.tls.as_ref().map_or("none".to_string(), |t| format!(
-                    "{:?} sni={}",
-                    t.mode, t.sni
-                ))
-            ));
-            for addr in state.cached_endpoints().iter() {
-                out.push_str(&format!("{name}::{addr}::health_flags::healthy\n"));
+            let tls = spec.tls.as_ref().map_or("none".to_string(), |t| {
+                format!("{:?} sni={}", t.mode, t.sni)
+            });
+            out.push_str(&format!("{name}::tls::{tls}\n"));
+            for ep in state.endpoint_states() {
+                let addr = ep.addr;
+                let health = if ep.is_ejected() {
+                    "/failed_outlier_check"
+                } else {
+                    "healthy"
+                };
+                out.push_str(&format!("{name}::{addr}::health_flags::{health}\n"));
                 out.push_str(&format!(
-                    "{name}::{addr}::idle_connections::{}\n",
-                    self.gateway.shared.pool.idle_count(name)
+                    "{name}::{addr}::rq_active::{}\n",
+                    ep.active_requests()
                 ));
+                out.push_str(&format!("{name}::{addr}::ejections::{}\n", ep.ejections()));
             }
         }
         out
