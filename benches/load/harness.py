@@ -64,10 +64,37 @@ def log(msg):
     print(f"[harness {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_TAKEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port *below* the kernel's ephemeral range: other programs on this machine (tests
+    binding port 0) get ports from that range, so they cannot grab ours between our check and
+    the proxy's bind."""
+    import random
+
+    high = _ephemeral_low() - 1
+    low = max(1025, high - 12000)
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def render(template, dest, values):
@@ -194,9 +221,14 @@ def wait_port(port, proc=None, timeout=30.0):
             raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+                pass
         except OSError:
             time.sleep(0.1)
+            continue
+        time.sleep(0.2)  # a proxy that failed to bind (someone else answered) exits about now
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
+        return
     raise RuntimeError(f"port {port} not accepting after {timeout}s")
 
 
@@ -454,7 +486,13 @@ class Harness:
         if kind == "direct":
             yield None
             return
-        proc, acc = self.start_proxy(kind, workers, base)
+        self.ports["PROXY_PORT"] = free_port()
+        try:
+            proc, acc = self.start_proxy(kind, workers, base)
+        except RuntimeError as e:  # e.g. the port was taken after all: once more on another
+            log(f"  {self.label(kind, workers)}: {one_line(e)}; retrying on another port")
+            self.ports["PROXY_PORT"] = free_port()
+            proc, acc = self.start_proxy(kind, workers, base)
         try:
             yield proc
         finally:
@@ -563,35 +601,35 @@ class Harness:
     # --- scenarios
 
     def run_http(self, kind, workers, scen, conns_list, host):
-        if kind == "direct":
-            if scen == "s4":
-                self.notes.append("S4 direct: not measured (wrk cannot present a client certificate); "
-                                  "S3 direct is the same nginx over TLS with keep-alive.")
-                return
-            url = (f"http://127.0.0.1:{self.ports['UP_HTTP']}/" if scen == "s1"
-                   else f"https://127.0.0.1:{self.ports['UP_TLS']}/")
-        else:
-            url = f"http://127.0.0.1:{self.ports['PROXY_PORT']}/"
+        if kind == "direct" and scen == "s4":
+            self.notes.append("S4 direct: not measured (wrk cannot present a client certificate); "
+                              "S3 direct is the same nginx over TLS with keep-alive.")
+            return
         with self.proxy(kind, workers, scen, scen) as proc:
+            if kind == "direct":
+                url = (f"http://127.0.0.1:{self.ports['UP_HTTP']}/" if scen == "s1"
+                       else f"https://127.0.0.1:{self.ports['UP_TLS']}/")
+            else:
+                url = f"http://127.0.0.1:{self.ports['PROXY_PORT']}/"
             self.wrk(min(conns_list[-1], 64), url, host, 1)  # warm-up (pools, TLS sessions), not recorded
             for c in conns_list:
                 self.measure(scen, f"{c} conns", kind, workers, proc, lambda c=c: self.wrk(c, url, host, self.dur))
 
     def run_h2(self, kind, workers):
-        port = self.ports["UP_H2C"] if kind == "direct" else self.ports["PROXY_PORT"]
         c, m = 64, 4
         with self.proxy(kind, workers, "s1h2", "s1") as proc:
+            port = self.ports["UP_H2C"] if kind == "direct" else self.ports["PROXY_PORT"]
             self.h2load(["-c", "8", "-m", "4", "-D", "1"], f"http://{CNN}/", port, 30)  # warm-up
             self.measure("s1h2", f"{c} conns x {m} streams", kind, workers, proc,
                          lambda: self.h2load(["-c", str(c), "-m", str(m), "-D", str(self.dur)],
                                              f"http://{CNN}/", port, self.dur + 60))
 
     def run_s2(self, kind, workers, which):
-        port = self.ports["UP_TLS"] if kind == "direct" else self.ports["PROXY_PORT"]
         close = ["--h1", "-H", "Connection: close"]
         # h2load's duration mode (-D) never ends when the server closes every connection, so
         # these cases are counted (-n) and bounded by a timeout.
         with self.proxy(kind, workers, which, "s2") as proc:
+            port = self.ports["UP_TLS"] if kind == "direct" else self.ports["PROXY_PORT"]
             if which == "s2bulk":
                 n1 = 250 * self.dur
                 self.measure("s2bulk", "1 MB x new TLS conn, 4 conc", kind, workers, proc,
@@ -610,10 +648,10 @@ class Harness:
     def run_idle(self, kind, workers):
         if kind == "direct":
             return
-        port = self.ports["PROXY_PORT"]
         n = self.args.idle_conns
         socks = []
         with self.proxy(kind, workers, "idle", "s1") as proc:
+            port = self.ports["PROXY_PORT"]
             try:
                 time.sleep(1)
                 idle = proc_status_kb(proc.pid, "VmRSS") / 1024.0

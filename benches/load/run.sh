@@ -25,7 +25,7 @@ envoy_version=1.40.0
 say() { echo "[run.sh] $*" >&2; }
 
 # --- arguments: ours are taken out, the rest go to harness.py
-cmdline="benches/load/run.sh $*"
+cmdline="benches/load/run.sh$(printf ' %q' "$@")"
 egret_bin=""
 quick=0
 harness_args=()
