@@ -252,7 +252,7 @@ pub struct Cluster {
 }
 
 /// How a cluster finds its endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
     /// Istio `resolution: DNS` → Envoy STRICT_DNS: every address of every name, balanced.
     StrictDns { targets: Vec<DnsTarget> },

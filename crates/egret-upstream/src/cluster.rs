@@ -422,7 +422,7 @@ impl ClusterRegistry {
 }
 
 fn same_definition(a: &Cluster, b: &Cluster) -> bool {
-    format!("{:?}", a.discovery) == format!("{:?}", b.discovery)
+    a.discovery == b.discovery
         && a.lb == b.lb
         && a.protocol == b.protocol
         && a.connect_timeout == b.connect_timeout
