@@ -58,15 +58,32 @@ pub fn parse_hello(bytes: &[u8]) -> usize {
 /// to the gateway. Every other VirtualService (odd `i`) is a wildcard one
 /// (`*.zone-<i>.example.net`) so the route table holds n/2 exact and n/2 wildcard domains.
 /// Returned as the (file, text) pairs `egret_config::load_sources` takes, at most
-/// [`DOCS_PER_FILE`] documents per file (the YAML reader refuses more than 1,024 documents in
-/// one file), as a folder of manifests would be.
+/// [`DOCS_PER_FILE`] documents per file, as a folder of manifests would be.
 pub fn istio_sources(n: usize) -> Vec<(PathBuf, String)> {
+    istio_sources_split(n, DOCS_PER_FILE)
+}
+
+/// The same configuration as [`istio_sources`] in one file of 2n + 1 documents.
+pub fn istio_sources_one_file(n: usize) -> Vec<(PathBuf, String)> {
+    // Unsplit, the files are: the ServiceEntries, the Gateway, the VirtualServices; every
+    // document of the first and the last starts with `---`, the Gateway's does not.
+    let files = istio_sources_split(n, n.max(1));
+    let [(_, se), (_, gw), (_, vs)] = &files[..] else {
+        panic!("expected 3 files, got {}", files.len());
+    };
+    vec![(
+        PathBuf::from("bench/all.yaml"),
+        format!("{se}---\n{gw}{vs}"),
+    )]
+}
+
+fn istio_sources_split(n: usize, docs_per_file: usize) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     let mut se = String::new();
     let mut vs = String::new();
     for i in 0..n {
-        if i > 0 && i % DOCS_PER_FILE == 0 {
-            let part = i / DOCS_PER_FILE;
+        if i > 0 && i % docs_per_file == 0 {
+            let part = i / docs_per_file;
             files.push((
                 PathBuf::from(format!("bench/01-serviceentries-{part:03}.yaml")),
                 std::mem::take(&mut se),
@@ -93,7 +110,7 @@ pub fn istio_sources(n: usize) -> Vec<(PathBuf, String)> {
               spec:\n  selector:\n    istio: egressgateway\n  servers:\n  - port:\n      number: 80\n      \
               name: http\n      protocol: HTTP\n    hosts:\n    - \"*\"\n"
         .to_string();
-    let part = n / DOCS_PER_FILE + 1;
+    let part = n / docs_per_file + 1;
     files.push((
         PathBuf::from(format!("bench/01-serviceentries-{part:03}.yaml")),
         se,

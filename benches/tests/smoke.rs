@@ -46,6 +46,10 @@ fn route_and_compile_benches_work_on_a_small_config() {
             assert_eq!(route, 1, "{what}: {authority} should match a route");
         }
     }
+    // The one-file form of the same configuration (the compile bench's `one-file/`).
+    let one_file = workloads::load_and_compile(&workloads::istio_sources_one_file(n));
+    assert_eq!(workloads::http_table(&one_file).virtual_hosts.len(), n);
+    assert_eq!(one_file.clusters.len(), snapshot.clusters.len());
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! semantics for the gateway role: which Gateways are ours (selector ⊆ our labels), which
 //! VirtualService rules apply to them, and which clusters those rules need — only those.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use egret_core::{
 };
 
 use crate::diag::{Diagnostic, Severity};
+use crate::host_lookup::HostLookup;
 use crate::istio::*;
 use crate::load::{Loaded, Resource};
 use crate::names::{exported_to, fqdn, labels_match, resolve_gateway, GatewayRef, Protocol};
@@ -65,6 +67,8 @@ pub fn compile(loaded: &Loaded, opts: &CompileOptions) -> Result<Compiled, Vec<D
         warnings: Vec::new(),
         seen: HashSet::new(),
         needs: BTreeMap::new(),
+        service_entries: service_entry_lookup(loaded, opts),
+        destination_rules: destination_rule_lookup(loaded, opts),
     };
     let listeners = c.listeners();
     let clusters = c.clusters();
@@ -163,6 +167,49 @@ struct Compiler<'a> {
     warnings: Vec<Diagnostic>,
     seen: HashSet<String>,
     needs: BTreeMap<String, Need>,
+    /// The ServiceEntries and DestinationRules visible to this gateway, by host: indices into
+    /// `loaded`, looked up per destination (see [`HostLookup`]).
+    service_entries: HostLookup<usize>,
+    destination_rules: HostLookup<usize>,
+}
+
+/// The hosts of the ServiceEntries exported to the gateway's namespace, as fully qualified
+/// patterns → index in `loaded.service_entries`.
+fn service_entry_lookup(loaded: &Loaded, opts: &CompileOptions) -> HostLookup<usize> {
+    let mut lookup = HostLookup::default();
+    for (i, se) in loaded.service_entries.iter().enumerate() {
+        if !exported_to(&se.spec.export_to, &se.namespace, &opts.namespace) {
+            continue;
+        }
+        for h in &se.spec.hosts {
+            let pattern = HostPattern::parse(&fqdn(h, &se.namespace, &opts.cluster_domain));
+            lookup.insert(pattern, i);
+        }
+    }
+    lookup
+}
+
+/// The hosts of the DestinationRules that apply to this gateway (exported to its namespace,
+/// and a `workloadSelector` only in its own namespace and matching its labels) → index in
+/// `loaded.destination_rules`.
+fn destination_rule_lookup(loaded: &Loaded, opts: &CompileOptions) -> HostLookup<usize> {
+    let mut lookup = HostLookup::default();
+    for (i, dr) in loaded.destination_rules.iter().enumerate() {
+        if !exported_to(&dr.spec.export_to, &dr.namespace, &opts.namespace) {
+            continue;
+        }
+        if let Some(ws) = &dr.spec.workload_selector {
+            if dr.namespace != opts.namespace || !labels_match(&ws.labels, &opts.labels) {
+                continue;
+            }
+        }
+        let Some(h) = dr.spec.host.as_deref() else {
+            continue;
+        };
+        let pattern = HostPattern::parse(&fqdn(h, &dr.namespace, &opts.cluster_domain));
+        lookup.insert(pattern, i);
+    }
+    lookup
 }
 
 /// The conditions every kind of match shares.
@@ -288,15 +335,21 @@ impl<'a> Compiler<'a> {
                 self.add_server(&mut builds, gw, i, server);
             }
         }
-        // VirtualServices that name one of our Gateways but bind to none of its servers.
-        for (_, vs) in self.visible_vs() {
-            for gw in &ours {
-                let active = builds
+        // VirtualServices that name one of our Gateways but bind to none of its servers. A
+        // Gateway whose servers were all skipped was warned about already.
+        let active: Vec<&'a Resource<GatewaySpec>> = ours
+            .iter()
+            .copied()
+            .filter(|gw| {
+                builds
                     .values()
                     .flat_map(|b| b.servers.iter())
-                    .any(|s| std::ptr::eq(s.gw, *gw));
-                // A Gateway whose servers were all skipped was warned about already.
-                if !active || !Self::vs_binds(vs, gw) {
+                    .any(|s| std::ptr::eq(s.gw, *gw))
+            })
+            .collect();
+        for (_, vs) in self.visible_vs() {
+            for gw in &active {
+                if !Self::vs_binds(vs, gw) {
                     continue;
                 }
                 let hosts = self.vs_hosts(vs);
@@ -560,6 +613,11 @@ impl<'a> Compiler<'a> {
 
     fn http_routes(&mut self, b: &ListenerBuild<'a>) -> HttpRouteTable {
         let mut vhosts: Vec<VirtualHost> = Vec::new();
+        // Domain → its index in `vhosts` (a scan of `vhosts` per domain was quadratic: 10,000
+        // domains took seconds).
+        let mut vhost_of: HashMap<HostPattern, usize> = HashMap::new();
+        // Per virtual host, which of its routes are catch-alls.
+        let mut catch_all: Vec<Vec<bool>> = Vec::new();
         for (vs_idx, vs) in self.visible_vs() {
             let vs_hosts = self.vs_hosts(vs);
             // Domains this VirtualService already contributed on this port (via another
@@ -590,17 +648,35 @@ impl<'a> Compiler<'a> {
                     b.family == Family::Https,
                 );
                 for d in domains {
-                    let name = format!("{d}:{}", b.service_port);
-                    match vhosts.iter_mut().find(|v| v.domains.first() == Some(&d)) {
-                        Some(vh) => vh.routes.extend(routes.iter().map(clone_route)),
-                        None => vhosts.push(VirtualHost {
-                            name,
+                    let i = *vhost_of.entry(d.clone()).or_insert_with(|| {
+                        vhosts.push(VirtualHost {
+                            name: format!("{d}:{}", b.service_port),
                             domains: vec![d.clone()],
-                            routes: routes.iter().map(clone_route).collect(),
-                        }),
-                    }
+                            routes: Vec::new(),
+                        });
+                        catch_all.push(Vec::new());
+                        vhosts.len() - 1
+                    });
+                    vhosts[i]
+                        .routes
+                        .extend(routes.iter().map(|(r, _)| clone_route(r)));
+                    catch_all[i].extend(routes.iter().map(|&(_, c)| c));
                     done.push(d);
                 }
+            }
+        }
+        // Several VirtualServices for one host are merged in order, and then, as Istio's
+        // `SortVHostRoutes` does, the catch-all routes move to the end (keeping their order),
+        // so one VirtualService's catch-all does not shadow another's specific routes. Istio
+        // warns about none of this.
+        for (vh, flags) in vhosts.iter_mut().zip(&catch_all) {
+            if flags.iter().any(|&c| c) {
+                let mut routes: Vec<(Route, bool)> = std::mem::take(&mut vh.routes)
+                    .into_iter()
+                    .zip(flags.iter().copied())
+                    .collect();
+                routes.sort_by_key(|&(_, c)| c);
+                vh.routes = routes.into_iter().map(|(r, _)| r).collect();
             }
         }
         if vhosts.is_empty() {
@@ -630,15 +706,26 @@ impl<'a> Compiler<'a> {
         gw: &Resource<GatewaySpec>,
         port: u16,
         tls: bool,
-    ) -> Vec<Route> {
+    ) -> Vec<(Route, bool)> {
         let mut routes = Vec::new();
         for (i, rule) in vs.spec.http.iter().enumerate() {
             let Some(matches) = self.applicable(&rule.matches, vs, gw, port) else {
                 continue;
             };
             let path = format!("spec.http[{i}]");
+            // Istio translates each match into a route of its own and stops at the first
+            // catch-all one (a rule without `match`, or a match of every request): the rest of
+            // this VirtualService could never match.
+            let catch_all_at = if matches.is_empty() {
+                Some(0)
+            } else {
+                matches.iter().position(|m| is_catch_all_match(m))
+            };
             let mut core_matches = Vec::with_capacity(matches.len());
-            for m in matches {
+            for m in matches
+                .iter()
+                .take(catch_all_at.map_or(usize::MAX, |p| p + 1))
+            {
                 core_matches.push(self.route_match(vs, m, &path));
             }
             let action = if !rule.route.is_empty() {
@@ -658,7 +745,7 @@ impl<'a> Compiler<'a> {
                     body: None,
                 }
             };
-            routes.push(Route {
+            let route = Route {
                 name: rule.name.as_deref().map(Arc::from),
                 matches: core_matches,
                 action,
@@ -668,7 +755,24 @@ impl<'a> Compiler<'a> {
                     .map(|t| t.value)
                     .filter(|d| !d.is_zero()),
                 policy: self.route_policy(vs_idx, vs, rule, &path, port),
-            });
+            };
+            match catch_all_at {
+                None => routes.push((route, false)),
+                Some(_) if route.matches.len() <= 1 => {
+                    routes.push((route, true));
+                    break;
+                }
+                Some(_) => {
+                    // The matches before the catch-all one stay specific; the catch-all one
+                    // becomes its own route (sorted to the end of the virtual host).
+                    let mut last = clone_route(&route);
+                    let mut specific = route;
+                    last.matches = specific.matches.split_off(specific.matches.len() - 1);
+                    routes.push((specific, false));
+                    routes.push((last, true));
+                    break;
+                }
+            }
         }
         routes
     }
@@ -1059,33 +1163,14 @@ impl<'a> Compiler<'a> {
         host: &str,
         prefer_ns: &str,
     ) -> Option<(&'a Resource<ServiceEntrySpec>, bool)> {
-        let mut best: Option<(&'a Resource<ServiceEntrySpec>, usize, u8)> = None;
-        for se in &self.loaded.service_entries {
-            if !exported_to(&se.spec.export_to, &se.namespace, &self.opts.namespace) {
-                continue;
-            }
-            for h in &se.spec.hosts {
-                let p = HostPattern::parse(&fqdn(h, &se.namespace, &self.opts.cluster_domain));
-                if !p.matches(host) {
-                    continue;
-                }
-                // Specificity: exact beats any wildcard; longer suffix beats shorter.
-                let spec = match &p {
-                    HostPattern::Exact(_) => usize::MAX,
-                    HostPattern::Suffix(s) => s.len(),
-                    HostPattern::Any => 0,
-                };
-                let ns_rank = ns_rank(&se.namespace, prefer_ns, &self.opts.namespace);
-                let better = match best {
-                    None => true,
-                    Some((_, bs, br)) => spec > bs || (spec == bs && ns_rank < br),
-                };
-                if better {
-                    best = Some((se, spec, ns_rank));
-                }
-            }
-        }
-        best.map(|(se, spec, _)| (se, spec != usize::MAX))
+        let all = &self.loaded.service_entries;
+        let (spec, i) = self.best(
+            &self.service_entries,
+            host,
+            |i| all[i].namespace.as_str(),
+            prefer_ns,
+        )?;
+        Some((&all[i], spec != usize::MAX))
     }
 
     /// The DestinationRule for `host` seen from this gateway, with the same precedence.
@@ -1094,40 +1179,34 @@ impl<'a> Compiler<'a> {
         host: &str,
         prefer_ns: &str,
     ) -> Option<&'a Resource<DestinationRuleSpec>> {
-        let mut best: Option<(&'a Resource<DestinationRuleSpec>, usize, u8)> = None;
-        for dr in &self.loaded.destination_rules {
-            if !exported_to(&dr.spec.export_to, &dr.namespace, &self.opts.namespace) {
-                continue;
-            }
-            if let Some(ws) = &dr.spec.workload_selector {
-                if dr.namespace != self.opts.namespace
-                    || !labels_match(&ws.labels, &self.opts.labels)
-                {
-                    continue;
-                }
-            }
-            let Some(h) = dr.spec.host.as_deref() else {
-                continue;
-            };
-            let p = HostPattern::parse(&fqdn(h, &dr.namespace, &self.opts.cluster_domain));
-            if !p.matches(host) {
-                continue;
-            }
-            let spec = match &p {
-                HostPattern::Exact(_) => usize::MAX,
-                HostPattern::Suffix(s) => s.len(),
-                HostPattern::Any => 0,
-            };
-            let rank = ns_rank(&dr.namespace, prefer_ns, &self.opts.namespace);
-            let better = match best {
-                None => true,
-                Some((_, bs, br)) => spec > bs || (spec == bs && rank < br),
-            };
-            if better {
-                best = Some((dr, spec, rank));
-            }
-        }
-        best.map(|(dr, _, _)| dr)
+        let all = &self.loaded.destination_rules;
+        let (_, i) = self.best(
+            &self.destination_rules,
+            host,
+            |i| all[i].namespace.as_str(),
+            prefer_ns,
+        )?;
+        Some(&all[i])
+    }
+
+    /// Among the resources of `lookup` matching `host`: the most specific pattern, then the
+    /// namespace `prefer_ns`, then the gateway's, then the first loaded. Returns the winner's
+    /// specificity and index.
+    fn best<'n>(
+        &self,
+        lookup: &HostLookup<usize>,
+        host: &str,
+        namespace: impl Fn(usize) -> &'n str,
+        prefer_ns: &str,
+    ) -> Option<(usize, usize)> {
+        lookup
+            .matching(host)
+            .map(|(spec, &i)| {
+                let rank = ns_rank(namespace(i), prefer_ns, &self.opts.namespace);
+                (Reverse(spec), rank, i)
+            })
+            .min()
+            .map(|(Reverse(spec), _, i)| (spec, i))
     }
 
     fn clusters(&mut self) -> BTreeMap<Arc<str>, Arc<Cluster>> {
@@ -1522,6 +1601,27 @@ impl<'a> EffectivePolicy<'a> {
             self.tls = pl.tls.as_ref().map(|t| (t, format!("{ppath}.tls")));
         }
     }
+}
+
+/// Istio's `IsCatchAllRoute` for the route a match becomes: the path is a `/` prefix (or no
+/// `uri`, which Istio turns into one) or the regex `.*`, with no header, query, method,
+/// authority or scheme condition.
+fn is_catch_all_match(m: &HttpMatchRequest) -> bool {
+    let any_path = match &m.uri {
+        None => true,
+        Some(u) => {
+            u.set_count() == 0
+                || u.prefix.as_deref() == Some("/")
+                || u.regex.as_ref().is_some_and(|r| r.source == ".*")
+        }
+    };
+    any_path
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.scheme.is_none()
 }
 
 fn core_string_match(sm: &StringMatch) -> Option<egret_core::StringMatch> {

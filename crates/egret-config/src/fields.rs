@@ -40,7 +40,7 @@ const LOCAL_503: &str = "not supported yet; matching requests get a local 503 in
 
 /// The VirtualService fields (`spec.` omitted), in the order of Istio's reference.
 pub const VIRTUAL_SERVICE_FIELDS: &[Field] = &[
-    ok("hosts", "Names and `*.suffix` wildcards; short names are qualified with the VirtualService's namespace."),
+    ok("hosts", "Names and `*.suffix` wildcards; short names are qualified with the VirtualService's namespace. Several VirtualServices for one host are merged in load order with catch-all routes moved last (Istio)."),
     ok("gateways", "`ns/name`, `name` (same namespace) and `mesh` (ignored by a gateway)."),
     ok("exportTo", "`.`, `*` and namespace names."),
     ok("http[].name", "`%ROUTE_NAME%`."),
@@ -61,14 +61,14 @@ pub const VIRTUAL_SERVICE_FIELDS: &[Field] = &[
     ok("http[].rewrite.uriRegexRewrite", "Every match in the path is replaced; `\\1` refers to a group."),
     ok("http[].rewrite.authority", "Also from a `host` header in `headers.request`; `x-envoy-original-host` is sent."),
     ok("http[].timeout", "`504 UT response_timeout`."),
-    ok("http[].retries.attempts, perTryTimeout, retryOn, backoff", "No `retries`: Istio's default (2 retries on connect-failure, refused-stream, unavailable, cancelled, 503). `attempts: 0` disables. Bodies up to 1 MiB are kept for replay; larger ones are not retried (as Envoy)."),
+    ok("http[].retries.attempts, perTryTimeout, retryOn, backoff", "No `retries`: Istio's default (2 retries on connect-failure, refused-stream, unavailable, cancelled, 503). `attempts: 0` disables. Bodies up to 1 MiB are kept for replay (also while still arriving); larger ones are not retried, and one outgrowing the buffer during a back-off is a `507` (as Envoy)."),
     ok("http[].retries.retryIgnorePreviousHosts", ""),
     warned("http[].retries.retryRemoteLocalities", IGNORED, "Endpoints have no locality at the gateway."),
     ok("http[].fault.delay.fixedDelay, percentage, percent", "`DI`; without a percentage no request is delayed (Istio)."),
     warned("http[].fault.delay.exponentialDelay", "not supported by Istio either; the delay is ignored", ""),
     ok("http[].fault.abort.httpStatus, grpcStatus, percentage", "`FI`, body `fault filter abort`, details `fault_filter_abort`; gRPC requests get a trailers-only `grpc-status`. Without a percentage nothing is aborted (Istio)."),
     warned("http[].fault.abort.http2Error", "not supported by Istio either; ignored", ""),
-    ok("http[].mirror, mirrorPercentage, mirrorPercent, mirrors", "Fire-and-forget copy with the authority `host-shadow`; a request body is copied when it fits the 1 MiB replay buffer, otherwise the request is not mirrored."),
+    ok("http[].mirror, mirrorPercentage, mirrorPercent, mirrors", "Fire-and-forget copy with the authority `host-shadow`; the request body streams to it as it arrives, whatever its size (Envoy's streaming shadows)."),
     warned("http[].corsPolicy", IGNORED, ""),
     ok("http[].headers.request, headers.response", "`set`, `add`, `remove`, applied to every response of the route, local replies included. Values are sent literally (Envoy's `%COMMAND%` substitutions are not expanded; such values warn)."),
     ok("tls[].match[].sniHosts, port, gateways, sourceLabels, sourceNamespace", "TLS passthrough by SNI."),

@@ -24,6 +24,7 @@ mod describe;
 mod diag;
 mod dr_fields;
 mod fields;
+mod host_lookup;
 pub mod istio;
 mod load;
 pub mod names;

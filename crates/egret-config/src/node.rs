@@ -251,7 +251,20 @@ pub struct SyntaxError {
 /// Parses a (multi-document) YAML text. Documents that are empty or only comments are
 /// dropped. Returns the documents in order.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let options = serde_saphyr::options! { with_snippet: false };
+    // serde-saphyr's default budget counts over the whole file: at most 1,024 documents,
+    // 250,000 nodes and 1,000,000 parser events, so it refused one file of 10,000
+    // ServiceEntries (issue 7). Without aliases those counts grow only with the text's length,
+    // and the text is already in memory, so they are lifted. The limits that guard against a
+    // short text becoming a huge tree keep their defaults: aliases (`max_aliases`,
+    // `alias_limits`), nesting depth, total scalar bytes (64 MiB).
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_documents: usize::MAX,
+            max_nodes: usize::MAX,
+            max_events: usize::MAX,
+        },
+    };
     let docs: Result<Vec<Option<Node>>, _> = serde_saphyr::from_str_multiple_with_options::<
         Option<Node>,
         Vec<Option<Node>>,

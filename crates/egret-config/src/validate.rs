@@ -1,11 +1,13 @@
 //! Checks of one resource (required fields, values, fields Egret does not implement yet) and
 //! across resources (duplicates, gateway and subset references).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
 use crate::diag::{Diagnostic, Severity};
 use crate::fields::vs_warning;
+use crate::host_lookup::HostLookup;
 use crate::istio::*;
 use crate::load::{first_locations, LoadOptions, Loaded};
 use crate::names::{fqdn, resolve_gateway, GatewayRef, Protocol};
@@ -1312,14 +1314,25 @@ pub(crate) fn cross_check(loaded: &Loaded, errors: &mut Vec<Diagnostic>) {
     }
 
     let domain = &loaded.options.cluster_domain;
+    // Built once rather than scanned per reference: with thousands of VirtualServices and
+    // DestinationRules those scans were quadratic.
+    let gateways: HashSet<(&str, &str)> = loaded
+        .gateways
+        .iter()
+        .map(|g| (g.namespace.as_str(), g.name.as_str()))
+        .collect();
+    // Every DestinationRule by host, whatever its exportTo: a subset defined anywhere counts.
+    let mut rules: HostLookup<usize> = HostLookup::default();
+    for (i, dr) in loaded.destination_rules.iter().enumerate() {
+        if let Some(dr_host) = dr.spec.host.as_deref() {
+            rules.insert(HostPattern::parse(&fqdn(dr_host, &dr.namespace, domain)), i);
+        }
+    }
     for vs in &loaded.virtual_services {
         for (path, reference) in gateway_refs(&vs.spec) {
             if let GatewayRef::Named { namespace, name } = resolve_gateway(reference, &vs.namespace)
             {
-                let exists = loaded
-                    .gateways
-                    .iter()
-                    .any(|g| g.namespace == namespace && g.name == name);
+                let exists = gateways.contains(&(namespace.as_str(), name.as_str()));
                 if !exists {
                     errors.push(loaded.diagnostic(
                         vs,
@@ -1338,17 +1351,12 @@ pub(crate) fn cross_check(loaded: &Loaded, errors: &mut Vec<Diagnostic>) {
                 continue;
             }
             let host = fqdn(host, &vs.namespace, domain);
-            let defined = loaded.destination_rules.iter().any(|dr| {
-                let Some(dr_host) = dr.spec.host.as_deref() else {
-                    return false;
-                };
-                let pattern = HostPattern::parse(&fqdn(dr_host, &dr.namespace, domain));
-                pattern.matches(&host)
-                    && dr
-                        .spec
-                        .subsets
-                        .iter()
-                        .any(|s| s.name.as_deref() == Some(subset))
+            let defined = rules.matching(&host).any(|(_, &i)| {
+                loaded.destination_rules[i]
+                    .spec
+                    .subsets
+                    .iter()
+                    .any(|s| s.name.as_deref() == Some(subset))
             });
             if !defined {
                 errors.push(loaded.diagnostic(

@@ -2010,3 +2010,180 @@ fn http_and_https_servers_on_one_port_conflict() {
         errs[0]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Registry lookups and large configurations
+
+/// A ServiceEntry for `host` with one STATIC endpoint `ip`, so a cluster shows which entry won.
+fn static_se(name: &str, ns: &str, host: &str, export_to: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  \
+         namespace: {ns}\nspec:\n  hosts: ['{host}']\n  exportTo: [{export_to}]\n  ports:\n  \
+         - {{number: 80, name: http, protocol: HTTP}}\n  resolution: STATIC\n  endpoints:\n  \
+         - address: {ip}\n"
+    )
+}
+
+/// A DestinationRule for `host` whose only effect is the connect timeout `secs`.
+fn timeout_dr(name: &str, ns: &str, host: &str, extra: &str, secs: u64) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {name}\n  \
+         namespace: {ns}\nspec:\n  host: '{host}'\n{extra}  trafficPolicy:\n    connectionPool:\n      \
+         tcp: {{connectTimeout: {secs}s}}\n"
+    )
+}
+
+/// Which ServiceEntry and DestinationRule a destination gets: exact host first, then the
+/// longest wildcard; among equals the VirtualService's namespace, then the gateway's, then
+/// the first loaded; resources not exported to the gateway's namespace (or selecting other
+/// workloads) are not seen.
+#[test]
+fn registry_lookup_precedence() {
+    let mut reg = String::new();
+    for (name, ns, host, export_to, ip) in [
+        (
+            "wild-short",
+            "istio-system",
+            "*.example.com",
+            "",
+            "10.0.0.1",
+        ),
+        (
+            "wild-long",
+            "istio-system",
+            "*.api.example.com",
+            "",
+            "10.0.0.2",
+        ),
+        ("exact-a", "other", "a.api.example.com", "", "10.0.0.3"),
+        ("hidden-b", "team", "b.api.example.com", "'.'", "10.0.0.4"),
+        ("c-far", "zzz", "c.example.com", "", "10.0.0.5"),
+        (
+            "c-gateway-ns",
+            "istio-system",
+            "c.example.com",
+            "",
+            "10.0.0.6",
+        ),
+        (
+            "d-gateway-ns",
+            "istio-system",
+            "d.example.com",
+            "",
+            "10.0.0.7",
+        ),
+        ("d-vs-ns", "team", "d.example.com", "'*'", "10.0.0.8"),
+        ("e-first", "zzz", "e.example.com", "", "10.0.0.9"),
+        ("e-second", "yyy", "e.example.com", "", "10.0.0.10"),
+        (
+            "no-dot-wildcard",
+            "istio-system",
+            "*ample.org",
+            "",
+            "10.0.0.11",
+        ),
+    ] {
+        reg.push_str(&static_se(name, ns, host, export_to, ip));
+    }
+    reg.push_str(&timeout_dr(
+        "dr-wild",
+        "istio-system",
+        "*.example.com",
+        "",
+        3,
+    ));
+    reg.push_str(&timeout_dr("dr-x", "istio-system", "x.example.com", "", 4));
+    reg.push_str(&timeout_dr(
+        "dr-other-workload",
+        "istio-system",
+        "c.example.com",
+        "  workloadSelector:\n    labels: {app: other}\n",
+        5,
+    ));
+    reg.push_str(&timeout_dr(
+        "dr-hidden",
+        "team",
+        "d.example.com",
+        "  exportTo: ['.']\n",
+        6,
+    ));
+    let expected = [
+        ("a.api.example.com", "10.0.0.3", 3),
+        ("x.api.example.com", "10.0.0.2", 3),
+        ("x.example.com", "10.0.0.1", 4),
+        ("b.api.example.com", "10.0.0.2", 3),
+        ("c.example.com", "10.0.0.6", 3),
+        ("d.example.com", "10.0.0.8", 3),
+        ("e.example.com", "10.0.0.9", 3),
+        ("example.org", "10.0.0.11", 10),
+    ];
+    let mut vs = String::from(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs\n  \
+         namespace: team\nspec:\n  hosts: ['*']\n  gateways: [istio-system/gw]\n  http:\n",
+    );
+    for (i, (host, _, _)) in expected.iter().enumerate() {
+        vs.push_str(&format!(
+            "  - match: [{{uri: {{prefix: /{i}}}}}]\n    route:\n    \
+             - destination: {{host: {host}, port: {{number: 80}}}}\n"
+        ));
+    }
+    let c = compile_str(&[("a.yaml", GW_80), ("b.yaml", &reg), ("c.yaml", &vs)]);
+    for (host, ip, secs) in expected {
+        let name = format!("outbound|80||{host}");
+        let cluster = c
+            .snapshot
+            .clusters
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("no cluster {name}: {:#?}", c.warnings));
+        assert_eq!(
+            cluster.discovery,
+            Discovery::Static {
+                endpoints: vec![format!("{ip}:80").parse().unwrap()]
+            },
+            "{host}"
+        );
+        assert_eq!(cluster.connect_timeout, Duration::from_secs(secs), "{host}");
+    }
+}
+
+/// One file of more than 1,024 documents (the YAML reader's default limit) loads: 3,000
+/// ServiceEntries, the Gateway and a VirtualService routing some of them.
+#[test]
+fn one_file_with_more_than_1024_documents_loads() {
+    const N: usize = 3_000;
+    let mut text = dedent(GW_80);
+    for i in 0..N {
+        text.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: se-{i}\n\
+             spec:\n  hosts: [host-{i}.example.com]\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  \
+             resolution: DNS\n"
+        ));
+    }
+    // The VirtualService's first line, after its `---`.
+    let vs_line = text.lines().count() + 2;
+    text.push_str(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs\n\
+         spec:\n  hosts: ['*']\n  gateways: [gw]\n  http:\n  - match: [{uri: {prefix: /a}}]\n    \
+         route:\n    - destination: {host: host-7.example.com, port: {number: 80}}\n  \
+         - route:\n    - destination: {host: host-2999.example.com, port: {number: 80}}\n",
+    );
+    let loaded = load_sources(
+        &[(PathBuf::from("all.yaml"), text)],
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.service_entries.len(), N);
+    assert_eq!(loaded.service_entries[N - 1].name, format!("se-{}", N - 1));
+    assert_eq!(loaded.virtual_services.len(), 1);
+    // Lines still count from the top of the file.
+    assert_eq!(loaded.virtual_services[0].source.line as usize, vs_line);
+    let c = compile(&loaded, &CompileOptions::default()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let names: Vec<&str> = c.snapshot.clusters.keys().map(|k| &**k).collect();
+    assert_eq!(
+        names,
+        [
+            "outbound|80||host-2999.example.com",
+            "outbound|80||host-7.example.com"
+        ]
+    );
+}

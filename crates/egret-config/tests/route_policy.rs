@@ -100,9 +100,11 @@ const DEST: &str = "route: [{destination: {host: edition.cnn.com}}]";
 
 #[test]
 fn retries_follow_istio_convert_policy() {
+    // (The first rule has a match: a catch-all would end the VirtualService, as in Istio.)
     let c = compiled(&format!(
         "
-        - {DEST}
+        - match: [{{uri: {{prefix: /default}}}}]
+          {DEST}
         - match: [{{uri: {{prefix: /off}}}}]
           {DEST}
           retries: {{attempts: 0, perTryTimeout: 1s}}
