@@ -485,8 +485,8 @@ async fn http2_service_entry_port_speaks_h2c_upstream() {
 }
 
 // A hand-written gRPC unary call (length-prefixed message, `te: trailers`, `grpc-status` in
-// the trailers) over hyper's HTTP/2, client and server: the same bytes a tonic client and
-// server exchange, without tonic's build cost on this machine.
+// the trailers) over hyper's HTTP/2, client and server, so the exact trailers each side sees
+// can be asserted; tonic end to end is `tonic_client_to_tonic_server_through_the_gateway`.
 
 /// `HelloRequest { name }` / `HelloReply { message }`: protobuf field 1, a string.
 fn proto_string(s: &str) -> Bytes {
@@ -646,4 +646,116 @@ async fn grpc_unary_call_keeps_trailers_end_to_end() {
         Some(&b"no such person"[..])
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// A real gRPC stack: tonic's client and server (tonic-health's generated `grpc.health.v1`
+// service, so no protoc), through the gateway's HTTP listener as h2c with an HTTP/2 (`GRPC`)
+// upstream: a unary call, a server-streaming call and an error status.
+
+async fn tonic_health_server() -> (SocketAddr, tonic_health::server::HealthReporter) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("egret.Echo", tonic_health::ServingStatus::Serving)
+        .await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (addr, reporter)
+}
+
+#[tokio::test]
+async fn tonic_client_to_tonic_server_through_the_gateway() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let (up, mut reporter) = tonic_health_server().await;
+    let dir = scenario("GRPC", &[up], "    loadBalancer: {simple: ROUND_ROBIN}\n");
+    let mut gw = Gateway::start(&[dir.path()], &[]).await;
+    // The channel connects to the gateway; `:authority` names the external service.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.http))
+        .unwrap()
+        .origin(format!("http://{HOST}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let ask = |service: &str| {
+        tonic::Request::new(HealthCheckRequest {
+            service: service.to_string(),
+        })
+    };
+
+    // Unary: tonic reads `grpc-status: 0` from the trailers, or the call would fail.
+    let reply = client.check(ask("egret.Echo")).await.expect("check");
+    assert_eq!(reply.get_ref().status, ServingStatus::Serving as i32);
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+        ("POST", "/grpc.health.v1.Health/Check", "HTTP/2")
+    );
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("200", "-", "via_upstream")
+    );
+    assert_eq!(l.authority, HOST);
+    assert_eq!(l.upstream_host, up.to_string());
+    assert_eq!(l.cluster, format!("outbound|80||{HOST}"));
+    assert_eq!(l.user_agent, format!("tonic/{}", "0.14.9"));
+
+    // An error status (trailers-only response, HTTP 200) reaches the client as sent.
+    let err = client.check(ask("nobody")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(err.message(), "service not registered");
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+
+    // Server streaming: each status change arrives as it happens, then the stream ends with
+    // `grpc-status: 0` in the trailers.
+    let mut stream = client
+        .watch(ask("egret.Echo"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("first message")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    reporter
+        .set_service_status("egret.Echo", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("second message")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.status, ServingStatus::NotServing as i32);
+    reporter.clear_service_status("egret.Echo").await;
+    let end = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("end of stream")
+        .expect("clean end (grpc-status 0)");
+    assert!(end.is_none());
+    let trailers = stream
+        .trailers()
+        .await
+        .expect("trailers")
+        .unwrap_or_default();
+    assert!(
+        trailers.get("grpc-status").is_none_or(|v| v == "0"),
+        "{trailers:?}"
+    );
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.path.as_str(), l.code.as_str(), l.flags.as_str()),
+        ("/grpc.health.v1.Health/Watch", "200", "-")
+    );
+    // Two length-prefixed messages of 2 bytes each (field 1, varint) came back.
+    assert_eq!(l.bytes_sent, 14);
 }

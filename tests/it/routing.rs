@@ -108,6 +108,76 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Several VirtualServices for one host
+
+#[tokio::test]
+async fn virtual_services_for_one_host_merge_with_catch_alls_last() {
+    let main = HttpUpstream::start(Behavior::fixed(200, "main"))
+        .await
+        .unwrap();
+    let special = HttpUpstream::start(Behavior::fixed(200, "special"))
+        .await
+        .unwrap();
+    // `a-all.yaml` (read first) sends everything to api.example.com; `b-special.yaml` sends
+    // /special to shadow.example.com. Istio merges both into the host's routes and moves the
+    // catch-all to the end, so /special is not shadowed.
+    let all = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all}
+spec:
+  hosts: [api.example.com]
+  gateways: [egress]
+  http:
+  - name: everything
+    route: [{destination: {host: api.example.com}}]
+  - name: after-the-catch-all
+    match: [{uri: {prefix: /special}}]
+    route: [{destination: {host: api.example.com}}]
+";
+    let specific = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: special}
+spec:
+  hosts: [api.example.com]
+  gateways: [egress]
+  http:
+  - name: special
+    match: [{uri: {prefix: /special}}]
+    route: [{destination: {host: shadow.example.com}}]
+";
+    let dir = config_dir(
+        "vs-merge",
+        &[
+            ("base.yaml", BASE),
+            ("a-all.yaml", all),
+            ("b-special.yaml", specific),
+        ],
+    );
+    let args = [
+        "--connect-to".to_string(),
+        format!("{HOST}:80:{}", main.addr()),
+        "--connect-to".to_string(),
+        format!("shadow.example.com:80:{}", special.addr()),
+    ];
+    let mut gw = Gateway::start(&[dir.path()], &args).await;
+    let r = get(&gw, "/special/x", &[]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"special"[..]));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.route.as_str(), l.cluster.as_str()),
+        ("special", "outbound|80||shadow.example.com")
+    );
+    let r = get(&gw, "/other", &[]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"main"[..]));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.route.as_str(), l.cluster.as_str()),
+        ("everything", format!("outbound|80||{HOST}").as_str())
+    );
+    assert_eq!((main.requests(), special.requests()), (1, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
 // 1. Retries
 
 #[tokio::test]
@@ -296,6 +366,115 @@ async fn request_bodies_are_replayed_within_the_buffer_only() {
     let l = s.gw.next_line().await;
     assert_eq!((l.flags.as_str(), l.bytes_received), ("-", 3_000_000));
     assert_eq!(up.requests(), 3);
+}
+
+/// An upstream for one POST per connection: the first `early` connections are answered
+/// `503` as soon as the request head is in (the body is then read and dropped), later ones
+/// read the whole body (`content-length`) and answer `200` with its length. Records each
+/// attempt's `x-envoy-attempt-count` and the body bytes it got.
+async fn early_answer_upstream(early: usize) -> (SocketAddr, Arc<Mutex<Vec<(String, usize)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            n += 1;
+            let record = record.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut sock).await.to_ascii_lowercase();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                        .unwrap_or_default()
+                };
+                let attempt = field("x-envoy-attempt-count:");
+                let length: usize = field("content-length:").parse().unwrap_or(0);
+                let i = {
+                    let mut r = record.lock().unwrap();
+                    r.push((attempt, 0));
+                    r.len() - 1
+                };
+                if n <= early {
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+                let mut got = 0;
+                let mut buf = vec![0u8; 64 * 1024];
+                while got < length {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            got += k;
+                            record.lock().unwrap()[i].1 = got;
+                        }
+                    }
+                }
+                if n > early {
+                    let reply = format!("{got}");
+                    let _ = sock
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                                reply.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_request_is_retried_while_its_body_is_still_arriving() {
+    // Envoy 1.40 retries a request whose upstream answered 503 before the body was complete
+    // (the body so far is within the buffer): the retry replays it and reads on.
+    let (up, seen) = early_answer_upstream(2).await;
+    let mut s = start(
+        "
+  - route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, up)],
+    )
+    .await;
+    let body = pattern_bytes(300_000);
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    c.write_all(&body[..100_000]).await.unwrap();
+    // The rest of the body only once the third attempt (Istio's default: 2 retries on 503)
+    // has reached the upstream: the first two were answered while it was still arriving.
+    wait_until(|| seen.lock().unwrap().len() == 3).await;
+    c.write_all(&body[100_000..]).await.unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut reply = [0u8; 6];
+    c.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"300000", "the last attempt got the whole body");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.bytes_received),
+        ("200", "-", 300_000)
+    );
+    let attempts: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, _)| a.clone())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
 }
 
 #[tokio::test]
@@ -627,13 +806,29 @@ async fn mirror_gets_a_shadow_copy_and_no_log_line() {
     let l = s.gw.next_line().await;
     assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
 
-    // A body is copied too.
+    // A body is copied too, streamed as it arrives whatever its size (Envoy 1.40's
+    // streaming shadows: a 5 MiB POST reaches the mirror whole).
     let body = pattern_bytes(20_000);
     let r = post(&s.gw, "/upload", body).await;
     assert_eq!(r.status, 200);
     wait_until(|| mirror.requests() == 2).await;
     assert_eq!(mirror.last_request().unwrap().body_len, 20_000);
     s.gw.next_line().await;
+    let big = pattern_bytes(5 * 1024 * 1024);
+    let r = post(&s.gw, "/upload", big).await;
+    assert_eq!(r.status, 200);
+    wait_until(|| mirror.requests() == 3).await;
+    let shadow = mirror.last_request().unwrap();
+    assert_eq!(
+        (shadow.body_len, shadow.header("content-length")),
+        (5 * 1024 * 1024, Some("5242880"))
+    );
+    assert_eq!(up.last_request().unwrap().body_len, 5 * 1024 * 1024);
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.bytes_received),
+        ("200", 5 * 1024 * 1024)
+    );
 
     // A mirror that cannot be reached changes nothing for the client.
     let r = get(&s.gw, "/broken-mirror", &[]).await;
@@ -649,7 +844,7 @@ async fn mirror_gets_a_shadow_copy_and_no_log_line() {
             .is_none(),
         "a mirror was logged"
     );
-    assert_eq!(up.requests(), 3);
+    assert_eq!(up.requests(), 4);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -842,13 +1037,198 @@ async fn upgrades_other_than_websocket_and_connect_are_refused() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let l = s.gw.next_line().await;
     assert_eq!(
-        (l.flags.as_str(), l.details.as_str()),
-        ("NR", "route_not_found")
+        (
+            l.method.as_str(),
+            l.path.as_str(),
+            l.flags.as_str(),
+            l.details.as_str()
+        ),
+        ("CONNECT", "-", "NR", "route_not_found")
     );
     assert_eq!(
         heads.lock().unwrap().len(),
         1,
         "only /no-ws reached the upstream"
+    );
+}
+
+/// An HTTP/2 connection to the gateway (cleartext, prior knowledge) whose SETTINGS have
+/// been seen: one plain request (`/plain`, answered by the upstream) has gone through.
+async fn h2_connection(gw: &mut Gateway) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let warm_up = http::Request::get(format!("http://{HOST}/plain"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(warm_up).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "no");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+        ("GET", "/plain", "HTTP/2")
+    );
+    sender
+}
+
+/// An extended CONNECT (RFC 8441) for `path` with this `:protocol`, or a plain CONNECT.
+fn extended_connect(path: &str, protocol: Option<&'static str>) -> http::Request<Full<Bytes>> {
+    let uri = match protocol {
+        Some(_) => format!("http://{HOST}{path}"),
+        None => format!("{HOST}:443"),
+    };
+    let mut req = http::Request::builder()
+        .method(Method::CONNECT)
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    if let Some(p) = protocol {
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(p));
+    }
+    req
+}
+
+#[tokio::test]
+async fn websocket_over_http2_extended_connect() {
+    let (ws, heads) = websocket_upstream().await;
+    let mut s = start(
+        "
+  - match: [{method: {exact: GET}}]
+    route: [{destination: {host: api.example.com}}]
+",
+        &[(HOST, ws)],
+    )
+    .await;
+    let mut h2 = h2_connection(&mut s.gw).await;
+
+    // `:protocol: websocket` goes upstream as an HTTP/1.1 upgrade (and is routed as a GET);
+    // the upstream's 101 is a 200 to the client, and the stream carries the bytes.
+    let resp = h2
+        .send_request(extended_connect("/ws", Some("websocket")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("upgrade").is_none());
+    assert!(resp.headers().get("connection").is_none());
+    assert_eq!(
+        resp.headers().get("sec-websocket-accept").unwrap(),
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    assert_eq!(resp.headers().get("server").unwrap(), "istio-envoy");
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.expect("tunnel"));
+    for msg in [&b"hello websocket"[..], b"second frame"] {
+        tunnel.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
+            .await
+            .expect("echo")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    tunnel.shutdown().await.unwrap();
+    let l = s.gw.next_line().await;
+    // Envoy 1.40: `"GET /ws HTTP/2" 101 DC downstream_remote_disconnect`, bytes counted.
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+        ("GET", "/ws", "HTTP/2")
+    );
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("101", "DC", "downstream_remote_disconnect")
+    );
+    assert_eq!((l.bytes_received, l.bytes_sent), (27, 27));
+    assert_eq!(l.upstream_service_time, "-");
+    let up_head = heads.lock().unwrap()[1].to_ascii_lowercase();
+    assert!(up_head.starts_with("get /ws http/1.1\r\n"), "{up_head}");
+    assert!(up_head.contains("upgrade: websocket"), "{up_head}");
+    assert!(up_head.contains("connection: upgrade"), "{up_head}");
+    assert!(up_head.contains("host: api.example.com"), "{up_head}");
+    assert!(up_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="));
+
+    // The upstream ending the tunnel: its last bytes arrive, then the stream ends; `UC`.
+    let resp = h2
+        .send_request(extended_connect("/ws-close", Some("websocket")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.expect("tunnel"));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tunnel.read_to_end(&mut rest)).await;
+    assert_eq!(rest, b"bye");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.method.as_str(),
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str(),
+            l.bytes_sent
+        ),
+        (
+            "GET",
+            "101",
+            "UC",
+            "upstream_reset_after_response_started{connection_termination}",
+            3
+        )
+    );
+
+    // An upstream that does not switch: its status, and the stream ends (Envoy 1.40).
+    let resp = h2
+        .send_request(extended_connect("/no-ws", Some("websocket")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.expect("stream"));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tunnel.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.code.as_str(), l.details.as_str()),
+        ("GET", "200", "websocket_handshake_unsuccessful")
+    );
+
+    // Another `:protocol` is refused like another `Upgrade` (Envoy 1.40: 403 upgrade_failed).
+    let resp = h2
+        .send_request(extended_connect("/x", Some("connect-udp")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.code.as_str(), l.details.as_str()),
+        ("GET", "403", "upgrade_failed")
+    );
+
+    // A plain CONNECT has no route at an Istio gateway (Envoy 1.40: `"CONNECT - HTTP/2" 404`).
+    let mut h2 = h2_connection(&mut s.gw).await;
+    let resp = h2.send_request(extended_connect("", None)).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.method.as_str(),
+            l.path.as_str(),
+            l.code.as_str(),
+            l.flags.as_str()
+        ),
+        ("CONNECT", "-", "404", "NR")
+    );
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        5,
+        "two warm-ups, /ws, /ws-close and /no-ws reached the upstream"
     );
 }
 

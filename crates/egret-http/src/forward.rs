@@ -20,7 +20,7 @@ use egret_upstream::{ClusterState, PickError, PooledConn, SendError, UpstreamBod
 use crate::body::ResponseBody;
 use crate::headers;
 use crate::local_reply;
-use crate::replay::RequestBody;
+use crate::replay::{BufferOverflow, RequestBody};
 use crate::retry::{self, Failure};
 use crate::service::HttpShared;
 
@@ -77,7 +77,8 @@ impl Forward<'_> {
             return Next::Stop;
         };
         // Envoy retries only what it can replay: a body that streamed past the replay buffer
-        // (or is still arriving) ends the attempts without `URX` (checked with Envoy 1.40).
+        // ends the attempts without `URX` (checked with Envoy 1.40). A body still arriving
+        // within the buffer is retried: the next attempt replays the copy and reads on.
         if !retriable || !body.replayable() {
             return Next::Stop;
         }
@@ -90,13 +91,25 @@ impl Forward<'_> {
         }
     }
 
-    async fn back_off(&self, retries: u32) {
+    /// Waits before retry number `retries`. The request body goes on being read into the
+    /// replay copy meanwhile; if it outgrows the buffer, Envoy gives up with a `507`.
+    async fn back_off(&self, retries: u32, body: &mut RequestBody) -> Option<Outcome> {
         let base = self
             .retry
             .map_or(egret_core::policy::DEFAULT_RETRY_BACKOFF, |p| {
                 p.backoff_base
             });
-        tokio::time::sleep(retry::backoff(base, retries, fastrand::u64(..))).await;
+        let delay = retry::backoff(base, retries, fastrand::u64(..));
+        match body.back_off(delay).await {
+            Ok(()) => None,
+            // Envoy 1.40: `507 request_payload_exceeded_retry_buffer_limit`, no flag.
+            Err(BufferOverflow) => Some(Outcome::Local {
+                status: 507,
+                body: Some("exceeded request buffer limit while retrying upstream".into()),
+                flags: ResponseFlags::NONE,
+                details: "request_payload_exceeded_retry_buffer_limit".into(),
+            }),
+        }
     }
 
     pub async fn run(
@@ -133,7 +146,9 @@ impl Forward<'_> {
             };
             tried.push(addr);
             guard.record().upstream_host = Some(addr);
-            let mut conn = match self.shared.pool.checkout(self.cluster, addr).await {
+            // The body is read ahead (up to the buffer limit) while the connection is set up.
+            let checkout = self.shared.pool.checkout(self.cluster, addr);
+            let mut conn = match body.read_ahead_during(checkout).await {
                 Ok(c) => c,
                 Err(e) if e.is_overflow() => {
                     // Envoy (checked with 1.40): `503 UO upstream_reset_before_response_started{overflow}`,
@@ -162,7 +177,9 @@ impl Forward<'_> {
                         Next::Retry(slot) => {
                             _retry_slot = Some(slot);
                             retries += 1;
-                            self.back_off(retries).await;
+                            if let Some(o) = self.back_off(retries, body).await {
+                                return o;
+                            }
                             continue;
                         }
                         Next::Exhausted => {
@@ -223,7 +240,9 @@ impl Forward<'_> {
                         Next::Retry(slot) => {
                             _retry_slot = Some(slot);
                             retries += 1;
-                            self.back_off(retries).await;
+                            if let Some(o) = self.back_off(retries, body).await {
+                                return o;
+                            }
                             continue;
                         }
                         Next::Exhausted => {
@@ -254,7 +273,9 @@ impl Forward<'_> {
                                 drop(resp);
                                 drop(conn);
                                 retries += 1;
-                                self.back_off(retries).await;
+                                if let Some(o) = self.back_off(retries, body).await {
+                                    return o;
+                                }
                                 continue;
                             }
                             Next::Exhausted => guard
@@ -299,7 +320,9 @@ impl Forward<'_> {
                             _retry_slot = Some(slot);
                             drop(conn);
                             retries += 1;
-                            self.back_off(retries).await;
+                            if let Some(o) = self.back_off(retries, body).await {
+                                return o;
+                            }
                             continue;
                         }
                         Next::Exhausted => first = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
@@ -404,6 +427,9 @@ pub struct Downstream<'a> {
     pub received: Option<Arc<AtomicU64>>,
     /// The client's side of a WebSocket upgrade.
     pub on_upgrade: Option<OnUpgrade>,
+    /// The upgrade came as an HTTP/2 extended CONNECT: the upstream's `101` is a `200` to the
+    /// client, without `Upgrade`/`Connection` (Envoy's codec conversion).
+    pub extended_connect: bool,
     /// Response header operations of the route (and destination), applied in order.
     pub response_ops: &'a [&'a HeaderMutations],
 }
@@ -431,6 +457,12 @@ impl Outcome {
                     Some(down) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                         Some((down, hyper::upgrade::on(&mut resp)))
                     }
+                    Some(down) if ds.extended_connect && resp.status().is_success() => {
+                        // hyper answers a 2xx to a CONNECT by opening the tunnel; as Envoy
+                        // 1.40 does for a refused handshake, the stream then just ends.
+                        crate::upgrade::end_refused_tunnel(down);
+                        None
+                    }
                     _ => None,
                 };
                 let upgrade_value = resp.headers().get(http::header::UPGRADE).cloned();
@@ -443,17 +475,23 @@ impl Outcome {
                 rec.response_code = parts.status.as_u16();
                 if let Some((down, up)) = upgraded {
                     // Envoy 1.40's 101: the upstream's headers with `upgrade` and
-                    // `connection: Upgrade`, no `x-envoy-upstream-service-time`.
+                    // `connection: Upgrade`, no `x-envoy-upstream-service-time`. To an
+                    // extended CONNECT: `200` with the upstream's other headers (the log
+                    // keeps 101).
                     parts
                         .headers
                         .remove(&headers::X_ENVOY_UPSTREAM_SERVICE_TIME);
-                    if let Some(v) = upgrade_value {
-                        parts.headers.insert(http::header::UPGRADE, v);
+                    if ds.extended_connect {
+                        parts.status = http::StatusCode::OK;
+                    } else {
+                        if let Some(v) = upgrade_value {
+                            parts.headers.insert(http::header::UPGRADE, v);
+                        }
+                        parts.headers.insert(
+                            http::header::CONNECTION,
+                            HeaderValue::from_static("Upgrade"),
+                        );
                     }
-                    parts.headers.insert(
-                        http::header::CONNECTION,
-                        HeaderValue::from_static("Upgrade"),
-                    );
                     for ops in ds.response_ops {
                         ops.apply(&mut parts.headers);
                     }
@@ -470,12 +508,17 @@ impl Outcome {
                     parts
                         .headers
                         .remove(&headers::X_ENVOY_UPSTREAM_SERVICE_TIME);
-                    parts
-                        .headers
-                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                    parts
-                        .headers
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    if ds.extended_connect {
+                        // HTTP/2: the stream ends with the response (Envoy 1.40).
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                    } else {
+                        parts
+                            .headers
+                            .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                        parts
+                            .headers
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
                     for ops in ds.response_ops {
                         ops.apply(&mut parts.headers);
                     }

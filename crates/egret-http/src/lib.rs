@@ -6,8 +6,8 @@
 //! ([`local_reply`]), and the hyper service that applies a route's policy ([`service`]):
 //! fault injection, header operations, rewrites and redirects ([`rewrite`]), mirrors
 //! ([`mirror`]), forwarding with the retry policy, per-try and route timeouts ([`forward`],
-//! [`retry`], with request bodies kept for replay by [`replay`]), and WebSocket upgrades
-//! ([`upgrade`]). Every request ends in exactly one access-log record, handed over when the
+//! [`retry`], with the request body shared by attempts and mirrors in [`replay`]), and
+//! WebSocket upgrades, HTTP/1.1 or HTTP/2 extended CONNECT ([`upgrade`]). Every request ends in exactly one access-log record, handed over when the
 //! response body (or the upgraded tunnel) ends or the request is dropped. It does no socket
 //! accepting (that is `egret-listener`) and never sees YAML.
 

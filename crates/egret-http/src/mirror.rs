@@ -6,8 +6,9 @@
 //! The copy is what the primary upstream receives (path and headers after rewrites and
 //! header operations), with Envoy's marks: the authority gets `-shadow` (`host-shadow:port`),
 //! `x-envoy-internal: true`, and the gateway's address is appended to `x-forwarded-for`
-//! again (checked with Envoy 1.40). A body is copied only when it fit the replay buffer
-//! ([`crate::replay`]); otherwise that request is not mirrored.
+//! again (checked with Envoy 1.40). The copy starts with the request and its body streams
+//! as the client sends it, whatever its size, as Envoy 1.40's streaming shadows do
+//! ([`crate::replay`]: a mirror more than the buffer limit behind holds the reading back).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use http_body::Body as _;
 use egret_upstream::{UpstreamBody, Upstreams};
 
 use crate::headers;
+use crate::replay::MirrorHold;
 use crate::rewrite::shadow_authority;
 use crate::service::HttpShared;
 
@@ -33,13 +35,16 @@ pub struct Shadow {
     /// The upstream request's path and query.
     pub path: String,
     pub body: UpstreamBody,
+    /// Kept until the copy is done: then the request body no longer waits for this mirror.
+    pub hold: Option<MirrorHold>,
     /// The route timeout, if any, bounds the copy too.
     pub timeout: Option<Duration>,
 }
 
 /// Starts sending `shadow` in the background.
-pub fn spawn(shared: Arc<HttpShared>, upstreams: Arc<Upstreams>, shadow: Shadow) {
+pub fn spawn(shared: Arc<HttpShared>, upstreams: Arc<Upstreams>, mut shadow: Shadow) {
     tokio::spawn(async move {
+        let _hold = shadow.hold.take();
         let cluster_name = shadow.cluster.clone();
         let timeout = shadow.timeout;
         let send = send(shared, upstreams, shadow);

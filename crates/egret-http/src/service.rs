@@ -78,6 +78,14 @@ pub async fn handle(
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
     }
+    // An HTTP/2 extended CONNECT (RFC 8441) is the HTTP/1.1 upgrade it stands for: Envoy's
+    // codec turns `CONNECT` + `:protocol` into a `GET` with `Upgrade: <protocol>` before
+    // routing, and logs it so (`"GET /chat HTTP/2" 101`, checked with Envoy 1.40).
+    let extended_connect = upgrade::extended_connect(&req);
+    if extended_connect.is_some() {
+        *req.method_mut() = http::Method::GET;
+    }
+    let http1 = req.version() != Version::HTTP_2;
     let remote_ip = conn.remote.ip();
     {
         let h = req.headers_mut();
@@ -103,10 +111,17 @@ pub async fn handle(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         });
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    // A `CONNECT` has no path (Envoy logs `-`).
+    let path = req.uri().path_and_query().map_or_else(
+        || {
+            if req.method() == http::Method::CONNECT {
+                String::new()
+            } else {
+                "/".to_string()
+            }
+        },
+        |p| p.as_str().to_string(),
+    );
     rec.request = Some(RequestInfo {
         method: req.method().clone(),
         path: path.clone(),
@@ -117,7 +132,8 @@ pub async fn handle(
     let mut guard = PendingLog(Some(LogGuard::new(rec, shared.sink.clone())));
 
     if req.method() == http::Method::CONNECT {
-        // An Istio gateway has no CONNECT routes: Envoy 1.40 answers `404 NR` and closes.
+        // An Istio gateway has no CONNECT routes: Envoy 1.40 answers `404 NR` and closes
+        // (HTTP/1.1; on HTTP/2 the stream ends). An extended CONNECT is a `GET` by now.
         let mut resp = local(
             guard.take(),
             404,
@@ -126,11 +142,14 @@ pub async fn handle(
             "route_not_found",
             None,
         );
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        if http1 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return Ok(resp);
     }
-    let upgrade_kind = upgrade::requested(req.version(), req.headers());
+    let upgrade_kind =
+        extended_connect.unwrap_or_else(|| upgrade::requested(req.version(), req.headers()));
 
     let authority_str = authority.as_deref().unwrap_or("");
     let view = RequestView {
@@ -215,7 +234,8 @@ pub async fn handle(
         .collect();
 
     if upgrade_kind == Upgrade::Other {
-        // Istio enables `websocket` upgrades only (Envoy 1.40: `403 upgrade_failed`, closed).
+        // Istio enables `websocket` upgrades only (Envoy 1.40: `403 upgrade_failed`, closed;
+        // the same for an extended CONNECT with another `:protocol`).
         let mut resp = local_reply_with(
             guard.take(),
             403,
@@ -225,8 +245,10 @@ pub async fn handle(
             None,
             &response_ops,
         );
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        if http1 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return Ok(resp);
     }
 
@@ -306,9 +328,13 @@ pub async fn handle(
     }
 
     let on_upgrade = (upgrade_kind == Upgrade::WebSocket).then(|| hyper::upgrade::on(&mut req));
-    let upgrade_value = on_upgrade
-        .as_ref()
-        .and_then(|_| req.headers().get(http::header::UPGRADE).cloned());
+    let upgrade_value = on_upgrade.as_ref().and_then(|_| {
+        if extended_connect.is_some() {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            req.headers().get(http::header::UPGRADE).cloned()
+        }
+    });
     let (parts, incoming) = req.into_parts();
     let mut up_headers = parts.headers;
     headers::strip_hop_by_hop(&mut up_headers);
@@ -320,26 +346,29 @@ pub async fn handle(
         .iter()
         .filter(|m| m.fraction.hit(fastrand::u32(..1_000_000)))
         .collect();
-    let mut body = RequestBody::new(incoming, retry.is_some() || !mirrors.is_empty());
+    let mut body = RequestBody::new(incoming, retry.is_some(), !mirrors.is_empty());
     let received = body.received();
     let timeout = route.timeout.filter(|t| !t.is_zero());
-    let shadow = |cluster: &Arc<str>, body| mirror::Shadow {
+    let shadow = |cluster: &Arc<str>, (body, hold)| mirror::Shadow {
         cluster: cluster.clone(),
         method: parts.method.clone(),
         headers: up_headers.clone(),
         authority: up_authority.clone(),
         path: up_path.clone(),
         body,
+        hold,
         timeout,
     };
-    // Body-less requests are mirrored at once; the others once the body has been read.
-    let mut mirrors_left = Vec::new();
+    // Mirrors start with the request and get its body as it is read (Envoy's streaming
+    // shadows), whatever its size.
     for m in mirrors {
-        if matches!(body, RequestBody::Empty) {
-            let s = shadow(&m.cluster, egret_upstream::UpstreamBody::Empty);
-            mirror::spawn(shared.clone(), conn.upstreams.clone(), s);
-        } else {
-            mirrors_left.push(m);
+        match body.mirror_body() {
+            Some(b) => mirror::spawn(
+                shared.clone(),
+                conn.upstreams.clone(),
+                shadow(&m.cluster, b),
+            ),
+            None => tracing::debug!(cluster = %m.cluster, "not mirrored: the body is not shared"),
         }
     }
 
@@ -366,24 +395,13 @@ pub async fn handle(
                 .await,
         ),
     };
-    for m in mirrors_left {
-        match body.mirror_copy() {
-            Some(b) => {
-                let s = shadow(&m.cluster, b);
-                mirror::spawn(shared.clone(), conn.upstreams.clone(), s);
-            }
-            None => tracing::debug!(
-                cluster = %m.cluster,
-                "not mirrored: the request body was not read to its end within the replay buffer"
-            ),
-        }
-    }
     match outcome {
         Some(outcome) => Ok(outcome.finish(
             guard.take(),
             Downstream {
                 received,
                 on_upgrade,
+                extended_connect: extended_connect.is_some(),
                 response_ops: &response_ops,
             },
         )),

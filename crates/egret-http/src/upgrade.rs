@@ -1,9 +1,19 @@
-//! HTTP/1.1 upgrades. Istio configures the gateway for `websocket` only: such a request is
-//! forwarded with its `Upgrade` headers, and after the upstream's `101` both connections are
-//! spliced until they close; any other upgrade is refused (`403 upgrade_failed`), and an
-//! `h2c` upgrade offer is dropped so the request goes through as plain HTTP (checked with
-//! Envoy 1.40). HTTP/2 extended CONNECT is not offered (no `SETTINGS_ENABLE_CONNECT_PROTOCOL`),
-//! and a `CONNECT` request is answered `404 NR`, as at an Istio gateway.
+//! Upgrades and tunnels. Istio configures the gateway for `websocket` only:
+//!
+//! - an HTTP/1.1 `Upgrade: websocket` request is forwarded with its `Upgrade` headers, and
+//!   after the upstream's `101` both connections are spliced until they close; any other
+//!   upgrade is refused (`403 upgrade_failed`), and an `h2c` upgrade offer is dropped so the
+//!   request goes through as plain HTTP (checked with Envoy 1.40);
+//! - on HTTP/2 the listener offers extended CONNECT (RFC 8441,
+//!   `SETTINGS_ENABLE_CONNECT_PROTOCOL`). A `CONNECT` with `:protocol: websocket` is turned
+//!   into the HTTP/1.1 upgrade it stands for, as Envoy's codec does with `allow_connect`: it
+//!   is routed and logged as a `GET` of its `:path` (`"GET /chat HTTP/2" 101`), goes upstream
+//!   as `GET` with `Connection: Upgrade` and `Upgrade: websocket`, and the upstream's `101`
+//!   becomes a `200` to the client, after which the stream and the upstream connection are
+//!   spliced like an HTTP/1.1 tunnel. Another `:protocol` is refused like another `Upgrade`
+//!   (`403 upgrade_failed`);
+//! - a plain `CONNECT` (no `:protocol`, or HTTP/1.1) is answered `404 NR`, as at an Istio
+//!   gateway, which has no CONNECT routes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,6 +63,20 @@ pub fn requested(version: http::Version, headers: &http::HeaderMap) -> Upgrade {
     } else {
         Upgrade::Other
     }
+}
+
+/// What an HTTP/2 extended CONNECT (RFC 8441) asks for, from its `:protocol`; None for any
+/// other request (a plain `CONNECT` included).
+pub fn extended_connect<B>(req: &http::Request<B>) -> Option<Upgrade> {
+    if req.method() != http::Method::CONNECT || req.version() != http::Version::HTTP_2 {
+        return None;
+    }
+    let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
+    Some(if protocol.as_str().eq_ignore_ascii_case("websocket") {
+        Upgrade::WebSocket
+    } else {
+        Upgrade::Other
+    })
 }
 
 /// Splices the two upgraded connections once both are ready, then hands the record to the
@@ -108,6 +132,17 @@ pub fn spawn_tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut guard: LogGu
             }
         }
         guard.finish();
+    });
+}
+
+/// The client's side of an extended CONNECT whose upstream did not switch protocols but
+/// answered 2xx: hyper opens the tunnel anyway, so end it at once (END_STREAM).
+pub fn end_refused_tunnel(downstream: OnUpgrade) {
+    tokio::spawn(async move {
+        if let Ok(down) = downstream.await {
+            let mut io = TokioIo::new(down);
+            let _ = io.shutdown().await;
+        }
     });
 }
 
@@ -218,5 +253,43 @@ mod tests {
         assert_eq!(requested(v, &h2c), Upgrade::None);
         // `Upgrade` without `Connection: upgrade` is not an upgrade request.
         assert_eq!(requested(v, &h(&[("upgrade", "websocket")])), Upgrade::None);
+    }
+
+    #[test]
+    fn extended_connect_kinds() {
+        let req = |method: http::Method, version, protocol: Option<&'static str>| {
+            let mut r = http::Request::new(());
+            *r.method_mut() = method;
+            *r.version_mut() = version;
+            if let Some(p) = protocol {
+                r.extensions_mut()
+                    .insert(hyper::ext::Protocol::from_static(p));
+            }
+            r
+        };
+        let h2 = http::Version::HTTP_2;
+        let connect = http::Method::CONNECT;
+        assert_eq!(
+            extended_connect(&req(connect.clone(), h2, Some("websocket"))),
+            Some(Upgrade::WebSocket)
+        );
+        assert_eq!(
+            extended_connect(&req(connect.clone(), h2, Some("WebSocket"))),
+            Some(Upgrade::WebSocket)
+        );
+        assert_eq!(
+            extended_connect(&req(connect.clone(), h2, Some("connect-udp"))),
+            Some(Upgrade::Other)
+        );
+        // A plain CONNECT, or `:protocol` on anything else, is not an extended CONNECT.
+        assert_eq!(extended_connect(&req(connect.clone(), h2, None)), None);
+        assert_eq!(
+            extended_connect(&req(http::Method::GET, h2, Some("websocket"))),
+            None
+        );
+        assert_eq!(
+            extended_connect(&req(connect, http::Version::HTTP_11, Some("websocket"))),
+            None
+        );
     }
 }

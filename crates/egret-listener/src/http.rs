@@ -33,9 +33,17 @@ pub async fn serve_http<S>(
     builder
         .http2()
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
+        // RFC 8441 `SETTINGS_ENABLE_CONNECT_PROTOCOL`: WebSockets over HTTP/2 (extended
+        // CONNECT), as Envoy offers with `allow_connect` and websocket upgrades enabled.
+        .enable_connect_protocol()
         .timer(TokioTimer::new());
-    let svc = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
-    // With upgrades: a WebSocket `101` hands the connection to the request (egret-http).
+    // Boxed: hyper's HTTP/1 dispatcher reserves room for the service future for the whole
+    // life of the connection (`Pin<Box<Option<F>>>`), and ours is ~10 KB. Boxing it per
+    // request moves that to the requests in flight, so an idle keep-alive connection costs
+    // ~10 KB less (benches/RESULTS.md, memory per idle connection).
+    let svc = service_fn(move |req| Box::pin(handle(shared.clone(), ctx.clone(), req)));
+    // With upgrades: a WebSocket `101` (HTTP/1.1) or a `200` to an extended CONNECT (h2)
+    // hands the connection or stream to the request (egret-http).
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let draining = *drain.borrow();

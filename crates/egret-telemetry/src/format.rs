@@ -218,7 +218,8 @@ impl HeaderOp {
         self.pick(|key| {
             let b = match key {
                 HeaderKey::Method => Some(req.method.as_str().as_bytes()),
-                HeaderKey::Path => Some(req.path.as_bytes()),
+                // A `CONNECT` has no `:path`: Envoy prints `-`.
+                HeaderKey::Path => (!req.path.is_empty()).then_some(req.path.as_bytes()),
                 HeaderKey::Authority => authority(req.authority.as_deref(), &req.headers),
                 HeaderKey::Scheme => req.scheme.as_deref().map(str::as_bytes),
                 HeaderKey::Status | HeaderKey::OtherPseudo => None,

@@ -1,6 +1,10 @@
 //! The request body sent upstream: empty, a buffered copy, or the downstream body streamed
 //! through while counting its bytes for `%BYTES_RECEIVED%`.
 
+/// The error of a request body: the downstream body's, or one of egret-http's shared
+/// bodies (a retired attempt, a failed request).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,18 +21,18 @@ pub enum UpstreamBody {
         inner: Incoming,
         received: Arc<AtomicU64>,
     },
-    /// Any other body (egret-http's copy-keeping body for retries and mirrors).
-    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static>>),
+    /// Any other body (egret-http's shared body for retries and mirrors).
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static>>),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -39,7 +43,7 @@ impl Body for UpstreamBody {
                         received.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
                 }
-                r
+                r.map_err(Into::into)
             }
             UpstreamBody::Boxed(b) => b.as_mut().poll_frame(cx),
         }
