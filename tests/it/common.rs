@@ -35,6 +35,17 @@ impl Gateway {
 
     /// Like `start`, with extra environment variables for the process (e.g. SSL_CERT_FILE).
     pub async fn start_env(configs: &[&Path], extra: &[String], env: &[(&str, &Path)]) -> Gateway {
+        Self::start_until(configs, extra, env, "egret ready").await
+    }
+
+    /// Like `start_env`, but returns once `marker` is on stderr (e.g. "waiting for
+    /// configuration" when the configuration folder is still empty).
+    pub async fn start_until(
+        configs: &[&Path],
+        extra: &[String],
+        env: &[(&str, &Path)],
+        marker: &str,
+    ) -> Gateway {
         let (p80, p443) = (free_port(), free_port());
         let mut args: Vec<String> = vec!["run".into()];
         for c in configs {
@@ -74,7 +85,7 @@ impl Gateway {
         // Ready once every listener is bound: egret says so on stderr. (No probe connection:
         // it would leave an access-log line of its own.)
         for _ in 0..2400 {
-            if process.stderr().contains("egret ready") {
+            if process.stderr().contains(marker) {
                 break;
             }
             if let Some(status) = process.exited() {
@@ -83,8 +94,8 @@ impl Gateway {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         assert!(
-            process.stderr().contains("egret ready"),
-            "egret never got ready; stderr:\n{}",
+            process.stderr().contains(marker),
+            "egret never said {marker:?}; stderr:\n{}",
             process.stderr()
         );
         Gateway {

@@ -427,3 +427,272 @@ async fn demo_runs_the_four_scenarios_and_stays_up_until_ctrl_c() {
         .expect("demo exits on Ctrl-C");
     assert!(status.success(), "{status:?}");
 }
+
+/// Polls stderr until it contains `needle` (bounded), panicking with the log otherwise.
+async fn wait_stderr(gw: &Gateway, needle: &str) {
+    for _ in 0..800 {
+        if gw.process.stderr().contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no {needle:?} on stderr:\n{}", gw.process.stderr());
+}
+
+/// The probes while nothing is configured: health 503, admin `/ready` 503 `INITIALIZING`
+/// (Envoy's state while it waits for its first xDS), no listener accepting.
+async fn assert_waiting(gw: &Gateway) {
+    let health = http1_get(gw.health, "localhost", "/healthz/ready", &[])
+        .await
+        .unwrap();
+    assert_eq!(health.status, 503, "{}", gw.process.stderr());
+    let ready = http1_get(gw.admin, "localhost", "/ready", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_u16(), ready.text().trim()),
+        (503, "INITIALIZING")
+    );
+    assert!(
+        tokio::net::TcpStream::connect(gw.http).await.is_err(),
+        "a listener accepts before the configuration is there"
+    );
+}
+
+/// Istio's gateway pod is not ready until it has its configuration and its listeners are
+/// bound. With a ConfigMap mount that is still empty, Egret starts its admin, health and
+/// Prometheus servers, says what it waits for, and turns ready only once Istio resources that
+/// compile appear: a file without any, or a broken one, keeps it waiting.
+#[tokio::test]
+async fn not_ready_until_the_first_configuration_appears() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let dir = config_dir("waiting", &[]);
+    let extra = vec![
+        "--connect-to".to_string(),
+        format!("edition.cnn.com:80:{}", up.addr()),
+        "--watch-interval".to_string(),
+        "100ms".to_string(),
+        "--log-level".to_string(),
+        "info,egret=debug".to_string(),
+    ];
+    let mut gw =
+        Gateway::start_until(&[dir.path()], &extra, &[], "waiting for configuration in").await;
+    let stderr = gw.process.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("waiting for configuration in"))
+        .unwrap();
+    assert!(line.contains(&dir.path().display().to_string()), "{line}");
+    assert!(line.contains("WARN"), "{line}");
+    assert_waiting(&gw).await;
+    let prom = http1_get(gw.prometheus, "localhost", "/stats/prometheus", &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(!prom.contains("egret_config_version_info"), "{prom}");
+
+    // A YAML file without Istio resources (a comment, another kind): still waiting.
+    dir.write(
+        "00-other.yaml",
+        b"# filled in by the pipeline\napiVersion: v1\nkind: Service\nmetadata: { name: other }\n",
+    )
+    .unwrap();
+    wait_stderr(&gw, "no Istio networking resources in 1 YAML file(s)").await;
+    assert_waiting(&gw).await;
+
+    // A broken configuration: logged with file and line, counted, still waiting.
+    dir.write(
+        "05-broken.yaml",
+        b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec:\n  hosts: [\n",
+    )
+    .unwrap();
+    wait_stderr(&gw, "does not compile; still waiting").await;
+    assert!(gw.process.stderr().contains("05-broken.yaml:"));
+    assert_waiting(&gw).await;
+    let prom = http1_get(gw.prometheus, "localhost", "/stats/prometheus", &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        prom.contains("egret_config_reloads_total{result=\"failure\"} 1"),
+        "{prom}"
+    );
+
+    // The configuration arrives: listeners bind, the pod turns ready, requests route.
+    std::fs::remove_file(dir.join("05-broken.yaml")).unwrap();
+    copy_s1(&dir);
+    let mut ready = false;
+    for _ in 0..800 {
+        if http1_get(gw.health, "localhost", "/healthz/ready", &[])
+            .await
+            .unwrap()
+            .status
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "never ready; stderr:\n{}", gw.process.stderr());
+    assert!(gw.process.stderr().contains("egret ready"));
+    let ready = http1_get(gw.admin, "localhost", "/ready", &[])
+        .await
+        .unwrap();
+    assert_eq!((ready.status.as_u16(), ready.text().trim()), (200, "LIVE"));
+    let r = http1_get(gw.http, "edition.cnn.com", "/politics", &[])
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.path.as_str(), l.code.as_str(), l.cluster.as_str()),
+        ("/politics", "200", "outbound|80||edition.cnn.com")
+    );
+    let dump = http1_get(gw.admin, "localhost", "/config_dump", &[])
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(dump["version"].as_str().map(str::len), Some(12));
+}
+
+/// SIGTERM while waiting for the first configuration: a clean exit.
+#[tokio::test]
+async fn sigterm_while_waiting_for_configuration_exits_zero() {
+    let dir = config_dir("waiting-term", &[]);
+    // A file path of a ConfigMap key that has not appeared yet.
+    let missing = dir.join("istio.yaml");
+    let mut gw = Gateway::start_until(&[&missing], &[], &[], "waiting for configuration in").await;
+    assert!(gw.process.stderr().contains("(not found)"));
+    assert_waiting(&gw).await;
+    gw.process.signal("TERM").await.unwrap();
+    let status = gw
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("egret exits");
+    assert!(status.success(), "{status:?}");
+}
+
+/// A configuration that is there but broken is still a startup error (exit 1, file:line).
+#[tokio::test]
+async fn broken_first_configuration_is_a_startup_error() {
+    let dir = config_dir(
+        "broken-start",
+        &[("vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec:\n  hosts: [\n")],
+    );
+    let mut p = egret_test_support::EgretProcess::spawn(
+        env!("CARGO_BIN_EXE_egret"),
+        &[
+            "run",
+            "--config",
+            &dir.path().display().to_string(),
+            "--admin",
+            "off",
+            "--health",
+            "off",
+            "--prometheus",
+            "off",
+        ],
+    )
+    .unwrap();
+    let status = p
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("egret exits");
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", p.stderr());
+    // stderr is read by a separate task, which may still be catching up with the exit.
+    for _ in 0..400 {
+        if p.stderr().contains("configuration error(s)") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(p.stderr().contains("vs.yaml:"), "{}", p.stderr());
+}
+
+/// `/clusters` shows each endpoint's totals in Envoy's text form (`cluster::host::stat::N`)
+/// and in Envoy's JSON form: after a known sequence of requests the counts are exact.
+#[tokio::test]
+async fn clusters_show_endpoint_totals() {
+    let up = HttpUpstream::start(Behavior::dynamic(|r| {
+        if r.path == "/fail" {
+            // Not retried by Istio's default policy (503 would be).
+            Behavior::fixed(500, "boom")
+        } else {
+            Behavior::fixed(200, "ok")
+        }
+    }))
+    .await
+    .unwrap();
+    let gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    const N: usize = 5;
+    for i in 0..N {
+        let path = if i == N - 1 { "/fail" } else { "/" };
+        let r = http1_get(gw.http, "edition.cnn.com", path, &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, if i == N - 1 { 500 } else { 200 });
+    }
+    let clusters = http1_get(gw.admin, "localhost", "/clusters", &[])
+        .await
+        .unwrap()
+        .text();
+    let host = format!("outbound|80||edition.cnn.com::{}", up.addr());
+    // Every connection the upstream accepted was opened by this cluster for this endpoint
+    // (how many depends on keep-alive timing, so it is read from the upstream).
+    let cx = up.connections();
+    assert!((1..=N).contains(&cx), "{cx}");
+    for expected in [
+        format!("{host}::cx_connect_fail::0"),
+        format!("{host}::cx_total::{cx}"),
+        format!("{host}::rq_active::0"),
+        format!("{host}::rq_error::1"),
+        format!("{host}::rq_success::{}", N - 1),
+        format!("{host}::rq_timeout::0"),
+        format!("{host}::rq_total::{N}"),
+        format!("{host}::hostname::edition.cnn.com"),
+        format!("{host}::health_flags::healthy"),
+    ] {
+        assert!(
+            clusters.lines().any(|l| l == expected),
+            "missing {expected:?} in:\n{clusters}"
+        );
+    }
+
+    let json = http1_get(gw.admin, "localhost", "/clusters?format=json", &[])
+        .await
+        .unwrap()
+        .json();
+    let cluster = &json["cluster_statuses"][0];
+    assert_eq!(cluster["name"], "outbound|80||edition.cnn.com");
+    let h = &cluster["host_statuses"][0];
+    assert_eq!(
+        h["address"]["socket_address"]["port_value"],
+        up.addr().port()
+    );
+    let stat = |name: &str| {
+        h["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["value"].as_u64().unwrap())
+    };
+    assert_eq!(stat("rq_total"), Some(N as u64));
+    assert_eq!(stat("rq_success"), Some(N as u64 - 1));
+    assert_eq!(stat("rq_error"), Some(1));
+    assert_eq!(stat("cx_total"), Some(cx as u64));
+    // Zero-valued statistics are left out, as Envoy does.
+    assert_eq!(stat("cx_connect_fail"), None);
+    assert_eq!(h["health_status"]["eds_health_status"], "HEALTHY");
+}

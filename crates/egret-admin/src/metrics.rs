@@ -540,7 +540,8 @@ impl Metrics {
             "result=\"failure\"",
             self.reloads_failed.load(Relaxed),
         );
-        if let Some(s) = snapshot {
+        // No version while waiting for the first configuration.
+        if let Some(s) = snapshot.filter(|s| !s.version.is_empty()) {
             out.family(
                 "egret_config_version_info",
                 "gauge",

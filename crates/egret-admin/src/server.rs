@@ -74,6 +74,10 @@ pub trait AdminState: Send + Sync + 'static {
     fn config_dump(&self) -> serde_json::Value;
     /// `/clusters`.
     fn clusters_text(&self) -> String;
+    /// `/clusters?format=json`, Envoy's `envoy.admin.v3.Clusters` shape.
+    fn clusters_json(&self) -> serde_json::Value {
+        serde_json::json!({ "cluster_statuses": [] })
+    }
     /// `POST /logging?level=…`; the error is shown to the caller (400).
     fn set_log_level(&self, level: &str) -> Result<(), String>;
     /// `POST /drain_listeners`.
@@ -280,7 +284,7 @@ const ADMIN_HELP: &str = "admin commands are:
   /stats: counters and gauges as `name: value` lines (?format=prometheus for Prometheus text)
   /stats/prometheus: all metrics in Prometheus text format
   /config_dump: the loaded resources and the compiled listeners, routes and clusters (JSON)
-  /clusters: upstream clusters and their endpoints
+  /clusters: upstream clusters and their endpoints (?format=json for Envoy's JSON form)
   /logging: GET shows the log level; POST ?level=<level> changes it
   /drain_listeners (POST): stop accepting new connections, finish in-flight work
   /quitquitquit (POST): exit cleanly
@@ -346,17 +350,15 @@ fn admin(state: &dyn AdminState, method: &Method, path: &str, query: Option<&str
             ),
         },
         "/stats/prometheus" => prometheus(state),
-        "/config_dump" => match serde_json::to_string_pretty(&state.config_dump()) {
-            Ok(mut json) => {
-                json.push('\n');
-                respond(StatusCode::OK, JSON, json)
-            }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the configuration: {e}\n"),
+        "/config_dump" => json_response(&state.config_dump()),
+        "/clusters" => match query_param(query, "format").as_deref() {
+            None | Some("text") => text(StatusCode::OK, state.clusters_text()),
+            Some("json") => json_response(&state.clusters_json()),
+            Some(other) => text(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported format {other:?}; use text or json\n"),
             ),
         },
-        "/clusters" => text(StatusCode::OK, state.clusters_text()),
         "/logging" => logging(state, method, query),
         "/drain_listeners" if post => {
             state.drain_listeners();
@@ -368,6 +370,19 @@ fn admin(state: &dyn AdminState, method: &Method, path: &str, query: Option<&str
         }
         "/drain_listeners" | "/quitquitquit" => post_required(method),
         _ => text(StatusCode::NOT_FOUND, format!("invalid path. {ADMIN_HELP}")),
+    }
+}
+
+fn json_response(value: &serde_json::Value) -> Resp {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut json) => {
+            json.push('\n');
+            respond(StatusCode::OK, JSON, json)
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}\n"),
+        ),
     }
 }
 

@@ -646,6 +646,14 @@ async fn admin_endpoints_answer() {
 
     let r = call(h.admin_addr(), "GET", "/clusters").await;
     assert_eq!((r.status, r.body), (200, gw.clusters_text()));
+    // Envoy's JSON form (the trait's default here: no clusters), and an unknown format.
+    let r = call(h.admin_addr(), "GET", "/clusters?format=json").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("content-type: application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v, serde_json::json!({"cluster_statuses": []}));
+    let r = call(h.admin_addr(), "GET", "/clusters?format=yaml").await;
+    assert_eq!(r.status, 400);
 
     let r = call(h.admin_addr(), "GET", "/stats").await;
     assert_eq!(r.status, 200);

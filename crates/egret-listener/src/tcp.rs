@@ -127,10 +127,18 @@ pub(crate) async fn serve_tcp(
         return refuse(guard, ResponseFlags::UPSTREAM_OVERFLOW, "-", None);
     };
     let keepalive = cluster.spec.traffic.pool.tcp_keepalive;
+    // Per-endpoint connection counts for `/clusters` (one lookup per connection).
+    let endpoint = cluster.endpoint(addr);
+    if let Some(ep) = &endpoint {
+        ep.connection_attempt();
+    }
     let upstream = match connect_with(addr, cluster.spec.connect_timeout, keepalive.as_ref()).await
     {
         Ok(s) => s,
         Err(e) => {
+            if let Some(ep) = &endpoint {
+                ep.connect_failed();
+            }
             // Envoy's tcp_proxy makes one connect attempt (max_connect_attempts 1) and
             // reports `UF,URX` with the transport failure reason.
             let rec = guard.record();
@@ -141,6 +149,7 @@ pub(crate) async fn serve_tcp(
         }
     };
     guard.record().upstream_local_address = upstream.local_addr().ok();
+    let _open = endpoint.as_ref().map(|ep| ep.open_connection());
     // splice(2) on Linux (about 40% less CPU per GiB than the user-space copy, README
     // "Passthrough forwarding"); elsewhere, or without pipes, the user-space copy.
     let result = forward_spliced(&mut stream, upstream, &prefix, gw.options.tcp_idle_timeout).await;

@@ -138,6 +138,13 @@ impl ClusterState {
     /// Reports what became of a request (or connect attempt) on `addr`, for outlier detection.
     /// Envoy: every attempt counts, retried ones included.
     pub fn report(&self, addr: SocketAddr, outcome: Outcome) {
+        if outcome == Outcome::Timeout {
+            // Rare, so the endpoint lookup is affordable here; the other outcomes are counted
+            // on the connection, lock-free (`PooledConn::send`).
+            if let Some(ep) = self.endpoint(addr) {
+                ep.request_timeout();
+            }
+        }
         let Some(detector) = &self.outlier else {
             return;
         };

@@ -22,7 +22,7 @@ pub use body::UpstreamBody;
 pub use circuit::{Circuit, Slot};
 pub use cluster::{ClusterRegistry, ClusterState, PickError};
 pub use connect::ConnectError;
-pub use outlier::Outcome;
+pub use outlier::{Endpoint, HostCounts, OpenConnection, Outcome};
 pub use pool::{Pool, PooledConn, SendError};
 pub use resolve::{parse_connect_to, DnsError, Resolved, Resolver, ResolverConfig};
 pub use upstreams::Upstreams;

@@ -13,7 +13,7 @@
 //!   detector's start time, so no timer task is needed: state advances when it is looked at.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,62 @@ pub struct Endpoint {
     consecutive_local: AtomicU32,
     ejected: AtomicBool,
     ejection: Mutex<Ejection>,
+    stats: HostStats,
+}
+
+/// Envoy's per-host statistics, as `/clusters` prints them. Relaxed atomic adds on the data
+/// path: no lock, no allocation.
+#[derive(Debug, Default)]
+struct HostStats {
+    cx_total: AtomicU64,
+    cx_connect_fail: AtomicU64,
+    cx_active: AtomicU32,
+    rq_total: AtomicU64,
+    rq_success: AtomicU64,
+    rq_error: AtomicU64,
+    rq_timeout: AtomicU64,
+}
+
+/// A reading of an endpoint's statistics, under Envoy's names (`/clusters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    /// Connections open now (established, not yet closed).
+    pub cx_active: u64,
+    /// Connection attempts that failed (TCP, TLS or HTTP handshake).
+    pub cx_connect_fail: u64,
+    /// Connection attempts, failed ones included.
+    pub cx_total: u64,
+    /// Requests in flight.
+    pub rq_active: u64,
+    /// Requests answered with a 5xx, or reset before the response headers.
+    pub rq_error: u64,
+    /// Requests answered with anything but a 5xx.
+    pub rq_success: u64,
+    /// Requests that ran out of time (per-try or route timeout).
+    pub rq_timeout: u64,
+    /// Requests sent (every attempt: retries and mirrors count).
+    pub rq_total: u64,
+}
+
+impl HostCounts {
+    /// `(name, value)` in Envoy's order (sorted by name, as its `/clusters` prints them).
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("cx_active", self.cx_active),
+            ("cx_connect_fail", self.cx_connect_fail),
+            ("cx_total", self.cx_total),
+            ("rq_active", self.rq_active),
+            ("rq_error", self.rq_error),
+            ("rq_success", self.rq_success),
+            ("rq_timeout", self.rq_timeout),
+            ("rq_total", self.rq_total),
+        ]
+    }
+
+    /// Whether Envoy files the statistic as a gauge (the others are counters).
+    pub fn is_gauge(name: &str) -> bool {
+        matches!(name, "cx_active" | "rq_active")
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -67,7 +123,71 @@ impl Endpoint {
             consecutive_local: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
+            stats: HostStats::default(),
         }
+    }
+
+    /// The endpoint's statistics now.
+    pub fn counts(&self) -> HostCounts {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HostCounts {
+            cx_active: u64::from(s.cx_active.load(Ordering::Relaxed)),
+            cx_connect_fail: get(&s.cx_connect_fail),
+            cx_total: get(&s.cx_total),
+            rq_active: u64::from(self.active.load(Ordering::Relaxed)),
+            rq_error: get(&s.rq_error),
+            rq_success: get(&s.rq_success),
+            rq_timeout: get(&s.rq_timeout),
+            rq_total: get(&s.rq_total),
+        }
+    }
+
+    /// A connection attempt starts (`cx_total`).
+    pub fn connection_attempt(&self) {
+        self.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The attempt failed: TCP connect, TLS or HTTP handshake (`cx_connect_fail`).
+    pub fn connect_failed(&self) {
+        self.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The connection is established; it counts as open (`cx_active`) until the guard drops.
+    pub fn open_connection(self: &Arc<Self>) -> OpenConnection {
+        self.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// A request went out on a connection to this endpoint (`rq_total`).
+    pub fn request_sent(&self) {
+        self.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request counted by [`Endpoint::request_sent`] turned out never to have left (a
+    /// pooled connection the peer had closed); it goes out again and is counted then.
+    pub fn request_not_sent(&self) {
+        self.stats.rq_total.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Response headers arrived: a 5xx is `rq_error`, anything else `rq_success` (Envoy).
+    pub fn response(&self, status: u16) {
+        let c = if (500..600).contains(&status) {
+            &self.stats.rq_error
+        } else {
+            &self.stats.rq_success
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The request was reset before its response headers (`rq_error`).
+    pub fn request_reset(&self) {
+        self.stats.rq_error.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// No response within the per-try or route timeout (`rq_timeout`).
+    pub fn request_timeout(&self) {
+        self.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn active_requests(&self) -> u32 {
@@ -99,6 +219,22 @@ impl Endpoint {
 /// A request counted against an endpoint's in-flight total.
 #[derive(Debug)]
 pub struct ActiveRequest(Arc<Endpoint>);
+
+impl ActiveRequest {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+/// An open connection counted in its endpoint's `cx_active` until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Endpoint>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {

@@ -33,7 +33,7 @@ use crate::body::UpstreamBody;
 use crate::circuit::{Circuit, Slot};
 use crate::cluster::ClusterState;
 use crate::connect::{connect_with, ConnectError};
-use crate::outlier::ActiveRequest;
+use crate::outlier::{ActiveRequest, Endpoint};
 
 /// Connections are shared only between requests of the same cluster, endpoint and TLS
 /// settings (a reload that changes a cluster's TLS gets fresh connections).
@@ -104,7 +104,8 @@ pub struct PooledConn {
     age: ConnAge,
     circuit: Arc<Circuit>,
     _request: Slot,
-    _active: Option<ActiveRequest>,
+    /// The endpoint's in-flight count; also where the request's outcome is counted.
+    active: Option<ActiveRequest>,
 }
 
 /// Why sending a request upstream failed, in Envoy's terms.
@@ -218,7 +219,8 @@ impl Pool {
         let request = circuit.try_request().ok_or(ConnectError::Overflow {
             limit: "http2MaxRequests",
         })?;
-        let active = cluster.endpoint(addr).map(|e| e.begin_request());
+        let endpoint = cluster.endpoint(addr);
+        let active = endpoint.as_ref().map(|e| e.begin_request());
         let wrap = |p: PooledParts, request: Slot, active: Option<ActiveRequest>| PooledConn {
             sender: p.sender,
             key: key.clone(),
@@ -228,7 +230,7 @@ impl Pool {
             age: p.age,
             circuit: circuit.clone(),
             _request: request,
-            _active: active,
+            active,
         };
         let limits = &circuit.limits;
         let h2_only = spec.protocol == UpstreamProtocol::Http2;
@@ -251,7 +253,7 @@ impl Pool {
                         circuit: &circuit,
                     };
                     if let Some(slot) = circuit.try_connection() {
-                        let r = self.connect(cluster, &key, slot).await;
+                        let r = self.connect(cluster, &key, slot, endpoint.as_ref()).await;
                         return r.map(|p| wrap(p, request, active));
                     }
                 }
@@ -261,7 +263,7 @@ impl Pool {
                     }
                     if let Some(slot) = circuit.try_connection() {
                         return self
-                            .connect(cluster, &key, slot)
+                            .connect(cluster, &key, slot, endpoint.as_ref())
                             .await
                             .map(|p| wrap(p, request, active));
                     }
@@ -280,12 +282,31 @@ impl Pool {
     }
 
     /// TCP (+ TLS) + HTTP handshake; `slot` is the connection's place under maxConnections and
-    /// lives as long as the connection.
+    /// lives as long as the connection. Counted in the endpoint's `cx_total`, and
+    /// `cx_connect_fail` when it fails.
     async fn connect(
         &self,
         cluster: &ClusterState,
         key: &PoolKey,
         slot: Slot,
+        endpoint: Option<&Arc<Endpoint>>,
+    ) -> Result<PooledParts, ConnectError> {
+        if let Some(ep) = endpoint {
+            ep.connection_attempt();
+        }
+        let r = self.establish(cluster, key, slot, endpoint).await;
+        if let (Err(_), Some(ep)) = (&r, endpoint) {
+            ep.connect_failed();
+        }
+        r
+    }
+
+    async fn establish(
+        &self,
+        cluster: &ClusterState,
+        key: &PoolKey,
+        slot: Slot,
+        endpoint: Option<&Arc<Endpoint>>,
     ) -> Result<PooledParts, ConnectError> {
         let spec = &cluster.spec;
         let addr = key.addr;
@@ -299,7 +320,7 @@ impl Pool {
         match &spec.tls {
             None => {
                 let h2 = spec.protocol == UpstreamProtocol::Http2;
-                self.handshake(TokioIo::new(stream), key, local, h2, slot)
+                self.handshake(TokioIo::new(stream), key, local, h2, slot, endpoint)
                     .await
             }
             Some(tls) => {
@@ -327,7 +348,7 @@ impl Pool {
                         .map_err(|source| ConnectError::Tls { addr, source })?;
                 let h2 = negotiated.as_deref() == Some(b"h2")
                     || spec.protocol == UpstreamProtocol::Http2;
-                self.handshake(TokioIo::new(tls_stream), key, local, h2, slot)
+                self.handshake(TokioIo::new(tls_stream), key, local, h2, slot, endpoint)
                     .await
             }
         }
@@ -340,6 +361,7 @@ impl Pool {
         local: SocketAddr,
         h2: bool,
         slot: Slot,
+        endpoint: Option<&Arc<Endpoint>>,
     ) -> Result<PooledParts, ConnectError>
     where
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -355,8 +377,10 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
+            let open = endpoint.map(|e| e.open_connection());
             tokio::spawn(async move {
                 let _slot = slot;
+                let _open = open;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
@@ -379,8 +403,10 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
+            let open = endpoint.map(|e| e.open_connection());
             tokio::spawn(async move {
                 let _slot = slot;
+                let _open = open;
                 // `with_upgrades`: a `101 Switching Protocols` (WebSocket) hands the socket to
                 // the request's upgrade future instead of closing it.
                 if let Err(e) = conn.with_upgrades().await {
@@ -511,10 +537,22 @@ impl PooledConn {
         &mut self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, SendError> {
+        let endpoint = self.active.as_ref().map(ActiveRequest::endpoint);
+        if let Some(ep) = endpoint {
+            ep.request_sent();
+        }
         let r = match &mut self.sender {
             Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         };
+        if let Some(ep) = endpoint {
+            match &r {
+                Ok(resp) => ep.response(resp.status().as_u16()),
+                // The request never left: it is sent again and counted then.
+                Err(e) if e.message().is_some() => ep.request_not_sent(),
+                Err(_) => ep.request_reset(),
+            }
+        }
         r.map_err(|mut e| {
             let request = e.take_message();
             SendError {

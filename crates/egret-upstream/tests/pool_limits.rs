@@ -131,3 +131,66 @@ async fn http2_requests_share_one_connection() {
     );
     assert_eq!(up.requests(), 8);
 }
+
+/// Envoy's per-host statistics (`/clusters`): every connection attempt and every request sent
+/// is counted on its endpoint, with its outcome; `cx_active` follows the open connections.
+#[tokio::test]
+async fn endpoint_statistics_count_connections_requests_and_outcomes() {
+    let up = HttpUpstream::start(Behavior::dynamic(|r| {
+        if r.path == "/fail" {
+            Behavior::fixed(503, "down")
+        } else {
+            Behavior::fixed(200, "ok")
+        }
+    }))
+    .await
+    .unwrap();
+    let c = Arc::new(cluster(
+        up.addr(),
+        UpstreamProtocol::Http1,
+        ConnectionPool::default(),
+    ));
+    let pool = Pool::new();
+    for path in ["/a", "/b", "/fail"] {
+        let mut conn = pool.checkout(&c, up.addr()).await.expect("checkout");
+        let resp = conn.send(get(path, false)).await.expect("send");
+        resp.into_body().collect().await.expect("body");
+        conn.release();
+    }
+    let ep = c.endpoint(up.addr()).expect("endpoint");
+    let n = ep.counts();
+    // Sequential requests on one kept-alive connection.
+    assert_eq!(up.connections(), 1);
+    assert_eq!((n.cx_total, n.cx_connect_fail, n.cx_active), (1, 0, 1));
+    assert_eq!(
+        (n.rq_total, n.rq_success, n.rq_error, n.rq_active),
+        (3, 2, 1, 0)
+    );
+    assert_eq!(
+        n.named().map(|(name, _)| name),
+        [
+            "cx_active",
+            "cx_connect_fail",
+            "cx_total",
+            "rq_active",
+            "rq_error",
+            "rq_success",
+            "rq_timeout",
+            "rq_total"
+        ]
+    );
+
+    // A refused connect counts as an attempt and a failure, not as a request.
+    let closed = egret_test_support::closed_port();
+    let d = Arc::new(cluster(
+        closed,
+        UpstreamProtocol::Http1,
+        ConnectionPool::default(),
+    ));
+    assert!(pool.checkout(&d, closed).await.is_err());
+    let n = d.endpoint(closed).expect("endpoint").counts();
+    assert_eq!(
+        (n.cx_total, n.cx_connect_fail, n.cx_active, n.rq_total),
+        (1, 1, 0, 0)
+    );
+}

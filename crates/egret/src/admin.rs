@@ -19,6 +19,9 @@ pub struct GatewayAdmin {
     pub metrics: Arc<Metrics>,
     /// Listeners bound and the first configuration loaded.
     pub ready: AtomicBool,
+    /// Waiting for the first configuration to appear in the `--config` paths (Envoy's
+    /// INITIALIZING: waiting for its initial xDS).
+    pub initializing: AtomicBool,
     pub draining: AtomicBool,
     /// Wakes the main loop for `/quitquitquit`.
     pub quit: Arc<Notify>,
@@ -37,6 +40,8 @@ impl AdminState for GatewayAdmin {
             ServerState::Draining
         } else if self.ready.load(Ordering::Relaxed) {
             ServerState::Live
+        } else if self.initializing.load(Ordering::Relaxed) {
+            ServerState::Initializing
         } else {
             ServerState::PreInitializing
         }
@@ -51,11 +56,13 @@ impl AdminState for GatewayAdmin {
     }
 
     /// Envoy's `/clusters` text form: limits and live counts per cluster, and per endpoint
-    /// its health (outlier ejection) and requests in flight.
+    /// Envoy's host statistics (active and total connections and requests, failures), its
+    /// health (outlier ejection) and ejections.
     fn clusters_text(&self) -> String {
+        use std::fmt::Write as _;
         let active = self.gateway.config.load();
         let mut out = String::new();
-        for (name, state) in active.upstreams.iter() {
+        for (name, state) in sorted_clusters(&active.upstreams) {
             let spec = &state.spec;
             let circuit = state.circuit();
             let l = &circuit.limits;
@@ -65,42 +72,102 @@ impl AdminState for GatewayAdmin {
                 ("max_requests", l.max_requests),
                 ("max_retries", l.max_retries),
             ] {
-                out.push_str(&format!("{name}::default_priority::{key}::{value}\n"));
+                let _ = writeln!(out, "{name}::default_priority::{key}::{value}");
             }
-            out.push_str(&format!("{name}::cx_active::{}\n", circuit.connections()));
-            out.push_str(&format!(
-                "{name}::rq_pending_active::{}\n",
-                circuit.pending()
-            ));
-            out.push_str(&format!("{name}::rq_active::{}\n", circuit.requests()));
-            out.push_str(&format!(
-                "{name}::idle_connections::{}\n",
+            let _ = writeln!(out, "{name}::added_via_api::false");
+            let _ = writeln!(out, "{name}::cx_active::{}", circuit.connections());
+            let _ = writeln!(out, "{name}::rq_pending_active::{}", circuit.pending());
+            let _ = writeln!(out, "{name}::rq_active::{}", circuit.requests());
+            let _ = writeln!(
+                out,
+                "{name}::idle_connections::{}",
                 self.gateway.shared.pool.idle_count(name)
-            ));
-            out.push_str(&format!(
-                "{name}::connect_timeout::{:?}\n",
-                spec.connect_timeout
-            ));
+            );
+            let _ = writeln!(out, "{name}::connect_timeout::{:?}", spec.connect_timeout);
             let tls = spec.tls.as_ref().map_or("none".to_string(), |t| {
                 format!("{:?} sni={}", t.mode, t.sni)
             });
-            out.push_str(&format!("{name}::tls::{tls}\n"));
+            let _ = writeln!(out, "{name}::tls::{tls}");
+            let hostname = hostname(&spec.discovery);
             for ep in state.endpoint_states() {
                 let addr = ep.addr;
+                for (stat, value) in ep.counts().named() {
+                    let _ = writeln!(out, "{name}::{addr}::{stat}::{value}");
+                }
+                let _ = writeln!(out, "{name}::{addr}::hostname::{hostname}");
                 let health = if ep.is_ejected() {
                     "/failed_outlier_check"
                 } else {
                     "healthy"
                 };
-                out.push_str(&format!("{name}::{addr}::health_flags::{health}\n"));
-                out.push_str(&format!(
-                    "{name}::{addr}::rq_active::{}\n",
-                    ep.active_requests()
-                ));
-                out.push_str(&format!("{name}::{addr}::ejections::{}\n", ep.ejections()));
+                let _ = writeln!(out, "{name}::{addr}::health_flags::{health}");
+                let _ = writeln!(out, "{name}::{addr}::weight::1");
+                let _ = writeln!(out, "{name}::{addr}::ejections::{}", ep.ejections());
             }
         }
         out
+    }
+
+    /// Envoy's `/clusters?format=json` (`envoy.admin.v3.Clusters`, as `istioctl proxy-config
+    /// endpoint` reads it): zero-valued statistics are left out, as Envoy does.
+    fn clusters_json(&self) -> Value {
+        let active = self.gateway.config.load();
+        let statuses: Vec<Value> = sorted_clusters(&active.upstreams)
+            .into_iter()
+            .map(|(name, state)| {
+                let l = &state.circuit().limits;
+                let hostname = hostname(&state.spec.discovery);
+                let hosts: Vec<Value> = state
+                    .endpoint_states()
+                    .iter()
+                    .map(|ep| {
+                        let stats: Vec<Value> = ep
+                            .counts()
+                            .named()
+                            .into_iter()
+                            .filter(|(_, v)| *v != 0)
+                            .map(|(n, v)| {
+                                let kind = if egret_upstream::HostCounts::is_gauge(n) {
+                                    "GAUGE"
+                                } else {
+                                    "COUNTER"
+                                };
+                                json!({"type": kind, "name": n, "value": v})
+                            })
+                            .collect();
+                        let mut health = json!({"eds_health_status": "HEALTHY"});
+                        if ep.is_ejected() {
+                            health["failed_outlier_check"] = json!(true);
+                        }
+                        let mut host = json!({
+                            "address": {"socket_address": {
+                                "address": ep.addr.ip().to_string(),
+                                "port_value": ep.addr.port(),
+                            }},
+                            "stats": stats,
+                            "health_status": health,
+                            "weight": 1,
+                        });
+                        if !hostname.is_empty() {
+                            host["hostname"] = json!(hostname);
+                        }
+                        host
+                    })
+                    .collect();
+                json!({
+                    "name": &**name,
+                    "observability_name": &**name,
+                    "circuit_breakers": {"thresholds": [{
+                        "max_connections": l.max_connections,
+                        "max_pending_requests": l.max_pending_requests,
+                        "max_requests": l.max_requests,
+                        "max_retries": l.max_retries,
+                    }]},
+                    "host_statuses": hosts,
+                })
+            })
+            .collect();
+        json!({ "cluster_statuses": statuses })
     }
 
     fn set_log_level(&self, level: &str) -> Result<(), String> {
@@ -137,6 +204,25 @@ impl AdminState for GatewayAdmin {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+}
+
+/// The clusters in force, by name (stable output for people and tests).
+fn sorted_clusters(
+    upstreams: &egret_upstream::Upstreams,
+) -> Vec<(&Arc<str>, &Arc<egret_upstream::ClusterState>)> {
+    let mut v: Vec<_> = upstreams.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+/// Envoy's `hostname` of a cluster's hosts: the DNS name they were resolved from (empty for
+/// STATIC endpoints, and when several names feed one cluster).
+fn hostname(discovery: &Discovery) -> &str {
+    match discovery {
+        Discovery::StrictDns { targets } if targets.len() == 1 => &targets[0].host,
+        Discovery::LogicalDns { target } => &target.host,
+        _ => "",
     }
 }
 

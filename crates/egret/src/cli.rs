@@ -39,6 +39,15 @@ pub struct DemoArgs {
     pub ephemeral_ports: bool,
 }
 
+/// What [`ConfigArgs::build_or_wait`] found.
+#[derive(Debug)]
+pub enum ConfigState {
+    /// Istio resources, compiled.
+    Ready(egret_config::Compiled),
+    /// No Istio networking resource under the paths yet; why (`not found`, `no YAML files`, ...).
+    Empty(String),
+}
+
 /// What selects and compiles the configuration (shared by `run` and `validate`).
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
@@ -228,6 +237,50 @@ impl ConfigArgs {
             port_map: self.port_map.clone(),
             cluster_domain: self.cluster_domain.clone(),
         }
+    }
+
+    /// Like [`ConfigArgs::build`], but tells "nothing there yet" apart from a configuration:
+    /// when the paths hold no Istio networking resource at all — every path missing, empty
+    /// folders (a ConfigMap mount before the ConfigMap has data), or only files without one —
+    /// the answer is [`ConfigState::Empty`] with the reason, not an empty gateway. Anything
+    /// else is built as `build` does, errors included.
+    pub fn build_or_wait(&self) -> Result<ConfigState, Vec<String>> {
+        let (missing, present): (Vec<PathBuf>, Vec<PathBuf>) =
+            self.config.iter().cloned().partition(|p| {
+                std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            });
+        if present.is_empty() {
+            return Ok(ConfigState::Empty("not found".into()));
+        }
+        let loaded = egret_config::load_with_options(&present, &self.load_options())
+            .map_err(|e| e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        let resources = loaded.service_entries.len()
+            + loaded.gateways.len()
+            + loaded.virtual_services.len()
+            + loaded.destination_rules.len();
+        if resources == 0 {
+            let why = match loaded.files.len() {
+                0 => "no YAML files".to_string(),
+                n => format!("no Istio networking resources in {n} YAML file(s)"),
+            };
+            return Ok(ConfigState::Empty(why));
+        }
+        if !missing.is_empty() {
+            // Some paths hold resources and others are missing: an error, as `build` says.
+            return self.build().map(ConfigState::Ready);
+        }
+        egret_config::compile(&loaded, &self.compile_options())
+            .map(ConfigState::Ready)
+            .map_err(|errs| errs.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+    }
+
+    /// The `--config` paths, comma-separated, for messages.
+    pub fn paths_display(&self) -> String {
+        self.config
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Loads and compiles; on failure returns every error, formatted `file:line: ...`.

@@ -24,7 +24,7 @@ pub struct ReloadStats {
 }
 
 impl ReloadStats {
-    fn count(&self, ok: bool) {
+    pub(crate) fn count(&self, ok: bool) {
         if ok { &self.success } else { &self.failure }.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.record_config_reload(ok);
@@ -32,8 +32,48 @@ impl ReloadStats {
     }
 }
 
+/// What the YAML files under the `--config` paths look like: (path, length, mtime), sorted.
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// Tells when the files changed and then stayed unchanged for one more look (so a
+/// half-written set of files is not loaded).
+#[derive(Debug)]
+pub struct ChangeDetector {
+    seen: Fingerprint,
+    pending: Option<Fingerprint>,
+}
+
+impl ChangeDetector {
+    /// `seen`: the files as they were when the configuration in force was read (take it
+    /// before reading, so a change made meanwhile is not missed).
+    pub fn new(seen: Fingerprint) -> ChangeDetector {
+        ChangeDetector {
+            seen,
+            pending: None,
+        }
+    }
+
+    /// Looks at the files once; true when they differ from what was last loaded and were
+    /// the same at the previous look (the caller then loads them).
+    pub fn settled_change(&mut self, paths: &[PathBuf]) -> bool {
+        let now = fingerprint(paths);
+        if now == self.seen {
+            self.pending = None;
+            return false;
+        }
+        if self.pending.as_ref() == Some(&now) {
+            self.seen = now;
+            self.pending = None;
+            true
+        } else {
+            self.pending = Some(now);
+            false
+        }
+    }
+}
+
 /// What the YAML files look like now: (path, length, mtime) sorted.
-pub fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     let mut out = Vec::new();
     for p in paths {
         collect(p, &mut out, 0);

@@ -19,22 +19,41 @@ use egret_admin::{AdminConfig, AdminServers, Metrics, MetricsConfig, MetricsSink
 use egret_core::AccessLogSink;
 
 use crate::admin::{GatewayAdmin, LogLevelHandle};
-use crate::cli::{ConfigArgs, RunArgs};
-use crate::reload::{fingerprint, reload, ReloadStats};
+use crate::cli::{ConfigArgs, ConfigState, RunArgs};
+use crate::reload::{fingerprint, reload, ChangeDetector, ReloadStats};
+
+/// How often the log reminds that Egret is still waiting for its first configuration.
+const WAITING_REMINDER: Duration = Duration::from_secs(60);
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let log_level = init_tracing(&args.log_level);
-    let compiled = args.config.build().map_err(|errors| {
+    // Taken before reading, so a change made while we read is seen by the watcher.
+    let seen = ChangeDetector::new(fingerprint(&args.config.config));
+    // A configuration that does not compile stops us here (exit 1). Paths that hold no Istio
+    // resource yet (an empty ConfigMap mount) are not an error: we start not ready and wait.
+    let state = args.config.build_or_wait().map_err(|errors| {
         for e in &errors {
             tracing::error!("{e}");
         }
         anyhow::anyhow!("{} configuration error(s)", errors.len())
     })?;
-    for w in &compiled.warnings {
-        tracing::warn!("{w}");
-    }
-    let snapshot = Arc::new(compiled.snapshot);
-    tracing::info!(version = %snapshot.version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "configuration loaded");
+    let snapshot = match state {
+        ConfigState::Ready(compiled) => {
+            for w in &compiled.warnings {
+                tracing::warn!("{w}");
+            }
+            let snapshot = Arc::new(compiled.snapshot);
+            tracing::info!(version = %snapshot.version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "configuration loaded");
+            Some(snapshot)
+        }
+        ConfigState::Empty(why) => {
+            tracing::warn!(
+                "waiting for configuration in {} ({why}); not ready until Istio resources appear there",
+                args.config.paths_display()
+            );
+            None
+        }
+    };
 
     let encoding = if args.access_log_json {
         LogEncoding::Json
@@ -54,16 +73,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.build().context("cannot start the async runtime")?;
-    let result = rt.block_on(serve(&args, snapshot, writer.clone(), log_level));
+    let result = rt.block_on(serve(&args, snapshot, seen, writer.clone(), log_level));
     // Every access-log line reaches its destination before we exit.
     writer.shutdown(Duration::from_secs(5));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
+/// Runs the gateway. `initial` is None when the configuration has not appeared yet: the
+/// admin servers then answer (not ready, `INITIALIZING`) while the paths are polled, and the
+/// listeners bind once it is there.
 async fn serve(
     args: &RunArgs,
-    snapshot: Arc<egret_core::Snapshot>,
+    initial: Option<Arc<egret_core::Snapshot>>,
+    mut changes: ChangeDetector,
     writer: Arc<AccessLogWriter>,
     log_level: Option<LogLevelHandle>,
 ) -> anyhow::Result<()> {
@@ -92,6 +115,14 @@ async fn serve(
         tcp_idle_timeout: args.tcp_idle_timeout,
         ..GatewayOptions::new(args.bind)
     };
+    let waiting = initial.is_none();
+    let snapshot = initial.unwrap_or_else(|| {
+        Arc::new(egret_core::Snapshot {
+            version: Arc::from(""),
+            listeners: Vec::new(),
+            clusters: Default::default(),
+        })
+    });
     let gateway = assemble(snapshot, sink, &resolver, tls, options)?;
     // Signal handlers go in before the listeners bind, so a signal right after "ready" is
     // handled, not fatal.
@@ -104,6 +135,7 @@ async fn serve(
         gateway: gateway.clone(),
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
+        initializing: AtomicBool::new(waiting),
         draining: AtomicBool::new(false),
         quit: quit.clone(),
         drain_timeout: args.drain_timeout,
@@ -119,20 +151,45 @@ async fn serve(
         admin_state.clone(),
     )
     .context("cannot start the admin servers")?;
-    gateway.sync_listeners()?;
-    admin_state.ready.store(true, Ordering::Relaxed);
-    tracing::info!(ports = ?gateway.listening_ports(), admin = ?admin.admin_addr(), "egret ready");
-
     let stats = Arc::new(ReloadStats {
         metrics: Some(metrics.clone()),
         ..Default::default()
     });
+    if waiting {
+        let signals = Signals {
+            term: &mut term,
+            int: &mut int,
+            hup: &mut hup,
+            quit: &quit,
+        };
+        let configured = wait_for_config(
+            &args.config,
+            &gateway,
+            &stats,
+            &mut changes,
+            args.watch_interval,
+            signals,
+        )
+        .await;
+        if !configured {
+            // Stopped before any configuration came: nothing to drain.
+            admin_state.draining.store(true, Ordering::Relaxed);
+            admin.shutdown();
+            return Ok(());
+        }
+        admin_state.initializing.store(false, Ordering::Relaxed);
+    }
+    gateway.sync_listeners()?;
+    admin_state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(ports = ?gateway.listening_ports(), admin = ?admin.admin_addr(), "egret ready");
+
     let watcher = (!args.watch_interval.is_zero()).then(|| {
         tokio::spawn(watch_config(
             args.config.clone(),
             gateway.clone(),
             stats.clone(),
             args.watch_interval,
+            changes,
         ))
     });
 
@@ -201,22 +258,86 @@ async fn watch_config(
     gateway: Arc<Gateway>,
     stats: Arc<ReloadStats>,
     every: Duration,
+    mut changes: ChangeDetector,
 ) {
-    let mut seen = fingerprint(&config.config);
-    let mut pending: Option<Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>> = None;
     loop {
         tokio::time::sleep(every).await;
-        let now = fingerprint(&config.config);
-        if now == seen {
-            pending = None;
+        if changes.settled_change(&config.config) {
+            let _ = reload(&config, &gateway, &stats);
+        }
+    }
+}
+
+/// The signals the main loop reacts to.
+struct Signals<'a> {
+    term: &'a mut tokio::signal::unix::Signal,
+    int: &'a mut tokio::signal::unix::Signal,
+    hup: &'a mut tokio::signal::unix::Signal,
+    quit: &'a Notify,
+}
+
+/// Before the first configuration: polls the paths every `every` (and on SIGHUP) until they
+/// hold Istio resources that compile, then installs them (listeners not bound yet). A
+/// configuration that appears broken is logged and counted as a failed reload, and we keep
+/// waiting for a fixed one. Returns false when told to stop first.
+async fn wait_for_config(
+    config: &ConfigArgs,
+    gateway: &Arc<Gateway>,
+    stats: &ReloadStats,
+    changes: &mut ChangeDetector,
+    every: Duration,
+    signals: Signals<'_>,
+) -> bool {
+    let paths = config.paths_display();
+    let poll = if every.is_zero() {
+        // --watch-interval 0s: only SIGHUP loads.
+        Duration::MAX
+    } else {
+        every
+    };
+    let mut reminder = tokio::time::Instant::now() + WAITING_REMINDER;
+    loop {
+        let attempt = tokio::select! {
+            _ = signals.term.recv() => return false,
+            _ = signals.int.recv() => return false,
+            _ = signals.quit.notified() => return false,
+            _ = signals.hup.recv() => {
+                tracing::info!("SIGHUP: reading the configuration");
+                true
+            }
+            _ = tokio::time::sleep(poll) => changes.settled_change(&config.config),
+        };
+        if tokio::time::Instant::now() >= reminder {
+            tracing::warn!("still waiting for configuration in {paths}; not ready");
+            reminder = tokio::time::Instant::now() + WAITING_REMINDER;
+        }
+        if !attempt {
             continue;
         }
-        if pending.as_ref() == Some(&now) {
-            seen = now;
-            pending = None;
-            let _ = reload(&config, &gateway, &stats);
-        } else {
-            pending = Some(now);
+        match config.build_or_wait() {
+            Ok(ConfigState::Ready(compiled)) => {
+                for w in &compiled.warnings {
+                    tracing::warn!("{w}");
+                }
+                let snapshot = Arc::new(compiled.snapshot);
+                tracing::info!(version = %snapshot.version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "configuration loaded");
+                gateway.config.store(snapshot);
+                stats.count(true);
+                return true;
+            }
+            Ok(ConfigState::Empty(why)) => {
+                tracing::debug!("still waiting for configuration in {paths} ({why})");
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "the configuration in {paths} does not compile; still waiting (not ready)"
+                );
+                stats.count(false);
+            }
         }
     }
 }

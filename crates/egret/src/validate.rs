@@ -11,6 +11,14 @@ pub fn validate(args: &ConfigArgs) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             print!("{}", egret_config::describe(&compiled.snapshot));
+            if compiled.snapshot.listeners.is_empty() {
+                if let Ok(crate::cli::ConfigState::Empty(why)) = args.build_or_wait() {
+                    eprintln!(
+                        "note: {} holds no Istio resources ({why}); `egret run` would start not ready and wait for them",
+                        args.paths_display()
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
