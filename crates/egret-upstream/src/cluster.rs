@@ -200,7 +200,9 @@ impl ClusterState {
         if let Some(fresh) = self.fresh() {
             return fresh;
         }
-        let result = self.resolve(resolver).await;
+        // Boxed: hickory's lookup future is large and only runs when the answer expired;
+        // inline it would size every request's future.
+        let result = Box::pin(self.resolve(resolver)).await;
         let mut ep = lock(&self.endpoints);
         match result {
             Ok((addrs, valid_until)) => {

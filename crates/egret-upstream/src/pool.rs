@@ -294,7 +294,10 @@ impl Pool {
         if let Some(ep) = endpoint {
             ep.connection_attempt();
         }
-        let r = self.establish(cluster, key, slot, endpoint).await;
+        // Boxed: the TCP + TLS + HTTP handshake futures are several KB, and inline they would
+        // size every request's future (which hyper allocates per request) although only a
+        // request that opens a connection runs them.
+        let r = Box::pin(self.establish(cluster, key, slot, endpoint)).await;
         if let (Err(_), Some(ep)) = (&r, endpoint) {
             ep.connect_failed();
         }
