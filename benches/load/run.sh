@@ -2,7 +2,7 @@
 # The Egret load harness: Egret vs. Envoy 1.40 vs. HAProxy vs. a client talking straight to
 # the upstream, on the scenarios S1-S4. One command; bounded in time; stops by itself.
 #
-#   benches/load/run.sh                       # everything (~20 min on 2 cores), writes benches/RESULTS.md
+#   benches/load/run.sh                       # everything (~9 min on 2 cores), writes benches/RESULTS.md
 #   benches/load/run.sh --quick               # ~2 s per case (smoke test), report in the work dir
 #   benches/load/run.sh --quick --only egret-s1   # Egret alone on S1: needs no Envoy/HAProxy
 #   benches/load/run.sh --only 'egret-s3,envoy-s3,haproxy-s3' --duration 15
