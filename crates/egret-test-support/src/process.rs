@@ -208,13 +208,38 @@ impl EgretProcess {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close).
+/// A port on 127.0.0.1 that was free a moment ago, for a process that must bind it itself.
 pub fn free_port() -> u16 {
     free_addr().port()
 }
 
+/// Ports handed out by [`free_addr`]: below Linux's default ephemeral range (32768–60999).
+/// A port taken from `bind(port 0)` and released lies *inside* that range, so any outgoing
+/// connection of a parallel test could get it as its source port before the gateway binds it
+/// (seen in CI as `Address already in use`). Outside the range only another explicit bind can
+/// take it, and each test process walks the range from its own random start.
+const FREE_PORTS: std::ops::Range<u16> = 15_000..32_000;
+
 /// `127.0.0.1:<free_port>`.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    // First use: a random start, so test binaries running at once walk different stretches.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        fastrand::u32(0..span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = FREE_PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local_addr of a bound listener");
+        }
+    }
+    // Everything below the ephemeral range is taken: fall back to the kernel's choice.
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr of a bound listener")
 }
