@@ -17,3 +17,6 @@ fi
 
 # One build of the binary the end-to-end suite starts, then every test in the workspace.
 cargo test --workspace --all-targets "$@"
+# The end-to-end suite again with one worker: that gateway runs on tokio's current-thread
+# runtime instead of the multi-thread one (~20 s, nothing to rebuild).
+EGRET_IT_WORKERS=1 cargo test -p egret --test it "$@"

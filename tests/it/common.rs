@@ -62,7 +62,9 @@ impl Gateway {
             "--access-log".into(),
             "-".into(),
             "--workers".into(),
-            "2".into(),
+            // 2: the multi-thread runtime; EGRET_IT_WORKERS=1 runs the suite on the
+            // current-thread runtime a single worker gets.
+            std::env::var("EGRET_IT_WORKERS").unwrap_or_else(|_| "2".into()),
         ]);
         let (admin, health, prometheus) = (free_addr(), free_addr(), free_addr());
         for (flag, addr) in [

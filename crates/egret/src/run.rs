@@ -67,11 +67,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open access log {}", args.access_log))?,
     );
 
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n.max(1),
+    );
+    // One worker: a current-thread runtime — the same single thread of work without the
+    // multi-thread scheduler's stealing, LIFO slot and cross-thread wake-ups (measured in
+    // benches/RESULTS.md). More: one multi-thread runtime with that many workers.
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     rt.enable_all();
-    if let Some(n) = args.workers {
-        rt.worker_threads(n.max(1));
-    }
     let rt = rt.build().context("cannot start the async runtime")?;
     let result = rt.block_on(serve(&args, snapshot, seen, writer.clone(), log_level));
     // Every access-log line reaches its destination before we exit.
