@@ -457,7 +457,7 @@ impl Civil {
                 if self.nanos > 0 {
                     let mut digits = 9u8;
                     let mut n = self.nanos;
-                    while n % 10 == 0 {
+                    while n.is_multiple_of(10) {
                         n /= 10;
                         digits -= 1;
                     }
