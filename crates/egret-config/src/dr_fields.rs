@@ -65,21 +65,11 @@ pub const DESTINATION_RULE_FIELDS: &[DrField] = &[
 
 /// The README table.
 pub fn dr_markdown_table() -> String {
-    let mut out = String::from("| Field | Egret | Notes |\n|---|---|---|\n");
-    for f in DESTINATION_RULE_FIELDS {
-        let support = match f.warning {
-            None => "supported".to_string(),
-            Some(m) => format!("warning: \"{m}\""),
-        };
-        let path = f
-            .path
-            .split(", ")
-            .map(|p| format!("`{p}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        out.push_str(&format!("| {path} | {support} | {} |\n", f.note));
-    }
-    out
+    crate::fields::render_field_table(
+        DESTINATION_RULE_FIELDS
+            .iter()
+            .map(|f| (f.path, f.warning, f.note)),
+    )
 }
 
 #[cfg(test)]
@@ -89,15 +79,9 @@ mod tests {
     /// README.md's table between the `dr-fields` markers is exactly [`dr_markdown_table`].
     #[test]
     fn readme_table_matches_the_code() {
-        let readme_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
-        let readme = std::fs::read_to_string(readme_path).expect("README.md");
-        let start = "<!-- dr-fields:start -->\n";
-        let end = "<!-- dr-fields:end -->";
-        let from = readme.find(start).expect("start marker in README.md") + start.len();
-        let to = readme[from..].find(end).expect("end marker in README.md") + from;
         let want = dr_markdown_table();
         assert!(
-            readme[from..to] == want,
+            crate::fields::readme_section("dr-fields") == want,
             "README.md's DestinationRule table is out of date; replace it with:\n{want}"
         );
     }

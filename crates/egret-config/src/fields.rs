@@ -95,21 +95,46 @@ pub(crate) fn vs_warning(path: &str) -> &'static str {
 
 /// The README's table: `| Field | Egret | Notes |`.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| Field | Egret | Notes |\n|---|---|---|\n");
-    for f in VIRTUAL_SERVICE_FIELDS {
-        let support = match f.support {
-            Support::Supported => "supported".to_string(),
-            Support::Warned(m) => format!("warning: \"{m}\""),
+    render_field_table(VIRTUAL_SERVICE_FIELDS.iter().map(|f| {
+        let warning = match f.support {
+            Support::Supported => None,
+            Support::Warned(m) => Some(m),
         };
-        let path = f
-            .path
+        (f.path, warning, f.note)
+    }))
+}
+
+/// A README field table from `(paths, warning, note)` rows; shared by the VirtualService and
+/// DestinationRule tables. `paths` may list several fields separated by `, `.
+pub(crate) fn render_field_table<'a>(
+    rows: impl IntoIterator<Item = (&'a str, Option<&'a str>, &'a str)>,
+) -> String {
+    let mut out = String::from("| Field | Egret | Notes |\n|---|---|---|\n");
+    for (paths, warning, note) in rows {
+        let support = match warning {
+            None => "supported".to_string(),
+            Some(m) => format!("warning: \"{m}\""),
+        };
+        let paths = paths
             .split(", ")
             .map(|p| format!("`{p}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        out.push_str(&format!("| {path} | {support} | {} |\n", f.note));
+        out.push_str(&format!("| {paths} | {support} | {note} |\n"));
     }
     out
+}
+
+/// The text of README.md between `<!-- {marker}:start -->` and `<!-- {marker}:end -->`.
+#[cfg(test)]
+pub(crate) fn readme_section(marker: &str) -> String {
+    let readme_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let readme = std::fs::read_to_string(readme_path).expect("README.md");
+    let start = format!("<!-- {marker}:start -->\n");
+    let end = format!("<!-- {marker}:end -->");
+    let from = readme.find(&start).expect("start marker in README.md") + start.len();
+    let to = readme[from..].find(&end).expect("end marker in README.md") + from;
+    readme[from..to].to_string()
 }
 
 #[cfg(test)]
@@ -120,15 +145,9 @@ mod tests {
     /// the list above, then paste the output of this test's failure message.
     #[test]
     fn readme_table_matches_the_code() {
-        let readme_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
-        let readme = std::fs::read_to_string(readme_path).expect("README.md");
-        let start = "<!-- vs-fields:start -->\n";
-        let end = "<!-- vs-fields:end -->";
-        let from = readme.find(start).expect("start marker in README.md") + start.len();
-        let to = readme[from..].find(end).expect("end marker in README.md") + from;
         let expected = markdown_table();
         assert!(
-            readme[from..to] == expected,
+            readme_section("vs-fields") == expected,
             "README.md's VirtualService table is out of date; replace it with:\n{expected}"
         );
     }
