@@ -58,14 +58,13 @@ impl Gateway {
             "--port-map".into(),
             format!("80={p80},443={p443}"),
         ]);
-        args.extend([
-            "--access-log".into(),
-            "-".into(),
-            "--workers".into(),
-            // 2: the multi-thread runtime; EGRET_IT_WORKERS=1 runs the suite on the
-            // current-thread runtime a single worker gets.
-            std::env::var("EGRET_IT_WORKERS").unwrap_or_else(|_| "2".into()),
-        ]);
+        args.extend(["--access-log".into(), "-".into()]);
+        if !extra.iter().any(|a| a == "--workers") {
+            // 2: two worker threads, connections handed from the accepting one to the other;
+            // EGRET_IT_WORKERS=1 runs the suite on a single runtime.
+            args.push("--workers".into());
+            args.push(std::env::var("EGRET_IT_WORKERS").unwrap_or_else(|_| "2".into()));
+        }
         let (admin, health, prometheus) = (free_addr(), free_addr(), free_addr());
         for (flag, addr) in [
             ("--admin", admin),

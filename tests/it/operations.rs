@@ -696,3 +696,54 @@ async fn clusters_show_endpoint_totals() {
     assert_eq!(stat("cx_connect_fail"), None);
     assert_eq!(h["health_status"]["eds_health_status"], "HEALTHY");
 }
+
+/// Thread-per-core: each connection is handed to the worker with the fewest open
+/// connections, and each worker keeps its own upstream connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_workers_with_a_pool_each() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--workers".into(),
+            "3".into(),
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    // Held open, so each new connection finds the previous workers busy.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = Http1Conn::connect(gw.http).await.unwrap();
+        let r = c.get("edition.cnn.com", "/", &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        conns.push(c);
+    }
+    let prom = http1_get(gw.prometheus, "localhost", "/stats/prometheus", &[])
+        .await
+        .unwrap()
+        .text();
+    for worker in 0..3 {
+        for family in [
+            "egret_worker_downstream_cx_total",
+            "egret_worker_downstream_cx_active",
+        ] {
+            let line = format!("{family}{{worker=\"{worker}\"}} 1");
+            assert!(
+                prom.lines().any(|l| l == line),
+                "missing {line:?} in:\n{prom}"
+            );
+        }
+    }
+    // One upstream connection per worker (a shared pool would have reused one), each reused
+    // by the next request of the same worker.
+    assert_eq!(up.connections(), 3);
+    for c in &mut conns {
+        let r = c.get("edition.cnn.com", "/", &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.connections(), 3);
+}

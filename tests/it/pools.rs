@@ -461,8 +461,10 @@ async fn http2_service_entry_port_speaks_h2c_upstream() {
         "    loadBalancer: {simple: ROUND_ROBIN}\n",
     );
     let mut gw = Gateway::start(&[dir.path()], &[]).await;
+    // One client connection, so one worker (each worker has its own upstream connections).
+    let mut client = Http1Conn::connect(gw.http).await.unwrap();
     for i in 0..3 {
-        let r = get(&gw, &format!("/h2-{i}"), &[]).await;
+        let r = client.get(HOST, &format!("/h2-{i}"), &[]).await.unwrap();
         assert_eq!(r.status, 200);
         // HTTP/1.1 in, HTTP/2 (prior knowledge, cleartext) out.
         assert_eq!(r.json()["version"], "HTTP/2");
@@ -482,6 +484,37 @@ async fn http2_service_entry_port_speaks_h2c_upstream() {
     );
     let gw2 = Gateway::start(&[dir2.path()], &[]).await;
     assert_eq!(get(&gw2, "/u", &[]).await.json()["version"], "HTTP/2");
+}
+
+/// maxConnections is one limit for the whole gateway, whatever the number of workers: at the
+/// limit, a request on one worker uses the connection another worker opened (HTTP/2: shares
+/// it; HTTP/1.1: takes it when idle) instead of waiting for a connection of its own forever.
+#[tokio::test]
+async fn max_connections_is_shared_by_the_workers() {
+    for protocol in ["HTTP2", "HTTP"] {
+        let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+        let dir = scenario(
+            protocol,
+            &[up.addr()],
+            "    connectionPool: {tcp: {maxConnections: 1}}\n",
+        );
+        let gw = Gateway::start(&[dir.path()], &["--workers".into(), "2".into()]).await;
+        // Two client connections held open: the second goes to the other worker.
+        let mut conns = [
+            Http1Conn::connect(gw.http).await.unwrap(),
+            Http1Conn::connect(gw.http).await.unwrap(),
+        ];
+        for i in 0..4 {
+            let c = &mut conns[i % 2];
+            let r =
+                tokio::time::timeout(Duration::from_secs(30), c.get(HOST, &format!("/{i}"), &[]))
+                    .await
+                    .unwrap_or_else(|_| panic!("{protocol}: request {i} never answered"))
+                    .unwrap();
+            assert_eq!(r.status, 200, "{protocol}: {}", r.text());
+        }
+        assert_eq!(up.connections(), 1, "{protocol}");
+    }
 }
 
 // A hand-written gRPC unary call (length-prefixed message, `te: trailers`, `grpc-status` in

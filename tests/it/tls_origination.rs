@@ -45,7 +45,10 @@ async fn s3(
 async fn s3_plain_request_leaves_as_https_with_sni() {
     let ca = TestCa::new("public CA stand-in");
     let (up, mut gw, _dir) = s3(&ca, &ca, &["edition.cnn.com"]).await;
-    let r = http1_get(gw.http, "edition.cnn.com", "/politics", &[])
+    // One client connection (one worker: upstream connections are pooled per worker).
+    let mut client = Http1Conn::connect(gw.http).await.unwrap();
+    let r = client
+        .get("edition.cnn.com", "/politics", &[])
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -60,7 +63,8 @@ async fn s3_plain_request_leaves_as_https_with_sni() {
     assert_eq!(l.upstream_host, up.addr().to_string());
     // A second request reuses the TLS connection.
     assert_eq!(
-        http1_get(gw.http, "edition.cnn.com", "/again", &[])
+        client
+            .get("edition.cnn.com", "/again", &[])
             .await
             .unwrap()
             .status,

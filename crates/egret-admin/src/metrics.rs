@@ -83,6 +83,7 @@ impl Default for MetricsConfig {
 }
 
 type AccessLogStats = dyn Fn() -> (u64, u64, u64) + Send + Sync;
+type WorkerStats = dyn Fn() -> Vec<(usize, u64)> + Send + Sync;
 
 /// All of Egret's metrics. Share it as `Arc<Metrics>` between the [`crate::MetricsSink`] (which
 /// records) and the admin state (which renders).
@@ -97,6 +98,7 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     access_log: OnceLock<Box<AccessLogStats>>,
+    workers: OnceLock<Box<WorkerStats>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -326,6 +328,7 @@ impl Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             access_log: OnceLock::new(),
+            workers: OnceLock::new(),
         }
     }
 
@@ -388,6 +391,15 @@ impl Metrics {
         stats: impl Fn() -> (u64, u64, u64) + Send + Sync + 'static,
     ) -> bool {
         self.access_log.set(Box::new(stats)).is_ok()
+    }
+
+    /// Where the per-worker connection counts come from: `(open, accepted)` for each worker,
+    /// read on each scrape. Set once; later calls are ignored (returns false).
+    pub fn set_worker_stats(
+        &self,
+        stats: impl Fn() -> Vec<(usize, u64)> + Send + Sync + 'static,
+    ) -> bool {
+        self.workers.set(Box::new(stats)).is_ok()
     }
 
     /// Everything, in Prometheus text format 0.0.4 (`/stats/prometheus`). `snapshot` supplies
@@ -571,6 +583,33 @@ impl Metrics {
                 "Access-log records waiting to be written.",
             );
             out.sample("egret_access_log_queue_depth", "", queued);
+        }
+        if let Some(stats) = self.workers.get() {
+            let workers = stats();
+            out.family(
+                "egret_worker_downstream_cx_active",
+                "gauge",
+                "Downstream connections open, by the worker serving them.",
+            );
+            for (i, (open, _)) in workers.iter().enumerate() {
+                out.sample(
+                    "egret_worker_downstream_cx_active",
+                    &format!("worker=\"{i}\""),
+                    *open as u64,
+                );
+            }
+            out.family(
+                "egret_worker_downstream_cx_total",
+                "counter",
+                "Downstream connections accepted, by the worker they were handed to.",
+            );
+            for (i, (_, total)) in workers.iter().enumerate() {
+                out.sample(
+                    "egret_worker_downstream_cx_total",
+                    &format!("worker=\"{i}\""),
+                    *total,
+                );
+            }
         }
         out.family(
             "egret_metrics_series_overflow_total",

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod record;
 pub mod snapshot;
 pub mod tls;
+pub mod worker;
 
 pub use flags::ResponseFlags;
 pub use host::HostPattern;

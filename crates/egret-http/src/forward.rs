@@ -58,36 +58,63 @@ pub enum Outcome {
     },
 }
 
-/// Whether to try again after a failed attempt.
-enum Next {
-    /// Try again, holding a retry slot of the cluster's `maxRetries` budget meanwhile.
-    Retry(egret_upstream::Slot),
-    /// Retriable, but the cluster's retry budget (`connectionPool.http.maxRetries`) is used
-    /// up: Envoy does not retry and flags `UO`.
-    Overflow,
-    /// Retriable, but the retries ran out: Envoy flags `URX`.
-    Exhausted,
-    /// Not retriable (no policy, not a retry condition, or the body cannot be replayed).
-    Stop,
+/// The retries made so far, and the slot of the cluster's retry budget (`maxRetries`) held
+/// while a retried attempt is in flight.
+#[derive(Default)]
+struct Retries {
+    count: u32,
+    _slot: Option<egret_upstream::Slot>,
+}
+
+/// What a failed attempt comes to (see [`Forward::after_failure`]). Matched as soon as it is
+/// returned, like [`Outcome`], so the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum AfterFailure<T> {
+    /// Backed off: try again.
+    Retry,
+    /// No retry: the flag saying why (`URX`, `UO`, or none when not retriable), and what the
+    /// attempt held, given back.
+    GiveUp(ResponseFlags, T),
+    /// The request body outgrew the replay buffer while backing off: Envoy's `507`.
+    Done(Outcome),
 }
 
 impl Forward<'_> {
-    fn next(&self, retriable: bool, retries: u32, body: &RequestBody) -> Next {
+    /// After a failed attempt: when `retriable`, the body can be replayed, retries are left
+    /// and the cluster's retry budget has room, takes a retry slot, drops `held` (what the
+    /// failed attempt still holds, such as its connection), counts the retry and backs off;
+    /// otherwise gives `held` back with the flag for the local reply or the log.
+    async fn after_failure<T>(
+        &self,
+        retriable: bool,
+        retries: &mut Retries,
+        body: &mut RequestBody,
+        held: T,
+    ) -> AfterFailure<T> {
         let Some(policy) = self.retry else {
-            return Next::Stop;
+            return AfterFailure::GiveUp(ResponseFlags::NONE, held);
         };
         // Envoy retries only what it can replay: a body that streamed past the replay buffer
         // ends the attempts without `URX` (checked with Envoy 1.40). A body still arriving
         // within the buffer is retried: the next attempt replays the copy and reads on.
         if !retriable || !body.replayable() {
-            return Next::Stop;
+            return AfterFailure::GiveUp(ResponseFlags::NONE, held);
         }
-        if retries >= policy.num_retries {
-            return Next::Exhausted;
+        // Retriable, but the retries ran out: Envoy flags `URX`.
+        if retries.count >= policy.num_retries {
+            return AfterFailure::GiveUp(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, held);
         }
-        match self.cluster.circuit().try_retry() {
-            Some(slot) => Next::Retry(slot),
-            None => Next::Overflow,
+        // Retriable, but the cluster's retry budget (`connectionPool.http.maxRetries`) is used
+        // up: Envoy does not retry and flags `UO`.
+        let Some(slot) = self.cluster.circuit().try_retry() else {
+            return AfterFailure::GiveUp(ResponseFlags::UPSTREAM_OVERFLOW, held);
+        };
+        retries._slot = Some(slot);
+        drop(held);
+        retries.count += 1;
+        match self.back_off(retries.count, body).await {
+            None => AfterFailure::Retry,
+            Some(o) => AfterFailure::Done(o),
         }
     }
 
@@ -122,19 +149,17 @@ impl Forward<'_> {
         let per_try = self.retry.and_then(|p| p.per_try_timeout);
         let avoid_tried = self.retry.is_none_or(|p| p.ignore_previous_hosts);
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut retries = 0u32;
-        // Held while a retried attempt is in flight (the cluster's `maxRetries` budget).
-        let mut _retry_slot: Option<egret_upstream::Slot> = None;
+        let mut retries = Retries::default();
         // `x-envoy-upstream-service-time` counts from the first attempt (Envoy 1.40).
         let mut first_sent: Option<Instant> = None;
         loop {
             let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
-            let addr = match self
+            let endpoint = match self
                 .cluster
-                .pick_for(&self.shared.resolver, avoid, self.lb_hash)
+                .pick_endpoint(&self.shared.resolver, avoid, self.lb_hash)
                 .await
             {
-                Ok(a) => a,
+                Ok(e) => e,
                 Err(PickError::NoHealthyUpstream { .. }) => {
                     return Outcome::Local {
                         status: 503,
@@ -144,10 +169,11 @@ impl Forward<'_> {
                     };
                 }
             };
+            let addr = endpoint.addr;
             tried.push(addr);
             guard.record().upstream_host = Some(addr);
             // The body is read ahead (up to the buffer limit) while the connection is set up.
-            let checkout = self.shared.pool.checkout(self.cluster, addr);
+            let checkout = self.shared.pool.checkout(self.cluster, &endpoint);
             let mut conn = match body.read_ahead_during(checkout).await {
                 Ok(c) => c,
                 Err(e) if e.is_overflow() => {
@@ -172,31 +198,19 @@ impl Forward<'_> {
                     let retriable = self.retry.is_some_and(|p| {
                         retry::retry_on_failure(p.retry_on, Failure::ConnectFailure)
                     });
-                    let mut flags = ResponseFlags::NONE;
-                    match self.next(retriable, retries, body) {
-                        Next::Retry(slot) => {
-                            _retry_slot = Some(slot);
-                            retries += 1;
-                            if let Some(o) = self.back_off(retries, body).await {
-                                return o;
-                            }
-                            continue;
-                        }
-                        Next::Exhausted => {
-                            flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
-                        }
-                        Next::Overflow => flags.insert(ResponseFlags::UPSTREAM_OVERFLOW),
-                        Next::Stop => {}
-                    }
-                    flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                    let first = match self.after_failure(retriable, &mut retries, body, ()).await {
+                        AfterFailure::Retry => continue,
+                        AfterFailure::Done(o) => return o,
+                        AfterFailure::GiveUp(first, ()) => first,
+                    };
                     return Outcome::Local {
                         status: 503,
                         body: Some(local_reply::upstream_reset_body(
                             e.reset_reason(),
-                            retries > 0,
+                            retries.count > 0,
                             None,
                         )),
-                        flags,
+                        flags: first | ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                         details: local_reply::reset_details(
                             false,
                             e.reset_reason(),
@@ -215,12 +229,13 @@ impl Forward<'_> {
                 return reset_outcome(
                     "connection termination",
                     ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                    retries > 0,
+                    retries.count > 0,
                     ResponseFlags::NONE,
                 );
             };
+            let attempt = retries.count + 1;
             let upstream_req =
-                self.build_request(method, headers, conn.is_http2(), b, retries + 1, per_try);
+                self.build_request(method, headers, conn.is_http2(), b, attempt, per_try);
             first_sent.get_or_insert_with(Instant::now);
             let sent = match per_try {
                 Some(t) => tokio::time::timeout(t, conn.send(upstream_req)).await,
@@ -235,58 +250,38 @@ impl Forward<'_> {
                     let retriable = self.retry.is_some_and(|p| {
                         retry::retry_on_failure(p.retry_on, Failure::PerTryTimeout)
                     });
-                    let mut flags = ResponseFlags::NONE;
-                    match self.next(retriable, retries, body) {
-                        Next::Retry(slot) => {
-                            _retry_slot = Some(slot);
-                            retries += 1;
-                            if let Some(o) = self.back_off(retries, body).await {
-                                return o;
-                            }
-                            continue;
-                        }
-                        Next::Exhausted => {
-                            flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED)
-                        }
-                        Next::Overflow => flags.insert(ResponseFlags::UPSTREAM_OVERFLOW),
-                        Next::Stop => {}
-                    }
-                    flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                    let first = match self.after_failure(retriable, &mut retries, body, ()).await {
+                        AfterFailure::Retry => continue,
+                        AfterFailure::Done(o) => return o,
+                        AfterFailure::GiveUp(first, ()) => first,
+                    };
                     return Outcome::Local {
                         status: 504,
                         body: Some("upstream request timeout".into()),
-                        flags,
+                        flags: first | ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
                         details: "upstream_per_try_timeout".into(),
                     };
                 }
-                Ok(Ok(mut resp)) => {
+                Ok(Ok(resp)) => {
                     let status = resp.status().as_u16();
                     self.cluster
                         .report(addr, egret_upstream::Outcome::Status(status));
                     let retriable = self
                         .retry
                         .is_some_and(|p| retry::retry_on_response(p, status, resp.headers()));
-                    if retriable {
-                        match self.next(true, retries, body) {
-                            Next::Retry(slot) => {
-                                _retry_slot = Some(slot);
-                                drop(resp);
-                                drop(conn);
-                                retries += 1;
-                                if let Some(o) = self.back_off(retries, body).await {
-                                    return o;
-                                }
-                                continue;
-                            }
-                            Next::Exhausted => guard
-                                .record()
-                                .set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED),
-                            Next::Overflow => {
-                                guard.record().set_flag(ResponseFlags::UPSTREAM_OVERFLOW)
-                            }
-                            Next::Stop => {}
+                    // A retried response is dropped (with its connection) before the back-off.
+                    let held = (resp, conn);
+                    let (mut resp, conn) = match self
+                        .after_failure(retriable, &mut retries, body, held)
+                        .await
+                    {
+                        AfterFailure::Retry => continue,
+                        AfterFailure::Done(o) => return o,
+                        AfterFailure::GiveUp(first, held) => {
+                            guard.record().set_flag(first);
+                            held
                         }
-                    }
+                    };
                     let since = first_sent.map_or(Duration::ZERO, |t| t.elapsed());
                     if let Ok(v) = HeaderValue::from_str(&since.as_millis().to_string()) {
                         resp.headers_mut()
@@ -314,27 +309,20 @@ impl Forward<'_> {
                     let retriable = self
                         .retry
                         .is_some_and(|p| retry::retry_on_failure(p.retry_on, failure));
-                    let mut first = ResponseFlags::NONE;
-                    match self.next(retriable, retries, body) {
-                        Next::Retry(slot) => {
-                            _retry_slot = Some(slot);
-                            drop(conn);
-                            retries += 1;
-                            if let Some(o) = self.back_off(retries, body).await {
-                                return o;
-                            }
-                            continue;
-                        }
-                        Next::Exhausted => first = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
-                        Next::Overflow => first = ResponseFlags::UPSTREAM_OVERFLOW,
-                        Next::Stop => {}
-                    }
+                    let (first, _conn) = match self
+                        .after_failure(retriable, &mut retries, body, conn)
+                        .await
+                    {
+                        AfterFailure::Retry => continue,
+                        AfterFailure::Done(o) => return o,
+                        AfterFailure::GiveUp(first, conn) => (first, conn),
+                    };
                     let flag = match reason {
                         "protocol error" => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
                         "remote reset" => ResponseFlags::UPSTREAM_REMOTE_RESET,
                         _ => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
                     };
-                    return reset_outcome(reason, flag, retries > 0, first);
+                    return reset_outcome(reason, flag, retries.count > 0, first);
                 }
             }
         }

@@ -69,13 +69,13 @@ async fn send(
         .get(&shadow.cluster)
         .cloned()
         .ok_or("no such cluster")?;
-    let addr = cluster
-        .pick(&shared.resolver, &[])
+    let endpoint = cluster
+        .pick_endpoint(&shared.resolver, &[], None)
         .await
         .map_err(|_| "no healthy upstream")?;
     let mut conn = shared
         .pool
-        .checkout(&cluster, addr)
+        .checkout(&cluster, &endpoint)
         .await
         .map_err(|_| "connect failed")?;
     let authority = shadow_authority(&shadow.authority);

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -43,7 +43,33 @@ pub struct Gateway {
     pub options: GatewayOptions,
     accepting: Mutex<HashMap<u16, JoinHandle<()>>>,
     drain: watch::Sender<bool>,
-    open: Arc<AtomicUsize>,
+    /// Connections open, all listeners (one counter).
+    open: Arc<[AtomicUsize]>,
+    /// Connections accepted, all listeners.
+    accepted: AtomicU64,
+    /// The worker runtimes accepted connections are handed to (unset: the accepting one).
+    workers: OnceLock<Workers>,
+}
+
+/// Thread-per-core: one single-threaded runtime per worker. The accept loops run on one of
+/// them and hand each connection to the worker with the fewest open connections; the
+/// connection then lives on that worker only (its upstream connections too), so no request
+/// ever wakes a second thread. Chosen over `SO_REUSEPORT` listeners per worker: the kernel's
+/// hash spreads a handful of connections unevenly, and a second process could bind the same
+/// port without an error.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    open: Arc<[AtomicUsize]>,
+    accepted: Box<[AtomicU64]>,
+}
+
+impl Workers {
+    /// The worker with the fewest open connections (the lowest index on a tie).
+    fn least_loaded(&self) -> usize {
+        (0..self.handles.len())
+            .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
 }
 
 impl Gateway {
@@ -59,8 +85,44 @@ impl Gateway {
             options,
             accepting: Mutex::new(HashMap::new()),
             drain,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::from([AtomicUsize::new(0)]),
+            accepted: AtomicU64::new(0),
+            workers: OnceLock::new(),
         })
+    }
+
+    /// Serves accepted connections on these runtimes (one per worker, index = worker number
+    /// as in [`egret_core::worker`]) instead of the one the accept loops run on. Set once,
+    /// before the listeners bind; with fewer than two handles nothing changes.
+    pub fn set_workers(&self, handles: Vec<tokio::runtime::Handle>) {
+        if handles.len() > 1 {
+            let open = handles.iter().map(|_| AtomicUsize::new(0)).collect();
+            let accepted = handles.iter().map(|_| AtomicU64::new(0)).collect();
+            let _ = self.workers.set(Workers {
+                handles,
+                open,
+                accepted,
+            });
+        }
+    }
+
+    /// Per worker: (connections open, connections accepted so far). One entry when the
+    /// gateway runs on a single runtime.
+    pub fn worker_connections(&self) -> Vec<(usize, u64)> {
+        match self.workers.get() {
+            Some(w) => (0..w.handles.len())
+                .map(|i| {
+                    (
+                        w.open[i].load(Ordering::Relaxed),
+                        w.accepted[i].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+            None => vec![(
+                self.open_connections(),
+                self.accepted.load(Ordering::Relaxed),
+            )],
+        }
     }
 
     /// Binds and starts accepting on every listener of the current snapshot not yet bound,
@@ -107,14 +169,7 @@ impl Gateway {
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok((stream, remote)) => {
-                        let gw = gw.clone();
-                        let guard = OpenConnection::new(gw.open.clone());
-                        tokio::spawn(async move {
-                            gw.serve_connection(listen_port, stream, remote).await;
-                            drop(guard);
-                        });
-                    }
+                    Ok((stream, remote)) => gw.dispatch(listen_port, stream, remote),
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -123,6 +178,43 @@ impl Gateway {
                 }
             }
         })
+    }
+
+    /// Starts serving an accepted connection: here, or on the least loaded worker.
+    fn dispatch(self: &Arc<Self>, listen_port: u16, stream: TcpStream, remote: SocketAddr) {
+        let gw = self.clone();
+        let guard = OpenConnection::new(gw.open.clone(), 0);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(workers) = self.workers.get() else {
+            tokio::spawn(async move {
+                gw.serve_connection(listen_port, stream, remote).await;
+                drop(guard);
+            });
+            return;
+        };
+        let worker = workers.least_loaded();
+        let load = OpenConnection::new(workers.open.clone(), worker);
+        workers.accepted[worker].fetch_add(1, Ordering::Relaxed);
+        if worker == egret_core::worker::current() {
+            tokio::spawn(async move {
+                gw.serve_connection(listen_port, stream, remote).await;
+                drop((guard, load));
+            });
+            return;
+        }
+        // The socket moves to the other runtime's reactor: deregistered here, registered
+        // there (two epoll_ctl calls per connection, none per request).
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "cannot hand the connection to a worker"),
+        };
+        workers.handles[worker].spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => gw.serve_connection(listen_port, stream, remote).await,
+                Err(e) => tracing::warn!(error = %e, "worker cannot take the connection"),
+            }
+            drop((guard, load));
+        });
     }
 
     async fn serve_connection(&self, listen_port: u16, stream: TcpStream, remote: SocketAddr) {
@@ -229,7 +321,7 @@ impl Gateway {
 
     /// Connections currently open (all listeners).
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open[0].load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -252,19 +344,22 @@ impl Gateway {
     }
 }
 
-/// Counts a connection as open until dropped.
-struct OpenConnection(Arc<AtomicUsize>);
+/// Counts a connection as open (in one counter of a set) until dropped.
+struct OpenConnection {
+    counters: Arc<[AtomicUsize]>,
+    index: usize,
+}
 
 impl OpenConnection {
-    fn new(counter: Arc<AtomicUsize>) -> OpenConnection {
-        counter.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(counter)
+    fn new(counters: Arc<[AtomicUsize]>, index: usize) -> OpenConnection {
+        counters[index].fetch_add(1, Ordering::Relaxed);
+        OpenConnection { counters, index }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.counters[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

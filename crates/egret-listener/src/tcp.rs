@@ -116,10 +116,11 @@ pub(crate) async fn serve_tcp(
     guard.record().upstream_cluster = Some(cluster.name().clone());
     // consistentHash useSourceIp also balances TCP routes (Istio sets the tcp_proxy hash).
     let hash = cluster.request_hash(&hyper::HeaderMap::new(), "", remote.ip());
-    let addr = match cluster.pick_for(&gw.shared.resolver, &[], hash).await {
-        Ok(a) => a,
+    let endpoint = match cluster.pick_endpoint(&gw.shared.resolver, &[], hash).await {
+        Ok(ep) => ep,
         Err(_) => return refuse(guard, ResponseFlags::NO_HEALTHY_UPSTREAM, "-", None),
     };
+    let addr = endpoint.addr;
     guard.record().upstream_host = Some(addr);
     // DestinationRule maxConnections: Envoy's tcp_proxy closes the connection, flagged `UO`.
     let Some(_connection_slot) = cluster.circuit().try_connection() else {
@@ -127,18 +128,13 @@ pub(crate) async fn serve_tcp(
         return refuse(guard, ResponseFlags::UPSTREAM_OVERFLOW, "-", None);
     };
     let keepalive = cluster.spec.traffic.pool.tcp_keepalive;
-    // Per-endpoint connection counts for `/clusters` (one lookup per connection).
-    let endpoint = cluster.endpoint(addr);
-    if let Some(ep) = &endpoint {
-        ep.connection_attempt();
-    }
+    // Per-endpoint connection counts for `/clusters`.
+    endpoint.connection_attempt();
     let upstream = match connect_with(addr, cluster.spec.connect_timeout, keepalive.as_ref()).await
     {
         Ok(s) => s,
         Err(e) => {
-            if let Some(ep) = &endpoint {
-                ep.connect_failed();
-            }
+            endpoint.connect_failed();
             // Envoy's tcp_proxy makes one connect attempt (max_connect_attempts 1) and
             // reports `UF,URX` with the transport failure reason.
             let rec = guard.record();
@@ -149,7 +145,7 @@ pub(crate) async fn serve_tcp(
         }
     };
     guard.record().upstream_local_address = upstream.local_addr().ok();
-    let _open = endpoint.as_ref().map(|ep| ep.open_connection());
+    let _open = endpoint.open_connection();
     // splice(2) on Linux (about 40% less CPU per GiB than the user-space copy, README
     // "Passthrough forwarding"); elsewhere, or without pipes, the user-space copy.
     let result = forward_spliced(&mut stream, upstream, &prefix, gw.options.tcp_idle_timeout).await;

@@ -299,6 +299,18 @@ impl ClusterState {
         tried: &[SocketAddr],
         hash: Option<u64>,
     ) -> Result<SocketAddr, PickError> {
+        Ok(self.pick_endpoint(resolver, tried, hash).await?.addr)
+    }
+
+    /// [`pick_for`](Self::pick_for), giving the endpoint with its run-time state (what
+    /// [`Pool::checkout`](crate::Pool::checkout) counts on), so the caller need not look it
+    /// up again.
+    pub async fn pick_endpoint(
+        &self,
+        resolver: &Resolver,
+        tried: &[SocketAddr],
+        hash: Option<u64>,
+    ) -> Result<Arc<Endpoint>, PickError> {
         let (set, err) = self.endpoint_set(resolver).await;
         let n = set.endpoints.len();
         if n == 0 {
@@ -347,7 +359,7 @@ impl ClusterState {
         };
         // `healthy` holds for some endpoint, so a scan always finds one.
         let i = i.unwrap_or(0);
-        Ok(set.endpoints[i].addr)
+        Ok(set.endpoints[i].clone())
     }
 }
 
@@ -476,6 +488,9 @@ mod tests {
         assert_eq!(c.pick(&r, &[b]).await.unwrap(), a);
         // All tried: still answers.
         assert!(c.pick(&r, &[a, b]).await.is_ok());
+        // The endpoint picked is the one whose state /clusters shows.
+        let e = c.pick_endpoint(&r, &[a], None).await.unwrap();
+        assert!(Arc::ptr_eq(&e, &c.endpoint(b).unwrap()));
     }
 
     fn static_cluster(lb: LbPolicy, traffic: egret_core::ClusterTraffic, n: u8) -> ClusterState {

@@ -82,10 +82,23 @@ struct PoolInner {
 }
 
 /// Shared by every listener and snapshot; cheap to clone.
-#[derive(Clone, Default)]
+///
+/// One set of connections per worker runtime: a connection's I/O is driven by the runtime
+/// that opened it, so a request on worker A must not use a connection of worker B (every
+/// read would wake B's thread). Envoy keeps its pools per worker for the same reason.
+#[derive(Clone)]
 pub struct Pool {
-    inner: Arc<PoolInner>,
+    workers: Arc<[Arc<PoolInner>]>,
     tls: Option<Arc<UpstreamTlsContexts>>,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            workers: Arc::from([Arc::default()]),
+            tls: None,
+        }
+    }
 }
 
 enum Sender {
@@ -105,7 +118,7 @@ pub struct PooledConn {
     circuit: Arc<Circuit>,
     _request: Slot,
     /// The endpoint's in-flight count; also where the request's outcome is counted.
-    active: Option<ActiveRequest>,
+    active: ActiveRequest,
 }
 
 /// Why sending a request upstream failed, in Envoy's terms.
@@ -183,6 +196,8 @@ struct PooledParts {
     local: SocketAddr,
     reused: bool,
     age: ConnAge,
+    /// The worker's pool the connection belongs to (and returns to when released).
+    home: Arc<PoolInner>,
 }
 
 impl Pool {
@@ -194,39 +209,53 @@ impl Pool {
     /// A pool that originates TLS for clusters with `tls` set, using these contexts.
     pub fn with_tls(tls: Arc<UpstreamTlsContexts>) -> Pool {
         Pool {
-            inner: Arc::default(),
             tls: Some(tls),
+            ..Pool::default()
         }
     }
 
-    /// A ready connection to `addr` for `cluster`: a pooled one if any, else a new one
-    /// (TCP connect, then TLS when the cluster originates it, then the HTTP handshake for
-    /// the protocol chosen: the cluster's, or what ALPN negotiated), within the cluster's
-    /// circuit-breaker limits.
+    /// The same pool with one set of connections per worker (`workers` ≥ 1), indexed by
+    /// [`egret_core::worker::current`].
+    pub fn per_worker(self, workers: usize) -> Pool {
+        Pool {
+            workers: (0..workers.max(1)).map(|_| Arc::default()).collect(),
+            ..self
+        }
+    }
+
+    /// This worker's connections.
+    fn inner(&self) -> &Arc<PoolInner> {
+        &self.workers[egret_core::worker::current() % self.workers.len()]
+    }
+
+    /// A ready connection to `endpoint` (as [`ClusterState::pick_endpoint`] gave it) for
+    /// `cluster`: a pooled one if any, else a new one (TCP connect, then TLS when the cluster
+    /// originates it, then the HTTP handshake for the protocol chosen: the cluster's, or what
+    /// ALPN negotiated), within the cluster's circuit-breaker limits. The endpoint's
+    /// in-flight, request and connection counts (`/clusters`) are kept on `endpoint`.
     pub async fn checkout(
         &self,
         cluster: &ClusterState,
-        addr: SocketAddr,
+        endpoint: &Arc<Endpoint>,
     ) -> Result<PooledConn, ConnectError> {
         let spec = &cluster.spec;
         let circuit = cluster.circuit().clone();
         let key = PoolKey {
             cluster: spec.name.clone(),
-            addr,
+            addr: endpoint.addr,
             tls: cluster.tls_key(),
         };
         // Envoy checks the request limit first, then looks for a connection.
         let request = circuit.try_request().ok_or(ConnectError::Overflow {
             limit: "http2MaxRequests",
         })?;
-        let endpoint = cluster.endpoint(addr);
-        let active = endpoint.as_ref().map(|e| e.begin_request());
-        let wrap = |p: PooledParts, request: Slot, active: Option<ActiveRequest>| PooledConn {
+        let active = endpoint.begin_request();
+        let wrap = |p: PooledParts, request: Slot, active: ActiveRequest| PooledConn {
             sender: p.sender,
             key: key.clone(),
             local: p.local,
             reused: p.reused,
-            pool: self.inner.clone(),
+            pool: p.home,
             age: p.age,
             circuit: circuit.clone(),
             _request: request,
@@ -248,24 +277,30 @@ impl Pool {
                     // We hold the key's `Connecting` mark; the guard lifts it if we fail, give
                     // up or are cancelled, and wakes the requests waiting for it.
                     let _connecting = Connecting {
-                        pool: &self.inner,
+                        pool: self.inner(),
                         key: &key,
                         circuit: &circuit,
                     };
                     if let Some(slot) = circuit.try_connection() {
-                        let r = self.connect(cluster, &key, slot, endpoint.as_ref()).await;
+                        let r = self.connect(cluster, &key, slot, endpoint).await;
                         return r.map(|p| wrap(p, request, active));
+                    }
+                    if let Some(p) = self.borrow(&key, limits).await {
+                        return Ok(wrap(p, request, active));
                     }
                 }
                 H2State::Absent => {
-                    if let Some(p) = self.take_idle(&key, limits).await {
+                    if let Some(p) = take_idle_from(self.inner(), &key, limits).await {
                         return Ok(wrap(p, request, active));
                     }
                     if let Some(slot) = circuit.try_connection() {
                         return self
-                            .connect(cluster, &key, slot, endpoint.as_ref())
+                            .connect(cluster, &key, slot, endpoint)
                             .await
                             .map(|p| wrap(p, request, active));
+                    }
+                    if let Some(p) = self.borrow(&key, limits).await {
+                        return Ok(wrap(p, request, active));
                     }
                     // At the connection limit: an idle connection to another endpoint of
                     // this cluster gives up its place.
@@ -289,17 +324,15 @@ impl Pool {
         cluster: &ClusterState,
         key: &PoolKey,
         slot: Slot,
-        endpoint: Option<&Arc<Endpoint>>,
+        endpoint: &Arc<Endpoint>,
     ) -> Result<PooledParts, ConnectError> {
-        if let Some(ep) = endpoint {
-            ep.connection_attempt();
-        }
+        endpoint.connection_attempt();
         // Boxed: the TCP + TLS + HTTP handshake futures are several KB, and inline they would
         // size every request's future (which hyper allocates per request) although only a
         // request that opens a connection runs them.
         let r = Box::pin(self.establish(cluster, key, slot, endpoint)).await;
-        if let (Err(_), Some(ep)) = (&r, endpoint) {
-            ep.connect_failed();
+        if r.is_err() {
+            endpoint.connect_failed();
         }
         r
     }
@@ -309,7 +342,7 @@ impl Pool {
         cluster: &ClusterState,
         key: &PoolKey,
         slot: Slot,
-        endpoint: Option<&Arc<Endpoint>>,
+        endpoint: &Arc<Endpoint>,
     ) -> Result<PooledParts, ConnectError> {
         let spec = &cluster.spec;
         let addr = key.addr;
@@ -364,7 +397,7 @@ impl Pool {
         local: SocketAddr,
         h2: bool,
         slot: Slot,
-        endpoint: Option<&Arc<Endpoint>>,
+        endpoint: &Arc<Endpoint>,
     ) -> Result<PooledParts, ConnectError>
     where
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -380,7 +413,7 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
-            let open = endpoint.map(|e| e.open_connection());
+            let open = endpoint.open_connection();
             tokio::spawn(async move {
                 let _slot = slot;
                 let _open = open;
@@ -394,19 +427,20 @@ impl Pool {
                 created: age.created,
                 streams: Arc::new(AtomicU32::new(1)),
             };
-            lock(&self.inner.h2).insert(key.clone(), H2Entry::Ready(entry));
+            lock(&self.inner().h2).insert(key.clone(), H2Entry::Ready(entry));
             Ok(PooledParts {
                 sender: Sender::H2(sender),
                 local,
                 reused: false,
                 age,
+                home: self.inner().clone(),
             })
         } else {
             let (sender, conn) = http1::Builder::new()
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
-            let open = endpoint.map(|e| e.open_connection());
+            let open = endpoint.open_connection();
             tokio::spawn(async move {
                 let _slot = slot;
                 let _open = open;
@@ -421,6 +455,7 @@ impl Pool {
                 local,
                 reused: false,
                 age,
+                home: self.inner().clone(),
             })
         }
     }
@@ -428,94 +463,133 @@ impl Pool {
     /// The shared HTTP/2 connection to this endpoint if it can take another stream; marks the
     /// key as connecting when there is none and `claim` is set.
     fn h2_state(&self, key: &PoolKey, limits: &ConnectionPool, claim: bool) -> H2State {
-        let mut map = lock(&self.inner.h2);
-        match map.get(key).cloned() {
-            Some(H2Entry::Connecting) => H2State::Connecting,
-            Some(H2Entry::Ready(c)) => {
-                let expired = limits
-                    .max_connection_duration
-                    .is_some_and(|d| c.created.elapsed() >= d);
-                if c.sender.is_closed() || !c.sender.is_ready() || expired {
-                    // Closed, or draining: new streams go to a new connection.
-                    map.remove(key);
-                    if claim {
-                        map.insert(key.clone(), H2Entry::Connecting);
-                    }
-                    return H2State::Absent;
-                }
-                let served = c.streams.fetch_add(1, Ordering::AcqRel) + 1;
-                if limits
-                    .max_requests_per_connection
-                    .is_some_and(|max| served >= max)
-                {
-                    // Its last stream: later requests open a new connection.
-                    map.remove(key);
-                }
-                H2State::Ready(PooledParts {
-                    sender: Sender::H2(c.sender),
-                    local: c.local,
-                    reused: true,
-                    age: ConnAge {
-                        created: c.created,
-                        served,
-                    },
-                })
-            }
-            None => {
-                if claim {
-                    map.insert(key.clone(), H2Entry::Connecting);
-                }
-                H2State::Absent
-            }
-        }
+        h2_state_in(self.inner(), key, limits, claim)
     }
 
-    /// An idle HTTP/1.1 connection to this endpoint that is still usable.
-    async fn take_idle(&self, key: &PoolKey, limits: &ConnectionPool) -> Option<PooledParts> {
-        let idle_timeout = limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT);
-        while let Some(idle) = self.pop_idle(key) {
-            let mut sender = idle.sender;
-            if sender.is_closed() || idle.since.elapsed() > idle_timeout {
-                continue;
+    /// At the connection limit, a request may use another worker's connection rather than
+    /// wait: an idle HTTP/1.1 one, or a shared HTTP/2 one that takes another stream. Its I/O
+    /// stays on the worker that opened it (a cross-thread wake-up per read), which only
+    /// happens when maxConnections is smaller than what the workers would open each.
+    async fn borrow(&self, key: &PoolKey, limits: &ConnectionPool) -> Option<PooledParts> {
+        let mine = self.inner();
+        for other in self.workers.iter().filter(|w| !Arc::ptr_eq(w, mine)) {
+            if let H2State::Ready(p) = h2_state_in(other, key, limits, false) {
+                return Some(p);
             }
-            if sender.ready().await.is_ok() {
-                return Some(PooledParts {
-                    sender: Sender::H1(sender),
-                    local: idle.local,
-                    reused: true,
-                    age: ConnAge {
-                        created: idle.age.created,
-                        served: idle.age.served + 1,
-                    },
-                });
+            if let Some(p) = take_idle_from(other, key, limits).await {
+                return Some(p);
             }
         }
         None
     }
+}
 
-    fn pop_idle(&self, key: &PoolKey) -> Option<IdleConn> {
-        lock(&self.inner.idle).get_mut(key).and_then(|v| v.pop())
+/// The shared HTTP/2 connection to this endpoint in `inner` (one worker's pool).
+fn h2_state_in(
+    inner: &Arc<PoolInner>,
+    key: &PoolKey,
+    limits: &ConnectionPool,
+    claim: bool,
+) -> H2State {
+    let mut map = lock(&inner.h2);
+    match map.get(key).cloned() {
+        Some(H2Entry::Connecting) => H2State::Connecting,
+        Some(H2Entry::Ready(c)) => {
+            let expired = limits
+                .max_connection_duration
+                .is_some_and(|d| c.created.elapsed() >= d);
+            if c.sender.is_closed() || !c.sender.is_ready() || expired {
+                // Closed, or draining: new streams go to a new connection.
+                map.remove(key);
+                if claim {
+                    map.insert(key.clone(), H2Entry::Connecting);
+                }
+                return H2State::Absent;
+            }
+            let served = c.streams.fetch_add(1, Ordering::AcqRel) + 1;
+            if limits
+                .max_requests_per_connection
+                .is_some_and(|max| served >= max)
+            {
+                // Its last stream: later requests open a new connection.
+                map.remove(key);
+            }
+            H2State::Ready(PooledParts {
+                sender: Sender::H2(c.sender),
+                local: c.local,
+                reused: true,
+                age: ConnAge {
+                    created: c.created,
+                    served,
+                },
+                home: inner.clone(),
+            })
+        }
+        None => {
+            if claim {
+                map.insert(key.clone(), H2Entry::Connecting);
+            }
+            H2State::Absent
+        }
     }
+}
 
+/// An idle HTTP/1.1 connection to this endpoint in `inner` (one worker's pool) that is still
+/// usable.
+async fn take_idle_from(
+    inner: &Arc<PoolInner>,
+    key: &PoolKey,
+    limits: &ConnectionPool,
+) -> Option<PooledParts> {
+    let idle_timeout = limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT);
+    loop {
+        let idle = lock(&inner.idle).get_mut(key).and_then(|v| v.pop())?;
+        let mut sender = idle.sender;
+        if sender.is_closed() || idle.since.elapsed() > idle_timeout {
+            continue;
+        }
+        if sender.ready().await.is_ok() {
+            return Some(PooledParts {
+                sender: Sender::H1(sender),
+                local: idle.local,
+                reused: true,
+                age: ConnAge {
+                    created: idle.age.created,
+                    served: idle.age.served + 1,
+                },
+                home: inner.clone(),
+            });
+        }
+    }
+}
+
+impl Pool {
     /// Closes the oldest idle connection of the same cluster to another endpoint (its slot
-    /// comes back when the connection task ends, which wakes the waiters).
+    /// comes back when the connection task ends, which wakes the waiters). Looks at every
+    /// worker's connections: `maxConnections` is one limit for the whole cluster.
     fn evict_idle(&self, key: &PoolKey) {
-        let mut idle = lock(&self.inner.idle);
-        let victim = idle
-            .iter_mut()
-            .filter(|(k, v)| k.cluster == key.cluster && k.addr != key.addr && !v.is_empty())
-            .min_by_key(|(_, v)| v.first().map(|c| c.since))
-            .map(|(_, v)| v.remove(0));
-        drop(idle);
+        let victim = self.workers.iter().find_map(|inner| {
+            let mut idle = lock(&inner.idle);
+            idle.iter_mut()
+                .filter(|(k, v)| k.cluster == key.cluster && k.addr != key.addr && !v.is_empty())
+                .min_by_key(|(_, v)| v.first().map(|c| c.since))
+                .map(|(_, v)| v.remove(0))
+        });
         drop(victim);
     }
 
-    /// Idle HTTP/1.1 connections currently pooled for `cluster` (for tests and /clusters).
+    /// Idle HTTP/1.1 connections currently pooled for `cluster`, all workers (for tests and
+    /// /clusters).
     pub fn idle_count(&self, cluster: &str) -> usize {
-        lock(&self.inner.idle)
+        self.workers
             .iter()
-            .filter(|(k, _)| &*k.cluster == cluster)
-            .map(|(_, v)| v.len())
+            .map(|inner| {
+                lock(&inner.idle)
+                    .iter()
+                    .filter(|(k, _)| &*k.cluster == cluster)
+                    .map(|(_, v)| v.len())
+                    .sum::<usize>()
+            })
             .sum()
     }
 }
@@ -540,21 +614,17 @@ impl PooledConn {
         &mut self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let endpoint = self.active.as_ref().map(ActiveRequest::endpoint);
-        if let Some(ep) = endpoint {
-            ep.request_sent();
-        }
+        let ep = self.active.endpoint();
+        ep.request_sent();
         let r = match &mut self.sender {
             Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         };
-        if let Some(ep) = endpoint {
-            match &r {
-                Ok(resp) => ep.response(resp.status().as_u16()),
-                // The request never left: it is sent again and counted then.
-                Err(e) if e.message().is_some() => ep.request_not_sent(),
-                Err(_) => ep.request_reset(),
-            }
+        match &r {
+            Ok(resp) => ep.response(resp.status().as_u16()),
+            // The request never left: it is sent again and counted then.
+            Err(e) if e.message().is_some() => ep.request_not_sent(),
+            Err(_) => ep.request_reset(),
         }
         r.map_err(|mut e| {
             let request = e.take_message();

@@ -65,13 +65,14 @@ async fn pending_request_waits_for_the_connection_and_the_next_overflows() {
             ..ConnectionPool::default()
         },
     ));
+    let ep = c.endpoint(up.addr()).expect("endpoint");
     let pool = Pool::new();
-    let mut first = pool.checkout(&c, up.addr()).await.expect("first");
+    let mut first = pool.checkout(&c, &ep).await.expect("first");
     assert!(!first.reused());
     assert_eq!(c.circuit().connections(), 1);
 
-    let (p, cc, addr) = (pool.clone(), c.clone(), up.addr());
-    let waiter = tokio::spawn(async move { p.checkout(&cc, addr).await.map(|conn| conn.reused()) });
+    let (p, cc, e) = (pool.clone(), c.clone(), ep.clone());
+    let waiter = tokio::spawn(async move { p.checkout(&cc, &e).await.map(|conn| conn.reused()) });
     // The waiter is pending once the counter says so.
     for _ in 0..500 {
         if c.circuit().pending() == 1 {
@@ -80,7 +81,7 @@ async fn pending_request_waits_for_the_connection_and_the_next_overflows() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(c.circuit().pending(), 1);
-    match pool.checkout(&c, up.addr()).await {
+    match pool.checkout(&c, &ep).await {
         Err(e) => {
             assert!(e.is_overflow(), "{e}");
             assert_eq!(e.reset_reason(), "overflow");
@@ -107,12 +108,13 @@ async fn http2_requests_share_one_connection() {
         UpstreamProtocol::Http2,
         ConnectionPool::default(),
     ));
+    let ep = c.endpoint(up.addr()).expect("endpoint");
     let pool = Pool::new();
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let (p, cc, addr) = (pool.clone(), c.clone(), up.addr());
+        let (p, cc, e) = (pool.clone(), c.clone(), ep.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = p.checkout(&cc, addr).await.expect("checkout");
+            let mut conn = p.checkout(&cc, &e).await.expect("checkout");
             assert!(conn.is_http2());
             let resp = conn.send(get(&format!("/{i}"), true)).await.expect("send");
             let status = resp.status();
@@ -150,14 +152,14 @@ async fn endpoint_statistics_count_connections_requests_and_outcomes() {
         UpstreamProtocol::Http1,
         ConnectionPool::default(),
     ));
+    let ep = c.endpoint(up.addr()).expect("endpoint");
     let pool = Pool::new();
     for path in ["/a", "/b", "/fail"] {
-        let mut conn = pool.checkout(&c, up.addr()).await.expect("checkout");
+        let mut conn = pool.checkout(&c, &ep).await.expect("checkout");
         let resp = conn.send(get(path, false)).await.expect("send");
         resp.into_body().collect().await.expect("body");
         conn.release();
     }
-    let ep = c.endpoint(up.addr()).expect("endpoint");
     let n = ep.counts();
     // Sequential requests on one kept-alive connection.
     assert_eq!(up.connections(), 1);
@@ -187,8 +189,9 @@ async fn endpoint_statistics_count_connections_requests_and_outcomes() {
         UpstreamProtocol::Http1,
         ConnectionPool::default(),
     ));
-    assert!(pool.checkout(&d, closed).await.is_err());
-    let n = d.endpoint(closed).expect("endpoint").counts();
+    let ep = d.endpoint(closed).expect("endpoint");
+    assert!(pool.checkout(&d, &ep).await.is_err());
+    let n = ep.counts();
     assert_eq!(
         (n.cx_total, n.cx_connect_fail, n.cx_active, n.rq_total),
         (1, 1, 0, 0)

@@ -149,6 +149,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &resolver,
             tls,
             options,
+            Vec::new(),
         )?;
         gw.sync_listeners()?;
         gateways.push(gw);

@@ -71,23 +71,86 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |n| n.max(1),
     );
-    // One worker: a current-thread runtime — the same single thread of work without the
-    // multi-thread scheduler's stealing, LIFO slot and cross-thread wake-ups (measured in
-    // benches/RESULTS.md). More: one multi-thread runtime with that many workers.
-    let mut rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    rt.enable_all();
-    let rt = rt.build().context("cannot start the async runtime")?;
-    let result = rt.block_on(serve(&args, snapshot, seen, writer.clone(), log_level));
-    // Every access-log line reaches its destination before we exit.
-    writer.shutdown(Duration::from_secs(5));
+    // Thread-per-core: each worker is a current-thread runtime on its own thread — no work
+    // stealing, LIFO slot or cross-thread wake-ups (measured in benches/RESULTS.md). Worker 0
+    // is this thread; it also runs the accept loops, the admin servers and the reloads, and
+    // hands each accepted connection to the least loaded worker.
+    let rt = worker_runtime().context("cannot start the async runtime")?;
+    let extra = WorkerThreads::start(workers - 1)?;
+    let mut handles = vec![rt.handle().clone()];
+    handles.extend(extra.handles.iter().cloned());
+    let result = rt.block_on(serve(
+        &args,
+        snapshot,
+        seen,
+        writer.clone(),
+        log_level,
+        handles,
+    ));
+    // Connections still open after the drain end here; their access-log records are written
+    // before we exit.
+    extra.stop();
     rt.shutdown_timeout(Duration::from_secs(1));
+    writer.shutdown(Duration::from_secs(5));
     result
+}
+
+fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Workers 1..N: a thread each, running its runtime until told to stop.
+struct WorkerThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerThreads {
+    fn start(count: usize) -> anyhow::Result<WorkerThreads> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut handles = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 1..=count {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("egret-worker-{index}"))
+                .spawn(move || {
+                    egret_core::worker::set_current(index);
+                    let rt = match worker_runtime() {
+                        Ok(rt) => rt,
+                        Err(e) => return drop(tx.send(Err(e))),
+                    };
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    });
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                })
+                .context("cannot start a worker thread")?;
+            let handle = rx
+                .recv()
+                .context("worker thread ended at start")?
+                .context("cannot start a worker's async runtime")?;
+            handles.push(handle);
+            threads.push(thread);
+        }
+        Ok(WorkerThreads {
+            handles,
+            stop,
+            threads,
+        })
+    }
+
+    fn stop(self) {
+        self.stop.send_replace(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Runs the gateway. `initial` is None when the configuration has not appeared yet: the
@@ -99,6 +162,7 @@ async fn serve(
     mut changes: ChangeDetector,
     writer: Arc<AccessLogWriter>,
     log_level: Option<LogLevelHandle>,
+    workers: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<()> {
     // Metrics are counted from the access-log records on their way to the writer.
     let metrics = Arc::new(Metrics::new(MetricsConfig {
@@ -133,7 +197,11 @@ async fn serve(
             clusters: Default::default(),
         })
     });
-    let gateway = assemble(snapshot, sink, &resolver, tls, options)?;
+    let gateway = assemble(snapshot, sink, &resolver, tls, options, workers)?;
+    {
+        let gw = gateway.clone();
+        metrics.set_worker_stats(move || gw.worker_connections());
+    }
     // Signal handlers go in before the listeners bind, so a signal right after "ready" is
     // handled, not fatal.
     use tokio::signal::unix::{signal, SignalKind};
@@ -242,6 +310,7 @@ pub fn assemble(
     resolver: &ResolverConfig,
     tls: UpstreamTlsOptions,
     options: GatewayOptions,
+    workers: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<Arc<Gateway>> {
     let resolver = Resolver::new(resolver).context("cannot set up DNS")?;
     let tls_dirs = TlsDirs {
@@ -249,16 +318,18 @@ pub fn assemble(
         mesh_certs_dir: tls.mesh_certs_dir.clone(),
     };
     let shared = Arc::new(HttpShared {
-        pool: Pool::with_tls(Arc::new(UpstreamTlsContexts::new(tls))),
+        pool: Pool::with_tls(Arc::new(UpstreamTlsContexts::new(tls))).per_worker(workers.len()),
         resolver: Arc::new(resolver),
         sink,
         local_ip: crate::local_ip::first_non_loopback_ipv4(),
     });
-    Ok(Gateway::new(
+    let gateway = Gateway::new(
         Arc::new(ActiveConfig::with_tls(snapshot, tls_dirs)),
         shared,
         options,
-    ))
+    );
+    gateway.set_workers(workers);
+    Ok(gateway)
 }
 
 /// Polls the configuration files and reloads on change (after they stay unchanged for one
