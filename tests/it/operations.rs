@@ -747,3 +747,41 @@ async fn connections_are_spread_over_workers_with_a_pool_each() {
     }
     assert_eq!(up.connections(), 3);
 }
+
+/// Envoy's HTTP idle timeout (`--http-idle-timeout`, 1 h by default): a keep-alive connection
+/// with no request in progress, and one that never sent a request, are closed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_are_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--http-idle-timeout".into(),
+            "1s".into(),
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    let mut used = Http1Conn::connect(gw.http).await.unwrap();
+    let r = used.get("edition.cnn.com", "/", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let mut silent = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    // Hang guards only: the timeout is 1 s.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buf))
+        .await
+        .expect("a silent connection is closed")
+        .unwrap();
+    assert_eq!(n, 0, "closed without a response");
+    for _ in 0..600 {
+        if used.is_closed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(used.is_closed(), "an idle keep-alive connection is closed");
+}

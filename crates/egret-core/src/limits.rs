@@ -11,6 +11,9 @@ pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
 pub const LISTENER_FILTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Istio's default idle timeout for TCP proxies (1 h).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default HTTP connection manager `idle_timeout`: a downstream HTTP/1.1 connection
+/// with no request in progress for this long is closed (1 h).
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest ClientHello we will buffer, like Envoy's tls_inspector (64 KiB).
 pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
 /// Idle keep-alive connections kept per upstream endpoint.

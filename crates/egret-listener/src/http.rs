@@ -2,6 +2,7 @@
 //! Istio sidecars talk to the gateway), detected from the first bytes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +21,7 @@ pub async fn serve_http<S>(
     shared: Arc<HttpShared>,
     ctx: Arc<ConnContext>,
     mut drain: watch::Receiver<bool>,
+    idle_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -29,6 +31,10 @@ pub async fn serve_http<S>(
         // Read past the 60 KiB header limit so the handler can answer it as Envoy does (431
         // with a log line); hyper's own 431 only beyond this.
         .max_buf_size(MAX_REQUEST_HEADERS_BYTES * 4)
+        // Envoy's idle timeout (1 h by default): hyper's header-read timer runs exactly while
+        // the connection waits for a request head, i.e. while no request is in progress.
+        // (hyper's own default, 30 s, closed idle keep-alive connections that Envoy keeps.)
+        .header_read_timeout(idle_timeout)
         .timer(TokioTimer::new());
     builder
         .http2()

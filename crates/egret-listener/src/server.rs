@@ -23,6 +23,8 @@ pub struct GatewayOptions {
     pub client_hello_timeout: Duration,
     /// Idle timeout of passthrough and TCP connections (Istio's default: 1 h).
     pub tcp_idle_timeout: Duration,
+    /// How long a downstream HTTP/1.1 connection may wait for a request (Envoy: 1 h).
+    pub http_idle_timeout: Duration,
 }
 
 impl GatewayOptions {
@@ -31,6 +33,7 @@ impl GatewayOptions {
             bind,
             client_hello_timeout: egret_core::limits::LISTENER_FILTER_TIMEOUT,
             tcp_idle_timeout: egret_core::limits::TCP_IDLE_TIMEOUT,
+            http_idle_timeout: egret_core::limits::HTTP_IDLE_TIMEOUT,
         }
     }
 }
@@ -227,12 +230,33 @@ impl Gateway {
             // The listener was removed by a reload between accept and here.
             return;
         };
+        // Each kind of connection is boxed: the task's future is as large as its largest
+        // state, and the TLS handshake or a hyper connection held inline would size every
+        // connection's task by it — even one that has sent nothing yet.
         match &listener.routes {
             ListenerRoutes::Http(table) if !listener.tls_servers.is_empty() => {
-                self.serve_https(&active, listen_port, table, stream, local, remote)
+                Box::pin(self.serve_https(&active, listen_port, table, stream, local, remote))
                     .await;
             }
             ListenerRoutes::Http(table) => {
+                // The client speaks first. Until it does, the connection holds only its
+                // socket and this small task, not hyper's buffers and state (~7 KB): what
+                // 10,000 idle connections cost (benches/RESULTS.md, memory per connection).
+                // A silent one is closed after the idle timeout, or by a drain.
+                let mut drain = self.drain.subscribe();
+                let idle = self.options.http_idle_timeout;
+                // `peek`, not `readable()`: readiness can be reported before any byte is
+                // there (a freshly accepted socket often is), and peek waits for real data
+                // or the end of the stream without consuming it.
+                let mut first = [0u8; 1];
+                tokio::select! {
+                    r = tokio::time::timeout(idle, stream.peek(&mut first)) => {
+                        if !matches!(r, Ok(Ok(n)) if n > 0) {
+                            return;
+                        }
+                    }
+                    _ = drain.wait_for(|d| *d) => return,
+                }
                 let ctx = Arc::new(ConnContext {
                     local,
                     remote,
@@ -243,11 +267,20 @@ impl Gateway {
                     requested_server_name: None,
                     peer_uri_san: None,
                 });
-                crate::http::serve_http(stream, self.shared.clone(), ctx, self.drain.subscribe())
-                    .await;
+                Box::pin(crate::http::serve_http(
+                    stream,
+                    self.shared.clone(),
+                    ctx,
+                    drain,
+                    self.options.http_idle_timeout,
+                ))
+                .await;
             }
             ListenerRoutes::Sni(_) | ListenerRoutes::Tcp(_) => {
-                crate::tcp::serve_tcp(self, &active, listener, stream, local, remote).await;
+                Box::pin(crate::tcp::serve_tcp(
+                    self, &active, listener, stream, local, remote,
+                ))
+                .await;
             }
         }
     }
@@ -311,6 +344,7 @@ impl Gateway {
             self.shared.clone(),
             ctx,
             self.drain.subscribe(),
+            self.options.http_idle_timeout,
         )
         .await;
     }

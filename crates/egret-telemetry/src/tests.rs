@@ -610,10 +610,7 @@ fn writer_appends_to_existing_file_and_flush_makes_lines_visible() {
     );
     assert_eq!(w.written(), 1);
     // A new format applies to records logged after the switch.
-    assert!(w.set_format(
-        LogFormat::Json(JsonFormat::istio_default()),
-        Duration::from_secs(30)
-    ));
+    assert!(w.set_format(LogFormat::Json(JsonFormat::istio_default())));
     w.log(s2_record());
     drop(w); // Drop shuts down and drains too.
     let content = std::fs::read_to_string(&path).unwrap();
@@ -630,7 +627,7 @@ fn writer_reopen_follows_rotation() {
     w.log(s1_record());
     assert!(w.flush_and_wait(Duration::from_secs(30)));
     std::fs::rename(&path, &rotated).unwrap();
-    assert!(w.reopen(Duration::from_secs(30)));
+    assert!(w.reopen());
     w.log(s2_record());
     assert!(w.shutdown(Duration::from_secs(30)));
     assert!(std::fs::read_to_string(&rotated)
@@ -686,9 +683,11 @@ fn full_queue_drops_and_counts_without_blocking() {
         w.log(numbered(i));
     }
     assert_eq!((w.queued(), w.dropped()), (3, 8));
+    // Records 1 and 2 wait in the queue (the queue-depth metric).
+    assert_eq!(w.depth(), 2);
     release_tx.send(()).unwrap();
     assert!(w.shutdown(Duration::from_secs(30)));
-    assert_eq!(w.written(), 3);
+    assert_eq!((w.written(), w.depth()), (3, 0));
     assert_eq!(
         String::from_utf8(data.lock().unwrap().clone()).unwrap(),
         "0\n1\n2\n"

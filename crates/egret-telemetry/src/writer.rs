@@ -1,16 +1,21 @@
 //! The access-log writer: a bounded queue in front of one dedicated OS thread.
 //!
-//! The data path only moves a boxed record into the queue (`try_send`); formatting and I/O
+//! The data path only moves a boxed record into the queue (`send`); formatting and I/O
 //! happen on the writer thread, so a slow disk or a blocked stdout pipe can never stall a
 //! request. When the queue is full the record is dropped and counted, never waited for.
 //! Control messages (flush, new format, reopen, shutdown) travel through the same queue, so
 //! they act after every record logged before them.
+//!
+//! The queue is std's unbounded (linked-block) channel with the bound kept by a counter of
+//! records in it: a preallocated ring of `ACCESS_LOG_QUEUE` slots is written in full when
+//! created (512 KiB of resident memory in an idle gateway), while blocks of 31 slots are
+//! allocated as records arrive and freed as they are written.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,8 +36,6 @@ const BATCH_BYTES: usize = 64 * 1024;
 const BATCH_TICK: Duration = Duration::from_millis(10);
 /// At most one warning per this interval for write errors and for dropped records.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
-/// How often a control message is retried while the queue is full.
-const CONTROL_RETRY: Duration = Duration::from_millis(1);
 
 /// Where access-log lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +79,8 @@ enum Msg {
 
 #[derive(Default)]
 struct Stats {
+    /// Records in the queue now (the bound is checked against it).
+    depth: AtomicUsize,
     queued: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
@@ -84,7 +89,8 @@ struct Stats {
 
 /// An [`AccessLogSink`] that formats and writes on its own thread.
 pub struct AccessLogWriter {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    capacity: usize,
     stats: Arc<Stats>,
     thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
 }
@@ -121,7 +127,7 @@ impl AccessLogWriter {
         format: LogFormat,
         capacity: usize,
     ) -> io::Result<AccessLogWriter> {
-        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
         let mut worker = Worker {
@@ -146,11 +152,16 @@ impl AccessLogWriter {
             })?;
         Ok(AccessLogWriter {
             tx,
+            capacity: capacity.max(1),
             stats,
             thread: Mutex::new(Some((handle, done_rx))),
         })
     }
 
+    /// Records waiting in the queue now.
+    pub fn depth(&self) -> u64 {
+        self.stats.depth.load(Ordering::Relaxed) as u64
+    }
     /// Records accepted into the queue.
     pub fn queued(&self) -> u64 {
         self.stats.queued.load(Ordering::Relaxed)
@@ -169,13 +180,15 @@ impl AccessLogWriter {
     }
 
     /// Switches the format for records logged from now on (a configuration reload).
-    pub fn set_format(&self, format: LogFormat, timeout: Duration) -> bool {
-        self.send_control(Msg::SetFormat(Box::new(format)), Instant::now() + timeout)
+    /// `false` once the writer has shut down.
+    pub fn set_format(&self, format: LogFormat) -> bool {
+        self.send_control(Msg::SetFormat(Box::new(format)))
     }
 
-    /// Reopens the destination file (after log rotation), like Envoy on SIGUSR1.
-    pub fn reopen(&self, timeout: Duration) -> bool {
-        self.send_control(Msg::Reopen, Instant::now() + timeout)
+    /// Reopens the destination file (after log rotation), like Envoy on SIGUSR1. `false`
+    /// once the writer has shut down.
+    pub fn reopen(&self) -> bool {
+        self.send_control(Msg::Reopen)
     }
 
     /// Waits until every record logged before this call has been written and flushed.
@@ -183,7 +196,7 @@ impl AccessLogWriter {
     pub fn flush_and_wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let (ack_tx, ack_rx) = mpsc::channel();
-        if !self.send_control(Msg::Flush(ack_tx), deadline) {
+        if !self.send_control(Msg::Flush(ack_tx)) {
             return false;
         }
         ack_rx
@@ -201,7 +214,7 @@ impl AccessLogWriter {
             return true;
         };
         // A send failure means the thread is already gone; joining below is then immediate.
-        self.send_control(Msg::Shutdown, deadline);
+        self.send_control(Msg::Shutdown);
         match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => false,
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
@@ -215,32 +228,28 @@ impl AccessLogWriter {
         }
     }
 
-    /// Control messages must not be lost to a full queue: retry until the deadline.
-    fn send_control(&self, mut msg: Msg, deadline: Instant) -> bool {
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => return true,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return false;
-                    }
-                    msg = m;
-                    std::thread::sleep(CONTROL_RETRY);
-                }
-            }
-        }
+    /// Control messages are not subject to the record bound, so a full queue never loses
+    /// one; only a writer that has stopped refuses them.
+    fn send_control(&self, msg: Msg) -> bool {
+        self.tx.send(msg).is_ok()
     }
 }
 
 impl AccessLogSink for AccessLogWriter {
     /// Never blocks: a full queue drops the record and counts it.
     fn log(&self, record: LogRecord) {
-        match self.tx.try_send(Msg::Record(Box::new(record))) {
+        let depth = &self.stats.depth;
+        if depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            depth.fetch_sub(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.tx.send(Msg::Record(Box::new(record))) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
+                depth.fetch_sub(1, Ordering::Relaxed);
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -318,6 +327,7 @@ impl Worker {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Record(rec) => {
+                self.stats.depth.fetch_sub(1, Ordering::Relaxed);
                 self.format.write(&rec, &mut self.batch);
                 self.batch_lines += 1;
                 if self.batch.len() >= BATCH_BYTES {

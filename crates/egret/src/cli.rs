@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// Idle timeout for passthrough and TCP connections (Istio's default is 1h).
     #[arg(long = "tcp-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: std::time::Duration,
+    /// How long a downstream HTTP/1.1 connection may wait for its next request (or for the
+    /// first one) before it is closed (Envoy's HTTP connection manager default is 1h).
+    #[arg(long = "http-idle-timeout", default_value = "1h", value_parser = parse_duration)]
+    pub http_idle_timeout: std::time::Duration,
     /// On SIGTERM: keep accepting this long after readiness turns false (so load balancers
     /// stop sending first), then stop accepting and drain.
     #[arg(long = "drain-delay", default_value = "0s", value_parser = parse_duration)]

@@ -171,7 +171,7 @@ async fn serve(
     }));
     {
         let w = writer.clone();
-        metrics.set_access_log_stats(move || (w.written(), w.dropped(), w.queued()));
+        metrics.set_access_log_stats(move || (w.written(), w.dropped(), w.depth()));
     }
     let sink: Arc<dyn AccessLogSink> = Arc::new(MetricsSink::new(metrics.clone(), writer));
     let resolver = ResolverConfig {
@@ -187,6 +187,7 @@ async fn serve(
     let options = GatewayOptions {
         client_hello_timeout: args.client_hello_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
+        http_idle_timeout: args.http_idle_timeout,
         ..GatewayOptions::new(args.bind)
     };
     let waiting = initial.is_none();
