@@ -517,6 +517,36 @@ async fn max_connections_is_shared_by_the_workers() {
     }
 }
 
+/// An HTTP2 cluster with two endpoints and `maxConnections: 1`: the first endpoint's
+/// connection holds the only slot and, idle, never gives it back. Envoy then opens a
+/// connection to the second endpoint anyway (a pool with no connection to a host always
+/// may); so does Egret, instead of waiting forever.
+#[tokio::test]
+async fn http2_at_the_connection_limit_still_reaches_another_endpoint() {
+    let a = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let b = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let dir = scenario(
+        "HTTP2",
+        &[a.addr(), b.addr()],
+        "    loadBalancer: {simple: ROUND_ROBIN}\n    connectionPool: {tcp: {maxConnections: 1}}\n",
+    );
+    let gw = Gateway::start(&[dir.path()], &[]).await;
+    let mut client = Http1Conn::connect(gw.http).await.unwrap();
+    for i in 0..4 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.get(HOST, &format!("/{i}"), &[]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} never answered"))
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Round robin: two requests each, on one multiplexed connection each.
+    assert_eq!((a.requests(), b.requests()), (2, 2));
+    assert_eq!((a.connections(), b.connections()), (1, 1));
+}
+
 // A hand-written gRPC unary call (length-prefixed message, `te: trailers`, `grpc-status` in
 // the trailers) over hyper's HTTP/2, client and server, so the exact trailers each side sees
 // can be asserted; tonic end to end is `tonic_client_to_tonic_server_through_the_gateway`.

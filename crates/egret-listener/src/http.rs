@@ -34,7 +34,7 @@ pub async fn serve_http<S>(
         // Envoy's idle timeout (1 h by default): hyper's header-read timer runs exactly while
         // the connection waits for a request head, i.e. while no request is in progress.
         // (hyper's own default, 30 s, closed idle keep-alive connections that Envoy keeps.)
-        .header_read_timeout(idle_timeout)
+        .header_read_timeout((!idle_timeout.is_zero()).then_some(idle_timeout))
         .timer(TokioTimer::new());
     builder
         .http2()

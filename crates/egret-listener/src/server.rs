@@ -249,9 +249,21 @@ impl Gateway {
                 // there (a freshly accepted socket often is), and peek waits for real data
                 // or the end of the stream without consuming it.
                 let mut first = [0u8; 1];
+                let first_bytes = async {
+                    let peek = stream.peek(&mut first);
+                    if idle.is_zero() {
+                        // 0 disables the idle timeout, as in Envoy.
+                        peek.await.ok()
+                    } else {
+                        tokio::time::timeout(idle, peek)
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                };
                 tokio::select! {
-                    r = tokio::time::timeout(idle, stream.peek(&mut first)) => {
-                        if !matches!(r, Ok(Ok(n)) if n > 0) {
+                    n = first_bytes => {
+                        if !matches!(n, Some(n) if n > 0) {
                             return;
                         }
                     }

@@ -37,6 +37,13 @@ pub struct Slot {
     counter: Counter,
 }
 
+impl Slot {
+    /// The circuit this slot counts against.
+    pub(crate) fn circuit(&self) -> &Arc<Circuit> {
+        &self.circuit
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.circuit
@@ -84,6 +91,18 @@ impl Circuit {
     /// A new connection (`tcp.maxConnections`).
     pub fn try_connection(self: &Arc<Self>) -> Option<Slot> {
         self.take(Counter::Connections, self.limits.max_connections)
+    }
+
+    /// A connection past `tcp.maxConnections`, counted like the others: Envoy's exception for
+    /// a pool that has no connection to the host at all (otherwise its requests could only
+    /// wait, possibly forever, for a connection to another host to close).
+    pub fn force_connection(self: &Arc<Self>) -> Slot {
+        self.counter(Counter::Connections)
+            .fetch_add(1, Ordering::AcqRel);
+        Slot {
+            circuit: self.clone(),
+            counter: Counter::Connections,
+        }
     }
 
     /// Waiting for a connection (`http.http1MaxPendingRequests`).

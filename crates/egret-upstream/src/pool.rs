@@ -169,6 +169,10 @@ struct Connecting<'a> {
     pool: &'a PoolInner,
     key: &'a PoolKey,
     circuit: &'a Circuit,
+    /// A connection was attempted under the mark. Only then is there news for the waiters:
+    /// a mark lifted because no slot was free changes nothing for them (they wake when a
+    /// slot frees), and waking them — ourselves included — would spin the loop.
+    attempted: bool,
 }
 
 impl Drop for Connecting<'_> {
@@ -179,7 +183,9 @@ impl Drop for Connecting<'_> {
                 map.remove(self.key);
             }
         }
-        self.circuit.available.notify_waiters();
+        if self.attempted {
+            self.circuit.available.notify_waiters();
+        }
     }
 }
 
@@ -276,18 +282,28 @@ impl Pool {
                 H2State::Absent if h2_only => {
                     // We hold the key's `Connecting` mark; the guard lifts it if we fail, give
                     // up or are cancelled, and wakes the requests waiting for it.
-                    let _connecting = Connecting {
+                    let mut connecting = Connecting {
                         pool: self.inner(),
                         key: &key,
                         circuit: &circuit,
+                        attempted: false,
                     };
-                    if let Some(slot) = circuit.try_connection() {
-                        let r = self.connect(cluster, &key, slot, endpoint).await;
-                        return r.map(|p| wrap(p, request, active));
-                    }
-                    if let Some(p) = self.borrow(&key, limits).await {
-                        return Ok(wrap(p, request, active));
-                    }
+                    let slot = match circuit.try_connection() {
+                        Some(slot) => slot,
+                        None => {
+                            if let Some(p) = self.borrow(&key, limits).await {
+                                return Ok(wrap(p, request, active));
+                            }
+                            // At the limit with no HTTP/2 connection to this endpoint on any
+                            // worker: the slots are held by connections to other endpoints,
+                            // which an idle HTTP/2 connection never gives back. Envoy opens
+                            // one anyway (a pool with no connection to the host always may).
+                            circuit.force_connection()
+                        }
+                    };
+                    connecting.attempted = true;
+                    let r = self.connect(cluster, &key, slot, endpoint).await;
+                    return r.map(|p| wrap(p, request, active));
                 }
                 H2State::Absent => {
                     if let Some(p) = take_idle_from(self.inner(), &key, limits).await {
@@ -414,6 +430,7 @@ impl Pool {
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
             let open = endpoint.open_connection();
+            let circuit = slot.circuit().clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let _open = open;
@@ -428,6 +445,10 @@ impl Pool {
                 streams: Arc::new(AtomicU32::new(1)),
             };
             lock(&self.inner().h2).insert(key.clone(), H2Entry::Ready(entry));
+            // Requests waiting at the connection limit can share it now (an HTTP/1.1-or-h2
+            // cluster that negotiated h2 holds no `Connecting` mark, so nothing else would
+            // wake them).
+            circuit.available.notify_waiters();
             Ok(PooledParts {
                 sender: Sender::H2(sender),
                 local,
@@ -568,13 +589,24 @@ impl Pool {
     /// comes back when the connection task ends, which wakes the waiters). Looks at every
     /// worker's connections: `maxConnections` is one limit for the whole cluster.
     fn evict_idle(&self, key: &PoolKey) {
-        let victim = self.workers.iter().find_map(|inner| {
-            let mut idle = lock(&inner.idle);
-            idle.iter_mut()
-                .filter(|(k, v)| k.cluster == key.cluster && k.addr != key.addr && !v.is_empty())
-                .min_by_key(|(_, v)| v.first().map(|c| c.since))
-                .map(|(_, v)| v.remove(0))
-        });
+        let oldest = |inner: &PoolInner| {
+            lock(&inner.idle)
+                .iter()
+                .filter(|(k, _)| k.cluster == key.cluster && k.addr != key.addr)
+                .filter_map(|(k, v)| v.first().map(|c| (c.since, k.clone())))
+                .min_by_key(|(since, _)| *since)
+        };
+        let victim = self
+            .workers
+            .iter()
+            .filter_map(|inner| oldest(inner).map(|(since, k)| (since, k, inner)))
+            .min_by_key(|(since, ..)| *since)
+            .and_then(|(_, k, inner)| {
+                let mut idle = lock(&inner.idle);
+                idle.get_mut(&k)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.remove(0))
+            });
         drop(victim);
     }
 

@@ -119,7 +119,8 @@ pub struct RunArgs {
     #[arg(long = "tcp-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: std::time::Duration,
     /// How long a downstream HTTP/1.1 connection may wait for its next request (or for the
-    /// first one) before it is closed (Envoy's HTTP connection manager default is 1h).
+    /// first one) before it is closed (Envoy's HTTP connection manager default is 1h); 0s
+    /// disables it.
     #[arg(long = "http-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub http_idle_timeout: std::time::Duration,
     /// On SIGTERM: keep accepting this long after readiness turns false (so load balancers
