@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -46,12 +46,7 @@ pub struct Gateway {
     pub options: GatewayOptions,
     accepting: Mutex<HashMap<u16, JoinHandle<()>>>,
     drain: watch::Sender<bool>,
-    /// Connections open, all listeners (one counter).
-    open: Arc<[AtomicUsize]>,
-    /// Connections accepted, all listeners.
-    accepted: AtomicU64,
-    /// The worker runtimes accepted connections are handed to (unset: the accepting one).
-    workers: OnceLock<Workers>,
+    workers: Workers,
 }
 
 /// Thread-per-core: one single-threaded runtime per worker. The accept loops run on one of
@@ -59,27 +54,48 @@ pub struct Gateway {
 /// connection then lives on that worker only (its upstream connections too), so no request
 /// ever wakes a second thread. Chosen over `SO_REUSEPORT` listeners per worker: the kernel's
 /// hash spreads a handful of connections unevenly, and a second process could bind the same
-/// port without an error.
+/// port without an error. Without worker handles, everything runs on the accepting runtime,
+/// counted as worker 0.
 struct Workers {
     handles: Vec<tokio::runtime::Handle>,
+    /// Per worker: connections open, connections accepted.
     open: Arc<[AtomicUsize]>,
     accepted: Box<[AtomicU64]>,
 }
 
 impl Workers {
+    fn new(handles: Vec<tokio::runtime::Handle>) -> Workers {
+        let n = handles.len().max(1);
+        Workers {
+            handles,
+            open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            accepted: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
     /// The worker with the fewest open connections (the lowest index on a tie).
     fn least_loaded(&self) -> usize {
-        (0..self.handles.len())
+        (0..self.open.len())
             .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
             .unwrap_or(0)
+    }
+
+    /// The runtime of `worker` when it is not the one running this code.
+    fn other(&self, worker: usize) -> Option<&tokio::runtime::Handle> {
+        self.handles
+            .get(worker)
+            .filter(|_| worker != egret_core::worker::current())
     }
 }
 
 impl Gateway {
+    /// `workers`: the worker runtimes accepted connections are handed to, indexed as in
+    /// [`egret_core::worker`]; empty to serve them on the runtime that accepts.
     pub fn new(
         config: Arc<ActiveConfig>,
         shared: Arc<HttpShared>,
         options: GatewayOptions,
+        workers: Vec<tokio::runtime::Handle>,
     ) -> Arc<Gateway> {
         let (drain, _) = watch::channel(false);
         Arc::new(Gateway {
@@ -88,44 +104,22 @@ impl Gateway {
             options,
             accepting: Mutex::new(HashMap::new()),
             drain,
-            open: Arc::from([AtomicUsize::new(0)]),
-            accepted: AtomicU64::new(0),
-            workers: OnceLock::new(),
+            workers: Workers::new(workers),
         })
-    }
-
-    /// Serves accepted connections on these runtimes (one per worker, index = worker number
-    /// as in [`egret_core::worker`]) instead of the one the accept loops run on. Set once,
-    /// before the listeners bind; with fewer than two handles nothing changes.
-    pub fn set_workers(&self, handles: Vec<tokio::runtime::Handle>) {
-        if handles.len() > 1 {
-            let open = handles.iter().map(|_| AtomicUsize::new(0)).collect();
-            let accepted = handles.iter().map(|_| AtomicU64::new(0)).collect();
-            let _ = self.workers.set(Workers {
-                handles,
-                open,
-                accepted,
-            });
-        }
     }
 
     /// Per worker: (connections open, connections accepted so far). One entry when the
     /// gateway runs on a single runtime.
     pub fn worker_connections(&self) -> Vec<(usize, u64)> {
-        match self.workers.get() {
-            Some(w) => (0..w.handles.len())
-                .map(|i| {
-                    (
-                        w.open[i].load(Ordering::Relaxed),
-                        w.accepted[i].load(Ordering::Relaxed),
-                    )
-                })
-                .collect(),
-            None => vec![(
-                self.open_connections(),
-                self.accepted.load(Ordering::Relaxed),
-            )],
-        }
+        let w = &self.workers;
+        (0..w.open.len())
+            .map(|i| {
+                (
+                    w.open[i].load(Ordering::Relaxed),
+                    w.accepted[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Binds and starts accepting on every listener of the current snapshot not yet bound,
@@ -185,38 +179,30 @@ impl Gateway {
 
     /// Starts serving an accepted connection: here, or on the least loaded worker.
     fn dispatch(self: &Arc<Self>, listen_port: u16, stream: TcpStream, remote: SocketAddr) {
+        let workers = &self.workers;
+        let worker = workers.least_loaded();
+        let open = OpenConnection::new(workers.open.clone(), worker);
+        workers.accepted[worker].fetch_add(1, Ordering::Relaxed);
         let gw = self.clone();
-        let guard = OpenConnection::new(gw.open.clone(), 0);
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        let Some(workers) = self.workers.get() else {
+        let Some(runtime) = workers.other(worker) else {
             tokio::spawn(async move {
                 gw.serve_connection(listen_port, stream, remote).await;
-                drop(guard);
+                drop(open);
             });
             return;
         };
-        let worker = workers.least_loaded();
-        let load = OpenConnection::new(workers.open.clone(), worker);
-        workers.accepted[worker].fetch_add(1, Ordering::Relaxed);
-        if worker == egret_core::worker::current() {
-            tokio::spawn(async move {
-                gw.serve_connection(listen_port, stream, remote).await;
-                drop((guard, load));
-            });
-            return;
-        }
         // The socket moves to the other runtime's reactor: deregistered here, registered
         // there (two epoll_ctl calls per connection, none per request).
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => return tracing::warn!(error = %e, "cannot hand the connection to a worker"),
         };
-        workers.handles[worker].spawn(async move {
+        runtime.spawn(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => gw.serve_connection(listen_port, stream, remote).await,
                 Err(e) => tracing::warn!(error = %e, "worker cannot take the connection"),
             }
-            drop((guard, load));
+            drop(open);
         });
     }
 
@@ -365,9 +351,13 @@ impl Gateway {
         self.config.load().snapshot.clone()
     }
 
-    /// Connections currently open (all listeners).
+    /// Connections currently open (all listeners, all workers).
     pub fn open_connections(&self) -> usize {
-        self.open[0].load(Ordering::Relaxed)
+        self.workers
+            .open
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -390,7 +380,7 @@ impl Gateway {
     }
 }
 
-/// Counts a connection as open (in one counter of a set) until dropped.
+/// Counts a connection as open on its worker until dropped.
 struct OpenConnection {
     counters: Arc<[AtomicUsize]>,
     index: usize,

@@ -206,6 +206,82 @@ struct PooledParts {
     home: Arc<PoolInner>,
 }
 
+impl PoolInner {
+    /// The shared HTTP/2 connection to this endpoint if it can take another stream; marks the
+    /// key as connecting when there is none and `claim` is set.
+    fn h2_state(self: &Arc<Self>, key: &PoolKey, limits: &ConnectionPool, claim: bool) -> H2State {
+        let mut map = lock(&self.h2);
+        match map.get(key).cloned() {
+            Some(H2Entry::Connecting) => H2State::Connecting,
+            Some(H2Entry::Ready(c)) => {
+                let expired = limits
+                    .max_connection_duration
+                    .is_some_and(|d| c.created.elapsed() >= d);
+                if c.sender.is_closed() || !c.sender.is_ready() || expired {
+                    // Closed, or draining: new streams go to a new connection.
+                    map.remove(key);
+                    if claim {
+                        map.insert(key.clone(), H2Entry::Connecting);
+                    }
+                    return H2State::Absent;
+                }
+                let served = c.streams.fetch_add(1, Ordering::AcqRel) + 1;
+                if limits
+                    .max_requests_per_connection
+                    .is_some_and(|max| served >= max)
+                {
+                    // Its last stream: later requests open a new connection.
+                    map.remove(key);
+                }
+                H2State::Ready(PooledParts {
+                    sender: Sender::H2(c.sender),
+                    local: c.local,
+                    reused: true,
+                    age: ConnAge {
+                        created: c.created,
+                        served,
+                    },
+                    home: self.clone(),
+                })
+            }
+            None => {
+                if claim {
+                    map.insert(key.clone(), H2Entry::Connecting);
+                }
+                H2State::Absent
+            }
+        }
+    }
+
+    /// An idle HTTP/1.1 connection to this endpoint that is still usable.
+    async fn take_idle(
+        self: &Arc<Self>,
+        key: &PoolKey,
+        limits: &ConnectionPool,
+    ) -> Option<PooledParts> {
+        let idle_timeout = limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT);
+        loop {
+            let idle = lock(&self.idle).get_mut(key).and_then(|v| v.pop())?;
+            let mut sender = idle.sender;
+            if sender.is_closed() || idle.since.elapsed() > idle_timeout {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(PooledParts {
+                    sender: Sender::H1(sender),
+                    local: idle.local,
+                    reused: true,
+                    age: ConnAge {
+                        created: idle.age.created,
+                        served: idle.age.served + 1,
+                    },
+                    home: self.clone(),
+                });
+            }
+        }
+    }
+}
+
 impl Pool {
     /// A pool without TLS origination (plain clusters only).
     pub fn new() -> Pool {
@@ -276,7 +352,7 @@ impl Pool {
             tokio::pin!(available);
             available.as_mut().enable();
 
-            match self.h2_state(&key, limits, h2_only) {
+            match self.inner().h2_state(&key, limits, h2_only) {
                 H2State::Ready(p) => return Ok(wrap(p, request, active)),
                 H2State::Connecting => {}
                 H2State::Absent if h2_only => {
@@ -306,7 +382,7 @@ impl Pool {
                     return r.map(|p| wrap(p, request, active));
                 }
                 H2State::Absent => {
-                    if let Some(p) = take_idle_from(self.inner(), &key, limits).await {
+                    if let Some(p) = self.inner().take_idle(&key, limits).await {
                         return Ok(wrap(p, request, active));
                     }
                     if let Some(slot) = circuit.try_connection() {
@@ -481,12 +557,6 @@ impl Pool {
         }
     }
 
-    /// The shared HTTP/2 connection to this endpoint if it can take another stream; marks the
-    /// key as connecting when there is none and `claim` is set.
-    fn h2_state(&self, key: &PoolKey, limits: &ConnectionPool, claim: bool) -> H2State {
-        h2_state_in(self.inner(), key, limits, claim)
-    }
-
     /// At the connection limit, a request may use another worker's connection rather than
     /// wait: an idle HTTP/1.1 one, or a shared HTTP/2 one that takes another stream. Its I/O
     /// stays on the worker that opened it (a cross-thread wake-up per read), which only
@@ -494,97 +564,16 @@ impl Pool {
     async fn borrow(&self, key: &PoolKey, limits: &ConnectionPool) -> Option<PooledParts> {
         let mine = self.inner();
         for other in self.workers.iter().filter(|w| !Arc::ptr_eq(w, mine)) {
-            if let H2State::Ready(p) = h2_state_in(other, key, limits, false) {
+            if let H2State::Ready(p) = other.h2_state(key, limits, false) {
                 return Some(p);
             }
-            if let Some(p) = take_idle_from(other, key, limits).await {
+            if let Some(p) = other.take_idle(key, limits).await {
                 return Some(p);
             }
         }
         None
     }
-}
 
-/// The shared HTTP/2 connection to this endpoint in `inner` (one worker's pool).
-fn h2_state_in(
-    inner: &Arc<PoolInner>,
-    key: &PoolKey,
-    limits: &ConnectionPool,
-    claim: bool,
-) -> H2State {
-    let mut map = lock(&inner.h2);
-    match map.get(key).cloned() {
-        Some(H2Entry::Connecting) => H2State::Connecting,
-        Some(H2Entry::Ready(c)) => {
-            let expired = limits
-                .max_connection_duration
-                .is_some_and(|d| c.created.elapsed() >= d);
-            if c.sender.is_closed() || !c.sender.is_ready() || expired {
-                // Closed, or draining: new streams go to a new connection.
-                map.remove(key);
-                if claim {
-                    map.insert(key.clone(), H2Entry::Connecting);
-                }
-                return H2State::Absent;
-            }
-            let served = c.streams.fetch_add(1, Ordering::AcqRel) + 1;
-            if limits
-                .max_requests_per_connection
-                .is_some_and(|max| served >= max)
-            {
-                // Its last stream: later requests open a new connection.
-                map.remove(key);
-            }
-            H2State::Ready(PooledParts {
-                sender: Sender::H2(c.sender),
-                local: c.local,
-                reused: true,
-                age: ConnAge {
-                    created: c.created,
-                    served,
-                },
-                home: inner.clone(),
-            })
-        }
-        None => {
-            if claim {
-                map.insert(key.clone(), H2Entry::Connecting);
-            }
-            H2State::Absent
-        }
-    }
-}
-
-/// An idle HTTP/1.1 connection to this endpoint in `inner` (one worker's pool) that is still
-/// usable.
-async fn take_idle_from(
-    inner: &Arc<PoolInner>,
-    key: &PoolKey,
-    limits: &ConnectionPool,
-) -> Option<PooledParts> {
-    let idle_timeout = limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT);
-    loop {
-        let idle = lock(&inner.idle).get_mut(key).and_then(|v| v.pop())?;
-        let mut sender = idle.sender;
-        if sender.is_closed() || idle.since.elapsed() > idle_timeout {
-            continue;
-        }
-        if sender.ready().await.is_ok() {
-            return Some(PooledParts {
-                sender: Sender::H1(sender),
-                local: idle.local,
-                reused: true,
-                age: ConnAge {
-                    created: idle.age.created,
-                    served: idle.age.served + 1,
-                },
-                home: inner.clone(),
-            });
-        }
-    }
-}
-
-impl Pool {
     /// Closes the oldest idle connection of the same cluster to another endpoint (its slot
     /// comes back when the connection task ends, which wakes the waiters). Looks at every
     /// worker's connections: `maxConnections` is one limit for the whole cluster.

@@ -324,13 +324,12 @@ pub fn assemble(
         sink,
         local_ip: crate::local_ip::first_non_loopback_ipv4(),
     });
-    let gateway = Gateway::new(
+    Ok(Gateway::new(
         Arc::new(ActiveConfig::with_tls(snapshot, tls_dirs)),
         shared,
         options,
-    );
-    gateway.set_workers(workers);
-    Ok(gateway)
+        workers,
+    ))
 }
 
 /// Polls the configuration files and reloads on change (after they stay unchanged for one
