@@ -17,6 +17,14 @@ fi
 
 # One build of the binary the end-to-end suite starts, then every test in the workspace.
 cargo test --workspace --all-targets "$@"
-# The end-to-end suite again with one worker: that gateway runs on tokio's current-thread
-# runtime instead of the multi-thread one (~20 s, nothing to rebuild).
-EGRET_IT_WORKERS=1 cargo test -p egret --test it "$@"
+# The end-to-end suite again with one worker (every connection on the accepting thread instead
+# of handed to the other). The same test binary, run directly: `cargo test -p egret` would
+# resolve features for one package instead of the workspace and rebuild the dependency graph
+# (a second copy of target/ that once filled the CI machine's disk).
+it_bin=$(cargo test --workspace --all-targets --no-run --message-format=json "$@" 2>/dev/null |
+  grep '"name":"it"' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+if [ -z "$it_bin" ]; then
+  echo "scripts/test.sh: could not find the end-to-end test binary" >&2
+  exit 1
+fi
+EGRET_IT_WORKERS=1 "$it_bin"
