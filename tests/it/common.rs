@@ -65,6 +65,14 @@ impl Gateway {
             args.push("--workers".into());
             args.push(std::env::var("EGRET_IT_WORKERS").unwrap_or_else(|_| "2".into()));
         }
+        if let Ok(delay) = std::env::var("EGRET_IT_RELEASE_DELAY") {
+            // EGRET_IT_RELEASE_DELAY=0s: every HTTP/1.1 connection drops and rebuilds its
+            // HTTP state between requests, so the whole suite runs through that path.
+            if !extra.iter().any(|a| a == "--http-buffer-release-delay") {
+                args.push("--http-buffer-release-delay".into());
+                args.push(delay);
+            }
+        }
         let (admin, health, prometheus) = (free_addr(), free_addr(), free_addr());
         for (flag, addr) in [
             ("--admin", admin),

@@ -785,3 +785,155 @@ async fn idle_http_connections_are_closed_after_the_idle_timeout() {
     }
     assert!(used.is_closed(), "an idle keep-alive connection is closed");
 }
+
+/// Idle HTTP/1.1 connections release hyper's buffers and rebuild them for the next request
+/// (`--http-buffer-release-delay`). Whatever arrives around a release is served as before:
+/// pipelined requests, a request head cut short when the release comes, a request with a
+/// body; a connection the client asks to close is still closed after its response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connections_release_and_rebuild_their_buffers() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let mut gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--http-buffer-release-delay".into(),
+            "300ms".into(),
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    let prometheus = gw.prometheus;
+    // Waits (hang guard only) until the gateway has counted `n` releases.
+    let released = |n: u64| async move {
+        let name = "egret_downstream_http1_buffer_releases_total ";
+        for _ in 0..600 {
+            let prom = http1_get(prometheus, "localhost", "/stats/prometheus", &[])
+                .await
+                .unwrap()
+                .text();
+            let count = prom
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.parse::<u64>().unwrap());
+            if count.is_some_and(|c| c >= n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no release #{n}");
+    };
+    const GET: &str = "GET / HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n";
+    let mut c = RawConn::connect(gw.http).await;
+
+    c.send(GET).await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    released(1).await;
+    // Two requests in one write, on a released connection.
+    c.send(&format!("{GET}{GET}")).await;
+    assert_eq!(c.response().await.0, 200);
+    assert_eq!(c.response().await.0, 200);
+    released(2).await;
+    // Half a request head arrives before the release and the rest after it.
+    c.send(GET).await;
+    assert_eq!(c.response().await.0, 200);
+    c.send("GET / HTTP/1.1\r\nHo").await;
+    released(3).await;
+    c.send("st: edition.cnn.com\r\n\r\n").await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    released(4).await;
+    // A request with a body, then one without.
+    c.send("POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    assert_eq!(c.response().await.0, 200);
+    c.send(GET).await;
+    assert_eq!(c.response().await.0, 200);
+    released(5).await;
+    // Asked to close: answered, then closed.
+    c.send("GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.0, 200);
+    assert!(c.at_end().await, "closed after `Connection: close`");
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let mut old = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    old.write_all(b"GET / HTTP/1.0\r\nHost: edition.cnn.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), old.read_to_end(&mut all))
+        .await
+        .expect("HTTP/1.0 response ends with the connection")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.0 200"), "{all}");
+    assert!(all.ends_with("\r\n\r\nok"), "{all}");
+
+    for method in [
+        "GET", "GET", "GET", "GET", "GET", "POST", "GET", "GET", "GET",
+    ] {
+        let l = gw.next_line().await;
+        assert_eq!((l.method.as_str(), l.code.as_str()), (method, "200"));
+    }
+}
+
+/// A raw HTTP/1.1 client connection: writes what it is given, reads responses framed by
+/// `content-length`, keeping bytes read past one response for the next.
+struct RawConn {
+    sock: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    async fn connect(addr: std::net::SocketAddr) -> RawConn {
+        RawConn {
+            sock: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        self.sock.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> usize {
+        use tokio::io::AsyncReadExt as _;
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(60), self.sock.read(&mut chunk))
+            .await
+            .expect("response in time (hang guard)")
+            .unwrap();
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Status and body of the next response.
+    async fn response(&mut self) -> (u16, String) {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(self.fill().await > 0, "connection closed before a response");
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while self.buf.len() < head_end + len {
+            assert!(self.fill().await > 0, "connection closed in a body");
+        }
+        let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned();
+        self.buf.drain(..head_end + len);
+        (status, body)
+    }
+
+    /// Whether the gateway closed the connection with nothing more to read.
+    async fn at_end(&mut self) -> bool {
+        self.buf.is_empty() && self.fill().await == 0
+    }
+}

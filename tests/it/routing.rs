@@ -925,6 +925,16 @@ async fn websocket_echo_through_the_gateway() {
     )
     .await;
     let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    // A plain request first: the upgrade then comes on a kept-alive connection (one whose
+    // HTTP state was released and rebuilt in between, when idle buffers are released at once).
+    c.write_all(format!("GET /no-ws HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut c).await.starts_with("HTTP/1.1 200"));
+    let mut no = [0u8; 2];
+    c.read_exact(&mut no).await.unwrap();
+    assert_eq!(&no, b"no");
+    assert_eq!(s.gw.next_line().await.code, "200");
     c.write_all(upgrade_request("/ws", "websocket").as_bytes())
         .await
         .unwrap();
@@ -956,7 +966,8 @@ async fn websocket_echo_through_the_gateway() {
         ("101", "DC", "downstream_remote_disconnect")
     );
     assert_eq!((l.bytes_received, l.bytes_sent), (27, 27));
-    let up_head = heads.lock().unwrap()[0].to_ascii_lowercase();
+    let up_head = heads.lock().unwrap()[1].to_ascii_lowercase();
+    assert!(up_head.starts_with("get /ws "), "{up_head}");
     assert!(up_head.contains("upgrade: websocket") && up_head.contains("connection: upgrade"));
     assert!(up_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="));
 

@@ -84,6 +84,7 @@ impl Default for MetricsConfig {
 
 type AccessLogStats = dyn Fn() -> (u64, u64, u64) + Send + Sync;
 type WorkerStats = dyn Fn() -> Vec<(usize, u64)> + Send + Sync;
+type Counter = dyn Fn() -> u64 + Send + Sync;
 
 /// All of Egret's metrics. Share it as `Arc<Metrics>` between the [`crate::MetricsSink`] (which
 /// records) and the admin state (which renders).
@@ -99,6 +100,7 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     access_log: OnceLock<Box<AccessLogStats>>,
     workers: OnceLock<Box<WorkerStats>>,
+    http_releases: OnceLock<Box<Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -329,6 +331,7 @@ impl Metrics {
             reloads_failed: AtomicU64::new(0),
             access_log: OnceLock::new(),
             workers: OnceLock::new(),
+            http_releases: OnceLock::new(),
         }
     }
 
@@ -400,6 +403,15 @@ impl Metrics {
         stats: impl Fn() -> Vec<(usize, u64)> + Send + Sync + 'static,
     ) -> bool {
         self.workers.set(Box::new(stats)).is_ok()
+    }
+
+    /// Where the count of idle HTTP/1.1 connections that released their HTTP buffers comes
+    /// from. Set once; later calls are ignored (returns false).
+    pub fn set_http_buffer_releases(
+        &self,
+        count: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> bool {
+        self.http_releases.set(Box::new(count)).is_ok()
     }
 
     /// Everything, in Prometheus text format 0.0.4 (`/stats/prometheus`). `snapshot` supplies
@@ -610,6 +622,14 @@ impl Metrics {
                     *total,
                 );
             }
+        }
+        if let Some(count) = self.http_releases.get() {
+            out.family(
+                "egret_downstream_http1_buffer_releases_total",
+                "counter",
+                "Idle HTTP/1.1 downstream connections that released their HTTP buffers.",
+            );
+            out.sample("egret_downstream_http1_buffer_releases_total", "", count());
         }
         out.family(
             "egret_metrics_series_overflow_total",

@@ -14,6 +14,9 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Envoy's default HTTP connection manager `idle_timeout`: a downstream HTTP/1.1 connection
 /// with no request in progress for this long is closed (1 h).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a downstream HTTP/1.1 connection stays idle after a response before hyper's
+/// buffers (~16 KB) are released; a connection under load never waits this long.
+pub const HTTP_BUFFER_RELEASE_DELAY: Duration = Duration::from_millis(100);
 /// Largest ClientHello we will buffer, like Envoy's tls_inspector (64 KiB).
 pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
 /// Idle keep-alive connections kept per upstream endpoint.

@@ -20,7 +20,12 @@ use crate::local_reply::reset_details;
 pub struct ResponseBody {
     kind: Kind,
     log: Option<LogState>,
+    done: Option<(DoneHook, bool)>,
 }
+
+/// Called once when the body is dropped — hyper is done with it — with the flag given to
+/// [`ResponseBody::on_done`] (egret-listener: whether the connection may be reused).
+pub type DoneHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 enum Kind {
     Full(Option<Bytes>),
@@ -41,6 +46,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(b.filter(|b| !b.is_empty())),
             log: None,
+            done: None,
         }
     }
 
@@ -51,6 +57,7 @@ impl ResponseBody {
                 conn: Some(conn),
             },
             log: None,
+            done: None,
         }
     }
 
@@ -62,6 +69,11 @@ impl ResponseBody {
             received,
         });
         self
+    }
+
+    /// Calls `hook(flag)` when this body is dropped, after its log record is handed on.
+    pub fn on_done(&mut self, hook: DoneHook, flag: bool) {
+        self.done = Some((hook, flag));
     }
 
     fn count(&mut self, n: usize) {
@@ -166,5 +178,8 @@ impl Drop for ResponseBody {
         // hyper never polls a body that is already at its end (no content, HEAD, 204/304).
         let complete = self.is_end_stream();
         self.finish(complete);
+        if let Some((hook, flag)) = self.done.take() {
+            hook(flag);
+        }
     }
 }

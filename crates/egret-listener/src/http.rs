@@ -1,71 +1,442 @@
 //! Serving one downstream connection as HTTP/1.1 or cleartext HTTP/2 (prior knowledge, as
 //! Istio sidecars talk to the gateway), detected from the first bytes.
+//!
+//! An HTTP/1.1 connection holds hyper's state — an 8 KB read buffer and an 8 KB write buffer
+//! among it — only while it is in use. The client speaks first, so until its first bytes
+//! arrive the connection is its socket and a small task. After a response, once the
+//! connection has been idle for the release delay (100 ms by default), hyper's connection is
+//! ended without closing the socket ([`http1::Connection`]'s parts: the socket and any bytes
+//! read ahead) and rebuilt when the next request arrives. Keep-alive connections that wait
+//! between requests — the common case at an egress gateway fed by sidecars — then cost ~3.5 KB
+//! instead of ~21 KB each (benches/RESULTS.md, item 10); a connection under
+//! load never waits that long and keeps its buffers.
 
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use std::convert::Infallible;
+
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
+use egret_http::body::{DoneHook, ResponseBody};
 use egret_http::service::handle;
 use egret_http::{ConnContext, HttpShared};
 
+/// The connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a downstream HTTP connection is served.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// How long a connection may wait for a request (Envoy's idle timeout, 1 h); zero
+    /// disables it.
+    pub idle_timeout: Duration,
+    /// How long an HTTP/1.1 connection stays idle after a response before hyper's buffers
+    /// are released.
+    pub release_delay: Duration,
+    /// Counts releases (`egret_downstream_http1_buffer_releases_total`).
+    pub releases: Arc<AtomicU64>,
+}
+
 /// Serves until the client is done — or, once `drain` turns true, until in-flight requests
 /// have finished (hyper's graceful shutdown: `connection: close` on HTTP/1.1, GOAWAY on h2).
+/// An idle connection is closed by a drain at once.
+/// `ctx` is built once the first bytes have arrived.
 pub async fn serve_http<S>(
-    io: S,
+    mut io: S,
     shared: Arc<HttpShared>,
-    ctx: Arc<ConnContext>,
+    ctx: impl FnOnce() -> ConnContext,
     mut drain: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    options: HttpOptions,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let Some(mut read_ahead) = next_bytes(&mut io, options.idle_timeout, &mut drain).await else {
+        return close(io).await;
+    };
+    // Enough bytes to tell the HTTP/2 preface from an HTTP/1.1 request line.
+    while read_ahead.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&read_ahead) {
+        let Some(more) = next_bytes(&mut io, options.idle_timeout, &mut drain).await else {
+            return close(io).await;
+        };
+        let mut joined = BytesMut::from(&read_ahead[..]);
+        joined.extend_from_slice(&more);
+        read_ahead = joined.freeze();
+    }
+    let ctx = Arc::new(ctx());
+    if read_ahead.starts_with(H2_PREFACE) {
+        let io = ReadAhead::new(read_ahead, io, None);
+        return Box::pin(serve_h2(io, shared, ctx, drain)).await;
+    }
+
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         // Read past the 60 KiB header limit so the handler can answer it as Envoy does (431
         // with a log line); hyper's own 431 only beyond this.
         .max_buf_size(MAX_REQUEST_HEADERS_BYTES * 4)
-        // Envoy's idle timeout (1 h by default): hyper's header-read timer runs exactly while
-        // the connection waits for a request head, i.e. while no request is in progress.
-        // (hyper's own default, 30 s, closed idle keep-alive connections that Envoy keeps.)
-        .header_read_timeout((!idle_timeout.is_zero()).then_some(idle_timeout))
+        // Envoy's idle timeout also bounds a request head that stalls half-way; hyper's
+        // header-read timer runs while it waits for a head (its own default, 30 s, closed
+        // slow clients that Envoy keeps).
+        .header_read_timeout((!options.idle_timeout.is_zero()).then_some(options.idle_timeout))
         .timer(TokioTimer::new());
+    let idle = Arc::new(IdleState::default());
+    loop {
+        let io_ahead = ReadAhead::new(read_ahead, io, Some(idle.clone()));
+        let session = serve_h1(
+            io_ahead, &builder, &shared, &ctx, &idle, &mut drain, &options,
+        );
+        // Boxed: hyper's connection lives on the heap only while the session does.
+        match Box::pin(session).await {
+            Some((back, rest)) => {
+                io = back;
+                read_ahead = rest;
+            }
+            None => return,
+        }
+        if read_ahead.is_empty() {
+            match next_bytes(&mut io, options.idle_timeout, &mut drain).await {
+                Some(bytes) => read_ahead = bytes,
+                None => return close(io).await,
+            }
+        }
+    }
+}
+
+/// Waits for the client's next bytes with no buffer held across the wait (the read's buffer
+/// lives on the stack of one poll). None when the client ended the stream, the idle timeout
+/// passed, or the gateway drains.
+async fn next_bytes<S: AsyncRead + Unpin>(
+    io: &mut S,
+    idle_timeout: Duration,
+    drain: &mut watch::Receiver<bool>,
+) -> Option<Bytes> {
+    let read = poll_fn(|cx| {
+        let mut buf = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut buf);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok::<_, io::Error>(Bytes::copy_from_slice(buf.filled())))
+    });
+    let read = async {
+        if idle_timeout.is_zero() {
+            // 0 disables the idle timeout, as in Envoy.
+            read.await.ok()
+        } else {
+            tokio::time::timeout(idle_timeout, read)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    if *drain.borrow() {
+        return None;
+    }
+    tokio::select! {
+        bytes = read => bytes.filter(|b| !b.is_empty()),
+        _ = drained(drain) => None,
+    }
+}
+
+/// Closes a connection that holds no request (TLS: with a close_notify), bounded so a client
+/// that reads nothing cannot hold the task.
+async fn close<S: AsyncWrite + Unpin>(mut io: S) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+}
+
+async fn serve_h2<S>(
+    io: ReadAhead<S>,
+    shared: Arc<HttpShared>,
+    ctx: Arc<ConnContext>,
+    mut drain: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http2()
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
         // RFC 8441 `SETTINGS_ENABLE_CONNECT_PROTOCOL`: WebSockets over HTTP/2 (extended
         // CONNECT), as Envoy offers with `allow_connect` and websocket upgrades enabled.
         .enable_connect_protocol()
         .timer(TokioTimer::new());
-    // Boxed: hyper's HTTP/1 dispatcher reserves room for the service future for the whole
-    // life of the connection (`Pin<Box<Option<F>>>`), and ours is ~10 KB. Boxing it per
-    // request moves that to the requests in flight, so an idle keep-alive connection costs
-    // ~10 KB less (benches/RESULTS.md, memory per idle connection).
+    // Boxed per request: see `serve_h1`.
     let svc = service_fn(move |req| Box::pin(handle(shared.clone(), ctx.clone(), req)));
-    // With upgrades: a WebSocket `101` (HTTP/1.1) or a `200` to an extended CONNECT (h2)
-    // hands the connection or stream to the request (egret-http).
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let draining = *drain.borrow();
-    let result = if draining {
-        conn.as_mut().graceful_shutdown();
-        conn.await
-    } else {
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = async { let _ = drain.wait_for(|d| *d).await; } => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drained(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
+    }
+}
+
+/// One hyper HTTP/1.1 connection on the socket, until the client or a drain ends it (None)
+/// or it has been idle for the release delay (the socket and the bytes read ahead).
+async fn serve_h1<S>(
+    io: ReadAhead<S>,
+    builder: &http1::Builder,
+    shared: &Arc<HttpShared>,
+    ctx: &Arc<ConnContext>,
+    idle: &Arc<IdleState>,
+    drain: &mut watch::Receiver<bool>,
+    options: &HttpOptions,
+) -> Option<(S, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    idle.release.store(false, Ordering::Relaxed);
+    // Released only after an exchange of this session: bytes carried over from the last one
+    // (a request head cut short) must not be released again and again before the head is
+    // complete — that would also restart hyper's header-read timer each time.
+    idle.last_keeps_alive.store(false, Ordering::Relaxed);
+    let (shared, ctx, state) = (shared.clone(), ctx.clone(), idle.clone());
+    let done: DoneHook = {
+        let state = idle.clone();
+        Arc::new(move |keeps_alive| {
+            state.last_keeps_alive.store(keeps_alive, Ordering::Relaxed);
+            state.ended.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    let svc = service_fn(move |req: Request<Incoming>| {
+        // Only a bodiless HTTP/1.1 keep-alive exchange may end with the connection released:
+        // anything else either closes (hyper decides) or may leave request bytes unread.
+        let keeps_alive = req.version() == Version::HTTP_11
+            && req.body().is_end_stream()
+            && !asks_to_close(req.headers());
+        state.started.fetch_add(1, Ordering::Relaxed);
+        // Boxed: hyper's HTTP/1 dispatcher reserves room for the service future for the
+        // whole life of the connection, and ours is ~10 KB; boxing moves that to the
+        // requests in flight. (A plain struct around the box, not an `async` block: that
+        // copied the 10 KB future into its own state on every request.)
+        TrackedResponse {
+            handling: Box::pin(handle(shared.clone(), ctx.clone(), req)),
+            done: Some(done.clone()),
+            keeps_alive,
+        }
+    });
+    // With upgrades: a WebSocket `101` hands the connection to the request (egret-http).
+    let mut conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    // One timer per session, not one per request: it is set when the connection is first
+    // seen idle, and when it fires the connection is released if no exchange has finished
+    // since it was set (so after one to two delays of idleness); a busy connection touches
+    // the timer once per delay, not once per request.
+    let release_timer = tokio::time::sleep(options.release_delay);
+    tokio::pin!(release_timer);
+    // The count of finished exchanges when the timer was set; None: not set.
+    let mut armed_at = None;
+    let drive = poll_fn(|cx| loop {
+        if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+            return Poll::Ready(r);
+        }
+        if idle.release.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        let Some(ended) = idle.idle_after() else {
+            return Poll::Pending;
+        };
+        if !options.release_delay.is_zero() {
+            if armed_at.is_some() && release_timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            if armed_at != Some(ended) {
+                // First seen idle, or busy since the timer was set: another period.
+                let deadline = tokio::time::Instant::now() + options.release_delay;
+                release_timer.as_mut().reset(deadline);
+                armed_at = Some(ended);
+                if release_timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Idle for a whole period, nothing in flight: end hyper's connection; the socket
+        // stays open (`ReadAhead` ignores the shutdown).
+        idle.release.store(true, Ordering::Relaxed);
+        Pin::new(&mut conn).graceful_shutdown();
+    });
+    let result = tokio::select! {
+        r = drive => r,
+        _ = drained(drain) => {
+            idle.release.store(false, Ordering::Relaxed);
+            Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+        return None;
+    }
+    if !idle.release.load(Ordering::Relaxed) {
+        return None;
+    }
+    // None: the connection was upgraded and belongs to its tunnel now.
+    let parts = conn.into_parts()?;
+    options.releases.fetch_add(1, Ordering::Relaxed);
+    let (io, ahead) = parts.io.into_inner().into_parts();
+    // A copy of what was read ahead (a pipelined request, usually nothing): keeping hyper's
+    // buffer would keep all of its 8 KB.
+    let mut rest = BytesMut::with_capacity(parts.read_buf.len() + ahead.len());
+    rest.extend_from_slice(&parts.read_buf);
+    rest.extend_from_slice(&ahead);
+    Some((io, rest.freeze()))
+}
+
+/// Ready once the gateway drains.
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// What a connection's requests tell its task about whether it is idle.
+#[derive(Default)]
+struct IdleState {
+    /// Requests handed to the service, and responses whose body hyper has finished with.
+    started: AtomicU64,
+    ended: AtomicU64,
+    /// Whether the last finished exchange left the connection reusable.
+    last_keeps_alive: AtomicBool,
+    /// Set when hyper's connection is being ended for a release: the socket is not shut.
+    release: AtomicBool,
+}
+
+impl IdleState {
+    /// Some(count of finished exchanges) when nothing is in flight and the last exchange
+    /// kept the connection alive.
+    fn idle_after(&self) -> Option<u64> {
+        let ended = self.ended.load(Ordering::Relaxed);
+        (self.started.load(Ordering::Relaxed) == ended
+            && self.last_keeps_alive.load(Ordering::Relaxed))
+        .then_some(ended)
+    }
+}
+
+/// The service's future: the response, its body set to report when hyper is done with it.
+/// (Set in place: wrapping the body in another type, or taking the response out of the
+/// inner poll, copied the ~1 KB response once or twice more per request.)
+struct TrackedResponse<F> {
+    handling: Pin<Box<F>>,
+    done: Option<DoneHook>,
+    keeps_alive: bool,
+}
+
+impl<F> Future for TrackedResponse<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Changed in place and returned as polled: no extra copy of the response.
+        let mut polled = self.handling.as_mut().poll(cx);
+        if let Poll::Ready(Ok(resp)) = &mut polled {
+            let keeps_alive = self.keeps_alive
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                && !asks_to_close(resp.headers());
+            if let Some(done) = self.done.take() {
+                resp.body_mut().on_done(done, keeps_alive);
+            }
+        }
+        polled
+    }
+}
+
+/// The socket with bytes already read from it in front; a shutdown is skipped while the
+/// connection is being released, so the socket outlives hyper's connection.
+struct ReadAhead<S> {
+    ahead: Bytes,
+    io: S,
+    idle: Option<Arc<IdleState>>,
+}
+
+impl<S> ReadAhead<S> {
+    fn new(ahead: Bytes, io: S, idle: Option<Arc<IdleState>>) -> ReadAhead<S> {
+        ReadAhead { ahead, io, idle }
+    }
+
+    fn into_parts(self) -> (S, Bytes) {
+        (self.io, self.ahead)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.ahead.is_empty() {
+            if buf.remaining() >= self.ahead.len() {
+                // Taken whole: an empty remainder split off would keep the allocation alive.
+                buf.put_slice(&std::mem::take(&mut self.ahead));
+            } else {
+                let n = buf.remaining();
+                buf.put_slice(&self.ahead.split_to(n));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let releasing = self
+            .idle
+            .as_ref()
+            .is_some_and(|s| s.release.load(Ordering::Relaxed));
+        if releasing {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -25,6 +25,8 @@ pub struct GatewayOptions {
     pub tcp_idle_timeout: Duration,
     /// How long a downstream HTTP/1.1 connection may wait for a request (Envoy: 1 h).
     pub http_idle_timeout: Duration,
+    /// How long an idle HTTP/1.1 connection keeps hyper's buffers after a response.
+    pub http_release_delay: Duration,
 }
 
 impl GatewayOptions {
@@ -34,6 +36,7 @@ impl GatewayOptions {
             client_hello_timeout: egret_core::limits::LISTENER_FILTER_TIMEOUT,
             tcp_idle_timeout: egret_core::limits::TCP_IDLE_TIMEOUT,
             http_idle_timeout: egret_core::limits::HTTP_IDLE_TIMEOUT,
+            http_release_delay: egret_core::limits::HTTP_BUFFER_RELEASE_DELAY,
         }
     }
 }
@@ -47,6 +50,8 @@ pub struct Gateway {
     accepting: Mutex<HashMap<u16, JoinHandle<()>>>,
     drain: watch::Sender<bool>,
     workers: Workers,
+    /// Idle HTTP/1.1 connections that released their HTTP buffers, counted once per release.
+    http_releases: Arc<AtomicU64>,
 }
 
 /// Thread-per-core: one single-threaded runtime per worker. The accept loops run on one of
@@ -105,6 +110,7 @@ impl Gateway {
             accepting: Mutex::new(HashMap::new()),
             drain,
             workers: Workers::new(workers),
+            http_releases: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -225,37 +231,9 @@ impl Gateway {
                     .await;
             }
             ListenerRoutes::Http(table) => {
-                // The client speaks first. Until it does, the connection holds only its
-                // socket and this small task, not hyper's buffers and state (~7 KB): what
-                // 10,000 idle connections cost (benches/RESULTS.md, memory per connection).
-                // A silent one is closed after the idle timeout, or by a drain.
-                let mut drain = self.drain.subscribe();
-                let idle = self.options.http_idle_timeout;
-                // `peek`, not `readable()`: readiness can be reported before any byte is
-                // there (a freshly accepted socket often is), and peek waits for real data
-                // or the end of the stream without consuming it.
-                let mut first = [0u8; 1];
-                let first_bytes = async {
-                    let peek = stream.peek(&mut first);
-                    if idle.is_zero() {
-                        // 0 disables the idle timeout, as in Envoy.
-                        peek.await.ok()
-                    } else {
-                        tokio::time::timeout(idle, peek)
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                    }
-                };
-                tokio::select! {
-                    n = first_bytes => {
-                        if !matches!(n, Some(n) if n > 0) {
-                            return;
-                        }
-                    }
-                    _ = drain.wait_for(|d| *d) => return,
-                }
-                let ctx = Arc::new(ConnContext {
+                // The client speaks first: until it does, the connection holds its socket and
+                // this small task only, not even its context (crate::http).
+                let ctx = || ConnContext {
                     local,
                     remote,
                     snapshot: active.snapshot.clone(),
@@ -264,13 +242,13 @@ impl Gateway {
                     scheme: "http",
                     requested_server_name: None,
                     peer_uri_san: None,
-                });
+                };
                 Box::pin(crate::http::serve_http(
                     stream,
                     self.shared.clone(),
                     ctx,
-                    drain,
-                    self.options.http_idle_timeout,
+                    self.drain.subscribe(),
+                    self.http_options(),
                 ))
                 .await;
             }
@@ -327,7 +305,7 @@ impl Gateway {
                 }
                 Err(_) => return refuse("tls_handshake_timeout".into(), None),
             };
-        let ctx = Arc::new(ConnContext {
+        let ctx = ConnContext {
             local,
             remote,
             snapshot: active.snapshot.clone(),
@@ -336,15 +314,28 @@ impl Gateway {
             scheme: "https",
             requested_server_name: accepted.sni.as_deref().map(Arc::from),
             peer_uri_san: accepted.peer_uri_san.clone(),
-        });
+        };
         crate::http::serve_http(
             accepted.stream,
             self.shared.clone(),
-            ctx,
+            move || ctx,
             self.drain.subscribe(),
-            self.options.http_idle_timeout,
+            self.http_options(),
         )
         .await;
+    }
+
+    fn http_options(&self) -> crate::http::HttpOptions {
+        crate::http::HttpOptions {
+            idle_timeout: self.options.http_idle_timeout,
+            release_delay: self.options.http_release_delay,
+            releases: self.http_releases.clone(),
+        }
+    }
+
+    /// How many times an idle HTTP/1.1 connection released its HTTP buffers.
+    pub fn http_buffer_releases(&self) -> u64 {
+        self.http_releases.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

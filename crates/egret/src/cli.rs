@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// disables it.
     #[arg(long = "http-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub http_idle_timeout: std::time::Duration,
+    /// How long an idle downstream HTTP/1.1 connection keeps its ~16 KB of HTTP buffers
+    /// after a response before releasing them (they come back with the next request);
+    /// `0s` releases them as soon as each response is sent.
+    #[arg(long = "http-buffer-release-delay", default_value = "100ms", value_parser = parse_duration)]
+    pub http_buffer_release_delay: std::time::Duration,
     /// On SIGTERM: keep accepting this long after readiness turns false (so load balancers
     /// stop sending first), then stop accepting and drain.
     #[arg(long = "drain-delay", default_value = "0s", value_parser = parse_duration)]

@@ -188,6 +188,7 @@ async fn serve(
         client_hello_timeout: args.client_hello_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
         http_idle_timeout: args.http_idle_timeout,
+        http_release_delay: args.http_buffer_release_delay,
         ..GatewayOptions::new(args.bind)
     };
     let waiting = initial.is_none();
@@ -202,6 +203,8 @@ async fn serve(
     {
         let gw = gateway.clone();
         metrics.set_worker_stats(move || gw.worker_connections());
+        let gw = gateway.clone();
+        metrics.set_http_buffer_releases(move || gw.http_buffer_releases());
     }
     // Signal handlers go in before the listeners bind, so a signal right after "ready" is
     // handled, not fatal.
