@@ -7,7 +7,7 @@
 //! connection has been idle for the release delay (100 ms by default), hyper's connection is
 //! ended without closing the socket ([`http1::Connection`]'s parts: the socket and any bytes
 //! read ahead) and rebuilt when the next request arrives. Keep-alive connections that wait
-//! between requests — the common case at an egress gateway fed by sidecars — then cost ~3.5 KB
+//! between requests — the common case at an egress gateway fed by sidecars — then cost ~3.6 KB
 //! instead of ~21 KB each (benches/RESULTS.md, item 10); a connection under
 //! load never waits that long and keeps its buffers.
 
@@ -54,20 +54,18 @@ pub struct HttpOptions {
 
 /// Serves until the client is done — or, once `drain` turns true, until in-flight requests
 /// have finished (hyper's graceful shutdown: `connection: close` on HTTP/1.1, GOAWAY on h2).
-/// An idle connection is closed by a drain at once.
-/// `ctx` is built once the first bytes have arrived.
+/// An idle connection is closed by a drain at once. Until the client's first bytes arrive
+/// the connection holds only its socket and this future: `ctx` is called once they have.
 pub async fn serve_http<S>(
     mut io: S,
     shared: Arc<HttpShared>,
-    ctx: impl FnOnce() -> ConnContext,
+    ctx: impl FnOnce() -> Arc<ConnContext>,
     mut drain: watch::Receiver<bool>,
     options: HttpOptions,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(mut read_ahead) = next_bytes(&mut io, options.idle_timeout, &mut drain).await else {
-        return close(io).await;
-    };
+    let mut read_ahead = Bytes::new();
     // Enough bytes to tell the HTTP/2 preface from an HTTP/1.1 request line.
     while read_ahead.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&read_ahead) {
         let Some(more) = next_bytes(&mut io, options.idle_timeout, &mut drain).await else {
@@ -77,28 +75,15 @@ pub async fn serve_http<S>(
         joined.extend_from_slice(&more);
         read_ahead = joined.freeze();
     }
-    let ctx = Arc::new(ctx());
+    let ctx = ctx();
     if read_ahead.starts_with(H2_PREFACE) {
         let io = ReadAhead::new(read_ahead, io, None);
         return Box::pin(serve_h2(io, shared, ctx, drain)).await;
     }
-
-    let mut builder = http1::Builder::new();
-    builder
-        // Read past the 60 KiB header limit so the handler can answer it as Envoy does (431
-        // with a log line); hyper's own 431 only beyond this.
-        .max_buf_size(MAX_REQUEST_HEADERS_BYTES * 4)
-        // Envoy's idle timeout also bounds a request head that stalls half-way; hyper's
-        // header-read timer runs while it waits for a head (its own default, 30 s, closed
-        // slow clients that Envoy keeps).
-        .header_read_timeout((!options.idle_timeout.is_zero()).then_some(options.idle_timeout))
-        .timer(TokioTimer::new());
     let idle = Arc::new(IdleState::default());
     loop {
         let io_ahead = ReadAhead::new(read_ahead, io, Some(idle.clone()));
-        let session = serve_h1(
-            io_ahead, &builder, &shared, &ctx, &idle, &mut drain, &options,
-        );
+        let session = serve_h1(io_ahead, &shared, &ctx, &idle, &mut drain, &options);
         // Boxed: hyper's connection lives on the heap only while the session does.
         match Box::pin(session).await {
             Some((back, rest)) => {
@@ -191,7 +176,6 @@ async fn serve_h2<S>(
 /// or it has been idle for the release delay (the socket and the bytes read ahead).
 async fn serve_h1<S>(
     io: ReadAhead<S>,
-    builder: &http1::Builder,
     shared: &Arc<HttpShared>,
     ctx: &Arc<ConnContext>,
     idle: &Arc<IdleState>,
@@ -201,6 +185,17 @@ async fn serve_h1<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Built per session, not held while the connection waits between sessions.
+    let mut builder = http1::Builder::new();
+    builder
+        // Read past the 60 KiB header limit so the handler can answer it as Envoy does (431
+        // with a log line); hyper's own 431 only beyond this.
+        .max_buf_size(MAX_REQUEST_HEADERS_BYTES * 4)
+        // Envoy's idle timeout also bounds a request head that stalls half-way; hyper's
+        // header-read timer runs while it waits for a head (its own default, 30 s, closed
+        // slow clients that Envoy keeps).
+        .header_read_timeout((!options.idle_timeout.is_zero()).then_some(options.idle_timeout))
+        .timer(TokioTimer::new());
     idle.release.store(false, Ordering::Relaxed);
     // Released only after an exchange of this session: bytes carried over from the last one
     // (a request head cut short) must not be released again and again before the head is

@@ -222,34 +222,37 @@ impl Gateway {
             // The listener was removed by a reload between accept and here.
             return;
         };
-        // Each kind of connection is boxed: the task's future is as large as its largest
-        // state, and the TLS handshake or a hyper connection held inline would size every
-        // connection's task by it — even one that has sent nothing yet.
+        // TLS and TCP connections are boxed: the task's future is as large as its largest
+        // state, and a TLS handshake held inline would size every connection's task by it.
         match &listener.routes {
             ListenerRoutes::Http(table) if !listener.tls_servers.is_empty() => {
                 Box::pin(self.serve_https(&active, listen_port, table, stream, local, remote))
                     .await;
             }
             ListenerRoutes::Http(table) => {
-                // The client speaks first: until it does, the connection holds its socket and
-                // this small task only, not even its context (crate::http).
-                let ctx = || ConnContext {
-                    local,
-                    remote,
-                    snapshot: active.snapshot.clone(),
-                    upstreams: active.upstreams.clone(),
-                    table: table.clone(),
-                    scheme: "http",
-                    requested_server_name: None,
-                    peer_uri_san: None,
+                // Not boxed, unlike the other kinds: this future is the whole of what an idle
+                // plain-HTTP connection holds (hyper's state is boxed inside it and released
+                // while idle), and boxing it would add a second waiting state beside the
+                // task's own (benches/RESULTS.md, memory per idle connection).
+                let ctx = || {
+                    Arc::new(ConnContext {
+                        local,
+                        remote,
+                        snapshot: active.snapshot.clone(),
+                        upstreams: active.upstreams.clone(),
+                        table: table.clone(),
+                        scheme: "http",
+                        requested_server_name: None,
+                        peer_uri_san: None,
+                    })
                 };
-                Box::pin(crate::http::serve_http(
+                crate::http::serve_http(
                     stream,
                     self.shared.clone(),
                     ctx,
                     self.drain.subscribe(),
                     self.http_options(),
-                ))
+                )
                 .await;
             }
             ListenerRoutes::Sni(_) | ListenerRoutes::Tcp(_) => {
@@ -305,7 +308,7 @@ impl Gateway {
                 }
                 Err(_) => return refuse("tls_handshake_timeout".into(), None),
             };
-        let ctx = ConnContext {
+        let ctx = Arc::new(ConnContext {
             local,
             remote,
             snapshot: active.snapshot.clone(),
@@ -314,7 +317,7 @@ impl Gateway {
             scheme: "https",
             requested_server_name: accepted.sni.as_deref().map(Arc::from),
             peer_uri_san: accepted.peer_uri_san.clone(),
-        };
+        });
         crate::http::serve_http(
             accepted.stream,
             self.shared.clone(),
