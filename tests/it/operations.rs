@@ -877,6 +877,36 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
         let l = gw.next_line().await;
         assert_eq!((l.method.as_str(), l.code.as_str()), (method, "200"));
     }
+    drop(gw);
+
+    // An upgrade offer that gets no 101 (curl's `h2c` offer, a WebSocket to a host with no
+    // route) leaves hyper holding a pending upgrade: such a connection must stay usable,
+    // not be handed to that upgrade when idle (releases right after each response here).
+    let mut gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--http-buffer-release-delay".into(),
+            "0s".into(),
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    let mut c = RawConn::connect(gw.http).await;
+    c.send("GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    c.send(GET).await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    let mut c = RawConn::connect(gw.http).await;
+    c.send("GET /ws HTTP/1.1\r\nHost: nowhere.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.0, 404);
+    c.send(GET).await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    for code in ["200", "200", "404", "200"] {
+        assert_eq!(gw.next_line().await.code, code);
+    }
 }
 
 /// A raw HTTP/1.1 client connection: writes what it is given, reads responses framed by

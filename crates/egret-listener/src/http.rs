@@ -201,6 +201,7 @@ where
     // (a request head cut short) must not be released again and again before the head is
     // complete — that would also restart hyper's header-read timer each time.
     idle.last_keeps_alive.store(false, Ordering::Relaxed);
+    idle.upgrade_offered.store(false, Ordering::Relaxed);
     let (shared, ctx, state) = (shared.clone(), ctx.clone(), idle.clone());
     let done: DoneHook = {
         let state = idle.clone();
@@ -215,6 +216,13 @@ where
         let keeps_alive = req.version() == Version::HTTP_11
             && req.body().is_end_stream()
             && !asks_to_close(req.headers());
+        if req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
+        {
+            state.upgrade_offered.store(true, Ordering::Relaxed);
+        }
         state.started.fetch_add(1, Ordering::Relaxed);
         // Boxed: hyper's HTTP/1 dispatcher reserves room for the service future for the
         // whole life of the connection, and ours is ~10 KB; boxing moves that to the
@@ -268,6 +276,9 @@ where
         Pin::new(&mut conn).graceful_shutdown();
     });
     let result = tokio::select! {
+        // hyper first: bytes carried into this session are a request it must still parse
+        // (and answer, with `connection: close`) when the gateway is already draining.
+        biased;
         r = drive => r,
         _ = drained(drain) => {
             idle.release.store(false, Ordering::Relaxed);
@@ -283,7 +294,10 @@ where
         return None;
     }
     // None: the connection was upgraded and belongs to its tunnel now.
-    let parts = conn.into_parts()?;
+    let Some(parts) = conn.into_parts() else {
+        tracing::debug!("downstream HTTP connection upgraded while being released");
+        return None;
+    };
     options.releases.fetch_add(1, Ordering::Relaxed);
     let (io, ahead) = parts.io.into_inner().into_parts();
     // A copy of what was read ahead (a pipelined request, usually nothing): keeping hyper's
@@ -318,6 +332,11 @@ struct IdleState {
     last_keeps_alive: AtomicBool,
     /// Set when hyper's connection is being ended for a release: the socket is not shut.
     release: AtomicBool,
+    /// A request of this session offered an upgrade (any `Upgrade:` header, or CONNECT):
+    /// hyper then holds a pending upgrade until its connection ends — even after a
+    /// response that was not a 101 — and ending it would hand the socket to that upgrade
+    /// instead of back to us. Such a session is never released.
+    upgrade_offered: AtomicBool,
 }
 
 impl IdleState {
@@ -326,7 +345,8 @@ impl IdleState {
     fn idle_after(&self) -> Option<u64> {
         let ended = self.ended.load(Ordering::Relaxed);
         (self.started.load(Ordering::Relaxed) == ended
-            && self.last_keeps_alive.load(Ordering::Relaxed))
+            && self.last_keeps_alive.load(Ordering::Relaxed)
+            && !self.upgrade_offered.load(Ordering::Relaxed))
         .then_some(ended)
     }
 }
