@@ -796,16 +796,7 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
     let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
         .await
         .unwrap();
-    let mut gw = Gateway::start(
-        &[&scenario("s1-http")],
-        &[
-            "--http-buffer-release-delay".into(),
-            "300ms".into(),
-            "--connect-to".into(),
-            format!("edition.cnn.com:80:{}", up.addr()),
-        ],
-    )
-    .await;
+    let mut gw = s1_with_release_delay("300ms", up.addr()).await;
     let prometheus = gw.prometheus;
     // Waits (hang guard only) until the gateway has counted `n` releases.
     let released = |n: u64| async move {
@@ -882,16 +873,7 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
     // An upgrade offer that gets no 101 (curl's `h2c` offer, a WebSocket to a host with no
     // route) leaves hyper holding a pending upgrade: such a connection must stay usable,
     // not be handed to that upgrade when idle (releases right after each response here).
-    let mut gw = Gateway::start(
-        &[&scenario("s1-http")],
-        &[
-            "--http-buffer-release-delay".into(),
-            "0s".into(),
-            "--connect-to".into(),
-            format!("edition.cnn.com:80:{}", up.addr()),
-        ],
-    )
-    .await;
+    let mut gw = s1_with_release_delay("0s", up.addr()).await;
     let mut c = RawConn::connect(gw.http).await;
     c.send("GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
         .await;
@@ -907,6 +889,21 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
     for code in ["200", "200", "404", "200"] {
         assert_eq!(gw.next_line().await.code, code);
     }
+}
+
+/// The S1 gateway in front of `upstream`, releasing idle connections' HTTP state after
+/// `delay`.
+async fn s1_with_release_delay(delay: &str, upstream: std::net::SocketAddr) -> Gateway {
+    Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--http-buffer-release-delay".into(),
+            delay.into(),
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{upstream}"),
+        ],
+    )
+    .await
 }
 
 /// A raw HTTP/1.1 client connection: writes what it is given, reads responses framed by
