@@ -53,6 +53,16 @@ pub fn strip_envoy_control(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the `Connection` header lists `token` (`close`, `upgrade`), in any of its values.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// A gRPC request (`content-type: application/grpc...`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers

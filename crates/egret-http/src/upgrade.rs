@@ -40,12 +40,7 @@ pub fn requested(version: http::Version, headers: &http::HeaderMap) -> Upgrade {
     if version != http::Version::HTTP_11 && version != http::Version::HTTP_10 {
         return Upgrade::None;
     }
-    let connection_upgrade = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let connection_upgrade = crate::headers::connection_has(headers, "upgrade");
     let Some(value) = headers
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())

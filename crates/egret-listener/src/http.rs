@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use std::convert::Infallible;
 
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::body::{DoneHook, ResponseBody};
+use egret_http::headers::connection_has;
 use egret_http::service::handle;
 use egret_http::{ConnContext, HttpShared};
 
@@ -215,7 +216,7 @@ where
         // anything else either closes (hyper decides) or may leave request bytes unread.
         let keeps_alive = req.version() == Version::HTTP_11
             && req.body().is_end_stream()
-            && !asks_to_close(req.headers());
+            && !connection_has(req.headers(), "close");
         if req
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
@@ -313,15 +314,6 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
-fn asks_to_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
-}
-
 /// What a connection's requests tell its task about whether it is idle.
 #[derive(Default)]
 struct IdleState {
@@ -372,7 +364,7 @@ where
         if let Poll::Ready(Ok(resp)) = &mut polled {
             let keeps_alive = self.keeps_alive
                 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-                && !asks_to_close(resp.headers());
+                && !connection_has(resp.headers(), "close");
             if let Some(done) = self.done.take() {
                 resp.body_mut().on_done(done, keeps_alive);
             }
