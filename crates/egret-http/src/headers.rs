@@ -48,6 +48,12 @@ pub const ENVOY_CONTROL_HEADERS: &[&str] = &[
 
 /// Removes [`ENVOY_CONTROL_HEADERS`] from a downstream request.
 pub fn strip_envoy_control(headers: &mut HeaderMap) {
+    // A removal by `&str` parses and hashes the name whether or not it is there: 22 of them
+    // were 12 % of the instructions of a proxied S1 request (callgrind). Requests almost
+    // never carry any `x-envoy-*` header, so look at the names present first.
+    if !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return;
+    }
     for name in ENVOY_CONTROL_HEADERS {
         headers.remove(*name);
     }
@@ -83,37 +89,63 @@ pub fn request_headers_size<B>(req: &http::Request<B>) -> usize {
         .sum::<usize>()
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy, plus those named in
-/// `Connection`.
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy (`te` apart: see
+/// [`strip_hop_by_hop`]).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::TRAILER,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1), plus those named in `Connection`.
+///
+/// Looks before it removes: a removal hashes the name (and parses it, for a `&str`) whether
+/// or not it is there, and a message carries none or one or two of these, so one pass over
+/// the names present is cheaper than a removal per name (callgrind, S1).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers
-        .get(http::header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
-        for name in conn.split(',') {
-            let name = name.trim();
-            // Never let `Connection:` strip headers the proxy itself relies on.
-            if !name.is_empty() && !name.eq_ignore_ascii_case("x-request-id") {
-                headers.remove(name);
-            }
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        } else if name == http::header::TE {
+            te = true;
         }
     }
-    for h in [
-        http::header::CONNECTION,
-        http::header::TRANSFER_ENCODING,
-        http::header::UPGRADE,
-        http::header::PROXY_AUTHENTICATE,
-        http::header::TRAILER,
-    ] {
-        headers.remove(h);
+    if present[0] {
+        let listed: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // Never let `Connection:` strip headers the proxy itself relies on.
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("x-request-id"))
+            .filter_map(|t| {
+                headers
+                    .keys()
+                    .find(|k| k.as_str().eq_ignore_ascii_case(t))
+                    .cloned()
+            })
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
+    }
     // `te` may only say "trailers" (gRPC needs it); anything else goes.
-    if headers
-        .get(http::header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    if te
+        && headers
+            .get(http::header::TE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(http::header::TE);
     }
@@ -213,6 +245,52 @@ mod tests {
                 && h.get("keep-alive").is_none()
         );
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn hop_by_hop_names_listed_in_any_connection_value_in_any_case_go() {
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive".parse().unwrap());
+        h.append("connection", "X-Secret, x-request-id, ,".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-request-id", "abc".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("te", "gzip".parse().unwrap());
+        h.insert("accept", "*/*".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-request-id"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "example.com".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn envoy_control_headers_go_and_other_x_envoy_names_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "example.com".parse().unwrap());
+        let before = h.clone();
+        strip_envoy_control(&mut h);
+        assert_eq!(h, before);
+        for name in ENVOY_CONTROL_HEADERS {
+            h.insert(*name, "1".parse().unwrap());
+        }
+        h.insert("x-envoy-custom", "kept".parse().unwrap());
+        strip_envoy_control(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-envoy-custom"]);
     }
 
     #[test]
