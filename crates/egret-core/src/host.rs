@@ -2,7 +2,9 @@
 //! index route tables use: exact names by hash, wildcards by walking the name's label
 //! suffixes, so a lookup costs the same with ten hosts or ten thousand.
 
-use std::collections::HashMap;
+// foldhash, not SipHash: looked up for every request. Only the configuration inserts keys,
+// so a client cannot make the buckets collide.
+use foldhash::{HashMap, HashMapExt};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {

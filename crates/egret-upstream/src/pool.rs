@@ -14,7 +14,8 @@
 //! pending request (`http1MaxPendingRequests`) until a connection frees up. Past any limit
 //! the checkout fails at once with [`ConnectError::Overflow`] (Envoy's `503 UO`).
 
-use std::collections::HashMap;
+// foldhash, not SipHash: the idle-connection map is hashed twice per request (callgrind).
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

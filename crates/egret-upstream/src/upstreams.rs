@@ -1,6 +1,7 @@
 //! The cluster states bound to one Snapshot, looked up per request without a lock.
 
-use std::collections::HashMap;
+// foldhash, not SipHash: looked up once per request.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use egret_core::Snapshot;
