@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -101,6 +102,21 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// The index of `name` in [`HOP_BY_HOP`]; one `match` on the text (the compiler switches on
+/// the length first) instead of seven comparisons per header.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "transfer-encoding" => Some(1),
+        "upgrade" => Some(2),
+        "proxy-authenticate" => Some(3),
+        "trailer" => Some(4),
+        "keep-alive" => Some(5),
+        "proxy-connection" => Some(6),
+        _ => None,
+    }
+}
+
 /// Removes the hop-by-hop headers (RFC 9110 §7.6.1), plus those named in `Connection`.
 ///
 /// Looks before it removes: a removal hashes the name (and parses it, for a `&str`) whether
@@ -110,7 +126,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut te = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         } else if name == http::header::TE {
             te = true;
@@ -173,12 +189,46 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
     } else {
         remote
     };
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
-        _ => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    // Written into one buffer that becomes the value without a copy: `format!` and
+    // `HeaderValue::from_str` made three allocations and ~2.3k instructions per request
+    // (callgrind, S1).
+    let prev = headers
+        .get(&X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|p| !p.is_empty());
+    let mut value = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 1) + 39);
+    if let Some(prev) = prev {
+        value.extend_from_slice(prev);
+        value.extend_from_slice(b",");
+    }
+    write_ip(&mut value, ip);
+    if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// An address as `Display` prints it; IPv4 without the formatting machinery.
+fn write_ip(out: &mut BytesMut, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b".");
+                }
+                if octet >= 100 {
+                    out.extend_from_slice(&[b'0' + octet / 100]);
+                }
+                if octet >= 10 {
+                    out.extend_from_slice(&[b'0' + octet / 10 % 10]);
+                }
+                out.extend_from_slice(&[b'0' + octet % 10]);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            // Writing to a BytesMut cannot fail.
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -264,6 +314,36 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-request-id"]);
+    }
+
+    #[test]
+    fn the_hop_by_hop_index_names_each_entry_of_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&http::header::TE), None);
+        assert_eq!(hop_by_hop_index(&http::header::HOST), None);
+    }
+
+    #[test]
+    fn xff_addresses_print_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "192.168.1.10",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut h = HeaderMap::new();
+            append_xff(&mut h, ip, None);
+            assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+            h.insert("x-forwarded-for", "".parse().unwrap());
+            append_xff(&mut h, ip, None);
+            assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+        }
     }
 
     #[test]

@@ -15,21 +15,39 @@ pub(crate) fn write_i64(out: &mut Vec<u8>, n: i64) {
     write_u64(out, n.unsigned_abs());
 }
 
+/// "00" to "99": two digits per step (half the divisions of one digit per step).
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// `n` in decimal, left-padded with `pad` to at least `width` characters.
+///
+/// Called ~30 times per access-log line (timestamp fields, address octets, ports, counters),
+/// so it writes two digits per step and pads in one go (callgrind: 2.5k instructions per
+/// S1 request with one digit and one `push` per step).
 pub(crate) fn write_padded(out: &mut Vec<u8>, mut n: u64, width: usize, pad: u8) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + n as u8;
     }
     let len = buf.len() - i;
-    for _ in len..width {
-        out.push(pad);
+    if width > len {
+        out.resize(out.len() + (width - len), pad);
     }
     out.extend_from_slice(&buf[i..]);
 }
@@ -84,6 +102,29 @@ mod tests {
         assert_eq!(s(|o| write_i64(o, i64::MIN)), "-9223372036854775808");
         assert_eq!(s(|o| write_padded(o, 7, 3, b'0')), "007");
         assert_eq!(s(|o| write_padded(o, 1234, 2, b' ')), "1234");
+    }
+
+    #[test]
+    fn padded_numbers_match_format_at_every_digit_boundary() {
+        let mut values: Vec<u64> = (0..=1_100).collect();
+        let mut p = 1u64;
+        while let Some(next) = p.checked_mul(10) {
+            values.extend([next - 1, next, next + 1]);
+            p = next;
+        }
+        values.push(u64::MAX);
+        for n in values {
+            for width in [0, 1, 2, 3, 4, 6, 9, 21] {
+                assert_eq!(
+                    s(|o| write_padded(o, n, width, b'0')),
+                    format!("{n:0>width$}")
+                );
+                assert_eq!(
+                    s(|o| write_padded(o, n, width, b' ')),
+                    format!("{n:>width$}")
+                );
+            }
+        }
     }
 
     #[test]
