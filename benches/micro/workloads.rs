@@ -238,9 +238,9 @@ pub fn http_record() -> LogRecord {
     );
     rec.request = Some(RequestInfo {
         method: http::Method::GET,
-        path: "/politics".to_string(),
-        authority: Some("edition.cnn.com".to_string()),
-        scheme: Some("http".to_string()),
+        path: "/politics".into(),
+        authority: Some("edition.cnn.com".into()),
+        scheme: Some("http"),
         headers,
     });
     rec.protocol = Some("HTTP/1.1");

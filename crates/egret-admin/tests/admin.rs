@@ -61,7 +61,7 @@ fn http_record(cluster: Option<&str>, code: u16, flags: ResponseFlags, ms: u64) 
         method: http::Method::GET,
         path: "/politics".into(),
         authority: Some("edition.cnn.com".into()),
-        scheme: Some("http".into()),
+        scheme: Some("http"),
         headers: http::HeaderMap::new(),
     });
     r

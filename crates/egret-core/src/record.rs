@@ -11,11 +11,12 @@ use crate::ResponseFlags;
 #[derive(Clone, Debug)]
 pub struct RequestInfo {
     pub method: http::Method,
-    /// Path and query as received (`:path`).
-    pub path: String,
+    /// Path and query as received (`:path`). Shared (`Arc`) with the request's handling, which
+    /// needs the same text: one allocation per request instead of three.
+    pub path: Arc<str>,
     /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
-    pub authority: Option<String>,
-    pub scheme: Option<String>,
+    pub authority: Option<Arc<str>>,
+    pub scheme: Option<&'static str>,
     pub headers: http::HeaderMap,
 }
 

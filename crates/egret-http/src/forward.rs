@@ -29,8 +29,8 @@ pub struct Forward<'a> {
     pub shared: &'a HttpShared,
     pub cluster: &'a Arc<ClusterState>,
     /// The upstream authority and path (after rewrites).
-    pub authority: String,
-    pub path: String,
+    pub authority: Arc<str>,
+    pub path: Arc<str>,
     /// None: a single attempt.
     pub retry: Option<&'a RetryPolicy>,
     /// When the route timeout expires, for `x-envoy-expected-rq-timeout-ms`.
@@ -343,7 +343,7 @@ impl Forward<'_> {
         // Istio sets `include_request_attempt_count` on every virtual host.
         h.insert(
             headers::X_ENVOY_ATTEMPT_COUNT.clone(),
-            HeaderValue::from(attempt),
+            attempt_count(attempt),
         );
         // Envoy tells the upstream how long it will wait: the per-try timeout, or what is
         // left of the route timeout if less.
@@ -380,6 +380,20 @@ impl Forward<'_> {
         }
         *req.headers_mut() = h;
         req
+    }
+}
+
+/// `x-envoy-attempt-count`: a static value for the first attempts (no allocation per request).
+fn attempt_count(attempt: u32) -> HeaderValue {
+    static SMALL: [HeaderValue; 4] = [
+        HeaderValue::from_static("0"),
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+    ];
+    match SMALL.get(attempt as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(attempt),
     }
 }
 

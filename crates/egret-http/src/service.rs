@@ -101,32 +101,32 @@ pub async fn handle(
             }),
         );
     }
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let authority: Option<Arc<str>> =
+        req.uri()
+            .authority()
+            .map(|a| a.as_str().into())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(Arc::from)
+            });
     // A `CONNECT` has no path (Envoy logs `-`).
-    let path = req.uri().path_and_query().map_or_else(
+    let path: Arc<str> = req.uri().path_and_query().map_or_else(
         || {
             if req.method() == http::Method::CONNECT {
-                String::new()
+                "".into()
             } else {
-                "/".to_string()
+                "/".into()
             }
         },
-        |p| p.as_str().to_string(),
+        |p| p.as_str().into(),
     );
     rec.request = Some(RequestInfo {
         method: req.method().clone(),
         path: path.clone(),
         authority: authority.clone(),
-        scheme: Some(conn.scheme.to_string()),
+        scheme: Some(conn.scheme),
         headers: req.headers().clone(),
     });
     let mut guard = PendingLog(Some(LogGuard::new(rec, shared.sink.clone())));
@@ -293,7 +293,7 @@ pub async fn handle(
     // the request as it went upstream (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%` still prints the
     // path the client sent), as in Envoy.
     let mut up_path = path.clone();
-    let mut up_authority = authority_str.to_string();
+    let mut up_authority = authority.clone().unwrap_or_else(|| Arc::from(""));
     let mutated = dest_ops.is_some_and(|d| !d.request.is_empty())
         || !policy.headers.request.is_empty()
         || policy.rewrite.is_some()
@@ -306,7 +306,7 @@ pub async fn handle(
         policy.headers.request.apply(h);
         let rw = policy.rewrite.as_ref();
         if let Some(pr) = rw.and_then(|r| r.path.as_ref()) {
-            up_path = rewrite::rewrite_path(pr, matched_uri, &path);
+            up_path = rewrite::rewrite_path(pr, matched_uri, &path).into();
             if let Ok(v) = HeaderValue::from_str(&path) {
                 h.insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
             }
@@ -318,7 +318,7 @@ pub async fn handle(
             if let Ok(v) = HeaderValue::from_str(authority_str) {
                 h.insert(headers::X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
-            up_authority = a.to_string();
+            up_authority = a.into();
         }
         if let Some(info) = guard.record().request.as_mut() {
             info.path = up_path.clone();
@@ -353,8 +353,8 @@ pub async fn handle(
         cluster: cluster.clone(),
         method: parts.method.clone(),
         headers: up_headers.clone(),
-        authority: up_authority.clone(),
-        path: up_path.clone(),
+        authority: up_authority.to_string(),
+        path: up_path.to_string(),
         body,
         hold,
         timeout,
@@ -375,8 +375,8 @@ pub async fn handle(
     let forward = Forward {
         shared: &shared,
         cluster: &cluster,
-        authority: up_authority.clone(),
-        path: up_path.clone(),
+        authority: up_authority,
+        path: up_path,
         retry,
         deadline: timeout.map(|t| tokio::time::Instant::now() + t),
         lb_hash,

@@ -221,7 +221,7 @@ impl HeaderOp {
                 // A `CONNECT` has no `:path`: Envoy prints `-`.
                 HeaderKey::Path => (!req.path.is_empty()).then_some(req.path.as_bytes()),
                 HeaderKey::Authority => authority(req.authority.as_deref(), &req.headers),
-                HeaderKey::Scheme => req.scheme.as_deref().map(str::as_bytes),
+                HeaderKey::Scheme => req.scheme.map(str::as_bytes),
                 HeaderKey::Status | HeaderKey::OtherPseudo => None,
                 HeaderKey::Name(n) => req.headers.get(n).map(|v| v.as_bytes()),
             };

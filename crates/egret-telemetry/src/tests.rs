@@ -47,7 +47,7 @@ fn s1_record() -> LogRecord {
         method: Method::GET,
         path: "/politics".into(),
         authority: Some("edition.cnn.com".into()),
-        scheme: Some("http".into()),
+        scheme: Some("http"),
         headers: headers(&[
             ("x-forwarded-for", "10.244.1.73"),
             ("user-agent", "curl/7.81.0-DEV"),
