@@ -283,10 +283,11 @@ impl Forward<'_> {
                         }
                     };
                     let since = first_sent.map_or(Duration::ZERO, |t| t.elapsed());
-                    if let Ok(v) = HeaderValue::from_str(&since.as_millis().to_string()) {
-                        resp.headers_mut()
-                            .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-                    }
+                    let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+                    resp.headers_mut().insert(
+                        headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                        HeaderValue::from(ms),
+                    );
                     return Outcome::Upstream { resp, conn };
                 }
                 Ok(Err(mut e)) => {

@@ -227,11 +227,15 @@ pub async fn handle(
     // Destination operations first, then the route's (Envoy's default order: the less
     // specific level is applied last and wins).
     let dest_ops = picked.headers.as_deref();
-    let response_ops: Vec<&HeaderMutations> = dest_ops
-        .map(|d| &d.response)
-        .into_iter()
-        .chain(route_response)
-        .collect();
+    // On the stack: at most the destination's and the route's.
+    let both;
+    let response_ops: &[&HeaderMutations] = match dest_ops {
+        Some(d) => {
+            both = [&d.response, &policy.headers.response];
+            &both
+        }
+        None => &route_response,
+    };
 
     if upgrade_kind == Upgrade::Other {
         // Istio enables `websocket` upgrades only (Envoy 1.40: `403 upgrade_failed`, closed;
@@ -243,7 +247,7 @@ pub async fn handle(
             ResponseFlags::NONE,
             "upgrade_failed",
             None,
-            &response_ops,
+            response_ops,
         );
         if http1 {
             resp.headers_mut()
@@ -280,7 +284,7 @@ pub async fn handle(
                     ResponseFlags::FAULT_INJECTED,
                     "fault_filter_abort",
                     None,
-                    &response_ops,
+                    response_ops,
                 ));
             }
         }
@@ -402,7 +406,7 @@ pub async fn handle(
                 received,
                 on_upgrade,
                 extended_connect: extended_connect.is_some(),
-                response_ops: &response_ops,
+                response_ops,
             },
         )),
         None => {
@@ -417,7 +421,7 @@ pub async fn handle(
                 ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
                 "response_timeout",
                 received,
-                &response_ops,
+                response_ops,
             ))
         }
     }
