@@ -140,12 +140,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .map(str::trim)
             // Never let `Connection:` strip headers the proxy itself relies on.
             .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("x-request-id"))
-            .filter_map(|t| {
-                headers
-                    .keys()
-                    .find(|k| k.as_str().eq_ignore_ascii_case(t))
-                    .cloned()
-            })
+            // Parsed (and lowercased) once per token, then looked up: linear in the tokens,
+            // however many a client lists.
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|name| headers.contains_key(name))
             .collect();
         for name in listed {
             headers.remove(name);
@@ -193,9 +191,11 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
     // (callgrind, S1).
     let mut buf = [0u8; 48];
     let text = ip_text(ip, &mut buf);
+    // A previous value that is not visible ASCII is replaced, not extended (as before).
     let prev = headers
         .get(&X_FORWARDED_FOR)
-        .map(HeaderValue::as_bytes)
+        .and_then(|v| v.to_str().ok())
+        .map(str::as_bytes)
         .filter(|p| !p.is_empty());
     // Exactly as long as the value, so the `Bytes` it becomes needs no second allocation.
     let mut value = Vec::with_capacity(prev.map_or(0, |p| p.len() + 1) + text.len());
@@ -233,7 +233,7 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
         }
         IpAddr::V6(v6) => {
             use std::io::Write as _;
-            // The longest IPv6 text is 45 bytes (`ffff:...:255.255.255.255`): it fits.
+            // `Display` prints at most 39 bytes for IPv6 (`::ffff:a.b.c.d` is 22): it fits.
             let mut cursor = std::io::Cursor::new(&mut buf[..]);
             let _ = write!(cursor, "{v6}");
             n = usize::try_from(cursor.position()).unwrap_or(0);
@@ -354,6 +354,15 @@ mod tests {
             h.insert("x-forwarded-for", "".parse().unwrap());
             append_xff(&mut h, ip, None);
             assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+            h.insert(
+                "x-forwarded-for",
+                HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+            );
+            append_xff(&mut h, ip, None);
+            assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+            h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+            append_xff(&mut h, ip, None);
+            assert_eq!(h["x-forwarded-for"], format!("203.0.113.9,{ip}").as_str());
         }
     }
 
@@ -372,6 +381,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", "example.com".parse().unwrap());
         let before = h.clone();
+        strip_envoy_control(&mut h);
+        assert_eq!(h, before);
+        h.insert("x-envoy-retry-on", "5xx".parse().unwrap());
         strip_envoy_control(&mut h);
         assert_eq!(h, before);
         for name in ENVOY_CONTROL_HEADERS {
