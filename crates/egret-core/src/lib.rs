@@ -8,6 +8,7 @@
 
 pub mod flags;
 pub mod host;
+pub mod ip;
 pub mod limits;
 pub mod policy;
 pub mod record;

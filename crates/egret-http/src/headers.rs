@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use egret_core::ip::{ip_text, IP_TEXT_MAX};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -189,7 +190,7 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
     // Written into one buffer that becomes the value without a copy: `format!` and
     // `HeaderValue::from_str` made three allocations and ~2.3k instructions per request
     // (callgrind, S1).
-    let mut buf = [0u8; 48];
+    let mut buf = [0u8; IP_TEXT_MAX];
     let text = ip_text(ip, &mut buf);
     // A previous value that is not visible ASCII is replaced, not extended (as before).
     let prev = headers
@@ -207,39 +208,6 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-}
-
-/// An address as `Display` prints it, in `buf`; IPv4 without the formatting machinery.
-fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
-    let mut n = 0;
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            // `Display` prints at most 39 bytes for IPv6 (`::ffff:a.b.c.d` is 22): it fits.
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{v6}");
-            n = usize::try_from(cursor.position()).unwrap_or(0);
-        }
-    }
-    &buf[..n]
 }
 
 /// Keeps an internal client's `x-request-id`, otherwise sets a fresh UUID v4.
@@ -336,17 +304,9 @@ mod tests {
     }
 
     #[test]
-    fn xff_addresses_print_as_display_does() {
-        for ip in [
-            "0.0.0.0",
-            "1.2.3.4",
-            "10.99.100.255",
-            "192.168.1.10",
-            "255.255.255.255",
-            "2001:db8::1",
-            "::ffff:1.2.3.4",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-        ] {
+    fn xff_appends_the_address_as_display_prints_it() {
+        // The text itself is egret_core::ip's (tested there); here, how it is appended.
+        for ip in ["192.168.1.10", "2001:db8::1"] {
             let ip: IpAddr = ip.parse().unwrap();
             let mut h = HeaderMap::new();
             append_xff(&mut h, ip, None);

@@ -1,8 +1,9 @@
 //! Number and address printing straight into the output buffer: no `format!`, no temporary
 //! strings on the hot path.
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+
+use egret_core::ip::{ip_text, IP_TEXT_MAX};
 
 pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
     write_padded(out, n, 1, b'0');
@@ -55,20 +56,8 @@ pub(crate) fn write_padded(out: &mut Vec<u8>, mut n: u64, width: usize, pad: u8)
 /// `a.b.c.d` or the RFC 5952 form of an IPv6 address (no brackets), as Envoy's
 /// `*_ADDRESS_WITHOUT_PORT` operators print it.
 pub(crate) fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                write_u64(out, o.into());
-            }
-        }
-        // Writing to a Vec cannot fail.
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    let mut buf = [0u8; IP_TEXT_MAX];
+    out.extend_from_slice(ip_text(ip, &mut buf));
 }
 
 /// `ip:port`, IPv6 as `[ip]:port` (Envoy's `asString()`; the scope id is not printed).
