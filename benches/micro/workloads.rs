@@ -227,6 +227,8 @@ pub fn http_record() -> LogRecord {
     let local: SocketAddr = "10.244.2.184:8080".parse().unwrap();
     let remote: SocketAddr = "10.244.1.73:49924".parse().unwrap();
     let mut rec = LogRecord::new(local, remote, Arc::from("0123456789ab"));
+    // Kept as the data path keeps them for Istio's default format.
+    let kept = egret_telemetry::LogFormat::default().headers();
     let mut headers = request_headers();
     headers.insert(
         "x-forwarded-for",
@@ -241,7 +243,7 @@ pub fn http_record() -> LogRecord {
         path: "/politics".into(),
         authority: Some("edition.cnn.com".into()),
         scheme: Some("http"),
-        headers,
+        headers: kept.request.capture(&headers),
     });
     rec.protocol = Some("HTTP/1.1");
     rec.response_code = 301;
@@ -250,7 +252,7 @@ pub fn http_record() -> LogRecord {
         "x-envoy-upstream-service-time",
         http::HeaderValue::from_static("203"),
     );
-    rec.response_headers = Some(resp);
+    rec.response_headers = Some(kept.response.capture(&resp));
     rec.response_code_details = Some("via_upstream".into());
     rec.duration = Some(Duration::from_millis(204));
     rec.upstream_host = Some("151.101.3.5:80".parse().unwrap());

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use arc_swap::ArcSwap;
 // foldhash, not SipHash: the series map is looked up once per request, and hashing its key
 // with SipHash was ~1,000 instructions of each proxied S1 request (callgrind).
-use egret_core::{LogRecord, ResponseFlags, Snapshot, UpstreamProtocol};
+use egret_core::{
+    HeaderSelection, LogHeaders, LogRecord, ResponseFlags, Snapshot, UpstreamProtocol,
+};
 use foldhash::{HashMap, HashMapExt};
 
 use crate::expo::{Format, Out};
@@ -174,11 +176,10 @@ fn is_grpc(rec: &LogRecord) -> bool {
     let Some(ct) = rec
         .request
         .as_ref()
-        .and_then(|r| r.headers.get(http::header::CONTENT_TYPE))
+        .and_then(|r| r.headers.get(&http::header::CONTENT_TYPE))
     else {
         return false;
     };
-    let ct = ct.as_bytes();
     let prefix = b"application/grpc";
     ct.len() >= prefix.len()
         && ct[..prefix.len()].eq_ignore_ascii_case(prefix)
@@ -188,12 +189,8 @@ fn is_grpc(rec: &LogRecord) -> bool {
 /// `grpc-status` as the response headers carry it (trailers-only responses, local replies).
 /// Only the defined codes 0–16 become label values, so an upstream cannot mint series.
 fn grpc_status(rec: &LogRecord) -> Option<u8> {
-    let v = rec.response_headers.as_ref()?.get("grpc-status")?;
-    let n: u8 = std::str::from_utf8(v.as_bytes())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let v = rec.response_headers.as_ref()?.get(&GRPC_STATUS)?;
+    let n: u8 = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
     (n <= 16).then_some(n)
 }
 
@@ -294,7 +291,19 @@ impl Series {
     }
 }
 
+/// `grpc-status`, read from response headers for `grpc_response_status`.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 impl Metrics {
+    /// The headers [`Metrics::record`] reads from a record: the request's `content-type`
+    /// (is it gRPC?) and the response's `grpc-status`.
+    pub fn headers() -> LogHeaders {
+        LogHeaders {
+            request: HeaderSelection::names([http::header::CONTENT_TYPE]),
+            response: HeaderSelection::names([GRPC_STATUS]),
+        }
+    }
+
     pub fn new(config: MetricsConfig) -> Metrics {
         let mut source = String::with_capacity(320);
         let c = &config;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use egret_core::{AccessLogSink, LogRecord};
+use egret_core::{AccessLogSink, LogHeaders, LogRecord};
 
 use crate::Metrics;
 
@@ -14,11 +14,15 @@ pub struct MetricsSink<S: ?Sized> {
     inner: Arc<S>,
 }
 
-impl<S: ?Sized> MetricsSink<S> {
+impl<S: AccessLogSink + ?Sized> MetricsSink<S> {
+    /// Also tells `inner` to keep the headers the metrics read.
     pub fn new(metrics: Arc<Metrics>, inner: Arc<S>) -> MetricsSink<S> {
+        inner.keep_headers(&Metrics::headers());
         MetricsSink { metrics, inner }
     }
+}
 
+impl<S: ?Sized> MetricsSink<S> {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -29,8 +33,16 @@ impl<S: ?Sized> MetricsSink<S> {
 }
 
 impl<S: AccessLogSink + ?Sized> AccessLogSink for MetricsSink<S> {
-    fn log(&self, record: LogRecord) {
+    fn log(&self, record: Box<LogRecord>) {
         self.metrics.record(&record);
         self.inner.log(record);
+    }
+
+    fn headers(&self) -> LogHeaders {
+        self.inner.headers()
+    }
+
+    fn keep_headers(&self, also: &LogHeaders) {
+        self.inner.keep_headers(also);
     }
 }

@@ -22,6 +22,8 @@ pub use policy::{
     AbortCode, Fault, FaultAbort, FaultDelay, Fraction, HeaderAdd, HeaderMutations, HeaderOps,
     MirrorPolicy, PathRewrite, Redirect, RetryOn, RetryPolicy, Rewrite, RoutePolicy,
 };
-pub use record::{AccessLogSink, LogGuard, LogRecord, RequestInfo};
+pub use record::{
+    AccessLogSink, CapturedHeaders, HeaderSelection, LogGuard, LogHeaders, LogRecord, RequestInfo,
+};
 pub use snapshot::*;
 pub use tls::{CertSource, DownstreamTls, TlsMode, TlsServer, UpstreamTls};

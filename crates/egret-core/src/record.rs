@@ -5,7 +5,198 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 use crate::ResponseFlags;
+
+/// Which headers of a request or response a record keeps: the ones its readers (the
+/// access-log format, the metrics) look at, or all of them. A copy of the whole map cost one
+/// `HeaderMap` clone and drop per request and per response (~5 % of the instructions of a
+/// proxied request, benches/RESULTS.md item 13); the Istio format reads four request headers
+/// and one response header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HeaderSelection {
+    /// Every header (sinks that do not say what they read).
+    #[default]
+    All,
+    /// Only these names, without duplicates.
+    Names(Arc<[HeaderName]>),
+}
+
+impl HeaderSelection {
+    /// No header at all.
+    pub fn none() -> HeaderSelection {
+        HeaderSelection::Names(Arc::from([]))
+    }
+
+    /// These names (duplicates dropped, first occurrence kept).
+    pub fn names(names: impl IntoIterator<Item = HeaderName>) -> HeaderSelection {
+        let mut list: Vec<HeaderName> = Vec::new();
+        for n in names {
+            if !list.contains(&n) {
+                list.push(n);
+            }
+        }
+        HeaderSelection::Names(list.into())
+    }
+
+    /// The headers either selection keeps.
+    pub fn union(&self, other: &HeaderSelection) -> HeaderSelection {
+        match (self, other) {
+            (HeaderSelection::Names(a), HeaderSelection::Names(b)) => {
+                HeaderSelection::names(a.iter().chain(b.iter()).cloned())
+            }
+            _ => HeaderSelection::All,
+        }
+    }
+
+    /// The selected headers of `headers`, each name's first value.
+    pub fn capture(&self, headers: &HeaderMap) -> CapturedHeaders {
+        match self {
+            HeaderSelection::All => CapturedHeaders::All(headers.clone()),
+            HeaderSelection::Names(names) => FewHeaders::capture(names, headers).map_or_else(
+                || CapturedHeaders::All(headers.clone()),
+                CapturedHeaders::Few,
+            ),
+        }
+    }
+}
+
+/// The request and response headers a sink reads from its records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogHeaders {
+    pub request: HeaderSelection,
+    pub response: HeaderSelection,
+}
+
+impl LogHeaders {
+    /// No header, request or response.
+    pub fn none() -> LogHeaders {
+        LogHeaders {
+            request: HeaderSelection::none(),
+            response: HeaderSelection::none(),
+        }
+    }
+
+    /// The headers either reader needs.
+    pub fn union(&self, other: &LogHeaders) -> LogHeaders {
+        LogHeaders {
+            request: self.request.union(&other.request),
+            response: self.response.union(&other.response),
+        }
+    }
+}
+
+/// Headers kept in a record, as [`HeaderSelection::capture`] chose them.
+#[derive(Clone, Debug)]
+pub enum CapturedHeaders {
+    All(HeaderMap),
+    Few(FewHeaders),
+}
+
+impl Default for CapturedHeaders {
+    fn default() -> Self {
+        CapturedHeaders::Few(FewHeaders {
+            names: Arc::from([]),
+            found: [(0, 0); FEW_MAX],
+            len: 0,
+            bytes: Box::default(),
+        })
+    }
+}
+
+impl CapturedHeaders {
+    /// The (first) value of `name`, if it was kept and present.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        match self {
+            CapturedHeaders::All(map) => map.get(name).map(HeaderValue::as_bytes),
+            CapturedHeaders::Few(few) => few.get(name),
+        }
+    }
+}
+
+/// Most selected headers one record keeps in [`FewHeaders`]; a request that carries more
+/// of them keeps a copy of its whole map instead.
+const FEW_MAX: usize = 8;
+
+/// A few selected header values, copied into one buffer. A copy, not the `Bytes` hyper
+/// parsed: those point into the connection's 8 KB read buffer, which the record would then
+/// keep alive until the access-log writer is done with it.
+#[derive(Clone, Debug)]
+pub struct FewHeaders {
+    names: Arc<[HeaderName]>,
+    /// (index in `names`, end of the value in `bytes`); a value starts where the one before
+    /// it ends.
+    found: [(u8, u32); FEW_MAX],
+    len: u8,
+    bytes: Box<[u8]>,
+}
+
+impl FewHeaders {
+    /// One pass over the request's headers; None when more than [`FEW_MAX`] are selected.
+    fn capture(names: &Arc<[HeaderName]>, headers: &HeaderMap) -> Option<FewHeaders> {
+        let mut picked: [(u8, &[u8]); FEW_MAX] = [(0, &[]); FEW_MAX];
+        let mut len = 0;
+        let mut total = 0;
+        if !names.is_empty() {
+            for (name, value) in headers {
+                let Some(i) = names.iter().position(|n| n == name) else {
+                    continue;
+                };
+                // Only the first value of a name, as `HeaderMap::get`.
+                let i = u8::try_from(i).ok()?;
+                if picked[..len].iter().any(|(j, _)| *j == i) {
+                    continue;
+                }
+                if len == FEW_MAX {
+                    return None;
+                }
+                picked[len] = (i, value.as_bytes());
+                total += value.len();
+                len += 1;
+            }
+        }
+        let mut bytes = Vec::with_capacity(total);
+        let mut found = [(0, 0); FEW_MAX];
+        for (slot, (i, v)) in found.iter_mut().zip(&picked[..len]) {
+            bytes.extend_from_slice(v);
+            *slot = (*i, u32::try_from(bytes.len()).ok()?);
+        }
+        Some(FewHeaders {
+            names: names.clone(),
+            found,
+            len: len as u8,
+            bytes: bytes.into_boxed_slice(),
+        })
+    }
+
+    /// How many headers were kept.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        let mut start = 0;
+        for &(j, end) in &self.found[..usize::from(self.len)] {
+            if usize::from(j) == i {
+                return self.bytes.get(start as usize..end as usize);
+            }
+            start = end;
+        }
+        None
+    }
+}
+
+impl From<HeaderMap> for CapturedHeaders {
+    fn from(map: HeaderMap) -> Self {
+        CapturedHeaders::All(map)
+    }
+}
 
 /// The downstream request as the access log sees it (`%REQ(...)%` operators).
 #[derive(Clone, Debug)]
@@ -17,7 +208,8 @@ pub struct RequestInfo {
     /// `:authority` (HTTP/2) or `Host` (HTTP/1.1).
     pub authority: Option<Arc<str>>,
     pub scheme: Option<&'static str>,
-    pub headers: http::HeaderMap,
+    /// The headers the sink reads ([`AccessLogSink::headers`]).
+    pub headers: CapturedHeaders,
 }
 
 /// Everything one access-log line can print. Filled as the work proceeds; handed to the sink
@@ -33,7 +225,9 @@ pub struct LogRecord {
     pub request: Option<RequestInfo>,
     /// 0 when no response was sent (TCP, or the client left first).
     pub response_code: u16,
-    pub response_headers: Option<http::HeaderMap>,
+    /// The headers the sink reads ([`AccessLogSink::headers`]); None when no response was
+    /// sent.
+    pub response_headers: Option<CapturedHeaders>,
     pub response_flags: ResponseFlags,
     pub response_code_details: Option<Cow<'static, str>>,
     pub connection_termination_details: Option<Cow<'static, str>>,
@@ -93,29 +287,58 @@ impl LogRecord {
 
 /// Receives finished records. Implementations must not block the caller (the data path).
 pub trait AccessLogSink: Send + Sync + 'static {
-    fn log(&self, record: LogRecord);
+    /// Boxed since the record is created: it is ~0.7 KB and travels with the response
+    /// through hyper, which moves the body several times per request.
+    fn log(&self, record: Box<LogRecord>);
+
+    /// The headers this sink reads from records; the data path keeps only those. All of them
+    /// unless a sink says otherwise. Asked once per request, so it must be cheap.
+    fn headers(&self) -> LogHeaders {
+        LogHeaders::default()
+    }
+
+    /// A reader in front of this sink (the metrics) needs these headers kept as well. Sinks
+    /// that keep every header can ignore it.
+    fn keep_headers(&self, _also: &LogHeaders) {}
 }
 
 /// Owns a record until the work ends and hands it to the sink exactly once — on
 /// [`LogGuard::finish`] or, if the task is dropped (client gone, panic), on drop. This makes
 /// "one line per request/connection" structural rather than a discipline.
 pub struct LogGuard {
-    record: Option<LogRecord>,
+    record: Option<Box<LogRecord>>,
     sink: Arc<dyn AccessLogSink>,
+    /// Which response headers [`set_response_headers`](Self::set_response_headers) keeps.
+    response_headers: HeaderSelection,
 }
 
 impl LogGuard {
     pub fn new(record: LogRecord, sink: Arc<dyn AccessLogSink>) -> Self {
         LogGuard {
-            record: Some(record),
+            record: Some(Box::new(record)),
             sink,
+            response_headers: HeaderSelection::All,
         }
+    }
+
+    /// Keeps only `selection` of the response headers (the sink's
+    /// [`LogHeaders::response`], asked when the request started).
+    pub fn with_response_headers(mut self, selection: HeaderSelection) -> Self {
+        self.response_headers = selection;
+        self
+    }
+
+    /// Records the response headers as sent downstream.
+    pub fn set_response_headers(&mut self, headers: &HeaderMap) {
+        let captured = self.response_headers.capture(headers);
+        self.record().response_headers = Some(captured);
     }
 
     /// The record being filled. Always present until the guard is consumed.
     pub fn record(&mut self) -> &mut LogRecord {
         // The Option is only taken in `emit`, which consumes or drops self.
-        self.record.get_or_insert_with(unreachable_record)
+        self.record
+            .get_or_insert_with(|| Box::new(unreachable_record()))
     }
 
     pub fn finish(mut self) {

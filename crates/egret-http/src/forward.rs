@@ -498,9 +498,8 @@ impl Outcome {
                     for ops in ds.response_ops {
                         ops.apply(&mut parts.headers);
                     }
-                    let rec = guard.record();
-                    rec.response_code_details = Some("via_upstream".into());
-                    rec.response_headers = Some(parts.headers.clone());
+                    guard.set_response_headers(&parts.headers);
+                    guard.record().response_code_details = Some("via_upstream".into());
                     drop(conn);
                     crate::upgrade::spawn_tunnel(down, up, guard);
                     return Response::from_parts(parts, ResponseBody::full(None));
@@ -525,9 +524,9 @@ impl Outcome {
                     for ops in ds.response_ops {
                         ops.apply(&mut parts.headers);
                     }
-                    let rec = guard.record();
-                    rec.response_code_details = Some("websocket_handshake_unsuccessful".into());
-                    rec.response_headers = Some(parts.headers.clone());
+                    guard.set_response_headers(&parts.headers);
+                    guard.record().response_code_details =
+                        Some("websocket_handshake_unsuccessful".into());
                     drop((body, conn));
                     return Response::from_parts(
                         parts,
@@ -537,9 +536,8 @@ impl Outcome {
                 for ops in ds.response_ops {
                     ops.apply(&mut parts.headers);
                 }
-                let rec = guard.record();
-                rec.response_code_details = Some("via_upstream".into());
-                rec.response_headers = Some(parts.headers.clone());
+                guard.set_response_headers(&parts.headers);
+                guard.record().response_code_details = Some("via_upstream".into());
                 Response::from_parts(
                     parts,
                     ResponseBody::upstream(body, conn).with_log(guard, ds.received),

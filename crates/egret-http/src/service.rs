@@ -122,14 +122,18 @@ pub async fn handle(
         },
         |p| p.as_str().into(),
     );
+    // Only the headers the access log and the metrics read are kept with the record.
+    let log_headers = shared.sink.headers();
     rec.request = Some(RequestInfo {
         method: req.method().clone(),
         path: path.clone(),
         authority: authority.clone(),
         scheme: Some(conn.scheme),
-        headers: req.headers().clone(),
+        headers: log_headers.request.capture(req.headers()),
     });
-    let mut guard = PendingLog(Some(LogGuard::new(rec, shared.sink.clone())));
+    let mut guard = PendingLog(Some(
+        LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response),
+    ));
 
     if req.method() == http::Method::CONNECT {
         // An Istio gateway has no CONNECT routes: Envoy 1.40 answers `404 NR` and closes
@@ -327,7 +331,7 @@ pub async fn handle(
         if let Some(info) = guard.record().request.as_mut() {
             info.path = up_path.clone();
             info.authority = Some(up_authority.clone());
-            info.headers = h.clone();
+            info.headers = log_headers.request.capture(h);
         }
     }
 
@@ -449,7 +453,7 @@ impl PendingLog {
 fn unreachable_guard() -> LogGuard {
     struct Discard;
     impl AccessLogSink for Discard {
-        fn log(&self, _: LogRecord) {}
+        fn log(&self, _: Box<LogRecord>) {}
     }
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     LogGuard::new(
@@ -512,10 +516,10 @@ fn record_local(
     for ops in response_ops {
         ops.apply(&mut parts.headers);
     }
+    guard.set_response_headers(&parts.headers);
     let rec = guard.record();
     rec.response_code = parts.status.as_u16();
     rec.response_flags.insert(flags);
     rec.response_code_details = Some(details.to_string().into());
-    rec.response_headers = Some(parts.headers.clone());
     Response::from_parts(parts, body.with_log(guard, received))
 }

@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use egret_core::{LogRecord, ResponseFlags};
-use http::header::{HeaderMap, HeaderName, HOST};
+use egret_core::{CapturedHeaders, HeaderSelection, LogHeaders, LogRecord, ResponseFlags};
+use http::header::{HeaderName, HOST};
 
 use crate::num::{write_ip, write_socket_addr, write_u64};
 use crate::time::TimeFormat;
@@ -153,6 +153,11 @@ impl Value<'_> {
 
 fn write_flags(out: &mut Vec<u8>, f: ResponseFlags) {
     use std::io::Write as _;
+    // Most records have none: skip the formatting machinery (~250 instructions).
+    if f.is_empty() {
+        out.push(b'-');
+        return;
+    }
     // ResponseFlags' Display is the Envoy short form (`-` when empty); a Vec never fails.
     let _ = write!(out, "{f}");
 }
@@ -223,7 +228,7 @@ impl HeaderOp {
                 HeaderKey::Authority => authority(req.authority.as_deref(), &req.headers),
                 HeaderKey::Scheme => req.scheme.map(str::as_bytes),
                 HeaderKey::Status | HeaderKey::OtherPseudo => None,
-                HeaderKey::Name(n) => req.headers.get(n).map(|v| v.as_bytes()),
+                HeaderKey::Name(n) => req.headers.get(n),
             };
             b.map(Value::Bytes)
         })
@@ -235,13 +240,23 @@ impl HeaderOp {
             HeaderKey::Status => {
                 (rec.response_code != 0).then_some(Value::NumericString(rec.response_code.into()))
             }
-            HeaderKey::Name(n) => rec
-                .response_headers
-                .as_ref()?
-                .get(n)
-                .map(|v| Value::Bytes(v.as_bytes())),
+            HeaderKey::Name(n) => rec.response_headers.as_ref()?.get(n).map(Value::Bytes),
             _ => None,
         })
+    }
+
+    /// The header names this operator may read from a record's headers.
+    fn names(&self) -> impl Iterator<Item = HeaderName> + '_ {
+        [&self.main, &self.alt]
+            .into_iter()
+            .flatten()
+            .filter_map(|key| match key {
+                HeaderKey::Name(n) => Some(n.clone()),
+                // The record's authority comes from `Host` already; the header is the
+                // fallback `authority()` reads.
+                HeaderKey::Authority => Some(HOST),
+                _ => None,
+            })
     }
 
     /// Envoy: the main header if present (even when empty), else the alternative; then the
@@ -272,10 +287,8 @@ impl HeaderOp {
     }
 }
 
-fn authority<'a>(authority: Option<&'a str>, headers: &'a HeaderMap) -> Option<&'a [u8]> {
-    authority
-        .map(str::as_bytes)
-        .or_else(|| headers.get(HOST).map(|v| v.as_bytes()))
+fn authority<'a>(authority: Option<&'a str>, headers: &'a CapturedHeaders) -> Option<&'a [u8]> {
+    authority.map(str::as_bytes).or_else(|| headers.get(&HOST))
 }
 
 /// The machine's host name for `%HOSTNAME%`, read once.
@@ -292,7 +305,31 @@ fn hostname() -> Option<&'static str> {
         .as_deref()
 }
 
+/// The request and response headers `segments` read: what a record must keep for them.
+pub(crate) fn segment_headers<'a>(
+    segments: impl IntoIterator<Item = &'a Segment>,
+) -> (Vec<HeaderName>, Vec<HeaderName>) {
+    let (mut request, mut response) = (Vec::new(), Vec::new());
+    for seg in segments {
+        match seg {
+            Segment::Op(Operator::Request(h)) => request.extend(h.names()),
+            Segment::Op(Operator::Response(h)) => response.extend(h.names()),
+            _ => {}
+        }
+    }
+    (request, response)
+}
+
 impl AccessLogFormat {
+    /// The headers this format prints.
+    pub fn headers(&self) -> LogHeaders {
+        let (request, response) = segment_headers(self.segments.iter());
+        LogHeaders {
+            request: HeaderSelection::names(request),
+            response: HeaderSelection::names(response),
+        }
+    }
+
     /// Istio's default TEXT format ([`ISTIO_DEFAULT_TEXT`]).
     pub fn istio_default() -> AccessLogFormat {
         static DEFAULT: OnceLock<AccessLogFormat> = OnceLock::new();

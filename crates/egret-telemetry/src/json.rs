@@ -7,9 +7,9 @@
 //! (`"` `\` and control characters; `/` and non-ASCII UTF-8 kept as is), bytes that are not
 //! UTF-8 written as `\u00XX`.
 
-use egret_core::LogRecord;
+use egret_core::{HeaderSelection, LogHeaders, LogRecord};
 
-use crate::format::{parse_segments, Segment, Value};
+use crate::format::{parse_segments, segment_headers, Segment, Value};
 use crate::FormatError;
 
 /// Istio's default JSON keys and operators (`EnvoyJSONLogFormatIstio`).
@@ -104,6 +104,17 @@ impl JsonFormat {
         })
     }
 
+    /// The headers this format prints.
+    pub fn headers(&self) -> LogHeaders {
+        let mut segments = Vec::new();
+        collect_segments(&self.root, &mut segments);
+        let (request, response) = segment_headers(segments);
+        LogHeaders {
+            request: HeaderSelection::names(request),
+            response: HeaderSelection::names(response),
+        }
+    }
+
     /// Appends one JSON object and `\n` to `out`.
     pub fn write(&self, rec: &LogRecord, out: &mut Vec<u8>) {
         write_object(&self.root, rec, out);
@@ -167,6 +178,17 @@ fn compile_node(v: &serde_json::Value, path: &str) -> Result<Node, FormatError> 
             "`{path}`: only strings, nested objects and lists are supported as values"
         ))),
     }
+}
+
+fn collect_segments<'a>(obj: &'a Object, out: &mut Vec<&'a Segment>) {
+    fn node<'a>(n: &'a Node, out: &mut Vec<&'a Segment>) {
+        match n {
+            Node::Format(segs) => out.extend(segs.iter()),
+            Node::Object(o) => collect_segments(o, out),
+            Node::List(items) => items.iter().for_each(|i| node(i, out)),
+        }
+    }
+    obj.fields.iter().for_each(|(_, n)| node(n, out));
 }
 
 fn write_object(obj: &Object, rec: &LogRecord, out: &mut Vec<u8>) {

@@ -20,7 +20,7 @@ pub use format::{AccessLogFormat, ISTIO_DEFAULT_TEXT, OPERATORS};
 pub use json::{JsonFormat, ISTIO_DEFAULT_JSON};
 pub use writer::{AccessLogWriter, Destination, MemorySink};
 
-use egret_core::LogRecord;
+use egret_core::{LogHeaders, LogRecord};
 
 /// Why a format string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +85,14 @@ impl LogFormat {
                 Ok(LogFormat::Json(JsonFormat::istio_default()))
             }
             LogEncoding::Json => JsonFormat::parse(format).map(LogFormat::Json),
+        }
+    }
+
+    /// The request and response headers this format prints.
+    pub fn headers(&self) -> LogHeaders {
+        match self {
+            LogFormat::Text(f) => f.headers(),
+            LogFormat::Json(f) => f.headers(),
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use egret_core::{AccessLogSink, LogRecord, RequestInfo, ResponseFlags};
+use egret_core::{
+    AccessLogSink, CapturedHeaders, LogHeaders, LogRecord, RequestInfo, ResponseFlags,
+};
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::*;
@@ -32,6 +34,50 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     h
 }
 
+/// The headers of a test record, which keeps them all, to change.
+fn map(h: &mut CapturedHeaders) -> &mut HeaderMap {
+    match h {
+        CapturedHeaders::All(m) => m,
+        CapturedHeaders::Few(_) => panic!("test records keep every header"),
+    }
+}
+
+/// `rec` as the data path would have kept it for a format reading `kept`: every test formats
+/// through this, so a header the format prints but does not ask for shows up as `-`.
+fn kept(rec: &LogRecord, kept: &LogHeaders) -> LogRecord {
+    let mut r = rec.clone();
+    if let Some(req) = r.request.as_mut() {
+        req.headers = kept.request.capture(map(&mut req.headers));
+    }
+    if let Some(h) = r.response_headers.as_mut() {
+        *h = kept.response.capture(map(h));
+    }
+    r
+}
+
+/// Formats a record as the writer does, with only the headers the format asked for.
+trait FormatKept {
+    fn kept_string(&self, rec: &LogRecord) -> String;
+}
+
+impl FormatKept for AccessLogFormat {
+    fn kept_string(&self, rec: &LogRecord) -> String {
+        self.format_to_string(&kept(rec, &self.headers()))
+    }
+}
+
+impl FormatKept for JsonFormat {
+    fn kept_string(&self, rec: &LogRecord) -> String {
+        self.format_to_string(&kept(rec, &self.headers()))
+    }
+}
+
+impl FormatKept for LogFormat {
+    fn kept_string(&self, rec: &LogRecord) -> String {
+        self.format_to_string(&kept(rec, &self.headers()))
+    }
+}
+
 /// The S1 request: `curl http://edition.cnn.com/politics` through the gateway.
 fn s1_record() -> LogRecord {
     let mut r = LogRecord::new(
@@ -52,10 +98,11 @@ fn s1_record() -> LogRecord {
             ("x-forwarded-for", "10.244.1.73"),
             ("user-agent", "curl/7.81.0-DEV"),
             ("x-request-id", "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4"),
-        ]),
+        ])
+        .into(),
     });
     r.response_code = 301;
-    r.response_headers = Some(headers(&[("x-envoy-upstream-service-time", "203")]));
+    r.response_headers = Some(headers(&[("x-envoy-upstream-service-time", "203")]).into());
     r.response_code_details = Some("via_upstream".into());
     r.upstream_host = Some(addr("151.101.3.5:80"));
     r.upstream_cluster = Some(Arc::from("outbound|80||edition.cnn.com"));
@@ -82,14 +129,12 @@ fn s2_record() -> LogRecord {
 }
 
 fn text(format: &str, rec: &LogRecord) -> String {
-    AccessLogFormat::parse(format)
-        .unwrap()
-        .format_to_string(rec)
+    AccessLogFormat::parse(format).unwrap().kept_string(rec)
 }
 
 #[test]
 fn s1_seed_line_byte_for_byte() {
-    let line = AccessLogFormat::istio_default().format_to_string(&s1_record());
+    let line = AccessLogFormat::istio_default().kept_string(&s1_record());
     assert_eq!(
         line,
         "[2023-11-15T08:48:38.683Z] \"GET /politics HTTP/2\" 301 - via_upstream - \"-\" 0 0 204 203 \"10.244.1.73\" \"curl/7.81.0-DEV\" \"6c2c4550-92d4-955c-b6cb-83bf2b0e06f4\" \"edition.cnn.com\" \"151.101.3.5:80\" outbound|80||edition.cnn.com 10.244.2.184:46620 10.244.2.184:8080 10.244.1.73:49924 - -\n"
@@ -98,7 +143,7 @@ fn s1_seed_line_byte_for_byte() {
 
 #[test]
 fn s2_tcp_line() {
-    let line = AccessLogFormat::istio_default().format_to_string(&s2_record());
+    let line = AccessLogFormat::istio_default().kept_string(&s2_record());
     assert_eq!(
         line,
         "[2023-11-15T08:59:55.513Z] \"- - -\" 0 - - - \"-\" 627 1879689 44 - \"-\" \"-\" \"-\" \"-\" \"151.101.129.67:443\" outbound|443||edition.cnn.com 172.30.109.80:41122 172.30.109.80:443 172.30.109.112:59970 edition.cnn.com -\n"
@@ -124,7 +169,7 @@ fn refused_connection_line() {
     r.set_flag(ResponseFlags::NO_ROUTE_FOUND);
     r.connection_termination_details = Some("filter_chain_not_found".into());
     assert_eq!(
-        AccessLogFormat::istio_default().format_to_string(&r),
+        AccessLogFormat::istio_default().kept_string(&r),
         "[1970-01-01T00:00:00.000Z] \"- - -\" 0 NR - filter_chain_not_found \"-\" 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" - - 127.0.0.1:8443 127.0.0.1:50000 - -\n"
     );
 }
@@ -232,7 +277,8 @@ fn header_operators_like_envoy() {
         ("x-empty", ""),
         ("x-multi", "one"),
         ("x-multi", "two"),
-    ]);
+    ])
+    .into();
     let f = "%REQ(X-A):3%|%REQ(X-A?X-B):2%|%REQ(X-EMPTY)%|%REQ(X-MULTI)%|%REQ(:AUTHORITY)%|%REQ(HOST)%|%REQ(:SCHEME)%|%REQ(:PATH)%|%REQ(:METHOD)%|%TRAILER(X-T)%|%REQ(X-MISSING?X-B)%|%REQ(x-a)%|%REQ(X-EMPTY?X-B)%";
     assert_eq!(
         text(f, &r),
@@ -260,8 +306,7 @@ fn original_path_wins_over_path() {
     let mut r = s1_record();
     assert_eq!(text("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", &r), "/politics");
     let req = r.request.as_mut().unwrap();
-    req.headers
-        .insert("x-envoy-original-path", HeaderValue::from_static("/orig"));
+    map(&mut req.headers).insert("x-envoy-original-path", HeaderValue::from_static("/orig"));
     assert_eq!(text("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", &r), "/orig");
 }
 
@@ -269,16 +314,15 @@ fn original_path_wins_over_path() {
 fn truncation_counts_bytes() {
     let mut r = s1_record();
     let req = r.request.as_mut().unwrap();
-    req.headers
-        .insert("x-utf", HeaderValue::from_bytes("éé".as_bytes()).unwrap());
+    map(&mut req.headers).insert("x-utf", HeaderValue::from_bytes("éé".as_bytes()).unwrap());
     // Envoy's substr cuts inside a character; TEXT keeps the raw byte.
     let f = AccessLogFormat::parse("%REQ(X-UTF):3%").unwrap();
     let mut out = Vec::new();
-    f.write(&r, &mut out);
+    f.write(&kept(&r, &f.headers()), &mut out);
     assert_eq!(out, b"\xc3\xa9\xc3");
     // JSON must stay valid: the cut byte is escaped.
     let j = JsonFormat::parse(r#"{"u":"%REQ(X-UTF):3%"}"#).unwrap();
-    assert_eq!(j.format_to_string(&r), "{\"u\":\"é\\u00c3\"}\n");
+    assert_eq!(j.kept_string(&r), "{\"u\":\"é\\u00c3\"}\n");
 }
 
 #[test]
@@ -287,10 +331,7 @@ fn authority_falls_back_to_host_header() {
     let req = r.request.as_mut().unwrap();
     req.authority = None;
     assert_eq!(text("%REQ(:AUTHORITY)%", &r), "-");
-    r.request
-        .as_mut()
-        .unwrap()
-        .headers
+    map(&mut r.request.as_mut().unwrap().headers)
         .insert("host", HeaderValue::from_static("h.example:80"));
     assert_eq!(
         text("%REQ(:AUTHORITY)%|%REQ(HOST)%", &r),
@@ -367,7 +408,7 @@ fn parse_errors_name_operator_and_offset() {
 #[test]
 fn text_has_no_escaping() {
     let mut r = s1_record();
-    r.request.as_mut().unwrap().headers.insert(
+    map(&mut r.request.as_mut().unwrap().headers).insert(
         "user-agent",
         HeaderValue::from_static("a \"quoted\" \\ agent"),
     );
@@ -390,7 +431,7 @@ fn json_value(line: &str) -> serde_json::Map<String, serde_json::Value> {
 
 #[test]
 fn istio_json_s1() {
-    let line = JsonFormat::istio_default().format_to_string(&s1_record());
+    let line = JsonFormat::istio_default().kept_string(&s1_record());
     let m = json_value(&line);
     let expect = serde_json::json!({
         "authority": "edition.cnn.com",
@@ -430,7 +471,7 @@ fn istio_json_s1() {
 
 #[test]
 fn istio_json_tcp() {
-    let m = json_value(&JsonFormat::istio_default().format_to_string(&s2_record()));
+    let m = json_value(&JsonFormat::istio_default().kept_string(&s2_record()));
     assert_eq!(m["protocol"], serde_json::Value::Null);
     assert_eq!(m["method"], serde_json::Value::Null);
     assert_eq!(m["response_code"], 0);
@@ -453,7 +494,7 @@ fn user_json_format_types_and_mixing() {
             "status":"%RESP(:STATUS)%","dl":"%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"}"#,
     )
     .unwrap();
-    let line = f.format_to_string(&s1_record());
+    let line = f.kept_string(&s1_record());
     assert_eq!(
         line,
         "{\"B\":0,\"a\":\"0 bytes\",\"b\":null,\"c\":\"x -\",\"dl\":\"10.244.2.184\",\"dur\":204,\"e\":\"-\",\"lit\":\"plain\",\"n\":\"203\",\"nested\":{\"j\":[0,\"151.101.3.5:80\"],\"k\":\"HTTP/2\"},\"q\":\"\\\"2023\\\"\",\"rc\":301,\"st\":\"1700038118\",\"status\":\"301\",\"z\":\"curl\"}\n"
@@ -464,15 +505,15 @@ fn user_json_format_types_and_mixing() {
 #[test]
 fn json_escapes_header_values() {
     let mut r = s1_record();
-    r.request.as_mut().unwrap().headers.insert(
+    map(&mut r.request.as_mut().unwrap().headers).insert(
         "user-agent",
         HeaderValue::from_bytes(b"q\"b\\s</ tab\t\xc3\xa9 \xff").unwrap(),
     );
-    let m = json_value(&JsonFormat::istio_default().format_to_string(&r));
+    let m = json_value(&JsonFormat::istio_default().kept_string(&r));
     assert_eq!(m["user_agent"], "q\"b\\s</ tab\té \u{ff}");
     // A mixed value with escapes in both literal and operator parts.
     let f = JsonFormat::parse(r#"{"k":"\"%REQ(USER-AGENT)%\""}"#).unwrap();
-    let m = json_value(&f.format_to_string(&r));
+    let m = json_value(&f.kept_string(&r));
     assert_eq!(m["k"], "\"q\"b\\s</ tab\té \u{ff}\"");
 }
 
@@ -509,13 +550,13 @@ fn istio_mesh_config_mapping() {
     assert_eq!(
         LogFormat::istio(LogEncoding::Text, "%PROTOCOL%")
             .unwrap()
-            .format_to_string(&r),
+            .kept_string(&r),
         "HTTP/2\n"
     );
     assert_eq!(
         LogFormat::istio(LogEncoding::Text, "%PROTOCOL%\n")
             .unwrap()
-            .format_to_string(&r),
+            .kept_string(&r),
         "HTTP/2\n"
     );
     assert_eq!(
@@ -525,7 +566,7 @@ fn istio_mesh_config_mapping() {
     assert_eq!(
         LogFormat::istio(LogEncoding::Json, r#"{"p":"%PROTOCOL%"}"#)
             .unwrap()
-            .format_to_string(&r),
+            .kept_string(&r),
         "{\"p\":\"HTTP/2\"}\n"
     );
     assert!(LogFormat::istio(LogEncoding::Text, "%NOPE%").is_err());
@@ -576,7 +617,7 @@ fn writer_writes_every_line_to_a_file_and_shutdown_drains() {
     let w = AccessLogWriter::open(&Destination::File(path.clone()), fmt).unwrap();
     const N: u64 = 5000;
     for i in 0..N {
-        w.log(numbered(i));
+        w.log(Box::new(numbered(i)));
     }
     assert!(w.shutdown(Duration::from_secs(30)));
     assert_eq!(
@@ -590,7 +631,7 @@ fn writer_writes_every_line_to_a_file_and_shutdown_drains() {
         assert_eq!(*l, format!("{i} edition.cnn.com"));
     }
     // After shutdown records are refused and counted; a second shutdown is harmless.
-    w.log(numbered(0));
+    w.log(Box::new(numbered(0)));
     assert_eq!(w.dropped(), 1);
     assert!(w.shutdown(Duration::from_secs(1)));
     let _ = std::fs::remove_file(&path);
@@ -601,7 +642,7 @@ fn writer_appends_to_existing_file_and_flush_makes_lines_visible() {
     let path = temp_path("append.log");
     std::fs::write(&path, "existing\n").unwrap();
     let w = AccessLogWriter::open(&Destination::File(path.clone()), LogFormat::default()).unwrap();
-    w.log(s1_record());
+    w.log(Box::new(s1_record()));
     assert!(w.flush_and_wait(Duration::from_secs(30)));
     let content = std::fs::read_to_string(&path).unwrap();
     assert!(
@@ -611,7 +652,7 @@ fn writer_appends_to_existing_file_and_flush_makes_lines_visible() {
     assert_eq!(w.written(), 1);
     // A new format applies to records logged after the switch.
     assert!(w.set_format(LogFormat::Json(JsonFormat::istio_default())));
-    w.log(s2_record());
+    w.log(Box::new(s2_record()));
     drop(w); // Drop shuts down and drains too.
     let content = std::fs::read_to_string(&path).unwrap();
     let last = content.lines().last().unwrap();
@@ -624,11 +665,11 @@ fn writer_reopen_follows_rotation() {
     let path = temp_path("rotate.log");
     let rotated = temp_path("rotate.log.1");
     let w = AccessLogWriter::open(&Destination::File(path.clone()), LogFormat::default()).unwrap();
-    w.log(s1_record());
+    w.log(Box::new(s1_record()));
     assert!(w.flush_and_wait(Duration::from_secs(30)));
     std::fs::rename(&path, &rotated).unwrap();
     assert!(w.reopen());
-    w.log(s2_record());
+    w.log(Box::new(s2_record()));
     assert!(w.shutdown(Duration::from_secs(30)));
     assert!(std::fs::read_to_string(&rotated)
         .unwrap()
@@ -676,11 +717,11 @@ fn full_queue_drops_and_counts_without_blocking() {
     let fmt = LogFormat::Text(AccessLogFormat::parse("%BYTES_SENT%\n").unwrap());
     let w = AccessLogWriter::with_writer(Box::new(gate), fmt, 2).unwrap();
     // Record 0 reaches the writer thread, which then blocks inside write().
-    w.log(numbered(0));
+    w.log(Box::new(numbered(0)));
     entered_rx.recv().unwrap();
     // The queue (2) fills; everything after is dropped immediately.
     for i in 1..=10 {
-        w.log(numbered(i));
+        w.log(Box::new(numbered(i)));
     }
     assert_eq!((w.queued(), w.dropped()), (3, 8));
     // Records 1 and 2 wait in the queue (the queue-depth metric).
@@ -710,7 +751,7 @@ fn write_errors_are_counted_not_fatal() {
     let w =
         AccessLogWriter::with_writer(Box::new(FailingWriter), LogFormat::default(), 16).unwrap();
     for _ in 0..3 {
-        w.log(s1_record());
+        w.log(Box::new(s1_record()));
         assert!(w.flush_and_wait(Duration::from_secs(30)));
     }
     assert!(w.shutdown(Duration::from_secs(30)));
@@ -757,4 +798,125 @@ fn memory_sink_collects_through_log_guard() {
     assert!(lines[1].contains("\"- - -\""));
     assert_eq!(sink.take().len(), 2);
     assert!(sink.is_empty());
+}
+
+fn names(sel: &egret_core::HeaderSelection) -> Vec<String> {
+    match sel {
+        egret_core::HeaderSelection::All => vec!["*".into()],
+        egret_core::HeaderSelection::Names(n) => n.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+/// A record keeps only the headers its format prints: Istio's default TEXT and JSON formats
+/// read four request headers (and `host`, the authority's fallback) and one response header.
+#[test]
+fn formats_say_which_headers_they_print() {
+    let text = AccessLogFormat::istio_default().headers();
+    assert_eq!(
+        names(&text.request),
+        [
+            "x-envoy-original-path",
+            "x-forwarded-for",
+            "user-agent",
+            "x-request-id",
+            "host"
+        ]
+    );
+    assert_eq!(names(&text.response), ["x-envoy-upstream-service-time"]);
+    let json = JsonFormat::istio_default().headers();
+    let mut req = names(&json.request);
+    req.sort();
+    assert_eq!(
+        req,
+        [
+            "host",
+            "user-agent",
+            "x-envoy-original-path",
+            "x-forwarded-for",
+            "x-request-id"
+        ]
+    );
+    assert_eq!(names(&json.response), ["x-envoy-upstream-service-time"]);
+    // Nested objects and lists count; pseudo headers other than the authority need none.
+    let nested = JsonFormat::parse(
+        r#"{"a":{"b":["%REQ(X-A?X-B)%","%RESP(X-C):3%"]},"m":"%REQ(:METHOD)% %REQ(:PATH)%"}"#,
+    )
+    .unwrap()
+    .headers();
+    assert_eq!(names(&nested.request), ["x-a", "x-b"]);
+    assert_eq!(names(&nested.response), ["x-c"]);
+    let none = AccessLogFormat::parse("%RESPONSE_CODE% %REQ(:METHOD)%\n").unwrap();
+    assert_eq!(names(&none.headers().request), Vec::<String>::new());
+}
+
+#[test]
+fn captured_headers_keep_only_the_selection() {
+    let all = headers(&[
+        ("user-agent", "curl"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-for", "10.0.0.2"),
+        ("cookie", "secret"),
+    ]);
+    let sel = AccessLogFormat::istio_default().headers().request;
+    let captured = sel.capture(&all);
+    let CapturedHeaders::Few(kept) = &captured else {
+        panic!("a named selection keeps a few headers");
+    };
+    // The first value of each selected name present; nothing else.
+    assert_eq!(kept.len(), 2);
+    assert_eq!(captured.get(&http::header::USER_AGENT), Some(&b"curl"[..]));
+    assert_eq!(
+        captured.get(&http::HeaderName::from_static("x-forwarded-for")),
+        Some(&b"10.0.0.1"[..])
+    );
+    assert!(captured.get(&http::header::COOKIE).is_none());
+    assert!(captured.get(&http::header::HOST).is_none());
+    // An empty value is kept, and is not absent.
+    let empty = sel.capture(&headers(&[("x-request-id", ""), ("user-agent", "ua")]));
+    assert_eq!(
+        empty.get(&http::HeaderName::from_static("x-request-id")),
+        Some(&b""[..])
+    );
+    assert_eq!(empty.get(&http::header::USER_AGENT), Some(&b"ua"[..]));
+    // More selected headers than the inline room: the whole map is kept, nothing is lost.
+    let many: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
+    let sel = egret_core::HeaderSelection::names(
+        many.iter()
+            .map(|n| http::HeaderName::from_bytes(n.as_bytes()).unwrap()),
+    );
+    let pairs: Vec<(&str, &str)> = many.iter().map(|n| (n.as_str(), n.as_str())).collect();
+    let captured = sel.capture(&headers(&pairs));
+    assert!(matches!(captured, CapturedHeaders::All(_)));
+    assert_eq!(
+        captured.get(&http::HeaderName::from_static("x-h11")),
+        Some(&b"x-h11"[..])
+    );
+}
+
+/// The writer asks for its format's headers plus what readers in front (the metrics) need,
+/// and follows a new format.
+#[test]
+fn writer_keeps_format_and_reader_headers() {
+    let w = AccessLogWriter::with_writer(Box::new(io::sink()), LogFormat::default(), 16).unwrap();
+    assert_eq!(w.headers(), LogFormat::default().headers());
+    w.keep_headers(&LogHeaders {
+        request: egret_core::HeaderSelection::names([http::header::CONTENT_TYPE]),
+        response: egret_core::HeaderSelection::names([http::HeaderName::from_static(
+            "grpc-status",
+        )]),
+    });
+    let h = w.headers();
+    assert!(names(&h.request).contains(&"content-type".to_string()));
+    assert!(names(&h.request).contains(&"user-agent".to_string()));
+    assert_eq!(
+        names(&h.response),
+        ["x-envoy-upstream-service-time", "grpc-status"]
+    );
+    assert!(w.set_format(LogFormat::Text(
+        AccessLogFormat::parse("%REQ(X-ONLY)%\n").unwrap()
+    )));
+    let h = w.headers();
+    assert_eq!(names(&h.request), ["x-only", "content-type"]);
+    assert_eq!(names(&h.response), ["grpc-status"]);
+    w.shutdown(Duration::from_secs(5));
 }

@@ -16,11 +16,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use egret_core::{AccessLogSink, LogRecord};
+use egret_core::{AccessLogSink, LogHeaders, LogRecord};
 
 use crate::LogFormat;
 
@@ -93,6 +93,22 @@ pub struct AccessLogWriter {
     capacity: usize,
     stats: Arc<Stats>,
     thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
+    /// The headers records must keep: the format's, and what readers in front asked for.
+    headers: RwLock<KeptHeaders>,
+}
+
+struct KeptHeaders {
+    format: LogHeaders,
+    also: LogHeaders,
+    /// `format` ∪ `also`, handed out per request.
+    both: LogHeaders,
+}
+
+impl KeptHeaders {
+    fn new(format: LogHeaders, also: LogHeaders) -> KeptHeaders {
+        let both = format.union(&also);
+        KeptHeaders { format, also, both }
+    }
 }
 
 impl AccessLogWriter {
@@ -127,6 +143,7 @@ impl AccessLogWriter {
         format: LogFormat,
         capacity: usize,
     ) -> io::Result<AccessLogWriter> {
+        let headers = RwLock::new(KeptHeaders::new(format.headers(), LogHeaders::none()));
         let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
@@ -155,6 +172,7 @@ impl AccessLogWriter {
             capacity: capacity.max(1),
             stats,
             thread: Mutex::new(Some((handle, done_rx))),
+            headers,
         })
     }
 
@@ -181,8 +199,15 @@ impl AccessLogWriter {
 
     /// Switches the format for records logged from now on (a configuration reload).
     /// `false` once the writer has shut down.
+    ///
+    /// Records of requests already in flight were captured with the old format's headers: a
+    /// header only the new format prints is `-` in their lines.
     pub fn set_format(&self, format: LogFormat) -> bool {
-        self.send_control(Msg::SetFormat(Box::new(format)))
+        let format_headers = format.headers();
+        let sent = self.send_control(Msg::SetFormat(Box::new(format)));
+        let mut kept = self.headers.write().unwrap_or_else(PoisonError::into_inner);
+        *kept = KeptHeaders::new(format_headers, kept.also.clone());
+        sent
     }
 
     /// Reopens the destination file (after log rotation), like Envoy on SIGUSR1. `false`
@@ -236,15 +261,25 @@ impl AccessLogWriter {
 }
 
 impl AccessLogSink for AccessLogWriter {
+    fn headers(&self) -> LogHeaders {
+        let kept = self.headers.read().unwrap_or_else(PoisonError::into_inner);
+        kept.both.clone()
+    }
+
+    fn keep_headers(&self, also: &LogHeaders) {
+        let mut kept = self.headers.write().unwrap_or_else(PoisonError::into_inner);
+        *kept = KeptHeaders::new(kept.format.clone(), kept.also.union(also));
+    }
+
     /// Never blocks: a full queue drops the record and counts it.
-    fn log(&self, record: LogRecord) {
+    fn log(&self, record: Box<LogRecord>) {
         let depth = &self.stats.depth;
         if depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             depth.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.tx.send(Msg::Record(Box::new(record))) {
+        match self.tx.send(Msg::Record(record)) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -470,8 +505,8 @@ impl MemorySink {
 }
 
 impl AccessLogSink for MemorySink {
-    fn log(&self, record: LogRecord) {
-        self.lock().push(record);
+    fn log(&self, record: Box<LogRecord>) {
+        self.lock().push(*record);
         self.changed.notify_all();
     }
 }
