@@ -313,9 +313,11 @@ pub struct LogGuard {
 }
 
 impl LogGuard {
-    pub fn new(record: LogRecord, sink: Arc<dyn AccessLogSink>) -> Self {
+    /// `record` may come boxed already (a caller that fills it across `await`s keeps only
+    /// the pointer in its future).
+    pub fn new(record: impl Into<Box<LogRecord>>, sink: Arc<dyn AccessLogSink>) -> Self {
         LogGuard {
-            record: Some(Box::new(record)),
+            record: Some(record.into()),
             sink,
             response_headers: HeaderSelection::All,
         }

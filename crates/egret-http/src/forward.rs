@@ -149,10 +149,16 @@ impl Forward<'_> {
         let per_try = self.retry.and_then(|p| p.per_try_timeout);
         let avoid_tried = self.retry.is_none_or(|p| p.ignore_previous_hosts);
         let mut tried: Vec<SocketAddr> = Vec::new();
+        // The host of the attempt before this one: added to `tried` only when there is a
+        // next attempt, so a request that is not retried allocates no list.
+        let mut previous: Option<SocketAddr> = None;
         let mut retries = Retries::default();
         // `x-envoy-upstream-service-time` counts from the first attempt (Envoy 1.40).
         let mut first_sent: Option<Instant> = None;
         loop {
+            if let Some(p) = previous.take() {
+                tried.push(p);
+            }
             let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
             let endpoint = match self
                 .cluster
@@ -170,7 +176,7 @@ impl Forward<'_> {
                 }
             };
             let addr = endpoint.addr;
-            tried.push(addr);
+            previous = Some(addr);
             guard.record().upstream_host = Some(addr);
             // The body is read ahead (up to the buffer limit) while the connection is set up.
             let checkout = self.shared.pool.checkout(self.cluster, &endpoint);

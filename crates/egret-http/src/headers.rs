@@ -141,10 +141,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .map(str::trim)
             // Never let `Connection:` strip headers the proxy itself relies on.
             .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("x-request-id"))
-            // Parsed (and lowercased) once per token, then looked up: linear in the tokens,
-            // however many a client lists.
+            // `keep-alive`, `upgrade`, ...: removed below in any case (most `Connection`
+            // values name only these).
+            .filter(|t| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
+            })
+            // Looked up by text (lowercased on the stack), and a name allocated only for a
+            // header that is there: linear in the tokens, however many a client lists.
+            .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|name| headers.contains_key(name))
             .collect();
         for name in listed {
             headers.remove(name);
@@ -280,6 +287,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("connection", "keep-alive".parse().unwrap());
         h.append("connection", "X-Secret, x-request-id, ,".parse().unwrap());
+        // Hop-by-hop names listed, in any case: they go with the fixed list.
+        h.append(
+            "connection",
+            "Upgrade, KEEP-ALIVE, x-absent".parse().unwrap(),
+        );
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("x-request-id", "abc".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());

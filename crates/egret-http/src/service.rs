@@ -52,7 +52,12 @@ pub async fn handle(
     conn: Arc<ConnContext>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let mut rec = LogRecord::new(conn.local, conn.remote, conn.snapshot.version.clone());
+    // Boxed from the start: this future then holds a pointer, not the ~0.7 KB record.
+    let mut rec = Box::new(LogRecord::new(
+        conn.local,
+        conn.remote,
+        conn.snapshot.version.clone(),
+    ));
     rec.protocol = Some(match req.version() {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_2 => "HTTP/2",
