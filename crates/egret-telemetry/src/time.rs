@@ -4,6 +4,8 @@
 //! `%1f`..`%9f`, `%s`). This module reproduces the output for the specifiers people use; an
 //! unknown specifier is printed literally, as absl does (`%Q` prints `%Q`).
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::num::{write_i64, write_padded};
@@ -11,10 +13,43 @@ use crate::num::{write_i64, write_padded};
 /// Envoy's default `%START_TIME%` format.
 pub(crate) const DEFAULT_START_TIME: &str = "%Y-%m-%dT%H:%M:%E3SZ";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) struct TimeFormat {
     segs: Box<[TimeSeg]>,
+    /// Segments before the first one that reads below the second: their text is the same for
+    /// every record of one second, and is kept per thread ([`SECOND`]).
+    per_second: usize,
+    /// The segments after `per_second` need only the second and its fraction (the default
+    /// format's `%E3S` and `Z`), not the calendar.
+    tail_simple: bool,
+    /// Tells this format's kept text from another's; clones share it (same segments).
+    id: u64,
 }
+
+impl PartialEq for TimeFormat {
+    fn eq(&self, other: &Self) -> bool {
+        self.segs == other.segs
+    }
+}
+
+impl Eq for TimeFormat {}
+
+/// The text one format printed for one second, up to its `per_second` segments. Records
+/// come in time order, so most of them reuse it: the calendar arithmetic and five of the
+/// default format's seven numbers are done once a second, not once a record.
+struct SecondText {
+    id: u64,
+    epoch: i64,
+    text: Vec<u8>,
+}
+
+thread_local! {
+    static SECOND: RefCell<SecondText> = const {
+        RefCell::new(SecondText { id: u64::MAX, epoch: 0, text: Vec::new() })
+    };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum TimeSeg {
@@ -97,7 +132,7 @@ pub(crate) struct TimeFormatError {
 impl TimeFormat {
     pub(crate) fn default_format() -> TimeFormat {
         // The default format is a constant known to compile.
-        TimeFormat::parse(DEFAULT_START_TIME).unwrap_or(TimeFormat { segs: Box::new([]) })
+        TimeFormat::parse(DEFAULT_START_TIME).unwrap_or_else(|_| TimeFormat::new(Vec::new()))
     }
 
     pub(crate) fn parse(fmt: &str) -> Result<TimeFormat, TimeFormatError> {
@@ -263,18 +298,88 @@ impl TimeFormat {
             }
         }
         flush_lit(&mut segs, &mut lit);
-        Ok(TimeFormat {
+        Ok(TimeFormat::new(segs))
+    }
+
+    fn new(segs: Vec<TimeSeg>) -> TimeFormat {
+        use TimeSeg::*;
+        let sub_second = |s: &TimeSeg| matches!(s, SecondFrac(_) | SecondFracAll | Frac(_));
+        let per_second = segs.iter().position(sub_second).unwrap_or(segs.len());
+        let tail_simple = segs[per_second..]
+            .iter()
+            .all(|s| sub_second(s) || matches!(s, Lit(_) | Second));
+        TimeFormat {
             segs: segs.into_boxed_slice(),
-        })
+            per_second,
+            tail_simple,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Appends `t` formatted in UTC.
     pub(crate) fn write(&self, t: SystemTime, out: &mut Vec<u8>) {
-        let c = Civil::from_system_time(t);
-        for seg in self.segs.iter() {
-            c.write_seg(seg, out);
+        let (epoch, nanos) = epoch_nanos(t);
+        if self.per_second == 0 || !self.tail_simple {
+            let c = Civil::from_epoch(epoch, nanos);
+            for seg in self.segs.iter() {
+                c.write_seg(seg, out);
+            }
+            return;
+        }
+        SECOND.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.id != self.id || kept.epoch != epoch {
+                let c = Civil::from_epoch(epoch, nanos);
+                kept.text.clear();
+                for seg in &self.segs[..self.per_second] {
+                    c.write_seg(seg, &mut kept.text);
+                }
+                kept.id = self.id;
+                kept.epoch = epoch;
+            }
+            out.extend_from_slice(&kept.text);
+        });
+        let second = epoch.rem_euclid(60) as u32;
+        for seg in &self.segs[self.per_second..] {
+            write_tail_seg(seg, second, nanos, out);
         }
     }
+}
+
+/// Seconds since the epoch (floored) and the nanoseconds into that second.
+fn epoch_nanos(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            // Before 1970: floor to the whole second below.
+            let d = e.duration();
+            let mut s = -(d.as_secs() as i64);
+            let mut n = d.subsec_nanos();
+            if n > 0 {
+                s -= 1;
+                n = 1_000_000_000 - n;
+            }
+            (s, n)
+        }
+    }
+}
+
+/// A segment after the kept text: one that `tail_simple` allows.
+fn write_tail_seg(seg: &TimeSeg, second: u32, nanos: u32, out: &mut Vec<u8>) {
+    // The calendar fields are not read by these segments; zero is never printed.
+    let c = Civil {
+        epoch: 0,
+        nanos,
+        year: 0,
+        month: 1,
+        day: 1,
+        hour: 0,
+        minute: 0,
+        second,
+        yday: 0,
+        wday: 0,
+    };
+    c.write_seg(seg, out);
 }
 
 fn push(segs: &mut Vec<TimeSeg>, lit: &mut Vec<u8>, seg: TimeSeg) {
@@ -370,24 +475,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 impl Civil {
-    fn from_system_time(t: SystemTime) -> Civil {
-        let (epoch, nanos) = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-            Err(e) => {
-                // Before 1970: floor to the whole second below.
-                let d = e.duration();
-                let mut s = -(d.as_secs() as i64);
-                let mut n = d.subsec_nanos();
-                if n > 0 {
-                    s -= 1;
-                    n = 1_000_000_000 - n;
-                }
-                (s, n)
-            }
-        };
-        Civil::from_epoch(epoch, nanos)
-    }
-
     fn from_epoch(epoch: i64, nanos: u32) -> Civil {
         let days = epoch.div_euclid(86_400);
         let sod = epoch.rem_euclid(86_400) as u32;
@@ -652,6 +739,57 @@ mod tests {
         assert_eq!(
             fmt(DEFAULT_START_TIME, UNIX_EPOCH - Duration::from_millis(1)),
             "1969-12-31T23:59:59.999Z"
+        );
+    }
+
+    fn write(f: &TimeFormat, t: SystemTime) -> String {
+        let mut out = Vec::new();
+        f.write(t, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The text kept per second belongs to one format and one second: formats written in
+    /// turn, seconds going forward and back, and a format without a sub-second field all
+    /// print what a fresh computation prints.
+    #[test]
+    fn text_kept_per_second_follows_format_and_second() {
+        let default = TimeFormat::parse(DEFAULT_START_TIME).unwrap();
+        let other = TimeFormat::parse("%d/%b/%Y:%H:%M:%S.%3f %s").unwrap();
+        let whole = TimeFormat::parse("%Y-%m-%d %H:%M:%S").unwrap();
+        let calendar_after = TimeFormat::parse("%f %Y").unwrap();
+        assert_eq!(default, default.clone());
+        assert_eq!(default, TimeFormat::parse(DEFAULT_START_TIME).unwrap());
+        let cases = [
+            (ORACLE, 415_918_000, "2026-11-26T05:02:53.415Z"),
+            (ORACLE, 999_999_999, "2026-11-26T05:02:53.999Z"),
+            (ORACLE + 1, 0, "2026-11-26T05:02:54.000Z"),
+            (ORACLE + 7, 5_000_000, "2026-11-26T05:03:00.005Z"),
+            (ORACLE, 1_000_000, "2026-11-26T05:02:53.001Z"),
+        ];
+        // One format alone: consecutive records of one second reuse the kept text.
+        for (epoch, nanos, text) in cases {
+            assert_eq!(write(&default, at(epoch, nanos)), text);
+        }
+        // Formats in turn: each takes the kept text over from the other.
+        for (epoch, nanos, text) in cases {
+            let t = at(epoch, nanos);
+            assert_eq!(write(&default, t), text);
+            assert_eq!(
+                write(&other, t),
+                fmt("%d/%b/%Y:%H:%M:%S.%3f %s", t),
+                "{epoch}.{nanos}"
+            );
+            assert_eq!(write(&whole, t), fmt("%Y-%m-%d %H:%M:%S", t));
+            assert_eq!(write(&calendar_after, t), fmt("%f %Y", t));
+        }
+        assert_eq!(
+            write(&other, at(ORACLE, 415_918_000)),
+            "26/Nov/2026:05:02:53.415 1795669373"
+        );
+        assert_eq!(write(&calendar_after, at(ORACLE, 7)), "000000007 2026");
+        assert_eq!(
+            write(&default, UNIX_EPOCH - Duration::from_millis(1001)),
+            "1969-12-31T23:59:58.999Z"
         );
     }
 }
