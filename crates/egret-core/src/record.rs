@@ -50,16 +50,31 @@ impl HeaderSelection {
         }
     }
 
-    /// The selected headers of `headers`, each name's first value.
+    /// The selected headers of `headers`, each name's first value; always copies (see
+    /// [`FewHeaders`]).
     pub fn capture(&self, headers: &HeaderMap) -> CapturedHeaders {
         match self {
-            HeaderSelection::All => CapturedHeaders::All(headers.clone()),
+            HeaderSelection::All => CapturedHeaders::All(copied(headers)),
             HeaderSelection::Names(names) => FewHeaders::capture(names, headers).map_or_else(
-                || CapturedHeaders::All(headers.clone()),
+                || CapturedHeaders::All(copied(headers)),
                 CapturedHeaders::Few,
             ),
         }
     }
+}
+
+/// `headers` with every value in an allocation of its own, none shared with the buffer the
+/// headers were parsed from. For the rare records that keep a whole map.
+fn copied(headers: &HeaderMap) -> HeaderMap {
+    let mut map = headers.clone();
+    for v in map.values_mut() {
+        // A value that was valid stays valid; if not, the shared one is kept.
+        if let Ok(mut own) = HeaderValue::from_bytes(v.as_bytes()) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
+    }
+    map
 }
 
 /// The request and response headers a sink reads from its records.
@@ -298,7 +313,8 @@ pub trait AccessLogSink: Send + Sync + 'static {
     }
 
     /// A reader in front of this sink (the metrics) needs these headers kept as well. Sinks
-    /// that keep every header can ignore it.
+    /// that keep every header can ignore it; a sink that narrows [`headers`](Self::headers)
+    /// must add these to what it returns.
     fn keep_headers(&self, _also: &LogHeaders) {}
 }
 
@@ -366,5 +382,58 @@ fn unreachable_record() -> LogRecord {
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// A value parsed by hyper is a slice of the connection's read buffer; a record must not
+    /// keep that buffer alive, whichever way it keeps the headers.
+    #[test]
+    fn captured_values_do_not_share_the_parsed_buffer() {
+        let buf = Bytes::from(b"curl/8.0 10.0.0.1 abc".to_vec());
+        let mut map = HeaderMap::new();
+        let slice = |a, b| HeaderValue::from_maybe_shared(buf.slice(a..b)).unwrap();
+        map.insert(http::header::USER_AGENT, slice(0, 8));
+        map.insert("x-forwarded-for", slice(9, 17));
+        map.insert("x-request-id", slice(18, 21));
+        let few = HeaderSelection::names([http::header::USER_AGENT]);
+        let many = HeaderSelection::names((0..300).map(|i| {
+            if i == 299 {
+                HeaderName::from_static("x-request-id")
+            } else {
+                HeaderName::try_from(format!("x-h{i}")).unwrap()
+            }
+        }));
+        let kept = [
+            few.capture(&map),
+            HeaderSelection::All.capture(&map),
+            // Past the inline room (a name at position 299): the whole map, copied.
+            many.capture(&map),
+        ];
+        drop(map);
+        assert!(
+            buf.is_unique(),
+            "a captured value still points into the buffer"
+        );
+        assert_eq!(
+            kept[0].get(&http::header::USER_AGENT),
+            Some(&b"curl/8.0"[..])
+        );
+        assert!(kept[0]
+            .get(&HeaderName::from_static("x-request-id"))
+            .is_none());
+        assert_eq!(
+            kept[1].get(&HeaderName::from_static("x-forwarded-for")),
+            Some(&b"10.0.0.1"[..])
+        );
+        assert!(matches!(kept[2], CapturedHeaders::All(_)));
+        assert_eq!(
+            kept[2].get(&HeaderName::from_static("x-request-id")),
+            Some(&b"abc"[..])
+        );
     }
 }

@@ -245,7 +245,8 @@ impl HeaderOp {
         })
     }
 
-    /// The header names this operator may read from a record's headers.
+    /// The header names this operator may read from a record's headers (`host` for the
+    /// authority; a response operator never reads it, a harmless extra name there).
     fn names(&self) -> impl Iterator<Item = HeaderName> + '_ {
         [&self.main, &self.alt]
             .into_iter()

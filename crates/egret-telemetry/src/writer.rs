@@ -204,8 +204,11 @@ impl AccessLogWriter {
     /// header only the new format prints is `-` in their lines.
     pub fn set_format(&self, format: LogFormat) -> bool {
         let format_headers = format.headers();
-        let sent = self.send_control(Msg::SetFormat(Box::new(format)));
+        // Under the lock: two changes at once reach the writer in the order their headers
+        // are kept. Sent first: a record captured with the new headers is logged after the
+        // new format.
         let mut kept = self.headers.write().unwrap_or_else(PoisonError::into_inner);
+        let sent = self.send_control(Msg::SetFormat(Box::new(format)));
         *kept = KeptHeaders::new(format_headers, kept.also.clone());
         sent
     }
