@@ -180,7 +180,14 @@ impl Forward<'_> {
             guard.record().upstream_host = Some(addr);
             // The body is read ahead (up to the buffer limit) while the connection is set up.
             let checkout = self.shared.pool.checkout(self.cluster, &endpoint);
-            let mut conn = match body.read_ahead_during(checkout).await {
+            // Without a body to read ahead, awaited as it is: wrapping it would build and
+            // move the wrapper's future (~1.4 KB) for nothing.
+            let connected = if body.may_read_ahead() {
+                body.read_ahead_during(checkout).await
+            } else {
+                checkout.await
+            };
+            let mut conn = match connected {
                 Ok(c) => c,
                 Err(e) if e.is_overflow() => {
                     // Envoy (checked with 1.40): `503 UO upstream_reset_before_response_started{overflow}`,

@@ -581,6 +581,12 @@ impl RequestBody {
         }
     }
 
+    /// Whether [`read_ahead_during`](Self::read_ahead_during) may have a body to read; when
+    /// not (no body, or one that is not copied), the caller can await its future directly.
+    pub fn may_read_ahead(&self) -> bool {
+        matches!(self.0, Kind::Shared { .. })
+    }
+
     /// Runs `fut` (the upstream connection being set up) while reading the body ahead into
     /// the copy, up to the buffer limit, as Envoy buffers it meanwhile.
     pub async fn read_ahead_during<F: Future>(&mut self, fut: F) -> F::Output {
