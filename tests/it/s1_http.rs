@@ -15,6 +15,46 @@ fn connect_to(host_port: &str, addr: std::net::SocketAddr) -> Vec<String> {
     vec!["--connect-to".into(), format!("{host_port}:{addr}")]
 }
 
+/// What crosses the gateway of a request's connection-specific headers, as Envoy 1.40
+/// forwards them (checked on loopback with an echo upstream): `te` cut to `trailers`, the
+/// headers `Connection` names and `keep-alive` removed, `trailer` and the proxy
+/// authorization headers passed.
+#[tokio::test]
+async fn request_hop_by_hop_headers_like_envoy() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = http1_get(
+        gw.http,
+        "edition.cnn.com",
+        "/",
+        &[
+            ("te", "gzip, trailers"),
+            ("connection", "x-foo"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("keep-alive", "timeout=5"),
+            ("trailer", "x-t"),
+            ("proxy-authorization", "Basic abc"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let h = &r.json()["headers"];
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-bar"], "2");
+    assert_eq!(h["trailer"], "x-t");
+    assert_eq!(h["proxy-authorization"], "Basic abc");
+    for gone in ["x-foo", "keep-alive"] {
+        assert!(h.get(gone).is_none(), "{gone} crossed the gateway: {h}");
+    }
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[("te", "Trailers")])
+        .await
+        .unwrap();
+    assert!(r.json()["headers"].get("te").is_none());
+}
+
 #[tokio::test]
 async fn s1_manifests_verbatim_http11_and_log_line() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();

@@ -490,7 +490,7 @@ impl Outcome {
                 };
                 let upgrade_value = resp.headers().get(http::header::UPGRADE).cloned();
                 let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
+                headers::strip_response_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
                     .insert(http::header::SERVER, headers::SERVER_NAME.clone());

@@ -90,39 +90,32 @@ pub fn request_headers_size<B>(req: &http::Request<B>) -> usize {
         .sum::<usize>()
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy (`te` apart: see
-/// [`strip_hop_by_hop`]).
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// Connection-specific headers that never cross the proxy, in either direction: what Envoy
+/// 1.40 removes (checked with it: `te`, `trailer`, `proxy-authenticate` and
+/// `proxy-authorization` pass, `te` sanitized on requests).
+static HOP_BY_HOP: [HeaderName; 5] = [
     http::header::CONNECTION,
     http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
-    http::header::PROXY_AUTHENTICATE,
-    http::header::TRAILER,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
 
 /// The index of `name` in [`HOP_BY_HOP`]; one `match` on the text (the compiler switches on
-/// the length first) instead of seven comparisons per header.
+/// the length first) instead of a comparison per entry for every header.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     match name.as_str() {
         "connection" => Some(0),
         "transfer-encoding" => Some(1),
         "upgrade" => Some(2),
-        "proxy-authenticate" => Some(3),
-        "trailer" => Some(4),
-        "keep-alive" => Some(5),
-        "proxy-connection" => Some(6),
+        "keep-alive" => Some(3),
+        "proxy-connection" => Some(4),
         _ => None,
     }
 }
 
-/// Removes the hop-by-hop headers (RFC 9110 §7.6.1), plus those named in `Connection`.
-///
-/// Looks before it removes: a removal hashes the name (and parses it, for a `&str`) whether
-/// or not it is there, and a message carries none or one or two of these, so one pass over
-/// the names present is cheaper than a removal per name (callgrind, S1).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// The [`HOP_BY_HOP`] headers present, and whether `te` is: one pass over the names.
+fn hop_by_hop_present(headers: &HeaderMap) -> ([bool; HOP_BY_HOP.len()], bool) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut te = false;
     for name in headers.keys() {
@@ -132,6 +125,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             te = true;
         }
     }
+    (present, te)
+}
+
+fn remove_present(headers: &mut HeaderMap, present: [bool; HOP_BY_HOP.len()]) {
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
+    }
+}
+
+/// A request on its way upstream, as Envoy 1.40 forwards it: without the [`HOP_BY_HOP`]
+/// headers and those its `Connection` names (never `te` or `x-request-id`), and with `te`
+/// sanitized: `te: trailers` when any comma-separated token of any `te` value is exactly
+/// `trailers` (gRPC needs it), no `te` otherwise.
+///
+/// Looks before it removes: a removal hashes the name (and parses it, for a `&str`) whether
+/// or not it is there, and a message carries none or one or two of these, so one pass over
+/// the names present is cheaper than a removal per name (callgrind, S1).
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    let (present, te) = hop_by_hop_present(headers);
     if present[0] {
         let listed: Vec<HeaderName> = headers
             .get_all(http::header::CONNECTION)
@@ -139,8 +153,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // Never let `Connection:` strip headers the proxy itself relies on.
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("x-request-id"))
+            // Never let `Connection:` strip headers the proxy itself relies on, or `te`
+            // (sanitized below; Envoy keeps `te: trailers` that `Connection` names).
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("x-request-id")
+                    && !t.eq_ignore_ascii_case("te")
+            })
             // `keep-alive`, `upgrade`, ...: removed below in any case (most `Connection`
             // values name only these).
             .filter(|t| {
@@ -157,19 +176,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (name, present) in HOP_BY_HOP.iter().zip(present) {
-        if present {
-            headers.remove(name);
+    remove_present(headers, present);
+    if te {
+        let trailers = headers.get_all(http::header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii() == b"trailers")
+        });
+        if trailers {
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(http::header::TE);
         }
     }
-    // `te` may only say "trailers" (gRPC needs it); anything else goes.
-    if te
-        && headers
-            .get(http::header::TE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(http::header::TE);
-    }
+}
+
+/// A response on its way downstream: without the [`HOP_BY_HOP`] headers. Envoy 1.40 passes
+/// the headers a response's `Connection` names, and `te`, `trailer`, `proxy-authenticate`
+/// (checked with it).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    let (present, _) = hop_by_hop_present(headers);
+    remove_present(headers, present);
 }
 
 /// Envoy's "internal" addresses (RFC 1918, loopback, link-local, unique-local v6): requests
@@ -273,7 +300,7 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_request_hop_by_hop(&mut h);
         assert!(
             h.get("connection").is_none()
                 && h.get("x-secret").is_none()
@@ -300,10 +327,104 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("te", "gzip".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_request_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-request-id"]);
+    }
+
+    fn request_after(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        strip_request_hop_by_hop(&mut h);
+        let mut left: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        left.sort();
+        left
+    }
+
+    fn te(v: &str) -> Vec<(String, String)> {
+        vec![("te".to_owned(), v.to_owned())]
+    }
+
+    /// What Envoy 1.40 forwarded for each request (checked on loopback with an echo upstream).
+    #[test]
+    fn request_te_is_sanitized_like_envoy() {
+        assert_eq!(request_after(&[("te", "trailers")]), te("trailers"));
+        assert_eq!(request_after(&[("te", "trailers, gzip")]), te("trailers"));
+        assert_eq!(request_after(&[("te", "gzip, trailers")]), te("trailers"));
+        assert_eq!(request_after(&[("te", "deflate,trailers")]), te("trailers"));
+        assert_eq!(
+            request_after(&[("te", "gzip"), ("te", "trailers")]),
+            te("trailers")
+        );
+        assert_eq!(
+            request_after(&[("te", "trailers"), ("te", "gzip")]),
+            te("trailers")
+        );
+        assert_eq!(
+            request_after(&[("te", "trailers"), ("te", "trailers")]),
+            te("trailers")
+        );
+        // `Connection: te` does not take `te: trailers` away.
+        assert_eq!(
+            request_after(&[("connection", "te"), ("te", "trailers")]),
+            te("trailers")
+        );
+        // The token must be exactly `trailers`.
+        assert_eq!(request_after(&[("te", "gzip")]), vec![]);
+        assert_eq!(request_after(&[("te", "Trailers")]), vec![]);
+        assert_eq!(request_after(&[("te", "trailers;q=0.5")]), vec![]);
+    }
+
+    /// Envoy 1.40 forwards `trailer`, `proxy-authenticate` and `proxy-authorization` on
+    /// requests, and on responses also `te` and the headers the upstream's `Connection` names.
+    #[test]
+    fn what_passes_like_envoy() {
+        let kept = [
+            ("trailer", "x-t"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic abc"),
+        ];
+        let mut expected: Vec<(String, String)> = kept
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        expected.sort();
+        assert_eq!(request_after(&kept), expected);
+
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("te", "gzip"),
+            ("trailer", "x-t"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("upgrade", "h2c"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("connection", "x-foo"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        strip_response_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["proxy-authenticate", "te", "trailer", "x-bar", "x-foo"]
+        );
     }
 
     #[test]
@@ -344,7 +465,9 @@ mod tests {
         h.insert("host", "example.com".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         let before = h.clone();
-        strip_hop_by_hop(&mut h);
+        strip_request_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        strip_response_hop_by_hop(&mut h);
         assert_eq!(h, before);
     }
 

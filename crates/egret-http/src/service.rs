@@ -350,7 +350,7 @@ pub async fn handle(
     });
     let (parts, incoming) = req.into_parts();
     let mut up_headers = parts.headers;
-    headers::strip_hop_by_hop(&mut up_headers);
+    headers::strip_request_hop_by_hop(&mut up_headers);
     up_headers.remove(http::header::HOST);
 
     let retry = policy.retry.as_ref().filter(|p| p.num_retries > 0);
