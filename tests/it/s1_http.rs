@@ -18,7 +18,7 @@ fn connect_to(host_port: &str, addr: std::net::SocketAddr) -> Vec<String> {
 /// What crosses the gateway of a request's connection-specific headers, as Envoy 1.40
 /// forwards them (checked on loopback with an echo upstream): `te` cut to `trailers`, the
 /// headers `Connection` names and `keep-alive` removed, `trailer` and the proxy
-/// authorization headers passed.
+/// authorization headers passed, repeated `x-forwarded-for` values joined.
 #[tokio::test]
 async fn request_hop_by_hop_headers_like_envoy() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
@@ -36,12 +36,18 @@ async fn request_hop_by_hop_headers_like_envoy() {
             ("keep-alive", "timeout=5"),
             ("trailer", "x-t"),
             ("proxy-authorization", "Basic abc"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
         ],
     )
     .await
     .unwrap();
     assert_eq!(r.status, 200);
     let h = &r.json()["headers"];
+    // Every earlier `x-forwarded-for` value, joined, then this hop's address (Envoy 1.40).
+    let xff = h["x-forwarded-for"].as_str().unwrap();
+    assert!(xff.starts_with("1.1.1.1,2.2.2.2,"), "{xff}");
+    assert_eq!(xff.matches(',').count(), 2, "{xff}");
     assert_eq!(h["te"], "trailers");
     assert_eq!(h["x-bar"], "2");
     assert_eq!(h["trailer"], "x-t");

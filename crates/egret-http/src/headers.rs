@@ -150,9 +150,10 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
         let listed: Vec<HeaderName> = headers
             .get_all(http::header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            // Token by token: one that is not text (a value with obs-text bytes) is skipped,
+            // not the whole value (Envoy 1.40 still strips the other names it lists).
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
             // Never let `Connection:` strip headers the proxy itself relies on, or `te`
             // (sanitized below; Envoy keeps `te: trailers` that `Connection` names).
             .filter(|t| {
@@ -226,16 +227,20 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
     // (callgrind, S1).
     let mut buf = [0u8; IP_TEXT_MAX];
     let text = ip_text(ip, &mut buf);
-    // A previous value that is not visible ASCII is replaced, not extended (as before).
-    let prev = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::as_bytes)
-        .filter(|p| !p.is_empty());
+    // As Envoy 1.40 (checked with it): every earlier value, joined with `,` (empty ones
+    // add nothing), bytes as they came (obs-text included), then this hop's address.
+    let prev = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .into_iter()
+            .map(HeaderValue::as_bytes)
+            .filter(|p| !p.is_empty())
+    };
     // Exactly as long as the value, so the `Bytes` it becomes needs no second allocation.
-    let mut value = Vec::with_capacity(prev.map_or(0, |p| p.len() + 1) + text.len());
-    if let Some(prev) = prev {
-        value.extend_from_slice(prev);
+    let len = prev().map(|p| p.len() + 1).sum::<usize>() + text.len();
+    let mut value = Vec::with_capacity(len);
+    for p in prev() {
+        value.extend_from_slice(p);
         value.push(b',');
     }
     value.extend_from_slice(text);
@@ -319,6 +324,12 @@ mod tests {
             "connection",
             "Upgrade, KEEP-ALIVE, x-absent".parse().unwrap(),
         );
+        // A token that is not text does not hide the names beside it (Envoy 1.40).
+        h.append(
+            "connection",
+            HeaderValue::from_bytes(b"caf\xc3\xa9, x-other").unwrap(),
+        );
+        h.insert("x-other", "1".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("x-request-id", "abc".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
@@ -447,15 +458,30 @@ mod tests {
             h.insert("x-forwarded-for", "".parse().unwrap());
             append_xff(&mut h, ip, None);
             assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+            // Bytes as they came, as Envoy 1.40 extends them.
             h.insert(
                 "x-forwarded-for",
                 HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
             );
             append_xff(&mut h, ip, None);
-            assert_eq!(h["x-forwarded-for"], ip.to_string().as_str());
+            assert_eq!(
+                h["x-forwarded-for"].as_bytes(),
+                format!("café,{ip}").as_bytes()
+            );
             h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
             append_xff(&mut h, ip, None);
             assert_eq!(h["x-forwarded-for"], format!("203.0.113.9,{ip}").as_str());
+            // Every earlier value, joined (Envoy 1.40: `1.1.1.1,2.2.2.2,<ip>`), empty ones
+            // adding nothing.
+            h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+            h.append("x-forwarded-for", "".parse().unwrap());
+            h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
+            append_xff(&mut h, ip, None);
+            assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+            assert_eq!(
+                h["x-forwarded-for"],
+                format!("1.1.1.1,2.2.2.2, 3.3.3.3,{ip}").as_str()
+            );
         }
     }
 
