@@ -580,6 +580,53 @@ async fn oversized_request_headers_get_431_dpe_like_envoy() {
     assert_eq!(up.requests(), 0);
 }
 
+/// `Connection` naming a header the proxy sets: Envoy 1.40 refuses the request with
+/// `"- - HTTP/1.1" 400 DPE http1.connection_header_rejected` and `Bad Request`; naming an
+/// internal client's `x-request-id` makes Envoy strip it and send a new one.
+#[tokio::test]
+async fn connection_naming_what_the_proxy_sets_like_envoy() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    for named in ["x-forwarded-for", "Host", "keep-alive, x-forwarded-proto"] {
+        let r = http1_get(gw.http, "edition.cnn.com", "/", &[("connection", named)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{named}");
+        assert_eq!(r.text(), "Bad Request");
+        assert_eq!(r.header("connection"), Some("close"));
+        let l = gw.next_line().await;
+        assert_eq!(
+            (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+            ("-", "-", "HTTP/1.1")
+        );
+        assert_eq!(
+            (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+            ("400", "DPE", "http1.connection_header_rejected")
+        );
+        assert_eq!(l.bytes_sent, 11);
+    }
+    assert_eq!(up.requests(), 0);
+
+    let id = "6c2c4550-92d4-455c-b6cb-83bf2b0e06f4";
+    let r = http1_get(
+        gw.http,
+        "edition.cnn.com",
+        "/",
+        &[("connection", "x-request-id"), ("x-request-id", id)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let forwarded = r.json()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(forwarded.len(), 36);
+    assert_ne!(forwarded, id);
+    assert_eq!(gw.next_line().await.request_id, forwarded);
+}
+
 #[tokio::test]
 async fn hosts_file_resolves_endpoint_names() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();

@@ -136,47 +136,69 @@ fn remove_present(headers: &mut HeaderMap, present: [bool; HOP_BY_HOP.len()]) {
     }
 }
 
-/// A request on its way upstream, as Envoy 1.40 forwards it: without the [`HOP_BY_HOP`]
-/// headers and those its `Connection` names (never `te` or `x-request-id`), and with `te`
-/// sanitized: `te: trailers` when any comma-separated token of any `te` value is exactly
-/// `trailers` (gRPC needs it), no `te` otherwise.
+/// The names a request's `Connection` headers list, token by token: one that is not text (a
+/// value with obs-text bytes) is skipped, not the whole value (Envoy 1.40 still acts on the
+/// other names).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a request's `Connection` lists a name Envoy 1.40 refuses there (answering `400`,
+/// `http1.connection_header_rejected`; checked with it): a pseudo-header, `host`, or a
+/// forwarding header the proxy itself sets.
+pub fn connection_names_protected(headers: &HeaderMap) -> bool {
+    const REFUSED: [&str; 4] = [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ];
+    connection_tokens(headers)
+        .any(|t| t.starts_with(':') || REFUSED.iter().any(|r| t.eq_ignore_ascii_case(r)))
+}
+
+/// Removes the headers a request's `Connection` names, as Envoy 1.40's codec does before
+/// anything else looks at the request (an internal client's `x-request-id` named there is
+/// replaced by a new one, checked with Envoy). Not `te` (Envoy keeps `te: trailers` that
+/// `Connection` names), nor the [`HOP_BY_HOP`] names (removed later, after the upgrade
+/// check has read them).
+pub fn strip_connection_nominated(headers: &mut HeaderMap) {
+    if !headers.contains_key(http::header::CONNECTION) {
+        return;
+    }
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !t.eq_ignore_ascii_case("te"))
+        // `keep-alive`, `upgrade`, ...: most `Connection` values name only these.
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(t))
+        })
+        // Looked up by text (lowercased on the stack), and a name allocated only for a
+        // header that is there: linear in the tokens, however many a client lists.
+        .filter(|t| headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+}
+
+/// A request on its way upstream (after [`strip_connection_nominated`]), as Envoy 1.40
+/// forwards it: without the [`HOP_BY_HOP`] headers, and with `te` sanitized: `te: trailers`
+/// when any comma-separated token of any `te` value is exactly `trailers` (gRPC needs it),
+/// no `te` otherwise.
 ///
 /// Looks before it removes: a removal hashes the name (and parses it, for a `&str`) whether
 /// or not it is there, and a message carries none or one or two of these, so one pass over
 /// the names present is cheaper than a removal per name (callgrind, S1).
 pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
     let (present, te) = hop_by_hop_present(headers);
-    if present[0] {
-        let listed: Vec<HeaderName> = headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            // Token by token: one that is not text (a value with obs-text bytes) is skipped,
-            // not the whole value (Envoy 1.40 still strips the other names it lists).
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
-            // Never let `Connection:` strip headers the proxy itself relies on, or `te`
-            // (sanitized below; Envoy keeps `te: trailers` that `Connection` names).
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("x-request-id")
-                    && !t.eq_ignore_ascii_case("te")
-            })
-            // `keep-alive`, `upgrade`, ...: removed below in any case (most `Connection`
-            // values name only these).
-            .filter(|t| {
-                !HOP_BY_HOP
-                    .iter()
-                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
-            })
-            // Looked up by text (lowercased on the stack), and a name allocated only for a
-            // header that is there: linear in the tokens, however many a client lists.
-            .filter(|t| headers.contains_key(*t))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
-    }
     remove_present(headers, present);
     if te {
         let trailers = headers.get_all(http::header::TE).iter().any(|v| {
@@ -305,7 +327,7 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
-        strip_request_hop_by_hop(&mut h);
+        strip_request(&mut h);
         assert!(
             h.get("connection").is_none()
                 && h.get("x-secret").is_none()
@@ -338,10 +360,51 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("te", "gzip".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
-        strip_request_hop_by_hop(&mut h);
+        strip_request(&mut h);
+        // `x-request-id` too, as Envoy 1.40 strips it (the handler then sets a new one).
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(left, ["accept", "x-request-id"]);
+        assert_eq!(left, ["accept"]);
+    }
+
+    /// The request path's two steps, in the handler's order.
+    fn strip_request(h: &mut HeaderMap) {
+        strip_connection_nominated(h);
+        strip_request_hop_by_hop(h);
+    }
+
+    /// Envoy 1.40 answers `400` to these (checked with it), and forwards the others.
+    #[test]
+    fn connection_may_not_name_what_the_proxy_sets() {
+        let with = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert("connection", HeaderValue::from_bytes(v).unwrap());
+            connection_names_protected(&h)
+        };
+        for refused in [
+            &b"x-forwarded-for"[..],
+            b"X-Forwarded-Proto",
+            b"x-forwarded-host",
+            b"host",
+            b":path",
+            b":authority",
+            b"keep-alive, x-forwarded-for",
+            b"caf\xc3\xa9, host",
+        ] {
+            assert!(with(refused), "{}", String::from_utf8_lossy(refused));
+        }
+        for passed in [
+            &b"x-request-id"[..],
+            b"x-forwarded-port",
+            b"forwarded",
+            b"te",
+            b"keep-alive, upgrade",
+            b"x-envoy-original-path",
+            b"hostname",
+        ] {
+            assert!(!with(passed), "{}", String::from_utf8_lossy(passed));
+        }
+        assert!(!connection_names_protected(&HeaderMap::new()));
     }
 
     fn request_after(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -352,7 +415,7 @@ mod tests {
                 v.parse().unwrap(),
             );
         }
-        strip_request_hop_by_hop(&mut h);
+        strip_request(&mut h);
         let mut left: Vec<(String, String)> = h
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
@@ -491,7 +554,7 @@ mod tests {
         h.insert("host", "example.com".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         let before = h.clone();
-        strip_request_hop_by_hop(&mut h);
+        strip_request(&mut h);
         assert_eq!(h, before);
         strip_response_hop_by_hop(&mut h);
         assert_eq!(h, before);

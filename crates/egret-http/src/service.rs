@@ -91,9 +91,27 @@ pub async fn handle(
         *req.method_mut() = http::Method::GET;
     }
     let http1 = req.version() != Version::HTTP_2;
+    if http1 && headers::connection_names_protected(req.headers()) {
+        // Envoy (checked with 1.40): `"- - HTTP/1.1" 400 DPE
+        // http1.connection_header_rejected`, body `Bad Request`, the connection closed.
+        let guard = LogGuard::new(rec, shared.sink.clone());
+        let mut resp = local(
+            guard,
+            400,
+            Some("Bad Request".into()),
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "http1.connection_header_rejected",
+            None,
+        );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let remote_ip = conn.remote.ip();
     {
         let h = req.headers_mut();
+        // First, as Envoy's codec: nothing below sees what `Connection` names.
+        headers::strip_connection_nominated(h);
         headers::strip_envoy_control(h);
         headers::ensure_request_id(h, remote_ip);
         headers::append_xff(h, remote_ip, shared.local_ip);
