@@ -71,17 +71,12 @@ pub async fn handle(
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 431 DPE http1.headers_too_large`, a
         // text body, and the connection closed.
         let guard = LogGuard::new(rec, shared.sink.clone());
-        let mut resp = local(
+        return Ok(protocol_error(
             guard,
             431,
-            Some("Request Header Fields Too Large".into()),
-            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "Request Header Fields Too Large",
             "http1.headers_too_large",
-            None,
-        );
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
+        ));
     }
     // An HTTP/2 extended CONNECT (RFC 8441) is the HTTP/1.1 upgrade it stands for: Envoy's
     // codec turns `CONNECT` + `:protocol` into a `GET` with `Upgrade: <protocol>` before
@@ -95,17 +90,12 @@ pub async fn handle(
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 400 DPE
         // http1.connection_header_rejected`, body `Bad Request`, the connection closed.
         let guard = LogGuard::new(rec, shared.sink.clone());
-        let mut resp = local(
+        return Ok(protocol_error(
             guard,
             400,
-            Some("Bad Request".into()),
-            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "Bad Request",
             "http1.connection_header_rejected",
-            None,
-        );
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
+        ));
     }
     let remote_ip = conn.remote.ip();
     {
@@ -452,6 +442,27 @@ pub async fn handle(
             ))
         }
     }
+}
+
+/// A request Envoy's HTTP/1 codec refuses before routing: a text body, `DPE`, the request
+/// logged without method and path (it has no record of them yet), the connection closed.
+fn protocol_error(
+    guard: LogGuard,
+    status: u16,
+    body: &'static str,
+    details: &str,
+) -> Response<ResponseBody> {
+    let mut resp = local(
+        guard,
+        status,
+        Some(body.into()),
+        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        details,
+        None,
+    );
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The request's log until a response exists. If hyper drops the request future first (the
