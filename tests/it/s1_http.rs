@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use egret_test_support::{
     closed_port, free_addr, h2c_get, http1_get, Behavior, DnsServer, Http1Conn, HttpUpstream,
+    TestResponse,
 };
 
 use crate::common::{config_dir, scenario, Gateway, LogLine};
@@ -563,21 +564,35 @@ async fn oversized_request_headers_get_431_dpe_like_envoy() {
     let r = http1_get(gw.http, "edition.cnn.com", "/", &[("x-big", big.as_str())])
         .await
         .unwrap();
-    assert_eq!(r.status, 431);
-    assert_eq!(r.text(), "Request Header Fields Too Large");
+    // Envoy 1.40: "- - HTTP/1.1" 431 DPE http1.headers_too_large ... 0 31 ...
+    let body = "Request Header Fields Too Large";
+    expect_codec_refusal(&mut gw, &r, 431, body, "http1.headers_too_large").await;
+    assert_eq!(up.requests(), 0);
+}
+
+/// A request the HTTP/1 codec refuses before routing, as Envoy 1.40 answers and logs it:
+/// `status` with a text `body`, the connection closed, `"- - HTTP/1.1" <status> DPE
+/// <details>` with the body's length as bytes sent.
+async fn expect_codec_refusal(
+    gw: &mut Gateway,
+    r: &TestResponse,
+    status: u16,
+    body: &str,
+    details: &str,
+) {
+    assert_eq!(r.status, status);
+    assert_eq!(r.text(), body);
     assert_eq!(r.header("connection"), Some("close"));
     let l = gw.next_line().await;
-    // Envoy 1.40: "- - HTTP/1.1" 431 DPE http1.headers_too_large ... 0 31 ...
     assert_eq!(
         (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
         ("-", "-", "HTTP/1.1")
     );
     assert_eq!(
         (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
-        ("431", "DPE", "http1.headers_too_large")
+        (status.to_string().as_str(), "DPE", details)
     );
-    assert_eq!((l.bytes_received, l.bytes_sent), (0, 31));
-    assert_eq!(up.requests(), 0);
+    assert_eq!((l.bytes_received, l.bytes_sent), (0, body.len() as u64));
 }
 
 /// `Connection` naming a header the proxy sets: Envoy 1.40 refuses the request with
@@ -592,19 +607,8 @@ async fn connection_naming_what_the_proxy_sets_like_envoy() {
         let r = http1_get(gw.http, "edition.cnn.com", "/", &[("connection", named)])
             .await
             .unwrap();
-        assert_eq!(r.status, 400, "{named}");
-        assert_eq!(r.text(), "Bad Request");
-        assert_eq!(r.header("connection"), Some("close"));
-        let l = gw.next_line().await;
-        assert_eq!(
-            (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
-            ("-", "-", "HTTP/1.1")
-        );
-        assert_eq!(
-            (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
-            ("400", "DPE", "http1.connection_header_rejected")
-        );
-        assert_eq!(l.bytes_sent, 11);
+        let details = "http1.connection_header_rejected";
+        expect_codec_refusal(&mut gw, &r, 400, "Bad Request", details).await;
     }
     assert_eq!(up.requests(), 0);
 
