@@ -109,17 +109,6 @@ pub enum CapturedHeaders {
     Few(FewHeaders),
 }
 
-impl Default for CapturedHeaders {
-    fn default() -> Self {
-        CapturedHeaders::Few(FewHeaders {
-            names: Arc::from([]),
-            found: [(0, 0); FEW_MAX],
-            len: 0,
-            bytes: Box::default(),
-        })
-    }
-}
-
 impl CapturedHeaders {
     /// The (first) value of `name`, if it was kept and present.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
@@ -148,7 +137,7 @@ pub struct FewHeaders {
 }
 
 impl FewHeaders {
-    /// One pass over the request's headers; None when more than [`FEW_MAX`] are selected.
+    /// One pass over the headers; None when more than [`FEW_MAX`] selected ones are present.
     fn capture(names: &Arc<[HeaderName]>, headers: &HeaderMap) -> Option<FewHeaders> {
         let mut picked: [(u8, &[u8]); FEW_MAX] = [(0, &[]); FEW_MAX];
         let mut len = 0;
@@ -207,6 +196,7 @@ impl FewHeaders {
     }
 }
 
+/// A map kept as it is (tests, and callers that own the map already): no copy.
 impl From<HeaderMap> for CapturedHeaders {
     fn from(map: HeaderMap) -> Self {
         CapturedHeaders::All(map)

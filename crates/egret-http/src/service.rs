@@ -70,9 +70,8 @@ pub async fn handle(
     if headers::request_headers_size(&req) > egret_core::limits::MAX_REQUEST_HEADERS_BYTES {
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 431 DPE http1.headers_too_large`, a
         // text body, and the connection closed.
-        let guard = LogGuard::new(rec, shared.sink.clone());
         return Ok(protocol_error(
-            guard,
+            LogGuard::new(rec, shared.sink.clone()),
             431,
             "Request Header Fields Too Large",
             "http1.headers_too_large",
@@ -89,9 +88,8 @@ pub async fn handle(
     if http1 && headers::connection_names_protected(req.headers()) {
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 400 DPE
         // http1.connection_header_rejected`, body `Bad Request`, the connection closed.
-        let guard = LogGuard::new(rec, shared.sink.clone());
         return Ok(protocol_error(
-            guard,
+            LogGuard::new(rec, shared.sink.clone()),
             400,
             "Bad Request",
             "http1.connection_header_rejected",

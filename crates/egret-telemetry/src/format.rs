@@ -307,9 +307,7 @@ fn hostname() -> Option<&'static str> {
 }
 
 /// The request and response headers `segments` read: what a record must keep for them.
-pub(crate) fn segment_headers<'a>(
-    segments: impl IntoIterator<Item = &'a Segment>,
-) -> (Vec<HeaderName>, Vec<HeaderName>) {
+pub(crate) fn segment_headers<'a>(segments: impl IntoIterator<Item = &'a Segment>) -> LogHeaders {
     let (mut request, mut response) = (Vec::new(), Vec::new());
     for seg in segments {
         match seg {
@@ -318,17 +316,16 @@ pub(crate) fn segment_headers<'a>(
             _ => {}
         }
     }
-    (request, response)
+    LogHeaders {
+        request: HeaderSelection::names(request),
+        response: HeaderSelection::names(response),
+    }
 }
 
 impl AccessLogFormat {
     /// The headers this format prints.
     pub fn headers(&self) -> LogHeaders {
-        let (request, response) = segment_headers(self.segments.iter());
-        LogHeaders {
-            request: HeaderSelection::names(request),
-            response: HeaderSelection::names(response),
-        }
+        segment_headers(self.segments.iter())
     }
 
     /// Istio's default TEXT format ([`ISTIO_DEFAULT_TEXT`]).

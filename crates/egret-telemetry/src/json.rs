@@ -7,7 +7,7 @@
 //! (`"` `\` and control characters; `/` and non-ASCII UTF-8 kept as is), bytes that are not
 //! UTF-8 written as `\u00XX`.
 
-use egret_core::{HeaderSelection, LogHeaders, LogRecord};
+use egret_core::{LogHeaders, LogRecord};
 
 use crate::format::{parse_segments, segment_headers, Segment, Value};
 use crate::FormatError;
@@ -108,11 +108,7 @@ impl JsonFormat {
     pub fn headers(&self) -> LogHeaders {
         let mut segments = Vec::new();
         collect_segments(&self.root, &mut segments);
-        let (request, response) = segment_headers(segments);
-        LogHeaders {
-            request: HeaderSelection::names(request),
-            response: HeaderSelection::names(response),
-        }
+        segment_headers(segments)
     }
 
     /// Appends one JSON object and `\n` to `out`.
