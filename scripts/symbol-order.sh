@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Regenerates crates/egret/link/symbol-order.txt: the functions the gateway runs, hottest
+# first, which the release link lays out next to each other (crates/egret/build.rs explains
+# why). The list is a profile: run this after changes that move much code (a dependency
+# update, a new data path), then compare idle RSS (benches/RESULTS.md, item 15).
+#
+# It profiles the release binary under callgrind twice, with names left mangled (they are
+# what the linker sees):
+#   1. `egret run` on config/s1-http with an nginx upstream: start-up with the admin, health
+#      and Prometheus servers on, HTTP/1.1 and h2c requests, an admin and a metrics scrape;
+#   2. `egret demo`: the four scenarios, so TLS passthrough and TLS/mTLS origination are in.
+# Functions of the first run come first, by their own instruction count, then those only the
+# demo ran. Needs valgrind, nginx, curl and h2load (installed with apt-get when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for pkg in valgrind:valgrind nginx:nginx curl:curl h2load:nghttp2-client; do
+  tool=${pkg%%:*}
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${pkg#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -p egret
+bin=$PWD/target/release/egret
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+up=$(free_port) gw=$(free_port) admin=$(free_port) health=$(free_port) prom=$(free_port)
+
+cat >"$work/nginx.conf" <<EOF
+worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx.err;
+events {}
+http { access_log off; server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
+EOF
+"$nginx_bin" -c "$work/nginx.conf"
+
+# 1. The gateway's own job on S1.
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/run.out" "$bin" run \
+  --config config/s1-http --bind 127.0.0.1 --port-map "80=$gw" \
+  --connect-to "edition.cnn.com:80:127.0.0.1:$up" --access-log "$work/access.log" \
+  --admin "127.0.0.1:$admin" --health "127.0.0.1:$health" --prometheus "127.0.0.1:$prom" \
+  --log-level warn 2>"$work/run.err" &
+pids+=($!)
+for _ in $(seq 1 600); do
+  curl -s -o /dev/null -H 'host: edition.cnn.com' "http://127.0.0.1:$gw/" && break
+  sleep 0.2
+done
+h2load --h1 -n 2000 -c 8 -H ':authority: edition.cnn.com' "http://127.0.0.1:$gw/" >/dev/null
+h2load -n 2000 -c 4 -m 4 -H ':authority: edition.cnn.com' "http://127.0.0.1:$gw/" >/dev/null
+curl -s -o /dev/null "http://127.0.0.1:$health/healthz/ready"
+curl -s -o /dev/null "http://127.0.0.1:$prom/stats/prometheus"
+curl -s -o /dev/null "http://127.0.0.1:$admin/stats"
+kill -INT "${pids[0]}"
+wait "${pids[0]}" || true
+
+# 2. The four scenarios.
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/demo.out" "$bin" demo \
+  >"$work/demo.txt" 2>"$work/demo.err" &
+pids+=($!)
+for _ in $(seq 1 1200); do
+  grep -q "Ctrl-C to stop" "$work/demo.txt" && break
+  sleep 0.2
+done
+grep -q "4/4 scenarios passed" "$work/demo.txt" || {
+  echo "symbol-order: the demo did not pass its four scenarios:" >&2
+  cat "$work/demo.txt" >&2
+  exit 1
+}
+kill -INT "${pids[1]}"
+wait "${pids[1]}" || true
+
+out=crates/egret/link/symbol-order.txt
+python3 - "$work/run.out" "$work/demo.out" "$bin" >"$out" <<'EOF'
+import re, subprocess, sys
+
+def self_costs(profile):
+    """Instructions per function of the binary itself, from callgrind's flat listing."""
+    text = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", profile],
+                          capture_output=True, text=True, check=True).stdout
+    costs = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(\S+?)(?: \[(\S+)\])?\s*$", line)
+        if not m or (m.group(3) and m.group(3) != sys.argv[3]):
+            continue
+        # callgrind marks a function's recursion levels and unnamed code: not symbols.
+        name = re.sub(r"'\d+$", "", m.group(2).rsplit(":", 1)[-1])
+        if not name.startswith("0x"):
+            costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+symbols = set(subprocess.run(["nm", "--defined-only", sys.argv[3]], capture_output=True,
+                             text=True, check=True).stdout.split())
+print("# Functions the gateway runs, hottest first, for the release link's")
+print("# --symbol-ordering-file (crates/egret/build.rs). Generated by scripts/symbol-order.sh.")
+seen = set()
+for costs in (self_costs(sys.argv[1]), self_costs(sys.argv[2])):
+    for name, _ in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0])):
+        if name in symbols and name not in seen:
+            seen.add(name)
+            print(name)
+EOF
+echo "symbol-order: $(grep -vc '^#' "$out") functions in $out"
