@@ -848,7 +848,7 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
         .await;
     assert_eq!(c.response().await.0, 200);
     assert!(c.at_end().await, "closed after `Connection: close`");
-    // HTTP/1.0 without keep-alive: answered, then closed.
+    // HTTP/1.0: refused as Envoy refuses it (`426`), then closed.
     let mut old = tokio::net::TcpStream::connect(gw.http).await.unwrap();
     old.write_all(b"GET / HTTP/1.0\r\nHost: edition.cnn.com\r\n\r\n")
         .await
@@ -859,15 +859,15 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
         .expect("HTTP/1.0 response ends with the connection")
         .unwrap();
     let all = String::from_utf8_lossy(&all);
-    assert!(all.starts_with("HTTP/1.0 200"), "{all}");
-    assert!(all.ends_with("\r\n\r\nok"), "{all}");
+    assert!(all.starts_with("HTTP/1.0 426"), "{all}");
+    assert!(all.ends_with("\r\n\r\nUpgrade Required"), "{all}");
 
-    for method in [
-        "GET", "GET", "GET", "GET", "GET", "POST", "GET", "GET", "GET",
-    ] {
+    for method in ["GET", "GET", "GET", "GET", "GET", "POST", "GET", "GET"] {
         let l = gw.next_line().await;
         assert_eq!((l.method.as_str(), l.code.as_str()), (method, "200"));
     }
+    let l = gw.next_line().await;
+    assert_eq!((l.method.as_str(), l.code.as_str()), ("-", "426"));
     drop(gw);
 
     // An upgrade offer that gets no 101 (curl's `h2c` offer, a WebSocket to a host with no

@@ -595,6 +595,198 @@ async fn expect_codec_refusal(
     assert_eq!((l.bytes_received, l.bytes_sent), (0, body.len() as u64));
 }
 
+/// One request on its own connection, as raw bytes: the status, the body (after the head)
+/// and whether the gateway closed the connection after answering.
+async fn raw_request(gw: &Gateway, request: &[u8]) -> (u16, String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        // An answer that keeps the connection open ends where its content-length says.
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| got.len() >= end + 4 + n) && !head.contains("connection: close")
+            {
+                break false;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer: {}", String::from_utf8_lossy(&got)),
+        }
+    };
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, body.to_string(), closed)
+}
+
+/// Heads Envoy 1.40's HTTP/1 codec refuses, sent to both on loopback: each answered with
+/// Envoy's status and text body, the connection closed, and logged `"- - HTTP/1.1" <status>
+/// DPE <details>`; none reaches the upstream. The first six are heads hyper cannot parse
+/// (its own bare answer is replaced by Envoy's), the last ones heads it parses.
+#[tokio::test]
+async fn malformed_requests_are_answered_and_logged_like_envoy() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let host = "Host: edition.cnn.com\r\n";
+    let long_uri = format!("GET /{} HTTP/1.1\r\n{host}\r\n", "a".repeat(70_000));
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        (
+            format!("G@T / HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\n{host}Bad Name: x\r\n\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\n{host}X-A: a\x00b\r\n\r\n"),
+            400,
+            "Bad Request",
+            "http1.invalid_characters",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\n{host}Content-Length: abc\r\n\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\n{host}Transfer-Encoding: gzip\r\n\r\n"),
+            501,
+            "Not Implemented",
+            "http1.invalid_transfer_encoding",
+        ),
+        (
+            format!("GET / HTTP/1.2\r\n{host}\r\n"),
+            426,
+            "Upgrade Required",
+            "low_version",
+        ),
+        (
+            long_uri,
+            431,
+            "Request Header Fields Too Large",
+            "http1.headers_too_large",
+        ),
+        (
+            format!("GET / HTTP/1.0\r\n{host}\r\n"),
+            426,
+            "Upgrade Required",
+            "low_version",
+        ),
+        (
+            format!("FOO / HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("M-SEARCH / HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("GET edition.cnn.com HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+    ];
+    for (request, status, body, details) in cases {
+        let (got, text, closed) = raw_request(&gw, request.as_bytes()).await;
+        let what = &request[..request.len().min(40)];
+        assert_eq!(
+            (got, text.as_str(), closed),
+            (status, body, true),
+            "{what:?}"
+        );
+        let l = gw.next_line().await;
+        assert_eq!(
+            (l.method.as_str(), l.path.as_str(), l.protocol.as_str()),
+            ("-", "-", "HTTP/1.1"),
+            "{what:?}"
+        );
+        assert_eq!(
+            (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+            (status.to_string().as_str(), "DPE", details),
+            "{what:?}"
+        );
+        assert_eq!(
+            (l.bytes_received, l.bytes_sent),
+            (0, body.len() as u64),
+            "{what:?}"
+        );
+    }
+    assert_eq!(up.requests(), 0);
+}
+
+/// What Envoy 1.40's connection manager refuses before routing, without a flag and with
+/// the request logged: no host (`400`, empty body, closed), `*` as the path (`404`,
+/// connection kept); two `Host` values are joined and match no host (`404 NR`).
+#[tokio::test]
+async fn requests_without_a_host_or_a_path_are_refused_like_envoy() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    // Method, path, flags and details of the line.
+    type Logged = (&'static str, &'static str, &'static str, &'static str);
+    let cases: [(&[u8], u16, bool, Logged); 3] = [
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            400,
+            true,
+            ("GET", "/", "-", "missing_host_header"),
+        ),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n",
+            404,
+            false,
+            ("OPTIONS", "*", "-", "absolute_path_rejected"),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nHost: other.example\r\n\r\n",
+            404,
+            false,
+            ("GET", "/", "NR", "route_not_found"),
+        ),
+    ];
+    for (request, status, closes, (method, path, flags, details)) in cases {
+        let (got, text, closed) = raw_request(&gw, request).await;
+        assert_eq!((got, text.as_str(), closed), (status, "", closes));
+        let l = gw.next_line().await;
+        assert_eq!(
+            (
+                l.method.as_str(),
+                l.path.as_str(),
+                l.flags.as_str(),
+                l.details.as_str()
+            ),
+            (method, path, flags, details)
+        );
+        assert_eq!(l.code, status.to_string());
+    }
+    assert_eq!(up.requests(), 0);
+}
+
 /// `Connection` naming a header the proxy sets: Envoy 1.40 refuses the request with
 /// `"- - HTTP/1.1" 400 DPE http1.connection_header_rejected` and `Bad Request`; naming an
 /// internal client's `x-request-id` makes Envoy strip it and send a new one.
@@ -603,13 +795,28 @@ async fn connection_naming_what_the_proxy_sets_like_envoy() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
-    for named in ["x-forwarded-for", "Host", "keep-alive, x-forwarded-proto"] {
+    for named in ["x-forwarded-for", ":path", "keep-alive, x-forwarded-proto"] {
         let r = http1_get(gw.http, "edition.cnn.com", "/", &[("connection", named)])
             .await
             .unwrap();
         let details = "http1.connection_header_rejected";
         expect_codec_refusal(&mut gw, &r, 400, "Bad Request", details).await;
     }
+    // `host` is removed like any named header; the request then has no host.
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[("connection", "Host")])
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (400, ""));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (
+            l.method.as_str(),
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str()
+        ),
+        ("GET", "400", "-", "missing_host_header")
+    );
     assert_eq!(up.requests(), 0);
 
     let id = "6c2c4550-92d4-455c-b6cb-83bf2b0e06f4";

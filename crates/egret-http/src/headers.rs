@@ -149,15 +149,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Whether a request's `Connection` lists a name Envoy 1.40 refuses there (answering `400`,
-/// `http1.connection_header_rejected`; checked with it): a pseudo-header, `host`, or a
-/// forwarding header the proxy itself sets.
+/// `http1.connection_header_rejected`; checked with it): a pseudo-header, or a forwarding
+/// header the proxy itself sets. (`host` is removed like any other name, and the request
+/// then has no host: `400 missing_host_header`.)
 pub fn connection_names_protected(headers: &HeaderMap) -> bool {
-    const REFUSED: [&str; 4] = [
-        "host",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-    ];
+    const REFUSED: [&str; 3] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];
     connection_tokens(headers)
         .any(|t| t.starts_with(':') || REFUSED.iter().any(|r| t.eq_ignore_ascii_case(r)))
 }
@@ -385,11 +381,10 @@ mod tests {
             &b"x-forwarded-for"[..],
             b"X-Forwarded-Proto",
             b"x-forwarded-host",
-            b"host",
             b":path",
             b":authority",
             b"keep-alive, x-forwarded-for",
-            b"caf\xc3\xa9, host",
+            b"caf\xc3\xa9, x-forwarded-proto",
         ] {
             assert!(with(refused), "{}", String::from_utf8_lossy(refused));
         }
@@ -401,6 +396,7 @@ mod tests {
             b"keep-alive, upgrade",
             b"x-envoy-original-path",
             b"hostname",
+            b"host",
         ] {
             assert!(!with(passed), "{}", String::from_utf8_lossy(passed));
         }

@@ -3,7 +3,8 @@
 //! This crate owns what happens to one HTTP request at the gateway: the pure route match
 //! (host → virtual host → first matching route, [`route`]), the request/response header
 //! rules Envoy applies at an Istio gateway ([`headers`]), Envoy-identical local replies
-//! ([`local_reply`]), and the hyper service that applies a route's policy ([`service`]):
+//! ([`local_reply`]), the requests refused before routing as Envoy's codec refuses them
+//! ([`refusal`]), and the hyper service that applies a route's policy ([`service`]):
 //! fault injection, header operations, rewrites and redirects ([`rewrite`]), mirrors
 //! ([`mirror`]), forwarding with the retry policy, per-try and route timeouts ([`forward`],
 //! [`retry`], with the request body shared by attempts and mirrors in [`replay`]), and
@@ -16,6 +17,7 @@ pub mod forward;
 pub mod headers;
 pub mod local_reply;
 pub mod mirror;
+pub mod refusal;
 pub mod replay;
 pub mod retry;
 pub mod rewrite;

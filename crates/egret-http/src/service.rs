@@ -20,6 +20,7 @@ use crate::forward::{Downstream, Forward};
 use crate::headers;
 use crate::local_reply;
 use crate::mirror;
+use crate::refusal;
 use crate::replay::RequestBody;
 use crate::rewrite;
 use crate::route::{find_route, RequestView, RouteResult};
@@ -67,14 +68,16 @@ pub async fn handle(
     rec.requested_server_name = conn.requested_server_name.clone();
     rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
 
+    // HTTP/1.0, a method or a target Envoy's codec does not take (checked with 1.40).
+    if let Some(r) = refusal::codec_refusal(&req) {
+        return Ok(protocol_error(LogGuard::new(rec, shared.sink.clone()), r));
+    }
     if headers::request_headers_size(&req) > egret_core::limits::MAX_REQUEST_HEADERS_BYTES {
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 431 DPE http1.headers_too_large`, a
         // text body, and the connection closed.
         return Ok(protocol_error(
             LogGuard::new(rec, shared.sink.clone()),
-            431,
-            "Request Header Fields Too Large",
-            "http1.headers_too_large",
+            refusal::HEADERS_TOO_LARGE,
         ));
     }
     // An HTTP/2 extended CONNECT (RFC 8441) is the HTTP/1.1 upgrade it stands for: Envoy's
@@ -90,9 +93,7 @@ pub async fn handle(
         // http1.connection_header_rejected`, body `Bad Request`, the connection closed.
         return Ok(protocol_error(
             LogGuard::new(rec, shared.sink.clone()),
-            400,
-            "Bad Request",
-            "http1.connection_header_rejected",
+            refusal::CONNECTION_HEADER_REJECTED,
         ));
     }
     let remote_ip = conn.remote.ip();
@@ -112,16 +113,11 @@ pub async fn handle(
             }),
         );
     }
-    let authority: Option<Arc<str>> =
-        req.uri()
-            .authority()
-            .map(|a| a.as_str().into())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(Arc::from)
-            });
+    let authority: Option<Arc<str>> = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().into())
+        .or_else(|| host_header(req.headers()));
     // A `CONNECT` has no path (Envoy logs `-`).
     let path: Arc<str> = req.uri().path_and_query().map_or_else(
         || {
@@ -146,6 +142,23 @@ pub async fn handle(
         LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response),
     ));
 
+    // No host (`Host` missing, or removed as `Connection` named it), or `*` as the path:
+    // Envoy's connection manager answers before routing, without a flag.
+    if let Some(r) = refusal::manager_refusal(req.method(), &path, authority.is_some()) {
+        let mut resp = local(
+            guard.take(),
+            r.status,
+            None,
+            ResponseFlags::NONE,
+            r.details,
+            None,
+        );
+        if r.closes && http1 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Ok(resp);
+    }
     if req.method() == http::Method::CONNECT {
         // An Istio gateway has no CONNECT routes: Envoy 1.40 answers `404 NR` and closes
         // (HTTP/1.1; on HTTP/2 the stream ends). An extended CONNECT is a `GET` by now.
@@ -442,20 +455,33 @@ pub async fn handle(
     }
 }
 
+/// `Host`, as Envoy's codec makes `:authority` of it: repeated values joined with `,` (which
+/// then matches no host: Envoy answers `404 NR`, checked with 1.40).
+fn host_header(headers: &http::HeaderMap) -> Option<Arc<str>> {
+    let mut values = headers.get_all(http::header::HOST).iter();
+    let first = values.next()?.to_str().ok()?;
+    let Some(second) = values.next() else {
+        return Some(Arc::from(first));
+    };
+    let mut joined = String::from(first);
+    for v in std::iter::once(second).chain(values) {
+        joined.push(',');
+        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(Arc::from(joined))
+}
+
 /// A request Envoy's HTTP/1 codec refuses before routing: a text body, `DPE`, the request
 /// logged without method and path (it has no record of them yet), the connection closed.
-fn protocol_error(
-    guard: LogGuard,
-    status: u16,
-    body: &'static str,
-    details: &str,
-) -> Response<ResponseBody> {
+fn protocol_error(mut guard: LogGuard, r: refusal::Refusal) -> Response<ResponseBody> {
+    // Logged as Envoy's codec logs what it refuses: `"- - HTTP/1.1"`, whatever the version.
+    guard.record().protocol = Some("HTTP/1.1");
     let mut resp = local(
         guard,
-        status,
-        Some(body.into()),
+        r.status,
+        Some(r.body.into()),
         ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-        details,
+        r.details,
         None,
     );
     resp.headers_mut()

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::body::{DoneHook, ResponseBody};
 use egret_http::headers::connection_has;
+use egret_http::refusal;
 use egret_http::service::handle;
 use egret_http::{ConnContext, HttpShared};
 
@@ -203,7 +204,7 @@ where
     // complete — that would also restart hyper's header-read timer each time.
     idle.last_keeps_alive.store(false, Ordering::Relaxed);
     idle.upgrade_offered.store(false, Ordering::Relaxed);
-    let (shared, ctx, state) = (shared.clone(), ctx.clone(), idle.clone());
+    let (svc_shared, svc_ctx, state) = (shared.clone(), ctx.clone(), idle.clone());
     let done: DoneHook = {
         let state = idle.clone();
         Arc::new(move |keeps_alive| {
@@ -230,7 +231,7 @@ where
         // requests in flight. (A plain struct around the box, not an `async` block: that
         // copied the 10 KB future into its own state on every request.)
         TrackedResponse {
-            handling: Box::pin(handle(shared.clone(), ctx.clone(), req)),
+            handling: Box::pin(handle(svc_shared.clone(), svc_ctx.clone(), req)),
             done: Some(done.clone()),
             keeps_alive,
         }
@@ -288,7 +289,14 @@ where
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+        if e.is_parse() {
+            if let Some(parts) = conn.into_parts() {
+                let (io, _) = parts.io.into_inner().into_parts_held();
+                refuse_unparsed(io, &e, &parts.read_buf, shared, ctx).await;
+            }
+        } else {
+            tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+        }
         return None;
     }
     if !idle.release.load(Ordering::Relaxed) {
@@ -307,6 +315,65 @@ where
     rest.extend_from_slice(&parts.read_buf);
     rest.extend_from_slice(&ahead);
     Some((io, rest.freeze()))
+}
+
+/// hyper could not parse a request head: answers and logs it as Envoy's codec does (the
+/// status, body and details of [`egret_http::refusal::for_parse_error`]), then closes. hyper's
+/// own answer (a bare `400`, `414` or `431`) was held back by [`ReadAhead`]; if it went out
+/// anyway (behind a response in the same write), the record says what hyper sent.
+async fn refuse_unparsed<S: AsyncWrite + Unpin>(
+    (mut io, held_back): (S, bool),
+    error: &hyper::Error,
+    head: &[u8],
+    shared: &HttpShared,
+    ctx: &ConnContext,
+) {
+    let refusal = refusal::for_parse_error(&error.to_string(), head);
+    tracing::debug!(%error, status = refusal.status, "downstream request head refused");
+    let (wire, mut guard) = refusal::unparsed_refusal(shared, ctx, refusal);
+    // An HTTP/2 preface where a request was due: hyper ends without answering.
+    if held_back || error.is_parse_version_h2() {
+        // Small: it fits the socket's buffer; bounded all the same.
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&wire)).await;
+    } else {
+        let rec = guard.record();
+        rec.response_code = if error.is_parse_too_large() {
+            431
+        } else if error.to_string().starts_with("URI too long") {
+            414
+        } else {
+            400
+        };
+        rec.bytes_sent = 0;
+    }
+    guard.finish();
+    close(io).await;
+}
+
+/// hyper's own answer to a head it could not parse: `HTTP/1.1 4xx|5xx <reason>`, then exactly
+/// `connection: close`, `content-length: 0` and `date`, and nothing after (hyper 1.x's
+/// `Server::on_error`). Every response the gateway sends carries `server`, so none of them
+/// looks like this.
+fn is_hyper_error_reply(buf: &[u8]) -> bool {
+    let Some(rest) = buf.strip_prefix(b"HTTP/1.1 ") else {
+        return false;
+    };
+    if !matches!(rest.first(), Some(b'4' | b'5')) {
+        return false;
+    }
+    let Some(head) = buf.strip_suffix(b"\r\n\r\n") else {
+        return false;
+    };
+    let mut seen = 0u8;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        match line.strip_suffix(b"\r").unwrap_or(line) {
+            b"connection: close" => seen |= 1,
+            b"content-length: 0" => seen |= 2,
+            l if l.starts_with(b"date: ") => seen |= 4,
+            _ => return false,
+        }
+    }
+    seen == 7
 }
 
 /// Ready once the gateway drains.
@@ -375,19 +442,42 @@ where
 
 /// The socket with bytes already read from it in front; a shutdown is skipped while the
 /// connection is being released, so the socket outlives hyper's connection.
+/// On HTTP/1.1 it also holds back hyper's own answer to a head it could not parse
+/// ([`is_hyper_error_reply`]), so that Envoy's can be sent instead ([`refuse_unparsed`]).
 struct ReadAhead<S> {
     ahead: Bytes,
     io: S,
     idle: Option<Arc<IdleState>>,
+    held_back: bool,
 }
 
 impl<S> ReadAhead<S> {
     fn new(ahead: Bytes, io: S, idle: Option<Arc<IdleState>>) -> ReadAhead<S> {
-        ReadAhead { ahead, io, idle }
+        ReadAhead {
+            ahead,
+            io,
+            idle,
+            held_back: false,
+        }
     }
 
     fn into_parts(self) -> (S, Bytes) {
         (self.io, self.ahead)
+    }
+
+    /// The socket, and whether hyper's answer to an unparsable head was held back.
+    fn into_parts_held(self) -> ((S, bool), Bytes) {
+        ((self.io, self.held_back), self.ahead)
+    }
+
+    /// A write that is hyper's answer to an unparsable head, on HTTP/1.1: reported written,
+    /// not sent.
+    fn hold_back(&mut self, buf: &[u8]) -> bool {
+        if self.idle.is_some() && is_hyper_error_reply(buf) {
+            self.held_back = true;
+            return true;
+        }
+        false
     }
 }
 
@@ -417,6 +507,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.hold_back(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -425,6 +518,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let mut written = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (written.next(), written.next()) {
+            if self.hold_back(only) {
+                return Poll::Ready(Ok(only.len()));
+            }
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -441,9 +540,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
             .idle
             .as_ref()
             .is_some_and(|s| s.release.load(Ordering::Relaxed));
-        if releasing {
+        // hyper shuts the socket after its answer to an unparsable head; ours is still to be
+        // written (`refuse_unparsed` closes after it).
+        if releasing || self.held_back {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_hyper_error_reply;
+
+    #[test]
+    fn only_hypers_bare_answers_are_held_back() {
+        // What hyper 1.x writes for an unparsable head (captured from the wire).
+        for held in [
+            &b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 21:04:16 GMT\r\n\r\n"[..],
+            b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 21:04:16 GMT\r\n\r\n",
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\ndate: x\r\n\r\n",
+        ] {
+            assert!(is_hyper_error_reply(held), "{}", String::from_utf8_lossy(held));
+        }
+        for sent in [
+            // The gateway's own replies carry `server`.
+            &b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\nserver: istio-envoy\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\ncontent-type: text/plain\r\ndate: x\r\nserver: istio-envoy\r\nconnection: close\r\n\r\nBad Request",
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            // A response's tail followed by hyper's answer in one write: not held back.
+            b"okHTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+            // Part of a head.
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+        ] {
+            assert!(!is_hyper_error_reply(sent), "{}", String::from_utf8_lossy(sent));
+        }
     }
 }

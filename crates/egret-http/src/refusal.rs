@@ -1,0 +1,366 @@
+//! Requests refused before routing, as Envoy 1.40's HTTP/1 codec and connection manager
+//! refuse them at an Istio gateway: what is answered and what is logged. Every case here was
+//! sent to Envoy 1.40 and to Egret on loopback and compared (status, body, flags, details).
+//!
+//! Two kinds:
+//! - the codec's refusals (`DPE`, logged `"- - HTTP/1.1"`, body text, connection closed):
+//!   heads hyper could not parse ([`for_parse_error`], answered by the listener, which
+//!   owns the socket then) and heads it parsed that Envoy's codec would not
+//!   ([`codec_refusal`]: HTTP/1.0, unknown methods, an authority as the target);
+//! - the connection manager's (no flag, the request logged): a request without a host, a
+//!   path that is not a path ([`manager_refusal`]).
+
+use bytes::{BufMut, BytesMut};
+use http::{Method, Request, Version};
+
+use egret_core::record::{LogGuard, LogRecord};
+use egret_core::ResponseFlags;
+
+use crate::local_reply;
+use crate::service::{ConnContext, HttpShared};
+
+/// What Envoy answers and logs for a refused request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// The `text/plain` body; empty for none.
+    pub body: &'static str,
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub details: &'static str,
+    /// Whether the connection is closed after the answer.
+    pub closes: bool,
+}
+
+const BAD_REQUEST: Refusal = Refusal {
+    status: 400,
+    body: "Bad Request",
+    details: "http1.codec_error",
+    closes: true,
+};
+const LOW_VERSION: Refusal = Refusal {
+    status: 426,
+    body: "Upgrade Required",
+    details: "low_version",
+    closes: true,
+};
+/// Also Envoy's answer to a request line past the limit (hyper: "URI too long").
+pub const HEADERS_TOO_LARGE: Refusal = Refusal {
+    status: 431,
+    body: "Request Header Fields Too Large",
+    details: "http1.headers_too_large",
+    closes: true,
+};
+/// A `Connection` header naming a pseudo-header or a forwarding header the proxy sets.
+pub const CONNECTION_HEADER_REJECTED: Refusal = Refusal {
+    details: "http1.connection_header_rejected",
+    ..BAD_REQUEST
+};
+
+/// The methods Envoy 1.40's HTTP/1 parser accepts (case-sensitive; `MSEARCH` without the
+/// hyphen, and not `QUERY`: each checked against it). Anything else is `400 DPE
+/// http1.codec_error`.
+const METHODS: [&str; 34] = [
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "MSEARCH",
+    "NOTIFY",
+    "OPTIONS",
+    "PATCH",
+    "POST",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "PUT",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "TRACE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
+];
+
+/// A request head hyper could not parse, from hyper's error text and the bytes it stopped
+/// at (the head, as far as it was read).
+pub fn for_parse_error(error: &str, head: &[u8]) -> Refusal {
+    if error.starts_with("invalid HTTP version parsed")
+        // Transfer-Encoding on an HTTP/1.0 request: Envoy refuses the version first.
+        || error.starts_with("unexpected transfer-encoding parsed")
+    {
+        LOW_VERSION
+    } else if error.starts_with("message head is too large") || error.starts_with("URI too long") {
+        HEADERS_TOO_LARGE
+    } else if error.starts_with("invalid transfer-encoding parsed") {
+        Refusal {
+            status: 501,
+            body: "Not Implemented",
+            details: "http1.invalid_transfer_encoding",
+            closes: true,
+        }
+    } else if error.starts_with("invalid HTTP header parsed") && has_control_characters(head) {
+        Refusal {
+            details: "http1.invalid_characters",
+            ..BAD_REQUEST
+        }
+    } else {
+        BAD_REQUEST
+    }
+}
+
+/// A control character (other than tab) in the header lines: Envoy says
+/// `http1.invalid_characters`, where any other malformed header is `http1.codec_error`. A
+/// bare CR is not one of them: Envoy accepts it inside a value.
+fn has_control_characters(head: &[u8]) -> bool {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(head.len());
+    let Some(first_line) = head[..end].iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    head[first_line + 1..end]
+        .iter()
+        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f)
+}
+
+/// A parsed HTTP/1 head that Envoy's codec would have refused. HTTP/2 requests pass (their
+/// codec takes any method token).
+pub fn codec_refusal<B>(req: &Request<B>) -> Option<Refusal> {
+    match req.version() {
+        Version::HTTP_11 => {}
+        Version::HTTP_10 | Version::HTTP_09 => return Some(LOW_VERSION),
+        _ => return None,
+    }
+    if !METHODS.contains(&req.method().as_str()) {
+        return Some(BAD_REQUEST);
+    }
+    // `GET example.com`: an authority is a target only for CONNECT.
+    let uri = req.uri();
+    if *req.method() != Method::CONNECT && uri.scheme().is_none() && uri.authority().is_some() {
+        return Some(BAD_REQUEST);
+    }
+    None
+}
+
+/// What Envoy's connection manager refuses before routing (no flag; the request is logged
+/// with its method and path): no host at all (`Host` missing, or removed because
+/// `Connection` named it), and `*` as the path (`OPTIONS *`).
+pub fn manager_refusal(method: &Method, path: &str, has_authority: bool) -> Option<Refusal> {
+    if !has_authority {
+        return Some(Refusal {
+            status: 400,
+            body: "",
+            details: "missing_host_header",
+            closes: true,
+        });
+    }
+    if path == "*" && *method != Method::CONNECT {
+        return Some(Refusal {
+            status: 404,
+            body: "",
+            details: "absolute_path_rejected",
+            closes: false,
+        });
+    }
+    None
+}
+
+/// The codec's refusal of a head it could not parse, for the listener to write itself (hyper
+/// has no request to answer): the response's bytes and the record, to be finished once they
+/// are written.
+pub fn unparsed_refusal(
+    shared: &HttpShared,
+    conn: &ConnContext,
+    refusal: Refusal,
+) -> (BytesMut, LogGuard) {
+    let mut rec = Box::new(LogRecord::new(
+        conn.local,
+        conn.remote,
+        conn.snapshot.version.clone(),
+    ));
+    rec.protocol = Some("HTTP/1.1");
+    rec.requested_server_name = conn.requested_server_name.clone();
+    rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
+    let mut guard = LogGuard::new(rec, shared.sink.clone())
+        .with_response_headers(shared.sink.headers().response);
+    let body = (!refusal.body.is_empty()).then(|| refusal.body.to_string());
+    let (mut resp, len) = local_reply::build(refusal.status, body);
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    guard.set_response_headers(resp.headers());
+    let rec = guard.record();
+    rec.response_code = refusal.status;
+    rec.response_flags
+        .insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+    rec.response_code_details = Some(refusal.details.into());
+    rec.bytes_sent = len;
+
+    let mut wire = BytesMut::with_capacity(256 + refusal.body.len());
+    wire.put_slice(b"HTTP/1.1 ");
+    wire.put_slice(resp.status().as_str().as_bytes());
+    wire.put_u8(b' ');
+    wire.put_slice(
+        resp.status()
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    wire.put_slice(b"\r\n");
+    for (name, value) in resp.headers() {
+        wire.put_slice(name.as_str().as_bytes());
+        wire.put_slice(b": ");
+        wire.put_slice(value.as_bytes());
+        wire.put_slice(b"\r\n");
+    }
+    wire.put_slice(b"\r\n");
+    wire.put_slice(refusal.body.as_bytes());
+    (wire, guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hyper's error texts (hyper 1.x's `Error::description`) and what Envoy 1.40 answered
+    /// for the same bytes.
+    #[test]
+    fn parse_errors_map_as_envoy_answers_them() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let cases = [
+            ("invalid HTTP version parsed", 426, "low_version"),
+            (
+                "invalid HTTP version parsed (found HTTP2 preface)",
+                426,
+                "low_version",
+            ),
+            ("unexpected transfer-encoding parsed", 426, "low_version"),
+            ("message head is too large", 431, "http1.headers_too_large"),
+            ("URI too long", 431, "http1.headers_too_large"),
+            (
+                "invalid transfer-encoding parsed",
+                501,
+                "http1.invalid_transfer_encoding",
+            ),
+            ("invalid HTTP method parsed", 400, "http1.codec_error"),
+            ("invalid HTTP header parsed", 400, "http1.codec_error"),
+            ("invalid content-length parsed", 400, "http1.codec_error"),
+            ("invalid URI", 400, "http1.codec_error"),
+        ];
+        for (error, status, details) in cases {
+            let r = for_parse_error(error, head);
+            assert_eq!((r.status, r.details), (status, details), "{error}");
+        }
+        assert_eq!(
+            for_parse_error("URI too long", head).body,
+            HEADERS_TOO_LARGE.body
+        );
+    }
+
+    #[test]
+    fn control_characters_in_header_lines_are_named_so() {
+        let header_error =
+            |head: &[u8]| for_parse_error("invalid HTTP header parsed", head).details;
+        for bad in [
+            &b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX-A: a\x01b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: a\x7fb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-\x00A: ab\r\n\r\n",
+            // As far as it was read: no end of head yet.
+            b"GET / HTTP/1.1\r\nX-A: a\x00",
+        ] {
+            assert_eq!(header_error(bad), "http1.invalid_characters", "{bad:?}");
+        }
+        for other in [
+            &b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX-A: a\tb\r\n\r\n",
+            // Past the head: the next request's bytes are not this one's.
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n\x00",
+            b"GET /\x01 HTTP/1.1\r\nX: y\r\n\r\n",
+        ] {
+            assert_eq!(header_error(other), "http1.codec_error", "{other:?}");
+        }
+    }
+
+    fn request(method: &str, target: &str, version: Version) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn heads_envoys_codec_refuses() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            codec_refusal(&request("GET", "/", Version::HTTP_10)),
+            Some(LOW_VERSION)
+        );
+        for method in ["FOO", "get", "M-SEARCH", "QUERY", "PRI", "DEBUG"] {
+            assert_eq!(
+                codec_refusal(&request(method, "/", v11)),
+                Some(BAD_REQUEST),
+                "{method}"
+            );
+        }
+        for method in METHODS {
+            let target = if method == "CONNECT" {
+                "a.com:443"
+            } else {
+                "/"
+            };
+            assert_eq!(
+                codec_refusal(&request(method, target, v11)),
+                None,
+                "{method}"
+            );
+        }
+        assert_eq!(
+            codec_refusal(&request("GET", "abc", v11)),
+            Some(BAD_REQUEST)
+        );
+        assert_eq!(codec_refusal(&request("GET", "http://a.com/x", v11)), None);
+        assert_eq!(codec_refusal(&request("OPTIONS", "*", v11)), None);
+        // HTTP/2's codec takes any method token.
+        assert_eq!(codec_refusal(&request("QUERY", "/", Version::HTTP_2)), None);
+    }
+
+    #[test]
+    fn what_the_connection_manager_refuses() {
+        let missing = manager_refusal(&Method::GET, "/", false).unwrap();
+        assert_eq!(
+            (
+                missing.status,
+                missing.body,
+                missing.details,
+                missing.closes
+            ),
+            (400, "", "missing_host_header", true)
+        );
+        let star = manager_refusal(&Method::OPTIONS, "*", true).unwrap();
+        assert_eq!(
+            (star.status, star.details, star.closes),
+            (404, "absolute_path_rejected", false)
+        );
+        assert_eq!(manager_refusal(&Method::GET, "/x", true), None);
+    }
+}
