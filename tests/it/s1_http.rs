@@ -739,6 +739,122 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
     assert_eq!(up.requests(), 0);
 }
 
+/// A malformed chunk in a request body the gateway is already forwarding is the client's
+/// error: Envoy 1.40 answers `400 Bad Request` and logs `"POST / HTTP/1.1" 400 DPE
+/// http1.codec_error` with the upstream host (Egret used to answer `503 UC`).
+#[tokio::test]
+async fn malformed_request_body_is_the_clients_error_like_envoy() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let request =
+        b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let (status, body, closed) = raw_request(&gw, request).await;
+    assert_eq!((status, body.as_str(), closed), (400, "Bad Request", true));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.code.as_str()),
+        ("POST", "/", "400")
+    );
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("DPE", "http1.codec_error")
+    );
+    assert_eq!(l.upstream_host, up.addr().to_string());
+}
+
+/// An upstream that answers with these bytes to a request for the path, then closes.
+async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                if let Some((_, answer)) = answers.iter().find(|(p, _)| *p == path) {
+                    let _ = c.write_all(answer).await;
+                }
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// What an upstream that breaks HTTP/1.1 gets, as Envoy 1.40 answers it: a response it
+/// cannot parse is `502` (`UPE`, `upstream_reset_before_response_started{protocol_error}`),
+/// and a response it can is sent with Envoy's own status line: `HTTP/1.1` (an HTTP/1.0
+/// close-delimited body goes out chunked) and the code's standard phrase (`Unknown` for a
+/// code without one).
+#[tokio::test]
+async fn upstream_responses_are_relayed_with_envoys_status_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static ANSWERS: &[(&str, &[u8])] = &[
+        (
+            "/bad-status",
+            b"HTTP/1.1 abc OK\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        (
+            "/bad-header",
+            b"HTTP/1.1 200 OK\r\nbad name: x\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        ("/http10", b"HTTP/1.0 200 OK\r\n\r\nhello"),
+        ("/fine", b"HTTP/1.1 200 Fine\r\ncontent-length: 2\r\n\r\nok"),
+        (
+            "/weird",
+            b"HTTP/1.1 599 Weird\r\ncontent-length: 2\r\n\r\nok",
+        ),
+    ];
+    let up = raw_upstream(ANSWERS).await;
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+    let reset =
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+    let cases = [
+        ("/bad-status", "HTTP/1.1 502 Bad Gateway", reset, "UPE"),
+        ("/bad-header", "HTTP/1.1 502 Bad Gateway", reset, "UPE"),
+        ("/http10", "HTTP/1.1 200 OK", "5\r\nhello\r\n0\r\n\r\n", "-"),
+        ("/fine", "HTTP/1.1 200 OK", "ok", "-"),
+        ("/weird", "HTTP/1.1 599 Unknown", "ok", "-"),
+    ];
+    for (path, status_line, body, flags) in cases {
+        let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: close\r\n\r\n");
+        c.write_all(request.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut all))
+            .await
+            .expect("the gateway closes after the response")
+            .unwrap();
+        let all = String::from_utf8_lossy(&all);
+        let (head, got_body) = all.split_once("\r\n\r\n").expect("a response head");
+        assert_eq!(head.lines().next(), Some(status_line), "{path}");
+        assert_eq!(got_body, body, "{path}");
+        let l = gw.next_line().await;
+        assert_eq!((l.path.as_str(), l.flags.as_str()), (path, flags));
+        if flags == "UPE" {
+            assert_eq!(
+                l.details,
+                "upstream_reset_before_response_started{protocol_error}"
+            );
+        }
+    }
+}
+
 /// What Envoy 1.40's connection manager refuses before routing, without a flag and with
 /// the request logged: no host (`400`, empty body, closed), `*` as the path (`404`,
 /// connection kept); two `Host` values are joined and match no host (`404 NR`).

@@ -308,6 +308,7 @@ impl Forward<'_> {
                         headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                         HeaderValue::from(ms),
                     );
+                    envoy_status_line(&mut resp);
                     return Outcome::Upstream { resp, conn };
                 }
                 Ok(Err(mut e)) => {
@@ -319,6 +320,17 @@ impl Forward<'_> {
                         if conn.reused() {
                             continue;
                         }
+                    }
+                    if downstream_body_malformed(&e) {
+                        // The client's fault, not the upstream's (Envoy 1.40, checked with a
+                        // bad chunk size): `400 DPE http1.codec_error`, `Bad Request`, the
+                        // request and the upstream host logged; no retry, no outlier report.
+                        return Outcome::Local {
+                            status: 400,
+                            body: Some("Bad Request".into()),
+                            flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                            details: "http1.codec_error".into(),
+                        };
                     }
                     self.cluster.report(addr, egret_upstream::Outcome::Reset);
                     let reason = e.reset_reason();
@@ -418,6 +430,20 @@ fn attempt_count(attempt: u32) -> HeaderValue {
     }
 }
 
+/// The status line Envoy 1.40 writes for a proxied response (checked with it): its own, not
+/// the upstream's: `HTTP/1.1` (an HTTP/1.0 upstream's close-delimited body then goes out
+/// chunked), and the code's standard reason phrase, `Unknown` for a code without one (an
+/// upstream's `200 Fine` is `200 OK`; hyper would repeat the upstream's phrase).
+fn envoy_status_line<B>(resp: &mut Response<B>) {
+    *resp.version_mut() = Version::HTTP_11;
+    if resp.status().canonical_reason().is_none() {
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
+    } else if !resp.extensions().is_empty() {
+        resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
+    }
+}
+
 fn reset_outcome(
     reason: &str,
     flag: ResponseFlags,
@@ -425,7 +451,9 @@ fn reset_outcome(
     first: ResponseFlags,
 ) -> Outcome {
     Outcome::Local {
-        status: 503,
+        // Envoy 1.40 answers an upstream that broke HTTP before its response with `502`
+        // (checked with malformed status lines and headers), other resets with `503`.
+        status: if reason == "protocol error" { 502 } else { 503 },
         body: Some(local_reply::upstream_reset_body(reason, retried, None)),
         flags: first | flag,
         details: local_reply::reset_details(false, reason, None),
@@ -442,6 +470,15 @@ fn is_refused_stream(e: &SendError) -> bool {
         src = s.source();
     }
     false
+}
+
+/// The request body the client was sending broke its framing (a malformed chunk): hyper's
+/// client fails with the error of the body it was given (`is_user`), which carries the
+/// downstream decoder's ([`replay::is_malformed`]). An upstream TLS error is not under a
+/// body error.
+fn downstream_body_malformed(e: &SendError) -> bool {
+    e.source.is_user()
+        && std::error::Error::source(&e.source).is_some_and(crate::replay::is_malformed)
 }
 
 /// What the downstream response needs besides the outcome.
@@ -465,15 +502,24 @@ impl Outcome {
                 body,
                 flags,
                 details,
-            } => crate::service::local_reply_with(
-                guard,
-                status,
-                body,
-                flags,
-                &details,
-                ds.received,
-                ds.response_ops,
-            ),
+            } => {
+                let mut resp = crate::service::local_reply_with(
+                    guard,
+                    status,
+                    body,
+                    flags,
+                    &details,
+                    ds.received,
+                    ds.response_ops,
+                );
+                // The client's connection is not reusable after its own protocol error
+                // (Envoy sends `connection: close` with it).
+                if flags.contains(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR) {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
             Outcome::Upstream { mut resp, conn } => {
                 let was_upgrade = ds.on_upgrade.is_some();
                 let upgraded = match ds.on_upgrade {

@@ -83,6 +83,31 @@ fn gone(why: &'static str) -> BoxError {
     Box::new(BodyGone(why))
 }
 
+/// What the downstream body failed with, as every reader of it sees it afterwards.
+const MALFORMED: &str = "request body malformed";
+
+/// Whether a request body's error is its framing (a malformed chunk: hyper's decoder fails
+/// with an `InvalidInput`/`InvalidData` I/O error), the client's fault, rather than the
+/// client going away (`UnexpectedEof`) or the body being retired.
+pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            );
+        }
+        if s.downcast_ref::<BodyGone>()
+            .is_some_and(|g| g.0 == MALFORMED)
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -197,8 +222,10 @@ struct Source {
     copy: BodyCopy,
     /// The downstream body has been read to its end.
     complete: bool,
-    /// The downstream body failed (the client went away).
+    /// The downstream body failed (the client went away, or its framing broke).
     failed: bool,
+    /// It failed on its framing ([`is_malformed`]).
+    malformed: bool,
     /// The generation allowed to read `inner`.
     reader: u64,
     feeds: Vec<Feed>,
@@ -208,6 +235,15 @@ struct Source {
 impl Source {
     fn replayable(&self) -> bool {
         !self.copy.overflowed && !self.failed
+    }
+
+    /// The error a reader gets once the downstream body has failed.
+    fn failure(&self) -> BoxError {
+        gone(if self.malformed {
+            MALFORMED
+        } else {
+            "request body failed"
+        })
     }
 
     /// Pending while a mirror is more than the buffer limit behind; drops finished feeds.
@@ -260,7 +296,7 @@ impl Source {
             return Poll::Ready(None);
         }
         if self.failed {
-            return Poll::Ready(Some(Err(gone("request body failed"))));
+            return Poll::Ready(Some(Err(self.failure())));
         }
         if self.mirrors_ready(cx).is_pending() {
             return Poll::Pending;
@@ -292,6 +328,7 @@ impl Source {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.failed = true;
+                self.malformed = is_malformed(e.as_ref());
                 self.feed(None, Some(false));
                 Poll::Ready(Some(Err(e)))
             }
@@ -479,6 +516,7 @@ impl RequestBody {
             }),
             complete: false,
             failed: false,
+            malformed: false,
             reader: 0,
             feeds: Vec::new(),
             received: received.clone(),
