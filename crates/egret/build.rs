@@ -29,9 +29,30 @@ fn main() {
 }
 
 /// `--symbol-ordering-file` is an LLD option; rustc links x86_64 Linux binaries with its own
-/// LLD from 1.90 on. Anywhere else the binary links as before, in the default order.
+/// LLD from 1.90 on. Anywhere else — another target, an older rustc, a linker set in the
+/// cargo configuration, or flags that choose one (`-C linker-features`,
+/// `-C link-self-contained`, `-fuse-ld=`, `-C linker=`) — the binary links as before, in the
+/// default order.
 fn links_with_lld() -> bool {
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     if env::var("TARGET").map_or(true, |t| t != "x86_64-unknown-linux-gnu") {
+        return false;
+    }
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    // A linker set in the cargo configuration (`target.<triple>.linker`).
+    if env::var_os("RUSTC_LINKER").is_some() {
+        return false;
+    }
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if [
+        "linker-features",
+        "link-self-contained",
+        "fuse-ld",
+        "linker=",
+    ]
+    .iter()
+    .any(|f| flags.contains(f))
+    {
         return false;
     }
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

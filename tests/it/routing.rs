@@ -634,7 +634,7 @@ async fn header_operations_at_route_and_destination_level() {
       response:
         set: {x-upstream: replaced}
         add: {x-added: route}
-        remove: [x-secret]
+        remove: [x-secret, server]
     route:
     - destination: {host: api.example.com}
       headers:
@@ -655,6 +655,8 @@ async fn header_operations_at_route_and_destination_level() {
     assert_eq!(r.header("x-added"), Some("route"));
     assert_eq!(r.header("x-dest-resp"), Some("yes"));
     assert_eq!(r.header("x-secret"), None);
+    // Set by the connection manager after the route's operations, as in Envoy 1.40.
+    assert_eq!(r.header("server"), Some("istio-envoy"));
     let seen = up.last_request().unwrap();
     assert_eq!(seen.header("x-set"), Some("route"));
     let adds: Vec<&str> = seen

@@ -763,7 +763,8 @@ async fn malformed_request_body_is_the_clients_error_like_envoy() {
     assert_eq!(l.upstream_host, up.addr().to_string());
 }
 
-/// An upstream that answers with these bytes to a request for the path, then closes.
+/// An upstream that answers with these bytes to a request for the path, then closes. An
+/// answer is written in the parts `|PAUSE|` separates, 100 ms apart.
 async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -785,7 +786,14 @@ async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std:
                 let head = String::from_utf8_lossy(&got).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or_default().to_string();
                 if let Some((_, answer)) = answers.iter().find(|(p, _)| *p == path) {
-                    let _ = c.write_all(answer).await;
+                    let text = String::from_utf8_lossy(answer).into_owned();
+                    for (i, part) in text.split("|PAUSE|").enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        let _ = c.write_all(part.as_bytes()).await;
+                        let _ = c.flush().await;
+                    }
                 }
                 let _ = c.shutdown().await;
             });
@@ -817,6 +825,12 @@ async fn upstream_responses_are_relayed_with_envoys_status_line() {
             "/weird",
             b"HTTP/1.1 599 Weird\r\ncontent-length: 2\r\n\r\nok",
         ),
+        // A body that reads like hyper's own answer to a bad request head, sent after the
+        // head: the gateway must not take it for one.
+        (
+            "/lookalike",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 75\r\n\r\n|PAUSE|HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+        ),
     ];
     let up = raw_upstream(ANSWERS).await;
     let s1 = scenario("s1-http");
@@ -829,6 +843,12 @@ async fn upstream_responses_are_relayed_with_envoys_status_line() {
         ("/http10", "HTTP/1.1 200 OK", "5\r\nhello\r\n0\r\n\r\n", "-"),
         ("/fine", "HTTP/1.1 200 OK", "ok", "-"),
         ("/weird", "HTTP/1.1 599 Unknown", "ok", "-"),
+        (
+            "/lookalike",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+            "-",
+        ),
     ];
     for (path, status_line, body, flags) in cases {
         let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();

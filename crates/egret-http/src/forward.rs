@@ -561,9 +561,7 @@ impl Outcome {
                             HeaderValue::from_static("Upgrade"),
                         );
                     }
-                    for ops in ds.response_ops {
-                        ops.apply(&mut parts.headers);
-                    }
+                    headers::apply_response_ops(&mut parts.headers, ds.response_ops);
                     guard.set_response_headers(&parts.headers);
                     guard.record().response_code_details = Some("via_upstream".into());
                     drop(conn);
@@ -587,9 +585,7 @@ impl Outcome {
                             .headers
                             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                     }
-                    for ops in ds.response_ops {
-                        ops.apply(&mut parts.headers);
-                    }
+                    headers::apply_response_ops(&mut parts.headers, ds.response_ops);
                     guard.set_response_headers(&parts.headers);
                     guard.record().response_code_details =
                         Some("websocket_handshake_unsuccessful".into());
@@ -599,9 +595,7 @@ impl Outcome {
                         ResponseBody::full(None).with_log(guard, ds.received),
                     );
                 }
-                for ops in ds.response_ops {
-                    ops.apply(&mut parts.headers);
-                }
+                headers::apply_response_ops(&mut parts.headers, ds.response_ops);
                 guard.set_response_headers(&parts.headers);
                 guard.record().response_code_details = Some("via_upstream".into());
                 Response::from_parts(

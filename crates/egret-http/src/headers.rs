@@ -148,6 +148,20 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// A route's (and destination's) response header operations, then `server` as Envoy's
+/// connection manager sets it after every filter has run: a VirtualService can neither remove
+/// nor change it (checked with Envoy 1.40: `response_headers_to_remove: [server]` and an
+/// overwriting `server: custom` both still answer `server: envoy`).
+pub fn apply_response_ops(h: &mut HeaderMap, ops: &[&egret_core::HeaderMutations]) {
+    if ops.is_empty() {
+        return;
+    }
+    for o in ops {
+        o.apply(h);
+    }
+    h.insert(http::header::SERVER, SERVER_NAME.clone());
+}
+
 /// Whether a request's `Connection` lists a name Envoy 1.40 refuses there (answering `400`,
 /// `http1.connection_header_rejected`; checked with it): a pseudo-header, or a forwarding
 /// header the proxy itself sets. (`host` is removed like any other name, and the request

@@ -88,15 +88,20 @@ const MALFORMED: &str = "request body malformed";
 
 /// Whether a request body's error is its framing (a malformed chunk: hyper's decoder fails
 /// with an `InvalidInput`/`InvalidData` I/O error), the client's fault, rather than the
-/// client going away (`UnexpectedEof`) or the body being retired.
+/// client going away (`UnexpectedEof`), its TLS failing (rustls's errors are `InvalidData`
+/// too) or the body being retired.
 pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut src = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-            );
+            let tls = io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+            return !tls
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                );
         }
         if s.downcast_ref::<BodyGone>()
             .is_some_and(|g| g.0 == MALFORMED)
@@ -710,6 +715,26 @@ fn poll_ahead(source: &Mutex<Source>, cx: &mut Context<'_>) -> Ahead {
             Poll::Ready(_) => return Ahead::Done,
             Poll::Pending => return Ahead::Reading,
         }
+    }
+}
+
+#[cfg(test)]
+mod malformed_tests {
+    use super::{gone, is_malformed, MALFORMED};
+    use std::io;
+
+    #[test]
+    fn only_a_broken_framing_is_the_clients_malformed_body() {
+        let chunk = io::Error::new(io::ErrorKind::InvalidInput, "Invalid chunk size line");
+        assert!(is_malformed(&chunk));
+        let overflow = io::Error::new(io::ErrorKind::InvalidData, "chunk size overflow");
+        assert!(is_malformed(&overflow));
+        assert!(is_malformed(gone(MALFORMED).as_ref()));
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "early eof");
+        assert!(!is_malformed(&eof));
+        let tls = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(!is_malformed(&tls));
+        assert!(!is_malformed(gone("request body failed").as_ref()));
     }
 }
 

@@ -571,9 +571,7 @@ fn record_local(
     response_ops: &[&HeaderMutations],
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
-    for ops in response_ops {
-        ops.apply(&mut parts.headers);
-    }
+    headers::apply_response_ops(&mut parts.headers, response_ops);
     guard.set_response_headers(&parts.headers);
     let rec = guard.record();
     rec.response_code = parts.status.as_u16();

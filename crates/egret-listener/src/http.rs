@@ -291,15 +291,22 @@ where
     if let Err(e) = result {
         if e.is_parse() {
             if let Some(parts) = conn.into_parts() {
-                let (io, _) = parts.io.into_inner().into_parts_held();
-                refuse_unparsed(io, &e, &parts.read_buf, shared, ctx).await;
+                let (io, held, _) = parts.io.into_inner().into_parts();
+                refuse_unparsed(io, held.is_some(), &e, &parts.read_buf, shared, ctx).await;
             }
         } else {
             tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+            if let Some(parts) = conn.into_parts() {
+                send_held(parts.io.into_inner()).await;
+            }
         }
         return None;
     }
     if !idle.release.load(Ordering::Relaxed) {
+        // Ended by hyper (a close): a write held back was not its answer to a bad head.
+        if let Some(parts) = conn.into_parts() {
+            send_held(parts.io.into_inner()).await;
+        }
         return None;
     }
     // None: the connection was upgraded and belongs to its tunnel now.
@@ -308,7 +315,13 @@ where
         return None;
     };
     options.releases.fetch_add(1, Ordering::Relaxed);
-    let (io, ahead) = parts.io.into_inner().into_parts();
+    let (mut io, held, ahead) = parts.io.into_inner().into_parts();
+    if let Some(held) = held {
+        // Not reached in practice: a held write is sent before hyper reads again.
+        if io.write_all(&held).await.is_err() {
+            return None;
+        }
+    }
     // A copy of what was read ahead (a pipelined request, usually nothing): keeping hyper's
     // buffer would keep all of its 8 KB.
     let mut rest = BytesMut::with_capacity(parts.read_buf.len() + ahead.len());
@@ -322,7 +335,8 @@ where
 /// own answer (a bare `400`, `414` or `431`) was held back by [`ReadAhead`]; if it went out
 /// anyway (behind a response in the same write), the record says what hyper sent.
 async fn refuse_unparsed<S: AsyncWrite + Unpin>(
-    (mut io, held_back): (S, bool),
+    mut io: S,
+    held_back: bool,
     error: &hyper::Error,
     head: &[u8],
     shared: &HttpShared,
@@ -348,6 +362,16 @@ async fn refuse_unparsed<S: AsyncWrite + Unpin>(
     }
     guard.finish();
     close(io).await;
+}
+
+/// A session that ended other than on a bad head: what [`ReadAhead`] still held goes out (it
+/// was not hyper's answer to one), then the connection is closed.
+async fn send_held<S: AsyncWrite + Unpin>(io: ReadAhead<S>) {
+    let (mut io, held, _) = io.into_parts();
+    if let Some(held) = held {
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&held)).await;
+        close(io).await;
+    }
 }
 
 /// hyper's own answer to a head it could not parse: `HTTP/1.1 4xx|5xx <reason>`, then exactly
@@ -442,13 +466,16 @@ where
 
 /// The socket with bytes already read from it in front; a shutdown is skipped while the
 /// connection is being released, so the socket outlives hyper's connection.
-/// On HTTP/1.1 it also holds back hyper's own answer to a head it could not parse
-/// ([`is_hyper_error_reply`]), so that Envoy's can be sent instead ([`refuse_unparsed`]).
+/// On HTTP/1.1 it also holds back a write that looks like hyper's own answer to a head it
+/// could not parse ([`is_hyper_error_reply`]), so that Envoy's can be sent instead
+/// ([`refuse_unparsed`]). Held, not dropped: if the session does not end on that parse error
+/// (a body chunk that happened to look like it), the bytes go out before anything is read or
+/// written next, or when the session ends.
 struct ReadAhead<S> {
     ahead: Bytes,
     io: S,
     idle: Option<Arc<IdleState>>,
-    held_back: bool,
+    held: Option<Bytes>,
 }
 
 impl<S> ReadAhead<S> {
@@ -457,36 +484,52 @@ impl<S> ReadAhead<S> {
             ahead,
             io,
             idle,
-            held_back: false,
+            held: None,
         }
     }
 
-    fn into_parts(self) -> (S, Bytes) {
-        (self.io, self.ahead)
+    /// The socket, a write still held back, and the bytes read ahead.
+    fn into_parts(self) -> (S, Option<Bytes>, Bytes) {
+        (self.io, self.held, self.ahead)
     }
 
-    /// The socket, and whether hyper's answer to an unparsable head was held back.
-    fn into_parts_held(self) -> ((S, bool), Bytes) {
-        ((self.io, self.held_back), self.ahead)
-    }
-
-    /// A write that is hyper's answer to an unparsable head, on HTTP/1.1: reported written,
-    /// not sent.
+    /// Holds `buf` back if it is hyper's answer to an unparsable head, on HTTP/1.1.
     fn hold_back(&mut self, buf: &[u8]) -> bool {
         if self.idle.is_some() && is_hyper_error_reply(buf) {
-            self.held_back = true;
+            self.held = Some(Bytes::copy_from_slice(buf));
             return true;
         }
         false
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+impl<S: AsyncWrite + Unpin> ReadAhead<S> {
+    /// Sends what is held back, before the next read or write.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(held) = self.held.as_mut() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let _ = held.split_to(n);
+            if held.is_empty() {
+                self.held = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReadAhead<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // hyper reads on after a response but never after its answer to a bad head.
+        if self.held.is_some() {
+            ready!(self.poll_send_held(cx))?;
+        }
         if !self.ahead.is_empty() {
             if buf.remaining() >= self.ahead.len() {
                 // Taken whole: an empty remainder split off would keep the allocation alive.
@@ -507,6 +550,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.held.is_some() {
+            ready!(self.poll_send_held(cx))?;
+        }
         if self.hold_back(buf) {
             return Poll::Ready(Ok(buf.len()));
         }
@@ -518,6 +564,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.held.is_some() {
+            ready!(self.poll_send_held(cx))?;
+        }
         let mut written = bufs.iter().filter(|b| !b.is_empty());
         if let (Some(only), None) = (written.next(), written.next()) {
             if self.hold_back(only) {
@@ -541,8 +590,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
             .as_ref()
             .is_some_and(|s| s.release.load(Ordering::Relaxed));
         // hyper shuts the socket after its answer to an unparsable head; ours is still to be
-        // written (`refuse_unparsed` closes after it).
-        if releasing || self.held_back {
+        // written (`refuse_unparsed`, or `send_held` when it was not that, closes after it).
+        if releasing || self.held.is_some() {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_shutdown(cx)
