@@ -474,8 +474,11 @@ fn host_header(headers: &http::HeaderMap) -> Option<Arc<str>> {
 /// A request Envoy's HTTP/1 codec refuses before routing: a text body, `DPE`, the request
 /// logged without method and path (it has no record of them yet), the connection closed.
 fn protocol_error(mut guard: LogGuard, r: refusal::Refusal) -> Response<ResponseBody> {
-    // Logged as Envoy's codec logs what it refuses: `"- - HTTP/1.1"`, whatever the version.
-    guard.record().protocol = Some("HTTP/1.1");
+    // Envoy's HTTP/1 codec logs what it refuses as `"- - HTTP/1.1"`, HTTP/1.0 included.
+    let rec = guard.record();
+    if rec.protocol == Some("HTTP/1.0") {
+        rec.protocol = Some("HTTP/1.1");
+    }
     let mut resp = local(
         guard,
         r.status,

@@ -376,8 +376,8 @@ async fn send_held<S: AsyncWrite + Unpin>(io: ReadAhead<S>) {
 
 /// hyper's own answer to a head it could not parse: `HTTP/1.1 4xx|5xx <reason>`, then exactly
 /// `connection: close`, `content-length: 0` and `date`, and nothing after (hyper 1.x's
-/// `Server::on_error`). Every response the gateway sends carries `server`, so none of them
-/// looks like this.
+/// `Server::on_error`). Every response head the gateway sends carries `server`; a body chunk
+/// that happens to look like this is held, not lost ([`ReadAhead`]).
 fn is_hyper_error_reply(buf: &[u8]) -> bool {
     let Some(rest) = buf.strip_prefix(b"HTTP/1.1 ") else {
         return false;
