@@ -14,17 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-for pkg in valgrind:valgrind nginx:nginx curl:curl h2load:nghttp2-client; do
-  tool=${pkg%%:*}
-  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${pkg#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/ensure-tools.sh
+ensure_tools valgrind nginx curl h2load:nghttp2-client
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -p egret
