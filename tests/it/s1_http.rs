@@ -710,6 +710,12 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
             "Bad Request",
             "http1.codec_error",
         ),
+        (
+            "GET / HTTP/1.1\r\nHost: edit\u{ff}ion.cnn.com\r\n\r\n".to_string(),
+            400,
+            "Bad Request",
+            "http.invalid_authority",
+        ),
     ];
     for (request, status, body, details) in cases {
         let (got, text, closed) = raw_request(&gw, request.as_bytes()).await;

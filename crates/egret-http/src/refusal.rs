@@ -55,6 +55,11 @@ pub const CONNECTION_HEADER_REJECTED: Refusal = Refusal {
     details: "http1.connection_header_rejected",
     ..BAD_REQUEST
 };
+/// A `Host` that is not text (Envoy 1.40, checked with a `0xff` byte in it).
+pub const INVALID_AUTHORITY: Refusal = Refusal {
+    details: "http.invalid_authority",
+    ..BAD_REQUEST
+};
 
 /// The methods Envoy 1.40's HTTP/1 parser accepts (case-sensitive; `MSEARCH` without the
 /// hyphen, and not `QUERY`: each checked against it). Anything else is `400 DPE

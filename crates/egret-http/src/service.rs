@@ -113,11 +113,19 @@ pub async fn handle(
             }),
         );
     }
-    let authority: Option<Arc<str>> = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().into())
-        .or_else(|| host_header(req.headers()));
+    let authority: Option<Arc<str>> = match req.uri().authority() {
+        Some(a) => Some(a.as_str().into()),
+        None => match host_header(req.headers()) {
+            Ok(host) => host,
+            // Envoy's codec refuses it: `"- - HTTP/1.1" 400 DPE http.invalid_authority`.
+            Err(InvalidHost) => {
+                return Ok(protocol_error(
+                    LogGuard::new(rec, shared.sink.clone()),
+                    refusal::INVALID_AUTHORITY,
+                ))
+            }
+        },
+    };
     // A `CONNECT` has no path (Envoy logs `-`).
     let path: Arc<str> = req.uri().path_and_query().map_or_else(
         || {
@@ -455,20 +463,26 @@ pub async fn handle(
     }
 }
 
+/// A `Host` value that is not visible ASCII.
+struct InvalidHost;
+
 /// `Host`, as Envoy's codec makes `:authority` of it: repeated values joined with `,` (which
-/// then matches no host: Envoy answers `404 NR`, checked with 1.40).
-fn host_header(headers: &http::HeaderMap) -> Option<Arc<str>> {
+/// then matches no host: Envoy answers `404 NR`, checked with 1.40). None when there is none.
+fn host_header(headers: &http::HeaderMap) -> Result<Option<Arc<str>>, InvalidHost> {
     let mut values = headers.get_all(http::header::HOST).iter();
-    let first = values.next()?.to_str().ok()?;
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let first = first.to_str().map_err(|_| InvalidHost)?;
     let Some(second) = values.next() else {
-        return Some(Arc::from(first));
+        return Ok(Some(Arc::from(first)));
     };
     let mut joined = String::from(first);
     for v in std::iter::once(second).chain(values) {
         joined.push(',');
-        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        joined.push_str(v.to_str().map_err(|_| InvalidHost)?);
     }
-    Some(Arc::from(joined))
+    Ok(Some(Arc::from(joined)))
 }
 
 /// A request Envoy's HTTP/1 codec refuses before routing: a text body, `DPE`, the request
