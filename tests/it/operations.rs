@@ -893,6 +893,78 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
 
 /// The S1 gateway in front of `upstream`, releasing idle connections' HTTP state after
 /// `delay`.
+/// The heap is trimmed once the gateway goes quiet (`--heap-trim-delay`): once after start,
+/// once after traffic stops, and not again while nothing happens; `0s` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heap_is_trimmed_once_per_quiet_period() {
+    if !egret::heap::AVAILABLE {
+        return; // not glibc's allocator: nothing to trim
+    }
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let start = |delay: &'static str| {
+        let upstream = up.addr();
+        async move {
+            Gateway::start(
+                &[&scenario("s1-http")],
+                &[
+                    "--heap-trim-delay".into(),
+                    delay.into(),
+                    "--connect-to".into(),
+                    format!("edition.cnn.com:80:{upstream}"),
+                ],
+            )
+            .await
+        }
+    };
+    let trims = |prometheus: std::net::SocketAddr| async move {
+        let prom = http1_get(prometheus, "localhost", "/stats/prometheus", &[])
+            .await
+            .unwrap()
+            .text();
+        prom.lines()
+            .find_map(|l| l.strip_prefix("egret_heap_trims_total "))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    // Waits (hang guard only) until `n` trims have been counted.
+    let trimmed = |prometheus, n: u64| async move {
+        for _ in 0..600 {
+            if trims(prometheus).await.is_some_and(|c| c >= n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no trim #{n}");
+    };
+    let gw = start("200ms").await;
+    trimmed(gw.prometheus, 1).await;
+    // Nothing happens on the data path (scrapes are not traffic): no second trim.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        trims(gw.prometheus).await,
+        Some(1),
+        "one trim per quiet period"
+    );
+    let mut c = Http1Conn::connect(gw.http).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            c.get("edition.cnn.com", "/", &[]).await.unwrap().status,
+            200
+        );
+    }
+    trimmed(gw.prometheus, 2).await;
+    drop(gw);
+
+    let off = start("0s").await;
+    let mut c = Http1Conn::connect(off.http).await.unwrap();
+    assert_eq!(
+        c.get("edition.cnn.com", "/", &[]).await.unwrap().status,
+        200
+    );
+    assert_eq!(trims(off.prometheus).await, None, "no trimmer with 0s");
+}
+
 async fn s1_with_release_delay(delay: &str, upstream: std::net::SocketAddr) -> Gateway {
     Gateway::start(
         &[&scenario("s1-http")],

@@ -106,6 +106,7 @@ pub struct Metrics {
     access_log: OnceLock<Box<AccessLogStats>>,
     workers: OnceLock<Box<WorkerStats>>,
     http_releases: OnceLock<Box<Counter>>,
+    heap_trims: OnceLock<Box<Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -344,6 +345,7 @@ impl Metrics {
             access_log: OnceLock::new(),
             workers: OnceLock::new(),
             http_releases: OnceLock::new(),
+            heap_trims: OnceLock::new(),
         }
     }
 
@@ -424,6 +426,12 @@ impl Metrics {
         count: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> bool {
         self.http_releases.set(Box::new(count)).is_ok()
+    }
+
+    /// Where the count of heap trims (`--heap-trim-delay`) comes from. Set once; later calls
+    /// are ignored (returns false).
+    pub fn set_heap_trims(&self, count: impl Fn() -> u64 + Send + Sync + 'static) -> bool {
+        self.heap_trims.set(Box::new(count)).is_ok()
     }
 
     /// Everything, in Prometheus text format 0.0.4 (`/stats/prometheus`). `snapshot` supplies
@@ -642,6 +650,14 @@ impl Metrics {
                 "Idle HTTP/1.1 downstream connections that released their HTTP buffers.",
             );
             out.sample("egret_downstream_http1_buffer_releases_total", "", count());
+        }
+        if let Some(count) = self.heap_trims.get() {
+            out.family(
+                "egret_heap_trims_total",
+                "counter",
+                "Times the heap's free pages were handed back to the kernel after a quiet period.",
+            );
+            out.sample("egret_heap_trims_total", "", count());
         }
         out.family(
             "egret_metrics_series_overflow_total",

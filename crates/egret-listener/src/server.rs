@@ -337,6 +337,20 @@ impl Gateway {
     }
 
     /// How many times an idle HTTP/1.1 connection released its HTTP buffers.
+    /// A count that moves with every connection accepted or closed and every HTTP/1.1 buffer
+    /// release: how the heap trimmer tells a quiet gateway from a busy one.
+    pub fn connection_events(&self) -> u64 {
+        let w = &self.workers;
+        let accepted: u64 = w.accepted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        let open: u64 = w
+            .open
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed) as u64)
+            .sum();
+        // accepted + closed (= accepted - open) + releases.
+        (2 * accepted).saturating_sub(open) + self.http_buffer_releases()
+    }
+
     pub fn http_buffer_releases(&self) -> u64 {
         self.http_releases.load(Ordering::Relaxed)
     }

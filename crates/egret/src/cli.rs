@@ -128,6 +128,11 @@ pub struct RunArgs {
     /// `0s` releases them as soon as each response is sent.
     #[arg(long = "http-buffer-release-delay", default_value = "100ms", value_parser = parse_duration)]
     pub http_buffer_release_delay: std::time::Duration,
+    /// Once no connection has opened or closed, no request has been logged and no buffer has
+    /// been released for about this long, hand the heap's free pages back to the kernel
+    /// (glibc's `malloc_trim`; once per quiet period). `0s` disables it.
+    #[arg(long = "heap-trim-delay", default_value = "1s", value_parser = parse_duration)]
+    pub heap_trim_delay: std::time::Duration,
     /// On SIGTERM: keep accepting this long after readiness turns false (so load balancers
     /// stop sending first), then stop accepting and drain.
     #[arg(long = "drain-delay", default_value = "0s", value_parser = parse_duration)]

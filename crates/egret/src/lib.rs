@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod demo;
+pub mod heap;
 pub mod local_ip;
 pub mod reload;
 pub mod run;

@@ -11,7 +11,7 @@ use egret_telemetry::{AccessLogWriter, Destination, LogEncoding, LogFormat};
 use egret_tls::{UpstreamTlsContexts, UpstreamTlsOptions};
 use egret_upstream::{Pool, Resolver, ResolverConfig};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -173,6 +173,7 @@ async fn serve(
         let w = writer.clone();
         metrics.set_access_log_stats(move || (w.written(), w.dropped(), w.depth()));
     }
+    let log_writer = writer.clone();
     let sink: Arc<dyn AccessLogSink> = Arc::new(MetricsSink::new(metrics.clone(), writer));
     let resolver = ResolverConfig {
         dns_server: args.dns_server,
@@ -205,6 +206,20 @@ async fn serve(
         metrics.set_worker_stats(move || gw.worker_connections());
         let gw = gateway.clone();
         metrics.set_http_buffer_releases(move || gw.http_buffer_releases());
+    }
+    if crate::heap::AVAILABLE && !args.heap_trim_delay.is_zero() {
+        let trims = Arc::new(AtomicU64::new(0));
+        let count = trims.clone();
+        metrics.set_heap_trims(move || count.load(Ordering::Relaxed));
+        let gw = gateway.clone();
+        // Every request and TCP connection ends in a record; a connection event or a buffer
+        // release may not.
+        let activity = move || gw.connection_events() + log_writer.written();
+        tokio::spawn(crate::heap::trim_when_quiet(
+            activity,
+            args.heap_trim_delay,
+            trims,
+        ));
     }
     // Signal handlers go in before the listeners bind, so a signal right after "ready" is
     // handled, not fatal.
