@@ -770,7 +770,8 @@ async fn malformed_request_body_is_the_clients_error_like_envoy() {
 }
 
 /// An upstream that answers with these bytes to a request for the path, then closes. An
-/// answer is written in the parts `|PAUSE|` separates, 100 ms apart.
+/// answer is written in the parts `|PAUSE|` separates, 100 ms apart; one that ends with
+/// `|HANG|` then stalls until the gateway closes the connection.
 async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -793,6 +794,10 @@ async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std:
                 let path = head.split(' ').nth(1).unwrap_or_default().to_string();
                 if let Some((_, answer)) = answers.iter().find(|(p, _)| *p == path) {
                     let text = String::from_utf8_lossy(answer).into_owned();
+                    let (text, hang) = match text.strip_suffix("|HANG|") {
+                        Some(t) => (t.to_string(), true),
+                        None => (text, false),
+                    };
                     for (i, part) in text.split("|PAUSE|").enumerate() {
                         if i > 0 {
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -800,12 +805,225 @@ async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std:
                         let _ = c.write_all(part.as_bytes()).await;
                         let _ = c.flush().await;
                     }
+                    if hang {
+                        // Stalls: reads until the gateway gives up on it.
+                        while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+                        return;
+                    }
                 }
                 let _ = c.shutdown().await;
             });
         }
     });
     addr
+}
+
+/// A GET with `Connection: close` through the gateway: the status line, the body as sent
+/// (chunk framing included) and whether the gateway closed the connection.
+async fn get_to_end(gw: &Gateway, host: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    // Hang guard only.
+    tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut all))
+        .await
+        .expect("the gateway ends the response")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    let (head, body) = all.split_once("\r\n\r\n").expect("a response head");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// An HTTP/1.1 upstream's trailers end its body and go no further, the exchange logged as
+/// complete (Envoy 1.40's HTTP/1 codec drops them); a response head past Envoy's 80 KiB
+/// limit is a protocol error (`502 UPE`), one under it passes.
+#[tokio::test]
+async fn upstream_trailers_and_response_head_limit_like_envoy() {
+    fn head_of(size: usize) -> &'static [u8] {
+        let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        let mut i = 0;
+        while head.len() < size {
+            // Under Envoy's 100 headers either way.
+            head.push_str(&format!("x-filler-{i}: {}\r\n", "v".repeat(1000)));
+            i += 1;
+        }
+        head.push_str("\r\nok");
+        Box::leak(head.into_bytes().into_boxed_slice())
+    }
+    let answers: &'static [(&'static str, &'static [u8])] = Box::leak(Box::new([
+        (
+            "/trailers",
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n"[..],
+        ),
+        ("/head-61k", head_of(61 * 1024)),
+        ("/head-97k", head_of(97 * 1024)),
+    ]));
+    let up = raw_upstream(answers).await;
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+
+    let (status, body) = get_to_end(&gw, "edition.cnn.com", "/trailers").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "the trailers are dropped");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("200", "-", "via_upstream")
+    );
+    assert_eq!(l.bytes_sent, 5);
+
+    let (status, body) = get_to_end(&gw, "edition.cnn.com", "/head-61k").await;
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    assert_eq!(gw.next_line().await.flags, "-");
+    let (status, _) = get_to_end(&gw, "edition.cnn.com", "/head-97k").await;
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        (
+            "UPE",
+            "upstream_reset_before_response_started{protocol_error}"
+        )
+    );
+}
+
+/// The route timeout covers the response body: an upstream that stalls mid-body is cut off
+/// when it expires, the client's connection closed, and the line says `200 UT
+/// response_timeout` with the bytes sent (Envoy 1.40).
+#[tokio::test]
+async fn route_timeout_covers_the_response_body() {
+    static ANSWERS: &[(&str, &[u8])] = &[(
+        "/stall",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789|HANG|",
+    )];
+    let up = raw_upstream(ANSWERS).await;
+    let dir = config_dir("timeout-body", &[("vs.yaml", TIMEOUT_VS)]);
+    let mut gw = Gateway::start(&[dir.path()], &connect_to("slow.example.com:80", up)).await;
+    let (status, body) = get_to_end(&gw, "slow.example.com", "/stall").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "0123456789")
+    );
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("200", "UT", "response_timeout")
+    );
+    assert_eq!(l.bytes_sent, 10);
+}
+
+/// A client that goes away in the middle of its request body is logged as Envoy 1.40 logs
+/// it, `0 DC downstream_remote_disconnect` with the bytes it sent, not as an upstream
+/// failure; so is a client that closes part-way through a request head (`"- - HTTP/1.1"`).
+#[tokio::test]
+async fn clients_leaving_mid_request_are_logged_dc() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reads the head, says so, and waits for the rest.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (head_seen, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let head_seen = head_seen.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut told = false;
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if !told && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        told = true;
+                        let _ = head_seen.send(());
+                    }
+                }
+            });
+        }
+    });
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: edition.cnn.com\r\ncontent-length: 1000\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    heads
+        .recv()
+        .await
+        .expect("the request reached the upstream");
+    drop(c);
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.code.as_str()),
+        ("POST", "/upload", "0")
+    );
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("DC", "downstream_remote_disconnect")
+    );
+    assert_eq!(l.upstream_host, up.to_string());
+    assert_eq!((l.bytes_received, l.bytes_sent), (10, 0));
+
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    c.shutdown().await.unwrap();
+    let l = gw.next_line().await;
+    assert_eq!(
+        (
+            l.method.as_str(),
+            l.path.as_str(),
+            l.protocol.as_str(),
+            l.code.as_str()
+        ),
+        ("-", "-", "HTTP/1.1", "0")
+    );
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("DC", "downstream_remote_disconnect")
+    );
+}
+
+/// `Expect: 100-continue` is answered by the gateway (`100 Continue`) and not passed on, as
+/// Envoy 1.40 does under Istio.
+#[tokio::test]
+async fn expect_continue_is_answered_and_not_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+        .await
+        .expect("an interim response")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    c.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut rest))
+        .await
+        .expect("the response")
+        .unwrap();
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200 OK")
+            || buf[..n].windows(15).any(|w| w == b"HTTP/1.1 200 OK")
+    );
+    let req = up.last_request().expect("forwarded");
+    assert_eq!(req.header("expect"), None);
+    assert_eq!(req.body_len, 5);
+    assert_eq!(gw.next_line().await.code, "200");
 }
 
 /// What an upstream that breaks HTTP/1.1 gets, as Envoy 1.40 answers it: a response it

@@ -7,6 +7,9 @@ use std::time::Duration;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy's default `max_request_headers_kb` (60 KiB): larger request headers get 431.
 pub const MAX_REQUEST_HEADERS_BYTES: usize = 60 * 1024;
+/// Envoy's default `max_response_headers_kb` (80 KiB, status line to the blank line): an
+/// HTTP/1.1 upstream's larger response head is a protocol error (`502 UPE`, checked with 1.40).
+pub const MAX_RESPONSE_HEADERS_BYTES: usize = 80 * 1024;
 /// Envoy's default `listener_filters_timeout` for the TLS inspector.
 pub const LISTENER_FILTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Istio's default idle timeout for TCP proxies (1 h).

@@ -2,6 +2,7 @@
 //! to the log when the body ends — or when it is dropped because the client went away —
 //! so `%BYTES_SENT%` and `%DURATION%` cover the whole response, as in Envoy.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,24 @@ pub struct ResponseBody {
     kind: Kind,
     log: Option<LogState>,
     done: Option<(DoneHook, bool)>,
+    /// The route timeout, which covers the body too (boxed: most routes have none).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// Why a response body ended early: the upstream's error, or the route timeout.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The route timeout expired while the body was on its way.
+#[derive(Debug)]
+struct RouteTimeout;
+
+impl std::fmt::Display for RouteTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("route timeout expired during the response body")
+    }
+}
+
+impl std::error::Error for RouteTimeout {}
 
 /// Called once when the body is dropped — hyper is done with it — with the flag given to
 /// [`ResponseBody::on_done`] (egret-listener: whether the connection may be reused).
@@ -47,6 +65,7 @@ impl ResponseBody {
             kind: Kind::Full(b.filter(|b| !b.is_empty())),
             log: None,
             done: None,
+            deadline: None,
         }
     }
 
@@ -58,6 +77,7 @@ impl ResponseBody {
             },
             log: None,
             done: None,
+            deadline: None,
         }
     }
 
@@ -69,6 +89,13 @@ impl ResponseBody {
             received,
         });
         self
+    }
+
+    /// Ends the body at `deadline` (the route timeout): Envoy 1.40 resets the stream then —
+    /// the client's connection closes mid-body — and logs `UT response_timeout` with the
+    /// status already sent.
+    pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
+        self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
     }
 
     /// Calls `hook(flag)` when this body is dropped, after its log record is handed on.
@@ -106,6 +133,18 @@ impl ResponseBody {
         }
     }
 
+    fn timed_out(&mut self) {
+        if let Some(l) = &mut self.log {
+            let rec = l.guard.record();
+            rec.set_flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+            rec.response_code_details = Some("response_timeout".into());
+        }
+        if let Kind::Upstream { conn, .. } = &mut self.kind {
+            conn.take(); // mid-response: not reusable
+        }
+        self.finish(false);
+    }
+
     fn upstream_failed(&mut self, e: &hyper::Error) {
         // After headers, an HTTP/1.1 body cut short (the peer closed early) is a protocol error
         // to Envoy (checked with Envoy 1.40: `UPE upstream_reset_after_response_started{protocol_error}`);
@@ -133,13 +172,20 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(d) = &mut this.deadline {
+            if d.as_mut().poll(cx).is_ready() {
+                this.deadline = None;
+                this.timed_out();
+                return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
+            }
+        }
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
@@ -149,13 +195,24 @@ impl Body for ResponseBody {
                 if let Some(d) = f.data_ref() {
                     let n = d.len();
                     this.count(n);
+                } else if f.is_trailers() {
+                    // Trailers end the body, and hyper drops a body once it has yielded
+                    // them, without polling it to its end. An HTTP/1.1 upstream's trailers go
+                    // no further: Envoy's HTTP/1 codec drops them by default (checked with
+                    // 1.40). An HTTP/2 upstream's go on (gRPC's status is in them).
+                    let http2 =
+                        matches!(&this.kind, Kind::Upstream { conn: Some(c), .. } if c.is_http2());
+                    this.finish(true);
+                    if !http2 {
+                        return Poll::Ready(None);
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => this.upstream_failed(e),
             Poll::Ready(None) => this.finish(true),
             Poll::Pending => {}
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

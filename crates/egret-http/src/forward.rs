@@ -12,6 +12,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+
+use egret_core::limits::MAX_RESPONSE_HEADERS_BYTES;
 use tokio::time::Instant;
 
 use egret_core::{HeaderMutations, LogGuard, ResponseFlags, RetryPolicy};
@@ -56,6 +58,9 @@ pub enum Outcome {
         flags: ResponseFlags,
         details: String,
     },
+    /// The client went away while its request body was being sent: nothing to answer
+    /// (Envoy 1.40 logs `0 DC downstream_remote_disconnect` with the upstream host).
+    DownstreamGone,
 }
 
 /// The retries made so far, and the slot of the cluster's retry budget (`maxRetries`) held
@@ -276,6 +281,16 @@ impl Forward<'_> {
                     };
                 }
                 Ok(Ok(resp)) => {
+                    if !conn.is_http2() && response_head_size(&resp) > MAX_RESPONSE_HEADERS_BYTES {
+                        // Envoy's HTTP/1 codec refuses a head past its limit: `502 UPE
+                        // protocol_error`, the connection closed (hyper's own buffer limit
+                        // is not exact: one read may bring in more).
+                        self.cluster.report(addr, egret_upstream::Outcome::Reset);
+                        drop((resp, conn));
+                        let (reason, flag) =
+                            ("protocol error", ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
+                        return reset_outcome(reason, flag, retries.count > 0, ResponseFlags::NONE);
+                    }
                     let status = resp.status().as_u16();
                     self.cluster
                         .report(addr, egret_upstream::Outcome::Status(status));
@@ -331,6 +346,10 @@ impl Forward<'_> {
                             flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
                             details: "http1.codec_error".into(),
                         };
+                    }
+                    if downstream_body_gone(&e) {
+                        // Not the upstream's failure: no retry, no outlier report.
+                        return Outcome::DownstreamGone;
                     }
                     self.cluster.report(addr, egret_upstream::Outcome::Reset);
                     let reason = e.reset_reason();
@@ -434,6 +453,24 @@ fn attempt_count(attempt: u32) -> HeaderValue {
 /// the upstream's: `HTTP/1.1` (an HTTP/1.0 upstream's close-delimited body then goes out
 /// chunked), and the code's standard reason phrase, `Unknown` for a code without one (an
 /// upstream's `200 Fine` is `200 OK`; hyper would repeat the upstream's phrase).
+/// The size of an HTTP/1.1 response head as it came (status line to the blank line),
+/// counting one space after each colon: what Envoy's limit is on.
+fn response_head_size<B>(resp: &Response<B>) -> usize {
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| r.as_bytes().len())
+        .or_else(|| resp.status().canonical_reason().map(str::len))
+        .unwrap_or(0);
+    let status_line = "HTTP/1.1 200 ".len() + reason + 2;
+    let fields: usize = resp
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    status_line + fields + 2
+}
+
 fn envoy_status_line<B>(resp: &mut Response<B>) {
     *resp.version_mut() = Version::HTTP_11;
     if resp.status().canonical_reason().is_none() {
@@ -481,6 +518,12 @@ fn downstream_body_malformed(e: &SendError) -> bool {
         && std::error::Error::source(&e.source).is_some_and(crate::replay::is_malformed)
 }
 
+/// The client went away in the middle of the request body hyper's client was sending.
+fn downstream_body_gone(e: &SendError) -> bool {
+    e.source.is_user()
+        && std::error::Error::source(&e.source).is_some_and(crate::replay::is_downstream_gone)
+}
+
 /// What the downstream response needs besides the outcome.
 pub struct Downstream<'a> {
     /// `%BYTES_RECEIVED%` counter of the request body.
@@ -492,11 +535,25 @@ pub struct Downstream<'a> {
     pub extended_connect: bool,
     /// Response header operations of the route (and destination), applied in order.
     pub response_ops: &'a [&'a HeaderMutations],
+    /// When the route timeout expires: it covers the response body too.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl Outcome {
-    pub fn finish(self, mut guard: LogGuard, ds: Downstream<'_>) -> Response<ResponseBody> {
-        match self {
+    /// The response, or None when the client is gone ([`Outcome::DownstreamGone`]; the
+    /// record is then completed and logged here).
+    pub fn finish(self, mut guard: LogGuard, ds: Downstream<'_>) -> Option<Response<ResponseBody>> {
+        Some(match self {
+            Outcome::DownstreamGone => {
+                let rec = guard.record();
+                rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                rec.response_code_details = Some("downstream_remote_disconnect".into());
+                if let Some(r) = &ds.received {
+                    rec.bytes_received = r.load(std::sync::atomic::Ordering::Relaxed);
+                }
+                guard.finish();
+                return None;
+            }
             Outcome::Local {
                 status,
                 body,
@@ -566,7 +623,7 @@ impl Outcome {
                     guard.record().response_code_details = Some("via_upstream".into());
                     drop(conn);
                     crate::upgrade::spawn_tunnel(down, up, guard);
-                    return Response::from_parts(parts, ResponseBody::full(None));
+                    return Some(Response::from_parts(parts, ResponseBody::full(None)));
                 }
                 if was_upgrade {
                     // An upgrade the upstream did not accept: Envoy 1.40 passes the status
@@ -590,19 +647,20 @@ impl Outcome {
                     guard.record().response_code_details =
                         Some("websocket_handshake_unsuccessful".into());
                     drop((body, conn));
-                    return Response::from_parts(
+                    return Some(Response::from_parts(
                         parts,
                         ResponseBody::full(None).with_log(guard, ds.received),
-                    );
+                    ));
                 }
                 headers::apply_response_ops(&mut parts.headers, ds.response_ops);
                 guard.set_response_headers(&parts.headers);
                 guard.record().response_code_details = Some("via_upstream".into());
-                Response::from_parts(
-                    parts,
-                    ResponseBody::upstream(body, conn).with_log(guard, ds.received),
-                )
+                let mut body = ResponseBody::upstream(body, conn).with_log(guard, ds.received);
+                if let Some(d) = ds.deadline {
+                    body.set_deadline(d);
+                }
+                Response::from_parts(parts, body)
             }
-        }
+        })
     }
 }

@@ -194,16 +194,7 @@ pub fn unparsed_refusal(
     conn: &ConnContext,
     refusal: Refusal,
 ) -> (BytesMut, LogGuard) {
-    let mut rec = Box::new(LogRecord::new(
-        conn.local,
-        conn.remote,
-        conn.snapshot.version.clone(),
-    ));
-    rec.protocol = Some("HTTP/1.1");
-    rec.requested_server_name = conn.requested_server_name.clone();
-    rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
-    let mut guard = LogGuard::new(rec, shared.sink.clone())
-        .with_response_headers(shared.sink.headers().response);
+    let mut guard = head_record(shared, conn);
     let body = (!refusal.body.is_empty()).then(|| refusal.body.to_string());
     let (mut resp, len) = local_reply::build(refusal.status, body);
     resp.headers_mut().insert(
@@ -238,6 +229,31 @@ pub fn unparsed_refusal(
     wire.put_slice(b"\r\n");
     wire.put_slice(refusal.body.as_bytes());
     (wire, guard)
+}
+
+/// The record of a request whose head never made it through the codec:
+/// `"- - HTTP/1.1"`, no upstream.
+fn head_record(shared: &HttpShared, conn: &ConnContext) -> LogGuard {
+    let mut rec = Box::new(LogRecord::new(
+        conn.local,
+        conn.remote,
+        conn.snapshot.version.clone(),
+    ));
+    rec.protocol = Some("HTTP/1.1");
+    rec.requested_server_name = conn.requested_server_name.clone();
+    rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
+    LogGuard::new(rec, shared.sink.clone()).with_response_headers(shared.sink.headers().response)
+}
+
+/// The client closed its connection part-way through a request head: Envoy 1.40 logs it as
+/// `"- - HTTP/1.1" 0 DC downstream_remote_disconnect` (a connection closed before its first
+/// byte, or between requests, is not logged).
+pub fn log_abandoned_head(shared: &HttpShared, conn: &ConnContext) {
+    let mut guard = head_record(shared, conn);
+    let rec = guard.record();
+    rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+    rec.response_code_details = Some("downstream_remote_disconnect".into());
+    guard.finish();
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ fn gone(why: &'static str) -> BoxError {
 
 /// What the downstream body failed with, as every reader of it sees it afterwards.
 const MALFORMED: &str = "request body malformed";
+const FAILED: &str = "request body failed";
 
 /// Whether a request body's error is its framing (a malformed chunk: hyper's decoder fails
 /// with an `InvalidInput`/`InvalidData` I/O error), the client's fault, rather than the
@@ -106,6 +107,37 @@ pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
         if s.downcast_ref::<BodyGone>()
             .is_some_and(|g| g.0 == MALFORMED)
         {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Whether a request body's error is the client going away mid-body: its connection closed
+/// or reset before the body was complete (not its framing, not its TLS failing).
+pub fn is_downstream_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            let tls = io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+            return !tls
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                );
+        }
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if s.downcast_ref::<BodyGone>().is_some_and(|g| g.0 == FAILED) {
             return true;
         }
         src = s.source();
@@ -244,11 +276,7 @@ impl Source {
 
     /// The error a reader gets once the downstream body has failed.
     fn failure(&self) -> BoxError {
-        gone(if self.malformed {
-            MALFORMED
-        } else {
-            "request body failed"
-        })
+        gone(if self.malformed { MALFORMED } else { FAILED })
     }
 
     /// Pending while a mirror is more than the buffer limit behind; drops finished feeds.
@@ -420,7 +448,7 @@ impl Body for MirrorBody {
         match s.end {
             Some(true) => Poll::Ready(None),
             // The request failed: reset the copy rather than end it short.
-            Some(false) => Poll::Ready(Some(Err(gone("request body failed")))),
+            Some(false) => Poll::Ready(Some(Err(gone(FAILED)))),
             None => {
                 s.mirror = Some(cx.waker().clone());
                 Poll::Pending

@@ -1,7 +1,6 @@
 //! The per-request handler: route, apply the route's policy (fault, header operations,
 //! rewrite, mirrors), forward with its retry policy and timeout ([`crate::forward`]), answer.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -48,11 +47,24 @@ pub struct ConnContext {
     pub peer_uri_san: Option<String>,
 }
 
+/// The client went away before its response: hyper is told so (an error from the service),
+/// and closes the connection (HTTP/1.1) or resets the stream (HTTP/2) without answering.
+#[derive(Debug)]
+pub struct ClientGone;
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client went away before its response")
+    }
+}
+
+impl std::error::Error for ClientGone {}
+
 pub async fn handle(
     shared: Arc<HttpShared>,
     conn: Arc<ConnContext>,
     mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, ClientGone> {
     // Boxed from the start: this future then holds a pointer, not the ~0.7 KB record.
     let mut rec = Box::new(LogRecord::new(
         conn.local,
@@ -102,6 +114,14 @@ pub async fn handle(
         // First, as Envoy's codec: nothing below sees what `Connection` names.
         headers::strip_connection_nominated(h);
         headers::strip_envoy_control(h);
+        // Envoy answers `Expect: 100-continue` itself and does not pass it on (Istio leaves
+        // `proxy_100_continue` off; checked with 1.40). hyper sends the `100` when the body
+        // is first read.
+        if h.get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            h.remove(http::header::EXPECT);
+        }
         headers::ensure_request_id(h, remote_ip);
         headers::append_xff(h, remote_ip, shared.local_ip);
         h.insert(
@@ -412,13 +432,14 @@ pub async fn handle(
         }
     }
 
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let forward = Forward {
         shared: &shared,
         cluster: &cluster,
         authority: up_authority,
         path: up_path,
         retry,
-        deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+        deadline,
         lb_hash,
         upgrade: upgrade_value,
     };
@@ -436,15 +457,18 @@ pub async fn handle(
         ),
     };
     match outcome {
-        Some(outcome) => Ok(outcome.finish(
-            guard.take(),
-            Downstream {
-                received,
-                on_upgrade,
-                extended_connect: extended_connect.is_some(),
-                response_ops,
-            },
-        )),
+        Some(outcome) => outcome
+            .finish(
+                guard.take(),
+                Downstream {
+                    received,
+                    on_upgrade,
+                    extended_connect: extended_connect.is_some(),
+                    response_ops,
+                    deadline,
+                },
+            )
+            .ok_or(ClientGone),
         None => {
             // Envoy reports a timed-out request to outlier detection (as a 504).
             if let Some(h) = guard.record().upstream_host {

@@ -20,7 +20,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use std::convert::Infallible;
 
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -35,7 +34,7 @@ use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::body::{DoneHook, ResponseBody};
 use egret_http::headers::connection_has;
 use egret_http::refusal;
-use egret_http::service::handle;
+use egret_http::service::{handle, ClientGone};
 use egret_http::{ConnContext, HttpShared};
 
 /// The connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
@@ -296,6 +295,11 @@ where
             }
         } else {
             tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+            let in_flight =
+                idle.started.load(Ordering::Relaxed) != idle.ended.load(Ordering::Relaxed);
+            if e.is_incomplete_message() && !in_flight {
+                refusal::log_abandoned_head(shared, ctx);
+            }
             if let Some(parts) = conn.into_parts() {
                 send_held(parts.io.into_inner()).await;
             }
@@ -445,9 +449,9 @@ struct TrackedResponse<F> {
 
 impl<F> Future for TrackedResponse<F>
 where
-    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+    F: Future<Output = Result<Response<ResponseBody>, ClientGone>>,
 {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+    type Output = Result<Response<ResponseBody>, ClientGone>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Changed in place and returned as polled: no extra copy of the response.

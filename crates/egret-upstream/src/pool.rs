@@ -534,7 +534,11 @@ impl Pool {
                 home: self.inner().clone(),
             })
         } else {
+            // hyper refuses a head that fills its read buffer unfinished: capping the buffer
+            // at Envoy's response-head limit refuses what Envoy refuses (a body is then read
+            // up to 80 KiB at a time instead of hyper's ~400 KiB).
             let (sender, conn) = http1::Builder::new()
+                .max_buf_size(egret_core::limits::MAX_RESPONSE_HEADERS_BYTES)
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake { addr, source })?;
