@@ -145,10 +145,17 @@ async fn s1_h2c_prior_knowledge_like_a_sidecar() {
     // The upstream gets HTTP/1.1 (ServiceEntry port protocol HTTP) with the authority as Host.
     assert_eq!(r.json()["version"], "HTTP/1.1");
     assert_eq!(r.json()["headers"]["host"], "edition.cnn.com");
+    // Every request at an Istio gateway is an edge request to Envoy 1.40 (Istio sets no
+    // internal addresses by default): a new request id, the peer as external address.
+    let forwarded = r.json()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(forwarded, "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4");
+    assert_eq!(r.json()["headers"]["x-envoy-external-address"], "127.0.0.1");
     let l = gw.next_line().await;
     assert_eq!(l.protocol, "HTTP/2");
-    // An internal (loopback) client keeps its request id, as with Envoy.
-    assert_eq!(l.request_id, "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4");
+    assert_eq!(l.request_id, forwarded);
     assert_eq!(l.authority, "edition.cnn.com");
 }
 
@@ -917,6 +924,74 @@ async fn route_timeout_covers_the_response_body() {
     assert_eq!(l.bytes_sent, 10);
 }
 
+/// The route timeout starts when the request has ended: an upload that takes longer than
+/// the timeout is not cut off, as in Envoy 1.40 (its router arms the timer on the request's
+/// end of stream).
+#[tokio::test]
+async fn route_timeout_starts_when_the_request_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let dir = config_dir("timeout-upload", &[("vs.yaml", TIMEOUT_VS)]);
+    let mut gw = Gateway::start(&[dir.path()], &connect_to("slow.example.com:80", up.addr())).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: slow.example.com\r\ncontent-length: 20\r\nConnection: close\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // Longer than the route's 1 s timeout, before the rest of the body.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.write_all(b"0123456789").await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut all))
+        .await
+        .expect("the response")
+        .unwrap();
+    assert!(
+        all.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+    assert_eq!(l.bytes_received, 20);
+    assert_eq!(up.last_request().unwrap().body_len, 20);
+}
+
+/// A response that starts before the request body has been read to its end closes the
+/// connection and says so (`connection: close`), as Envoy 1.40 does: a local reply at
+/// routing (the body is never read) and an upstream that answers early.
+#[tokio::test]
+async fn responses_before_the_request_body_ends_close_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static ANSWERS: &[(&str, &[u8])] =
+        &[("/early", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")];
+    let up = raw_upstream(ANSWERS).await;
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+    for (host, path, status) in [
+        ("www.google.com", "/", "404"),
+        ("edition.cnn.com", "/early", "200"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\ncontent-length: 1000\r\n\r\n0123456789"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        // The gateway closes (hang guard only); a reset after the response is fine.
+        let _ = tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut all))
+            .await
+            .expect("the gateway closes the connection");
+        let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+        let (head, _) = text.split_once("\r\n\r\n").expect("a response head");
+        assert!(head.starts_with(&format!("http/1.1 {status} ")), "{head}");
+        assert!(
+            head.contains("\r\nconnection: close"),
+            "{host}{path}: {head}"
+        );
+        assert_eq!(gw.next_line().await.code, status);
+    }
+}
+
 /// A client that goes away in the middle of its request body is logged as Envoy 1.40 logs
 /// it, `0 DC downstream_remote_disconnect` with the bytes it sent, not as an upstream
 /// failure; so is a client that closes part-way through a request head (`"- - HTTP/1.1"`).
@@ -1148,8 +1223,8 @@ async fn requests_without_a_host_or_a_path_are_refused_like_envoy() {
 }
 
 /// `Connection` naming a header the proxy sets: Envoy 1.40 refuses the request with
-/// `"- - HTTP/1.1" 400 DPE http1.connection_header_rejected` and `Bad Request`; naming an
-/// internal client's `x-request-id` makes Envoy strip it and send a new one.
+/// `"- - HTTP/1.1" 400 DPE http1.connection_header_rejected` and `Bad Request`; naming
+/// `x-request-id` strips it (a new one is sent, as always).
 #[tokio::test]
 async fn connection_naming_what_the_proxy_sets_like_envoy() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();

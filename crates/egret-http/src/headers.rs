@@ -17,6 +17,8 @@ pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
 pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 pub static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
+    HeaderName::from_static("x-envoy-external-address");
 
 /// The `x-envoy-*` request headers that steer Envoy or that Envoy itself writes. A client
 /// cannot set them through the gateway: Envoy 1.40 drops every one of these from a request
@@ -232,20 +234,6 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     remove_present(headers, present);
 }
 
-/// Envoy's "internal" addresses (RFC 1918, loopback, link-local, unique-local v6): requests
-/// from them keep their `x-request-id`; others get a new one.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
-        }
-    }
-}
-
 /// Appends the downstream address to `x-forwarded-for`. Like Envoy, a loopback peer is
 /// recorded as this host's own address (`local_ip`) when one is known.
 pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAddr>) {
@@ -281,12 +269,18 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
     }
 }
 
-/// Keeps an internal client's `x-request-id`, otherwise sets a fresh UUID v4.
-pub fn ensure_request_id(headers: &mut HeaderMap, remote: IpAddr) {
-    if headers.contains_key(&X_REQUEST_ID) && is_internal(remote) {
-        return;
-    }
+/// A fresh UUID v4 in `x-request-id`, whatever the client sent, and the peer's address in
+/// `x-envoy-external-address`. Envoy 1.40 does this for every request at an Istio gateway
+/// (checked with it, loopback and private peers included): Istio sets no
+/// `internal_address_config` unless meshNetworks lists `fromCidr` ranges, and since Envoy
+/// 1.33 no address is internal without one, so every request is an edge request.
+pub fn set_edge_request_headers(headers: &mut HeaderMap, remote: IpAddr) {
     headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    let mut buf = [0u8; IP_TEXT_MAX];
+    let text = ip_text(remote, &mut buf);
+    if let Ok(v) = HeaderValue::from_bytes(text) {
+        headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+    }
 }
 
 pub fn new_request_id() -> HeaderValue {
@@ -588,22 +582,5 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-envoy-custom"]);
-    }
-
-    #[test]
-    fn internal_addresses() {
-        for ip in [
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.0.1",
-            "127.0.0.1",
-            "::1",
-            "fd00::1",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "2001:db8::1"] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
-        }
     }
 }

@@ -35,6 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use egret_core::limits::REQUEST_REPLAY_BUFFER_BYTES;
+use egret_upstream::body::RequestEnd;
 use egret_upstream::UpstreamBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -267,9 +268,18 @@ struct Source {
     reader: u64,
     feeds: Vec<Feed>,
     received: Arc<AtomicU64>,
+    /// Marked when the downstream body ends.
+    end: Option<Arc<RequestEnd>>,
 }
 
 impl Source {
+    fn ended(&mut self) {
+        self.complete = true;
+        if let Some(e) = &self.end {
+            e.mark();
+        }
+    }
+
     fn replayable(&self) -> bool {
         !self.copy.overflowed && !self.failed
     }
@@ -349,13 +359,13 @@ impl Source {
                 // hyper stops polling a body that says it has ended.
                 let end = self.inner.is_end_stream();
                 if end {
-                    self.complete = true;
+                    self.ended();
                 }
                 self.feed(Some(&frame), end.then_some(true));
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                self.complete = true;
+                self.ended();
                 self.feed(None, Some(true));
                 Poll::Ready(None)
             }
@@ -520,7 +530,14 @@ enum Kind {
 impl RequestBody {
     /// Wraps the downstream body. `retry`: keep a copy for replays; `mirrors`: the route
     /// mirrors, so the body is shared with [`Self::mirror_body`]s.
-    pub fn new(incoming: Incoming, retry: bool, mirrors: bool) -> RequestBody {
+    /// `end`, if given, is marked when the downstream body ends (not for a body that has
+    /// none: the request ended with its head).
+    pub fn new(
+        incoming: Incoming,
+        retry: bool,
+        mirrors: bool,
+        end: Option<Arc<RequestEnd>>,
+    ) -> RequestBody {
         if incoming.is_end_stream() {
             return RequestBody(Kind::Empty);
         }
@@ -530,12 +547,22 @@ impl RequestBody {
                 body: Some(UpstreamBody::Streaming {
                     inner: incoming,
                     received: received.clone(),
+                    end,
                 }),
                 received,
             });
         }
         let size = incoming.size_hint();
-        Self::shared(Box::pin(Downstream(incoming)), size, retry)
+        let mut body = Self::shared(Box::pin(Downstream(incoming)), size, retry);
+        if let Kind::Shared { source, .. } = &mut body.0 {
+            lock(source).end = end;
+        }
+        body
+    }
+
+    /// Whether there is a body to wait for.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.0, Kind::Empty)
     }
 
     fn shared(inner: Inner, size: SizeHint, retry: bool) -> RequestBody {
@@ -553,6 +580,7 @@ impl RequestBody {
             reader: 0,
             feeds: Vec::new(),
             received: received.clone(),
+            end: None,
         };
         RequestBody(Kind::Shared {
             source: Arc::new(Mutex::new(source)),

@@ -12,6 +12,7 @@ use egret_core::{
     AbortCode, AccessLogSink, HeaderMutations, HttpRouteTable, LogGuard, LogRecord, RequestInfo,
     ResponseFlags, RouteAction, Snapshot,
 };
+use egret_upstream::body::RequestEnd;
 use egret_upstream::{Pool, Resolver, Upstreams};
 
 use crate::body::ResponseBody;
@@ -122,7 +123,7 @@ pub async fn handle(
         {
             h.remove(http::header::EXPECT);
         }
-        headers::ensure_request_id(h, remote_ip);
+        headers::set_edge_request_headers(h, remote_ip);
         headers::append_xff(h, remote_ip, shared.local_ip);
         h.insert(
             headers::X_FORWARDED_PROTO.clone(),
@@ -395,7 +396,9 @@ pub async fn handle(
             req.headers().get(http::header::UPGRADE).cloned()
         }
     });
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    // The listener's mark for an HTTP/1.1 request with a body (see `RequestEnd`).
+    let listener_end = parts.extensions.remove::<Arc<RequestEnd>>();
     let mut up_headers = parts.headers;
     headers::strip_request_hop_by_hop(&mut up_headers);
     up_headers.remove(http::header::HOST);
@@ -406,9 +409,19 @@ pub async fn handle(
         .iter()
         .filter(|m| m.fraction.hit(fastrand::u32(..1_000_000)))
         .collect();
-    let mut body = RequestBody::new(incoming, retry.is_some(), !mirrors.is_empty());
-    let received = body.received();
     let timeout = route.timeout.filter(|t| !t.is_zero());
+    let started = tokio::time::Instant::now();
+    // Envoy starts the route timeout when the request has ended: with its head, or when
+    // the last byte of its body arrives (an upload slower than the timeout is not cut).
+    let request_end = listener_end.or_else(|| timeout.map(|_| Arc::new(RequestEnd::default())));
+    let mut body = RequestBody::new(
+        incoming,
+        retry.is_some(),
+        !mirrors.is_empty(),
+        request_end.clone(),
+    );
+    let request_end = request_end.filter(|_| !body.is_empty());
+    let received = body.received();
     let shadow = |cluster: &Arc<str>, (body, hold)| mirror::Shadow {
         cluster: cluster.clone(),
         method: parts.method.clone(),
@@ -432,30 +445,48 @@ pub async fn handle(
         }
     }
 
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let forward = Forward {
         shared: &shared,
         cluster: &cluster,
         authority: up_authority,
         path: up_path,
         retry,
-        deadline,
+        // For `x-envoy-expected-rq-timeout-ms`: the whole timeout while the body uploads.
+        deadline: timeout.map(|t| started + t),
         lb_hash,
         upgrade: upgrade_value,
     };
     let outcome = match timeout {
-        Some(t) => tokio::time::timeout(
-            t,
-            forward.run(&parts.method, &up_headers, &mut body, guard.get()),
-        )
-        .await
-        .ok(),
+        Some(t) => {
+            let expiry = async {
+                let from = match &request_end {
+                    Some(end) => end.wait().await,
+                    None => started,
+                };
+                tokio::time::sleep_until(from + t).await;
+            };
+            tokio::select! {
+                outcome = forward.run(&parts.method, &up_headers, &mut body, guard.get()) => {
+                    Some(outcome)
+                }
+                () = expiry => None,
+            }
+        }
         None => Some(
             forward
                 .run(&parts.method, &up_headers, &mut body, guard.get())
                 .await,
         ),
     };
+    // The timeout covers the response body too — if it was running when the response came
+    // (Envoy does not start it once the response has begun).
+    let deadline = timeout.and_then(|t| {
+        let from = match &request_end {
+            Some(end) => end.at()?,
+            None => started,
+        };
+        Some(from + t)
+    });
     match outcome {
         Some(outcome) => outcome
             .finish(

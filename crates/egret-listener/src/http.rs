@@ -36,6 +36,7 @@ use egret_http::headers::connection_has;
 use egret_http::refusal;
 use egret_http::service::{handle, ClientGone};
 use egret_http::{ConnContext, HttpShared};
+use egret_upstream::body::RequestEnd;
 
 /// The connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -211,12 +212,20 @@ where
             state.ended.fetch_add(1, Ordering::Relaxed);
         })
     };
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         // Only a bodiless HTTP/1.1 keep-alive exchange may end with the connection released:
         // anything else either closes (hyper decides) or may leave request bytes unread.
         let keeps_alive = req.version() == Version::HTTP_11
             && req.body().is_end_stream()
             && !connection_has(req.headers(), "close");
+        // A request with a body: marked when the body has been read to its end. A response
+        // that starts before then closes the connection, with `connection: close` (Envoy
+        // 1.40, for local replies at routing and for upstreams that answer early).
+        let body_end = (!req.body().is_end_stream()).then(|| {
+            let end = Arc::new(RequestEnd::default());
+            req.extensions_mut().insert(end.clone());
+            end
+        });
         if req
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
@@ -233,6 +242,7 @@ where
             handling: Box::pin(handle(svc_shared.clone(), svc_ctx.clone(), req)),
             done: Some(done.clone()),
             keeps_alive,
+            body_end,
         }
     });
     // With upgrades: a WebSocket `101` hands the connection to the request (egret-http).
@@ -445,6 +455,8 @@ struct TrackedResponse<F> {
     handling: Pin<Box<F>>,
     done: Option<DoneHook>,
     keeps_alive: bool,
+    /// The request's body end, when it has a body.
+    body_end: Option<Arc<RequestEnd>>,
 }
 
 impl<F> Future for TrackedResponse<F>
@@ -457,6 +469,13 @@ where
         // Changed in place and returned as polled: no extra copy of the response.
         let mut polled = self.handling.as_mut().poll(cx);
         if let Poll::Ready(Ok(resp)) = &mut polled {
+            let body_unread = self.body_end.as_ref().is_some_and(|e| e.at().is_none());
+            if body_unread && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             let keeps_alive = self.keeps_alive
                 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
                 && !connection_has(resp.headers(), "close");

@@ -14,12 +14,47 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+/// When the downstream request ended (the last byte of its body arrived): Envoy starts a
+/// route's timeout then, not when the request began (checked with 1.40).
+#[derive(Default)]
+pub struct RequestEnd {
+    at: std::sync::OnceLock<tokio::time::Instant>,
+    notify: tokio::sync::Notify,
+}
+
+impl RequestEnd {
+    /// The body has ended (only the first call counts).
+    pub fn mark(&self) {
+        if self.at.set(tokio::time::Instant::now()).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub fn at(&self) -> Option<tokio::time::Instant> {
+        self.at.get().copied()
+    }
+
+    /// Waits for [`Self::mark`]; when it happened.
+    pub async fn wait(&self) -> tokio::time::Instant {
+        loop {
+            // Registered before the check: a mark in between still wakes it.
+            let notified = self.notify.notified();
+            if let Some(at) = self.at() {
+                return at;
+            }
+            notified.await;
+        }
+    }
+}
+
 pub enum UpstreamBody {
     Empty,
     Full(Option<Bytes>),
     Streaming {
         inner: Incoming,
         received: Arc<AtomicU64>,
+        /// Marked when `inner` ends, if someone waits for that.
+        end: Option<Arc<RequestEnd>>,
     },
     /// Any other body (egret-http's shared body for retries and mirrors).
     Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static>>),
@@ -36,12 +71,31 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Streaming { inner, received } => {
-                let r = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(f))) = &r {
-                    if let Some(d) = f.data_ref() {
-                        received.fetch_add(d.len() as u64, Ordering::Relaxed);
+            UpstreamBody::Streaming {
+                inner,
+                received,
+                end,
+            } => {
+                let mut inner = Pin::new(inner);
+                let r = inner.as_mut().poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
+                        // hyper stops polling a body that says it has ended.
+                        if inner.is_end_stream() {
+                            if let Some(e) = end {
+                                e.mark();
+                            }
+                        }
                     }
+                    Poll::Ready(None) => {
+                        if let Some(e) = end {
+                            e.mark();
+                        }
+                    }
+                    _ => {}
                 }
                 r.map_err(Into::into)
             }
