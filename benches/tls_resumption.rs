@@ -61,6 +61,7 @@ async fn run() {
     let spec = UpstreamTls {
         mode: TlsMode::Simple,
         sni: "api.example.com".into(),
+        auto_sni: true,
         subject_alt_names: vec![],
         source: CertSource {
             ca_certificates: Some(dir.join("ca.pem")),

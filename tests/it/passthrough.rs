@@ -266,6 +266,23 @@ async fn refused_connections_each_leave_one_line() {
     assert_eq!((l.bytes_received, l.bytes_sent), (0, 0));
     assert_eq!((l.upstream_host.as_str(), l.cluster.as_str()), ("-", "-"));
 
+    // The served name with a trailing dot: Envoy 1.40 keeps the dot, and matches nothing.
+    // (rustls drops a trailing dot from the SNI it sends: the name is patched in place.)
+    let mut hello = client_hello(Some("edition.cnn.comx"));
+    let at = hello
+        .windows(16)
+        .position(|w| w == b"edition.cnn.comx")
+        .unwrap();
+    hello[at + 15] = b'.';
+    let mut c = TcpStream::connect(s.gw.tls).await.unwrap();
+    c.write_all(&hello).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf)).await;
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str(), l.sni.as_str()),
+        ("NR", "filter_chain_not_found", "edition.cnn.com.")
+    );
+
     // No SNI at all.
     let mut c = TcpStream::connect(s.gw.tls).await.unwrap();
     c.write_all(&client_hello(None)).await.unwrap();
@@ -333,7 +350,12 @@ async fn unreachable_upstream_is_uf_urx() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf)).await;
+    let read = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf)).await;
+    // As Envoy 1.40, the client's connection is reset, not closed.
+    assert!(
+        matches!(&read, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
     let l = gw.next_line().await;
     assert_eq!(l.flags, "UF,URX");
     assert_eq!(l.details, "-");
@@ -344,6 +366,55 @@ async fn unreachable_upstream_is_uf_urx() {
     assert_eq!(l.upstream_host, closed.to_string());
     assert_eq!(l.cluster, "outbound|443||edition.cnn.com");
     assert_eq!((l.bytes_received, l.bytes_sent), (0, 0));
+}
+
+/// An upstream that resets the connection: Envoy 1.40 logs `UR` and resets the client's
+/// connection in turn (a clean close from the upstream is passed on as a FIN, unflagged).
+#[tokio::test]
+async fn upstream_reset_is_ur_and_resets_the_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            // Reads what the gateway replays (the ClientHello), answers a little, resets.
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c.write_all(b"partial").await;
+            let _ = c.set_zero_linger();
+            drop(c);
+        }
+    });
+    let mut gw = Gateway::start(
+        &[&scenario("s2-passthrough")],
+        &["--connect-to".into(), format!("edition.cnn.com:443:{up}")],
+    )
+    .await;
+    let mut c = TcpStream::connect(gw.tls).await.unwrap();
+    c.write_all(&client_hello(Some("edition.cnn.com")))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Hang guard only.
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "reset, not closed"
+    );
+    let l = gw.next_line().await;
+    assert_eq!((l.flags.as_str(), l.details.as_str()), ("UR", "-"));
+    assert_eq!(l.upstream_host, up.to_string());
 }
 
 const TCP_ROUTE: &str = r#"

@@ -55,8 +55,9 @@ async fn s3_plain_request_leaves_as_https_with_sni() {
     let echo = r.json();
     assert_eq!(echo["sni"], "edition.cnn.com");
     assert_eq!(echo["path"], "/politics");
-    // ALPN offered h2 and http/1.1; the upstream picked h2 and the pool spoke it.
-    assert_eq!(echo["version"], "HTTP/2");
+    // No ALPN offered (the ServiceEntry port is HTTP, as Istio configures Envoy): the
+    // upstream, which would take h2, is spoken to over HTTP/1.1.
+    assert_eq!(echo["version"], "HTTP/1.1");
     let l = gw.next_line().await;
     assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
     assert_eq!(l.cluster, "outbound|443||edition.cnn.com");
@@ -128,8 +129,12 @@ async fn s3_wrong_name_and_expired_certificates_are_refused() {
         "{}",
         l.transport_failure
     );
+    // The DestinationRule sets no `sni` and no `subjectAltNames`: Envoy's auto SAN
+    // validation, and its wording (checked with Envoy 1.40).
     assert!(
-        l.transport_failure.contains("SAN_matcher"),
+        l.transport_failure.contains(
+            "verify_cert_failed:_verify_SAN_list,_expected_SANs:_[edition.cnn.com],_certificate_SANs:_[www.example.org]"
+        ),
         "{}",
         l.transport_failure
     );
@@ -542,3 +547,62 @@ async fn missing_client_credential_is_a_503_naming_the_file_not_a_crash() {
 }
 
 const NGINX_HOST: &str = "my-nginx.mesh-external.svc.cluster.local";
+
+/// An upstream that closes TCP without a TLS `close_notify` after a body delimited by the
+/// connection's end (HTTP/1.0 style; many servers close so): the response is complete, as
+/// Envoy 1.40 reads it (`200 -`, the client's response chunked and ended), not truncated.
+#[tokio::test]
+async fn s3_body_ended_by_a_close_without_close_notify_is_complete() {
+    use egret_test_support::certs::{server_config, ClientAuth};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new("public CA stand-in");
+    let cert = ca.server_cert(&["edition.cnn.com"], None);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        server_config(&cert, &ClientAuth::None, &[b"http/1.1"]).unwrap(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello, closed").await;
+                let _ = tls.flush().await;
+                // Dropped without `shutdown`: TCP closes, no close_notify is sent.
+            });
+        }
+    });
+    let dir = TestDir::new("s3-close").unwrap();
+    ca.write_cert(dir.path(), "ca.pem").unwrap();
+    let ca_file = dir.join("ca.pem");
+    let mut gw = Gateway::start_env(
+        &[&scenario("s3-tls-origination")],
+        &["--connect-to".into(), format!("edition.cnn.com:443:{up}")],
+        &[("SSL_CERT_FILE", ca_file.as_path())],
+    )
+    .await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (200, "hello, closed")
+    );
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("200", "-", "via_upstream")
+    );
+    assert_eq!(l.bytes_sent, 13);
+}

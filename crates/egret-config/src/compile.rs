@@ -1504,6 +1504,7 @@ fn upstream_tls(
     Some(UpstreamTls {
         mode,
         sni,
+        auto_sni: non_empty(&tls.sni).is_none(),
         subject_alt_names: tls
             .subject_alt_names
             .iter()

@@ -257,6 +257,7 @@ fn s3_tls_origination() {
         &UpstreamTls {
             mode: TlsMode::Simple,
             sni: "edition.cnn.com".into(),
+            auto_sni: true,
             subject_alt_names: vec![],
             source: CertSource::default(),
             insecure_skip_verify: false,
@@ -328,6 +329,7 @@ fn s4_mtls_origination() {
         &UpstreamTls {
             mode: TlsMode::Mutual,
             sni: NGINX.into(),
+            auto_sni: false,
             subject_alt_names: vec![],
             source: CertSource {
                 credential_name: Some("client-credential".into()),

@@ -33,6 +33,10 @@ pub struct UpstreamTls {
     pub mode: TlsMode,
     /// SNI to send; Istio's default is the destination host.
     pub sni: String,
+    /// The DestinationRule left `sni` unset (Istio's `auto_sni`): with no `subjectAltNames`,
+    /// the certificate must then carry the SNI name (`auto_san_validation`). With `sni` set
+    /// and no `subjectAltNames`, Istio has Envoy check the chain only.
+    pub auto_sni: bool,
     /// `subjectAltNames`: when non-empty, the certificate must carry one of these instead of
     /// the SNI name.
     pub subject_alt_names: Vec<String>,

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, WeightedClusters};
 use egret_sni::reader::{read_client_hello_into, ReadError};
 use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
-use egret_sni::{forward_spliced, ForwardEnd};
+use egret_sni::{forward_spliced, ForwardEnd, Side};
 use egret_upstream::connect::connect_with;
 
 use crate::active::Active;
@@ -44,6 +44,7 @@ pub(crate) async fn serve_tcp(
                 Ok(h) => h.sni,
                 Err(ReadError::Timeout) => {
                     return refuse(
+                        &stream,
                         guard,
                         ResponseFlags::NO_ROUTE_FOUND,
                         "filter_chain_not_found",
@@ -52,6 +53,7 @@ pub(crate) async fn serve_tcp(
                 }
                 Err(ReadError::Closed | ReadError::Io(_)) => {
                     return refuse(
+                        &stream,
                         guard,
                         ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
                         "downstream_remote_disconnect",
@@ -64,6 +66,7 @@ pub(crate) async fn serve_tcp(
             };
             let Some(sni) = sni else {
                 return refuse(
+                    &stream,
                     guard,
                     ResponseFlags::NO_ROUTE_FOUND,
                     "filter_chain_not_found",
@@ -75,6 +78,7 @@ pub(crate) async fn serve_tcp(
                 Some(route) => &route.clusters,
                 None => {
                     return refuse(
+                        &stream,
                         guard,
                         ResponseFlags::NO_ROUTE_FOUND,
                         "filter_chain_not_found",
@@ -87,6 +91,7 @@ pub(crate) async fn serve_tcp(
             Some(c) => c,
             None => {
                 return refuse(
+                    &stream,
                     guard,
                     ResponseFlags::NO_ROUTE_FOUND,
                     "filter_chain_not_found",
@@ -99,6 +104,7 @@ pub(crate) async fn serve_tcp(
 
     let Some(picked) = clusters.pick(fastrand_u32()) else {
         return refuse(
+            &stream,
             guard,
             ResponseFlags::NO_CLUSTER_FOUND,
             "cluster_not_found",
@@ -107,6 +113,7 @@ pub(crate) async fn serve_tcp(
     };
     let Some(cluster) = active.upstreams.get(&picked.cluster).cloned() else {
         return refuse(
+            &stream,
             guard,
             ResponseFlags::NO_CLUSTER_FOUND,
             "cluster_not_found",
@@ -118,14 +125,22 @@ pub(crate) async fn serve_tcp(
     let hash = cluster.request_hash(&hyper::HeaderMap::new(), "", remote.ip());
     let endpoint = match cluster.pick_endpoint(&gw.shared.resolver, &[], hash).await {
         Ok(ep) => ep,
-        Err(_) => return refuse(guard, ResponseFlags::NO_HEALTHY_UPSTREAM, "-", None),
+        Err(_) => {
+            return refuse(
+                &stream,
+                guard,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+                "-",
+                None,
+            )
+        }
     };
     let addr = endpoint.addr;
     guard.record().upstream_host = Some(addr);
     // DestinationRule maxConnections: Envoy's tcp_proxy closes the connection, flagged `UO`.
     let Some(_connection_slot) = cluster.circuit().try_connection() else {
         guard.record().upstream_host = None;
-        return refuse(guard, ResponseFlags::UPSTREAM_OVERFLOW, "-", None);
+        return refuse(&stream, guard, ResponseFlags::UPSTREAM_OVERFLOW, "-", None);
     };
     let keepalive = cluster.spec.traffic.pool.tcp_keepalive;
     // Per-endpoint connection counts for `/clusters`.
@@ -141,6 +156,7 @@ pub(crate) async fn serve_tcp(
             rec.upstream_transport_failure_reason = e.transport_failure_reason();
             rec.set_flag(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
             rec.set_flag(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+            let _ = stream.set_zero_linger();
             return;
         }
     };
@@ -152,11 +168,18 @@ pub(crate) async fn serve_tcp(
     let rec = guard.record();
     rec.bytes_received = result.bytes_from_downstream;
     rec.bytes_sent = result.bytes_from_upstream;
-    // Envoy's tcp_proxy sets no response flag for how a connected session ended — a FIN,
-    // a reset from either side, or its idle timeout (checked with Envoy 1.40: a curl session
-    // logs `-` even though curl resets). We match it and keep the cause in our own logs.
+    // Envoy's tcp_proxy sets no response flag for a session ended by a FIN, by the client's
+    // reset or by its idle timeout (checked with Envoy 1.40: a curl session logs `-` even
+    // though curl resets). An upstream that resets is `UR`, and the client is reset too.
     match &result.end {
         ForwardEnd::Closed { .. } => {}
+        ForwardEnd::Error {
+            side: Side::Upstream,
+            error,
+        } if error.kind() == std::io::ErrorKind::ConnectionReset => {
+            rec.set_flag(ResponseFlags::UPSTREAM_REMOTE_RESET);
+            let _ = stream.set_zero_linger();
+        }
         ForwardEnd::Error { side, error } => {
             tracing::debug!(?side, %error, "passthrough session ended by an error")
         }
@@ -164,8 +187,10 @@ pub(crate) async fn serve_tcp(
     }
 }
 
-/// Closes the connection (by returning) and logs why.
+/// Closes the connection with a reset, as Envoy 1.40 does when no filter chain or upstream
+/// takes it (checked with it), and logs why.
 fn refuse(
+    stream: &TcpStream,
     mut guard: LogGuard,
     flag: ResponseFlags,
     details: &'static str,
@@ -180,6 +205,7 @@ fn refuse(
     // Envoy counts no bytes for a connection no filter chain took.
     rec.bytes_received = 0;
     guard.finish();
+    let _ = stream.set_zero_linger();
 }
 
 fn fastrand_u32() -> u32 {

@@ -473,9 +473,11 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, ParseError> {
 
 /// The SNI host name as a lower-case ASCII DNS name: labels of letters, digits, `-` and `_`
 /// (underscores appear in real host names), 1-63 bytes each, 253 bytes in all. A single
-/// trailing dot is tolerated and removed (RFC 6066 forbids it, some clients sent it).
-fn validate_host_name(name: &[u8]) -> Result<String, ParseError> {
-    let name = name.strip_suffix(b".").unwrap_or(name);
+/// trailing dot is tolerated (RFC 6066 forbids it, some clients send it) and kept: Envoy
+/// 1.40's TLS inspector keeps it too, so `edition.cnn.com.` matches no `sniHosts` entry
+/// (`NR filter_chain_not_found`, logged with the dot).
+fn validate_host_name(sent: &[u8]) -> Result<String, ParseError> {
+    let name = sent.strip_suffix(b".").unwrap_or(sent);
     if name.is_empty() {
         return Err(ParseError::Malformed("empty server name"));
     }
@@ -498,7 +500,7 @@ fn validate_host_name(name: &[u8]) -> Result<String, ParseError> {
         }
     }
     // All bytes are ASCII, so this conversion is lossless.
-    Ok(name
+    Ok(sent
         .iter()
         .map(|&b| char::from(b.to_ascii_lowercase()))
         .collect())
@@ -577,9 +579,10 @@ mod tests {
             validate_host_name(b"Edition.CNN.com"),
             Ok("edition.cnn.com".to_string())
         );
+        // Kept, as Envoy's TLS inspector keeps it (it then matches no route).
         assert_eq!(
             validate_host_name(b"a.example."),
-            Ok("a.example".to_string())
+            Ok("a.example.".to_string())
         );
         assert_eq!(
             validate_host_name(b"_dmarc.x-y.example"),

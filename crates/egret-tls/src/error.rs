@@ -92,6 +92,18 @@ impl VerifyFailure {
         }
     }
 
+    /// A name that is not the expected one under Envoy's auto SAN validation (the
+    /// DestinationRule sets neither `sni` nor `subjectAltNames`; checked with Envoy 1.40).
+    pub(crate) fn san_list(expected: &str, sans: &[String]) -> VerifyFailure {
+        VerifyFailure {
+            kind: VerifyFailureKind::NameMismatch,
+            detail: format!(
+                "verify cert failed: verify SAN list, expected SANs: [{expected}], certificate SANs: [{}]",
+                sans.join(", ")
+            ),
+        }
+    }
+
     /// The rustls error that carries this failure through the handshake.
     pub(crate) fn into_rustls(self) -> rustls::Error {
         rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(

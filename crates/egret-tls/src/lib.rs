@@ -26,7 +26,8 @@ pub use error::{
     TlsSetupError, VerifyFailure, VerifyFailureKind,
 };
 pub use upstream::{
-    connect_tls, SystemRoots, UpstreamTlsContext, UpstreamTlsContexts, UpstreamTlsOptions,
+    connect_tls, CloseNotifyOptional, SystemRoots, UpstreamTlsContext, UpstreamTlsContexts,
+    UpstreamTlsOptions,
 };
 
 /// The ALPN list offered by default: h2 first, then HTTP/1.1.

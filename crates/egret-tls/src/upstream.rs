@@ -314,9 +314,11 @@ fn build_config(
         None if spec.insecure_skip_verify => Arc::new(RootCertStore::empty()),
         None => load_system_roots(system_roots, &opts.system_roots)?,
     };
+    // As Istio configures Envoy: `subjectAltNames` when given; else, when the DestinationRule
+    // left `sni` unset, the SNI (auto SAN validation); else the chain alone.
     let names = if !spec.subject_alt_names.is_empty() {
         NameCheck::AnyOf(spec.subject_alt_names.clone())
-    } else if spec.mode == TlsMode::IstioMutual {
+    } else if spec.mode == TlsMode::IstioMutual || !spec.auto_sni {
         NameCheck::ChainOnly
     } else {
         NameCheck::ServerName
@@ -360,6 +362,64 @@ fn load_system_roots(
 ) -> Result<Arc<RootCertStore>, TlsSetupError> {
     cell.get_or_init(|| crate::roots::load(source).map(Arc::new))
         .clone()
+}
+
+/// An upstream TLS stream on which the peer closing TCP without a TLS `close_notify` reads as
+/// the end of the stream, not an error — as BoringSSL and so Envoy read it, and as many servers
+/// close. A body delimited by the connection's end then completes (Envoy 1.40: `200 -`, where
+/// rustls's `UnexpectedEof` made it `UPE`); one with a length or chunks that stops short is
+/// still caught by the HTTP codec.
+pub struct CloseNotifyOptional<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for CloseNotifyOptional<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CloseNotifyOptional<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Runs the TLS handshake on an established connection. `sni` is normally

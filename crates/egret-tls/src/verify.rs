@@ -31,9 +31,9 @@ use crate::error::{VerifyFailure, VerifyFailureKind};
 pub(crate) enum NameCheck {
     /// One of these (DNS, URI or IP SAN) — `subjectAltNames` from the DestinationRule.
     AnyOf(Vec<String>),
-    /// The server name the connection was opened with (the SNI).
+    /// The server name the connection was opened with (the SNI; Envoy's auto SAN validation).
     ServerName,
-    /// Chain only (ISTIO_MUTUAL without `subjectAltNames`).
+    /// Chain only (ISTIO_MUTUAL, or `sni` set, without `subjectAltNames`).
     ChainOnly,
 }
 
@@ -100,15 +100,22 @@ impl ServerVerifier {
             NameCheck::AnyOf(names) => names.clone(),
             NameCheck::ServerName => {
                 // A certificate with SANs: webpki's own matching (wildcards, IP addresses).
+                let expected = server_name_text(server_name);
                 if let (Some(parsed), Some(CertInfo { san: Some(_), .. })) = (&parsed, &info) {
-                    return rustls::client::verify_server_name(parsed, server_name)
-                        .map_err(|_| VerifyFailure::san(&san_strings(info.as_ref())));
+                    return rustls::client::verify_server_name(parsed, server_name).map_err(|_| {
+                        VerifyFailure::san_list(&expected, &san_strings(info.as_ref()))
+                    });
                 }
-                vec![server_name_text(server_name)]
+                vec![expected]
             }
         };
+        // Envoy words a failed auto SAN validation differently from a failed SAN matcher.
+        let mismatch = |sans: &[String]| match &self.names {
+            NameCheck::ServerName => VerifyFailure::san_list(&expected[0], sans),
+            _ => VerifyFailure::san(sans),
+        };
         let Some(info) = info else {
-            return Err(VerifyFailure::san(&[]));
+            return Err(mismatch(&[]));
         };
         match &info.san {
             Some(sans) => {
@@ -118,7 +125,7 @@ impl ServerVerifier {
                 {
                     Ok(())
                 } else {
-                    Err(VerifyFailure::san(&san_strings(Some(&info))))
+                    Err(mismatch(&san_strings(Some(&info))))
                 }
             }
             None => {
@@ -134,7 +141,7 @@ impl ServerVerifier {
                         }
                         Ok(())
                     }
-                    _ => Err(VerifyFailure::san(&[])),
+                    _ => Err(mismatch(&[])),
                 }
             }
         }

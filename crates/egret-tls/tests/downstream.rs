@@ -346,6 +346,7 @@ async fn connect_mesh(
     let spec = egret_core::UpstreamTls {
         mode: TlsMode::IstioMutual,
         sni: "my-nginx.mesh-external.svc.cluster.local".into(),
+        auto_sni: false,
         subject_alt_names: Vec::new(),
         source: CertSource::default(),
         insecure_skip_verify: false,

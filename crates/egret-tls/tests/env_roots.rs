@@ -26,6 +26,7 @@ async fn ssl_cert_file_adds_a_private_ca_to_the_system_store() {
     let spec = UpstreamTls {
         mode: TlsMode::Simple,
         sni: "lab.example.com".into(),
+        auto_sni: true,
         subject_alt_names: Vec::new(),
         source: CertSource::default(),
         insecure_skip_verify: false,

@@ -24,6 +24,8 @@ fn spec(mode: TlsMode, sni: &str, source: CertSource) -> UpstreamTls {
     UpstreamTls {
         mode,
         sni: sni.to_string(),
+        // As when the DestinationRule leaves `sni` unset: the name is checked against it.
+        auto_sni: true,
         subject_alt_names: Vec::new(),
         source,
         insecure_skip_verify: false,
@@ -205,6 +207,37 @@ async fn expired_is_refused_with_envoy_text() {
     );
 }
 
+/// A DestinationRule that sets `sni` but no `subjectAltNames`: Istio configures Envoy with
+/// neither auto SAN validation nor a SAN matcher, so only the chain is checked (Envoy 1.40
+/// answers 200 for a certificate of another name); without `sni` the name must match.
+#[tokio::test]
+async fn explicit_sni_without_subject_alt_names_checks_the_chain_only() {
+    let ca = TestCa::with_org("example Inc.", "example.com");
+    let cert = ca.server_cert(&["other.example.com"], None);
+    let (addr, _seen) =
+        tls_server(server_config(&cert, &ClientAuth::None, ALPN_H2_HTTP1).expect("cfg")).await;
+    let dir = Scratch::new("explicit-sni");
+    let ca_path = dir.write("ca.pem", ca.cert_pem());
+    let ctxs = contexts(UpstreamTlsOptions::default());
+    let mut explicit = spec(TlsMode::Simple, "upstream.example.com", ca_file(ca_path));
+    explicit.auto_sni = false;
+    dial(
+        addr,
+        ctxs.client_config(&explicit).expect("config"),
+        &explicit.sni,
+    )
+    .await
+    .expect("the chain is enough");
+    let auto = UpstreamTls {
+        auto_sni: true,
+        ..explicit
+    };
+    let err = dial(addr, ctxs.client_config(&auto).expect("config"), &auto.sni)
+        .await
+        .expect_err("the name is checked");
+    assert!(reason(&err).contains("verify_SAN_list"), "{}", reason(&err));
+}
+
 #[tokio::test]
 async fn cn_only_certificate_matches_by_cn_only_when_it_has_no_san() {
     let ca = TestCa::with_org("example Inc.", "example.com");
@@ -237,7 +270,7 @@ async fn cn_only_certificate_matches_by_cn_only_when_it_has_no_san() {
         .expect_err("wrong name");
     assert_eq!(
         reason(&err),
-        "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_SAN_matcher,_certificate_SANs_are_[]:TLS_error_end"
+        "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_verify_SAN_list,_expected_SANs:_[other.mesh-external.svc.cluster.local],_certificate_SANs:_[]:TLS_error_end"
     );
 
     // A certificate that has SANs is never matched by its CN.
@@ -252,7 +285,7 @@ async fn cn_only_certificate_matches_by_cn_only_when_it_has_no_san() {
         .expect_err("CN ignored");
     assert_eq!(
         reason(&err),
-        "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_SAN_matcher,_certificate_SANs_are_[a.example.com]:TLS_error_end"
+        "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_verify_SAN_list,_expected_SANs:_[my-nginx.mesh-external.svc.cluster.local],_certificate_SANs:_[a.example.com]:TLS_error_end"
     );
 }
 

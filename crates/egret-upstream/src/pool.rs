@@ -459,12 +459,13 @@ impl Pool {
                         message: "TLS origination is not set up in this process".into(),
                     });
                 };
-                // Offer h2 and HTTP/1.1 and speak what the server picks; an HTTP2/GRPC
-                // cluster offers h2 only.
+                // As Istio configures Envoy: an HTTP2/GRPC cluster offers h2 only, any other
+                // no ALPN at all, and speaks HTTP/1.1 (checked with Envoy 1.40: nginx with
+                // http2 on answers it over HTTP/1.1).
                 let alpn: &[&[u8]] = if spec.protocol == UpstreamProtocol::Http2 {
                     &[b"h2"]
                 } else {
-                    egret_tls::ALPN_H2_HTTP1
+                    &[]
                 };
                 let ctx = contexts.context(tls, alpn);
                 let config = ctx.client_config().map_err(|e| ConnectError::TlsSetup {
@@ -477,8 +478,8 @@ impl Pool {
                         .map_err(|source| ConnectError::Tls { addr, source })?;
                 let h2 = negotiated.as_deref() == Some(b"h2")
                     || spec.protocol == UpstreamProtocol::Http2;
-                self.handshake(TokioIo::new(tls_stream), key, local, h2, slot, endpoint)
-                    .await
+                let io = TokioIo::new(egret_tls::CloseNotifyOptional(tls_stream));
+                self.handshake(io, key, local, h2, slot, endpoint).await
             }
         }
     }
