@@ -992,6 +992,66 @@ async fn responses_before_the_request_body_ends_close_the_connection() {
     }
 }
 
+/// The request goes upstream with its headers in Envoy 1.40's order: `host` first (given
+/// the upstream authority in place), the client's headers as sent, then `x-forwarded-for`,
+/// `x-forwarded-proto`, `x-envoy-external-address`, `x-request-id`, `x-envoy-attempt-count`;
+/// a removed hop-by-hop header leaves the others in place.
+#[tokio::test]
+async fn request_headers_go_upstream_in_envoys_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+    let (status, _, _) = raw_request(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: keep-alive\r\nUser-Agent: t/1\r\nAccept: */*\r\nX-Request-Id: mine\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let head = heads.recv().await.unwrap();
+    let names: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "user-agent",
+            "accept",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-envoy-external-address",
+            "x-envoy-attempt-count"
+        ],
+        "{head}"
+    );
+    gw.next_line().await;
+}
+
 /// A client that goes away in the middle of its request body is logged as Envoy 1.40 logs
 /// it, `0 DC downstream_remote_disconnect` with the bytes it sent, not as an upstream
 /// failure; so is a client that closes part-way through a request head (`"- - HTTP/1.1"`).

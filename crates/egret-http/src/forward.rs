@@ -421,6 +421,7 @@ impl Forward<'_> {
         }
         if http2 {
             *req.version_mut() = Version::HTTP_2;
+            h.remove(http::header::HOST);
             let uri = format!("http://{}{}", self.authority, self.path);
             *req.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
         } else {

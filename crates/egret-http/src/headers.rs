@@ -131,9 +131,30 @@ fn hop_by_hop_present(headers: &HeaderMap) -> ([bool; HOP_BY_HOP.len()], bool) {
 }
 
 fn remove_present(headers: &mut HeaderMap, present: [bool; HOP_BY_HOP.len()]) {
-    for (name, present) in HOP_BY_HOP.iter().zip(present) {
-        if present {
-            headers.remove(name);
+    if present.iter().any(|&p| p) {
+        remove_in_order(headers, |name| {
+            HOP_BY_HOP.iter().zip(present).any(|(h, p)| p && h == name)
+        });
+    }
+}
+
+/// Removes the headers `drop` selects and keeps the others in their order. `HeaderMap::remove`
+/// moves the last header into the hole; Envoy's header map keeps the order, and the request
+/// goes upstream in it (some servers and WAFs look at header order). Called only when there is
+/// something to remove.
+fn remove_in_order(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let old = std::mem::take(headers);
+    headers.reserve(old.len());
+    let mut current: Option<HeaderName> = None;
+    // `into_iter` names a header once, before all of its values.
+    for (name, value) in old {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        if let Some(n) = &current {
+            if !drop(n) {
+                headers.append(n.clone(), value);
+            }
         }
     }
 }
@@ -196,8 +217,8 @@ pub fn strip_connection_nominated(headers: &mut HeaderMap) {
         .filter(|t| headers.contains_key(*t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in listed {
-        headers.remove(name);
+    if !listed.is_empty() {
+        remove_in_order(headers, |name| listed.contains(name));
     }
 }
 
@@ -275,12 +296,12 @@ pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAd
 /// `internal_address_config` unless meshNetworks lists `fromCidr` ranges, and since Envoy
 /// 1.33 no address is internal without one, so every request is an edge request.
 pub fn set_edge_request_headers(headers: &mut HeaderMap, remote: IpAddr) {
-    headers.insert(X_REQUEST_ID.clone(), new_request_id());
     let mut buf = [0u8; IP_TEXT_MAX];
     let text = ip_text(remote, &mut buf);
     if let Ok(v) = HeaderValue::from_bytes(text) {
         headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
     }
+    headers.insert(X_REQUEST_ID.clone(), new_request_id());
 }
 
 pub fn new_request_id() -> HeaderValue {

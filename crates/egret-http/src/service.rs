@@ -123,7 +123,8 @@ pub async fn handle(
         {
             h.remove(http::header::EXPECT);
         }
-        headers::set_edge_request_headers(h, remote_ip);
+        // In Envoy 1.40's order (checked with it): `x-forwarded-for`, `x-forwarded-proto`,
+        // `x-envoy-external-address`, `x-request-id` after the client's own headers.
         headers::append_xff(h, remote_ip, shared.local_ip);
         h.insert(
             headers::X_FORWARDED_PROTO.clone(),
@@ -133,6 +134,7 @@ pub async fn handle(
                 "http"
             }),
         );
+        headers::set_edge_request_headers(h, remote_ip);
     }
     let authority: Option<Arc<str>> = match req.uri().authority() {
         Some(a) => Some(a.as_str().into()),
@@ -401,7 +403,8 @@ pub async fn handle(
     let listener_end = parts.extensions.remove::<Arc<RequestEnd>>();
     let mut up_headers = parts.headers;
     headers::strip_request_hop_by_hop(&mut up_headers);
-    up_headers.remove(http::header::HOST);
+    // `host` stays where the client put it (first, as a rule): an HTTP/1.1 attempt gives it
+    // the upstream authority in place, as Envoy sends it first; an HTTP/2 one drops it.
 
     let retry = policy.retry.as_ref().filter(|p| p.num_retries > 0);
     let mirrors: Vec<_> = policy
