@@ -319,6 +319,12 @@ impl Forward<'_> {
                     };
                     let since = first_sent.map_or(Duration::ZERO, |t| t.elapsed());
                     let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+                    // Before Egret adds its own: an upstream's `connection` is then last, and
+                    // goes without reordering the others (a 101 keeps its `upgrade` for the
+                    // tunnel; `finish` strips it).
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        headers::strip_response_hop_by_hop(resp.headers_mut());
+                    }
                     resp.headers_mut().insert(
                         headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                         HeaderValue::from(ms),
