@@ -1025,7 +1025,7 @@ async fn request_headers_go_upstream_in_envoys_order() {
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
     let (status, _, _) = raw_request(
         &gw,
-        b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: keep-alive\r\nUser-Agent: t/1\r\nAccept: */*\r\nX-Request-Id: mine\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nConnection: keep-alive\r\nX-Envoy-Retry-On: 5xx\r\nUser-Agent: t/1\r\nTE: gzip\r\nAccept: */*\r\nX-Request-Id: mine\r\n\r\n",
     )
     .await;
     assert_eq!(status, 200);
@@ -1050,6 +1050,63 @@ async fn request_headers_go_upstream_in_envoys_order() {
         "{head}"
     );
     gw.next_line().await;
+}
+
+/// A request body that ends with trailers has ended: its response is an ordinary keep-alive
+/// one (hyper stops reading a body at its trailers, which must count as its end).
+#[tokio::test]
+async fn a_request_body_ending_in_trailers_has_ended() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let (status, _, closed) = raw_request(
+        &gw,
+        b"POST /t HTTP/1.1\r\nHost: edition.cnn.com\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, closed), (200, false), "no connection: close");
+    assert_eq!(gw.next_line().await.bytes_received, 5);
+}
+
+/// A response that comes before a large request body has been read reaches the client
+/// whole, with `connection: close`, and the connection then closes cleanly (no reset).
+#[tokio::test]
+async fn an_early_response_survives_the_unread_request_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let body = vec![b'x'; 256 * 1024];
+    c.write_all(b"POST / HTTP/1.1\r\nHost: www.google.com\r\ncontent-length: 5242880\r\n\r\n")
+        .await
+        .unwrap();
+    // More of the body than the gateway reads before it answers; the rest never comes.
+    let _ = c.write_all(&body).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Hang guard only.
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("the gateway closes");
+    // A FIN once the unread body has been drained, not a reset.
+    assert_eq!(end, Ok(()), "closed, not reset");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert_eq!(gw.next_line().await.code, "404");
 }
 
 /// A client that goes away in the middle of its request body is logged as Envoy 1.40 logs

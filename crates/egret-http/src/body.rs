@@ -179,17 +179,22 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let Some(d) = &mut this.deadline {
-            if d.as_mut().poll(cx).is_ready() {
-                this.deadline = None;
-                this.timed_out();
-                return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
-            }
-        }
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
         };
+        // Only while the upstream keeps the body waiting: what it has already sent is
+        // delivered however slowly the client reads (Envoy's timer stops when the upstream
+        // response is complete).
+        if polled.is_pending() {
+            if let Some(d) = &mut this.deadline {
+                if d.as_mut().poll(cx).is_ready() {
+                    this.deadline = None;
+                    this.timed_out();
+                    return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
+                }
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {

@@ -456,10 +456,6 @@ fn attempt_count(attempt: u32) -> HeaderValue {
     }
 }
 
-/// The status line Envoy 1.40 writes for a proxied response (checked with it): its own, not
-/// the upstream's: `HTTP/1.1` (an HTTP/1.0 upstream's close-delimited body then goes out
-/// chunked), and the code's standard reason phrase, `Unknown` for a code without one (an
-/// upstream's `200 Fine` is `200 OK`; hyper would repeat the upstream's phrase).
 /// The size of an HTTP/1.1 response head as it came (status line to the blank line),
 /// counting one space after each colon: what Envoy's limit is on.
 fn response_head_size<B>(resp: &Response<B>) -> usize {
@@ -478,6 +474,10 @@ fn response_head_size<B>(resp: &Response<B>) -> usize {
     status_line + fields + 2
 }
 
+/// The status line Envoy 1.40 writes for a proxied response (checked with it): its own, not
+/// the upstream's: `HTTP/1.1` (an HTTP/1.0 upstream's close-delimited body then goes out
+/// chunked), and the code's standard reason phrase, `Unknown` for a code without one (an
+/// upstream's `200 Fine` is `200 OK`; hyper would repeat the upstream's phrase).
 fn envoy_status_line<B>(resp: &mut Response<B>) {
     *resp.version_mut() = Version::HTTP_11;
     if resp.status().canonical_reason().is_none() {

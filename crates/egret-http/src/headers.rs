@@ -57,9 +57,7 @@ pub fn strip_envoy_control(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
         return;
     }
-    for name in ENVOY_CONTROL_HEADERS {
-        headers.remove(*name);
-    }
+    remove_in_order(headers, |n| ENVOY_CONTROL_HEADERS.contains(&n.as_str()));
 }
 
 /// Whether the `Connection` header lists `token` (`close`, `upgrade`), in any of its values.
@@ -142,7 +140,7 @@ fn remove_present(headers: &mut HeaderMap, present: [bool; HOP_BY_HOP.len()]) {
 /// moves the last header into the hole; Envoy's header map keeps the order, and the request
 /// goes upstream in it (some servers and WAFs look at header order). Called only when there is
 /// something to remove.
-fn remove_in_order(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+pub(crate) fn remove_in_order(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
     // Most often what goes is last (an upstream's `connection: keep-alive`): removing the last
     // entries moves none of the others, and costs no rebuild (~600 instructions, callgrind).
     let mut dropping = false;
@@ -260,7 +258,7 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
         if trailers {
             headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         } else {
-            headers.remove(http::header::TE);
+            remove_in_order(headers, |n| n == http::header::TE);
         }
     }
 }

@@ -356,8 +356,9 @@ impl Source {
                         Mode::Ahead => self.copy.push_ahead(c),
                     }
                 }
-                // hyper stops polling a body that says it has ended.
-                let end = self.inner.is_end_stream();
+                // hyper stops polling a body that says it has ended, or that has yielded its
+                // trailers (its last frame).
+                let end = self.inner.is_end_stream() || frame.is_trailers();
                 if end {
                     self.ended();
                 }

@@ -121,7 +121,7 @@ pub async fn handle(
         if h.get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         {
-            h.remove(http::header::EXPECT);
+            headers::remove_in_order(h, |n| n == http::header::EXPECT);
         }
         // In Envoy 1.40's order (checked with it): `x-forwarded-for`, `x-forwarded-proto`,
         // `x-envoy-external-address`, `x-request-id` after the client's own headers.

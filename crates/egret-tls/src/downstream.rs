@@ -131,7 +131,8 @@ impl DownstreamTlsAcceptor {
         let sni = start
             .client_hello()
             .server_name()
-            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+            // A trailing dot stays, as Envoy's TLS inspector keeps it (then no server matches).
+            .map(|s| s.to_ascii_lowercase());
         let Some(&server) = self.index.find(sni.as_deref().unwrap_or("")) else {
             return Err(AcceptError::NoMatchingServer { sni });
         };

@@ -83,8 +83,9 @@ impl Body for UpstreamBody {
                         if let Some(d) = f.data_ref() {
                             received.fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
-                        // hyper stops polling a body that says it has ended.
-                        if inner.is_end_stream() {
+                        // hyper stops polling a body that says it has ended, or that has
+                        // yielded its trailers (its last frame).
+                        if inner.is_end_stream() || f.is_trailers() {
                             if let Some(e) = end {
                                 e.mark();
                             }

@@ -214,7 +214,7 @@ async fn serve(
         let gw = gateway.clone();
         // Every request and TCP connection ends in a record; a connection event or a buffer
         // release may not.
-        let activity = move || gw.connection_events() + log_writer.written();
+        let activity = move || gw.connection_events() + log_writer.written() + log_writer.dropped();
         tokio::spawn(crate::heap::trim_when_quiet(
             activity,
             args.heap_trim_delay,
