@@ -1069,20 +1069,33 @@ async fn a_request_body_ending_in_trailers_has_ended() {
 }
 
 /// A response that comes before a large request body has been read reaches the client
-/// whole, with `connection: close`, and the connection then closes cleanly (no reset).
+/// whole, with `connection: close`, and the connection then closes cleanly: what the client
+/// still sends is read and dropped first (hyper drains it), so the kernel does not reset the
+/// connection over unread bytes, which could destroy the response (RFC 9112 §9.6).
 #[tokio::test]
 async fn an_early_response_survives_the_unread_request_body() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
-    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-    let body = vec![b'x'; 256 * 1024];
-    c.write_all(b"POST / HTTP/1.1\r\nHost: www.google.com\r\ncontent-length: 5242880\r\n\r\n")
-        .await
-        .unwrap();
-    // More of the body than the gateway reads before it answers; the rest never comes.
-    let _ = c.write_all(&body).await;
+    let c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut c, mut wr) = c.into_split();
+    // The whole 8 MB body is sent while the answer is read: far more than the gateway reads
+    // before it answers, so unread bytes are still arriving when it closes.
+    let writer = tokio::spawn(async move {
+        let body = vec![b'x'; 64 * 1024];
+        let _ = wr
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: www.google.com\r\ncontent-length: 8388608\r\n\r\n",
+            )
+            .await;
+        for _ in 0..128 {
+            if wr.write_all(&body).await.is_err() {
+                break;
+            }
+        }
+        wr
+    });
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     // Hang guard only.
@@ -1107,6 +1120,7 @@ async fn an_early_response_survives_the_unread_request_body() {
         "{text}"
     );
     assert_eq!(gw.next_line().await.code, "404");
+    drop(writer.await);
 }
 
 /// A client that goes away in the middle of its request body is logged as Envoy 1.40 logs
