@@ -88,62 +88,66 @@ fn gone(why: &'static str) -> BoxError {
 const MALFORMED: &str = "request body malformed";
 const FAILED: &str = "request body failed";
 
-/// Whether a request body's error is its framing (a malformed chunk: hyper's decoder fails
-/// with an `InvalidInput`/`InvalidData` I/O error), the client's fault, rather than the
-/// client going away (`UnexpectedEof`), its TLS failing (rustls's errors are `InvalidData`
-/// too) or the body being retired.
-pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src = Some(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            let tls = io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>());
-            return !tls
-                && matches!(
-                    io.kind(),
-                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-                );
-        }
-        if s.downcast_ref::<BodyGone>()
-            .is_some_and(|g| g.0 == MALFORMED)
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
+/// What a request body's error says about the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyFailure {
+    /// Its framing broke (a malformed chunk: hyper's decoder fails with an
+    /// `InvalidInput`/`InvalidData` I/O error): the client's fault.
+    Malformed,
+    /// It went away mid-body: its connection closed or reset before the body was complete.
+    Gone,
+    /// Anything else: its TLS failing (rustls's errors are `InvalidData` too), the body
+    /// being retired.
+    Other,
 }
 
-/// Whether a request body's error is the client going away mid-body: its connection closed
-/// or reset before the body was complete (not its framing, not its TLS failing).
-pub fn is_downstream_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Reads the error's sources down to the first that tells (an I/O error, hyper's incomplete
+/// message, or the shared body's own failure).
+fn body_failure(e: &(dyn std::error::Error + 'static)) -> BodyFailure {
+    use std::io::ErrorKind;
     let mut src = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            let tls = io
+            if io
                 .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>());
-            return !tls
-                && matches!(
-                    io.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                );
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return BodyFailure::Other;
+            }
+            return match io.kind() {
+                ErrorKind::InvalidInput | ErrorKind::InvalidData => BodyFailure::Malformed,
+                ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => BodyFailure::Gone,
+                _ => BodyFailure::Other,
+            };
         }
         if s.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_incomplete_message)
         {
-            return true;
+            return BodyFailure::Gone;
         }
-        if s.downcast_ref::<BodyGone>().is_some_and(|g| g.0 == FAILED) {
-            return true;
+        if let Some(g) = s.downcast_ref::<BodyGone>() {
+            match g.0 {
+                MALFORMED => return BodyFailure::Malformed,
+                FAILED => return BodyFailure::Gone,
+                _ => {}
+            }
         }
         src = s.source();
     }
-    false
+    BodyFailure::Other
+}
+
+/// Whether a request body's error is its framing ([`BodyFailure::Malformed`]).
+pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    body_failure(e) == BodyFailure::Malformed
+}
+
+/// Whether a request body's error is the client going away mid-body ([`BodyFailure::Gone`]).
+pub fn is_downstream_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    body_failure(e) == BodyFailure::Gone
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
