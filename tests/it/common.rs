@@ -226,3 +226,18 @@ pub fn config_dir(label: &str, files: &[(&str, &str)]) -> TestDir {
     }
     dir
 }
+
+/// Reads a request head (through its blank line) from a test upstream's connection; None when
+/// the connection ends first. Bytes after the head in the same read are included.
+pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(c: &mut S) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(got)
+}

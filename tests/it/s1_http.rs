@@ -789,14 +789,9 @@ async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std:
                 return;
             };
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(got) = crate::common::read_request_head(&mut c).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&got).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or_default().to_string();
                 if let Some((_, answer)) = answers.iter().find(|(p, _)| *p == path) {
@@ -814,6 +809,7 @@ async fn raw_upstream(answers: &'static [(&'static str, &'static [u8])]) -> std:
                     }
                     if hang {
                         // Stalls: reads until the gateway gives up on it.
+                        let mut buf = [0u8; 4096];
                         while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
                         return;
                     }
@@ -998,7 +994,7 @@ async fn responses_before_the_request_body_ends_close_the_connection() {
 /// a removed hop-by-hop header leaves the others in place.
 #[tokio::test]
 async fn request_headers_go_upstream_in_envoys_order() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
     let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -1006,14 +1002,9 @@ async fn request_headers_go_upstream_in_envoys_order() {
         while let Ok((mut c, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(got) = crate::common::read_request_head(&mut c).await else {
+                    return;
+                };
                 let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
                 let _ = c
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

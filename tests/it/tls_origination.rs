@@ -554,7 +554,7 @@ const NGINX_HOST: &str = "my-nginx.mesh-external.svc.cluster.local";
 #[tokio::test]
 async fn s3_body_ended_by_a_close_without_close_notify_is_complete() {
     use egret_test_support::certs::{server_config, ClientAuth};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let ca = TestCa::new("public CA stand-in");
     let cert = ca.server_cert(&["edition.cnn.com"], None);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
@@ -569,14 +569,9 @@ async fn s3_body_ended_by_a_close_without_close_notify_is_complete() {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(_head) = crate::common::read_request_head(&mut tls).await else {
+                    return;
+                };
                 let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello, closed").await;
                 let _ = tls.flush().await;
                 // Dropped without `shutdown`: TCP closes, no close_notify is sent.
