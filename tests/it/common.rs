@@ -241,3 +241,26 @@ pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(c: &mut S) -> Op
     }
     Some(got)
 }
+
+/// Reads until the peer ends the connection: what arrived, and how it ended — `Ok` for a
+/// close (FIN), the error kind for a reset. Panics after 30 s (a hang guard, not a timing
+/// assertion).
+pub async fn read_until_end<S: tokio::io::AsyncRead + Unpin>(
+    c: &mut S,
+) -> (Vec<u8>, Result<(), std::io::ErrorKind>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    (got, end)
+}

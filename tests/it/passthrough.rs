@@ -393,22 +393,9 @@ async fn upstream_reset_is_ur_and_resets_the_client() {
     c.write_all(&client_hello(Some("edition.cnn.com")))
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Hang guard only.
-    let end = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match c.read(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .expect("the connection ends");
+    let (_, end) = crate::common::read_until_end(&mut c).await;
     assert_eq!(
-        end.map_err(|e| e.kind()),
+        end,
         Err(std::io::ErrorKind::ConnectionReset),
         "reset, not closed"
     );

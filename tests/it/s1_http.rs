@@ -1065,7 +1065,7 @@ async fn a_request_body_ending_in_trailers_has_ended() {
 /// connection over unread bytes, which could destroy the response (RFC 9112 §9.6).
 #[tokio::test]
 async fn an_early_response_survives_the_unread_request_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
@@ -1087,20 +1087,7 @@ async fn an_early_response_survives_the_unread_request_body() {
         }
         wr
     });
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Hang guard only.
-    let end = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match c.read(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(e.kind()),
-            }
-        }
-    })
-    .await
-    .expect("the gateway closes");
+    let (got, end) = crate::common::read_until_end(&mut c).await;
     // A FIN once the unread body has been drained, not a reset.
     assert_eq!(end, Ok(()), "closed, not reset");
     let text = String::from_utf8_lossy(&got);
