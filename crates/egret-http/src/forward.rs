@@ -600,7 +600,10 @@ impl Outcome {
                 };
                 let upgrade_value = resp.headers().get(http::header::UPGRADE).cloned();
                 let (mut parts, body) = resp.into_parts();
-                headers::strip_response_hop_by_hop(&mut parts.headers);
+                // `run` has stripped any other response's hop-by-hop headers already.
+                if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    headers::strip_response_hop_by_hop(&mut parts.headers);
+                }
                 parts
                     .headers
                     .insert(http::header::SERVER, headers::SERVER_NAME.clone());
