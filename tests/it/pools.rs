@@ -272,6 +272,54 @@ async fn max_requests_per_connection_opens_a_connection_per_request() {
     assert_eq!(up2.connections(), 1);
 }
 
+/// An idle upstream connection the upstream closed is not reused: the gateway closes its own
+/// side without waiting for a request (Envoy sees the close on its event loop), and the next
+/// request goes out on a new connection and succeeds instead of failing `503 UC`.
+#[tokio::test]
+async fn idle_connections_the_upstream_closed_are_dropped_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let ended = ended_tx.clone();
+            tokio::spawn(async move {
+                if crate::common::read_request_head(&mut c).await.is_none() {
+                    return;
+                }
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closes its side once the response is out, then waits for the gateway's.
+                let _ = c.shutdown().await;
+                let mut buf = [0u8; 64];
+                let end = tokio::time::timeout(PATIENCE, c.read(&mut buf)).await;
+                let _ = ended.send((n, matches!(end, Ok(Ok(0)))));
+            });
+        }
+    });
+    let dir = scenario("HTTP", &[addr], "    connectionPool: {}\n");
+    let mut gw = Gateway::start(&[dir.path()], &[]).await;
+    assert_eq!(get(&gw, "/one", &[]).await.status, 200);
+    let (n, closed) = ended_rx.recv().await.expect("the first connection ended");
+    assert_eq!(
+        (n, closed),
+        (0, true),
+        "the gateway closed the connection the upstream closed"
+    );
+    let r = get(&gw, "/two", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "on a new connection");
+    for path in ["/one", "/two"] {
+        let l = line_for(&mut gw, path).await;
+        assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"), "{path}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Outlier detection
 

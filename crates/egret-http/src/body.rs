@@ -9,12 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
 use egret_core::{LogGuard, ResponseFlags};
-use egret_upstream::pool::upstream_error_reason;
-use egret_upstream::PooledConn;
+use egret_upstream::{PooledConn, UpstreamError, UpstreamResponseBody};
+use http_body::{Body, Frame, SizeHint};
 
 use crate::local_reply::reset_details;
 
@@ -47,10 +44,14 @@ pub type DoneHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream {
-        inner: Incoming,
-        conn: Option<PooledConn>,
-    },
+    /// Boxed: hyper keeps room for a response body in every downstream connection, idle or
+    /// not, so its size is memory per connection; the upstream parts are ~200 bytes.
+    Upstream(Box<Upstream>),
+}
+
+struct Upstream {
+    inner: UpstreamResponseBody,
+    conn: Option<PooledConn>,
 }
 
 struct LogState {
@@ -69,12 +70,12 @@ impl ResponseBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, conn: PooledConn) -> ResponseBody {
+    pub fn upstream(inner: UpstreamResponseBody, conn: PooledConn) -> ResponseBody {
         ResponseBody {
-            kind: Kind::Upstream {
+            kind: Kind::Upstream(Box::new(Upstream {
                 inner,
                 conn: Some(conn),
-            },
+            })),
             log: None,
             done: None,
             deadline: None,
@@ -111,10 +112,10 @@ impl ResponseBody {
 
     /// Completes the record. `complete` = the whole body was delivered.
     fn finish(&mut self, complete: bool) {
-        if let Kind::Upstream { conn, .. } = &mut self.kind {
-            if let Some(c) = conn.take() {
+        if let Kind::Upstream(up) = &mut self.kind {
+            if let Some(c) = up.conn.take() {
                 if complete {
-                    c.release();
+                    c.release(&mut up.inner);
                 }
             }
         }
@@ -139,17 +140,17 @@ impl ResponseBody {
             rec.set_flag(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
             rec.response_code_details = Some("response_timeout".into());
         }
-        if let Kind::Upstream { conn, .. } = &mut self.kind {
-            conn.take(); // mid-response: not reusable
+        if let Kind::Upstream(up) = &mut self.kind {
+            up.conn.take(); // mid-response: not reusable
         }
         self.finish(false);
     }
 
-    fn upstream_failed(&mut self, e: &hyper::Error) {
+    fn upstream_failed(&mut self, e: &UpstreamError) {
         // After headers, an HTTP/1.1 body cut short (the peer closed early) is a protocol error
         // to Envoy (checked with Envoy 1.40: `UPE upstream_reset_after_response_started{protocol_error}`);
         // an HTTP/2 stream reset stays a remote reset.
-        let reason = match upstream_error_reason(e) {
+        let reason = match e.reset_reason() {
             "remote reset" => "remote reset",
             _ => "protocol error",
         };
@@ -163,8 +164,8 @@ impl ResponseBody {
             rec.set_flag(flag);
             rec.response_code_details = Some(reset_details(true, reason, None).into());
         }
-        if let Kind::Upstream { conn, .. } = &mut self.kind {
-            conn.take();
+        if let Kind::Upstream(up) = &mut self.kind {
+            up.conn.take();
         }
         self.finish(false);
     }
@@ -181,7 +182,7 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            Kind::Upstream(up) => Pin::new(&mut up.inner).poll_frame(cx),
         };
         // Only while the upstream keeps the body waiting: what it has already sent is
         // delivered however slowly the client reads (Envoy's timer stops when the upstream
@@ -202,15 +203,10 @@ impl Body for ResponseBody {
                     this.count(n);
                 } else if f.is_trailers() {
                     // Trailers end the body, and hyper drops a body once it has yielded
-                    // them, without polling it to its end. An HTTP/1.1 upstream's trailers go
-                    // no further: Envoy's HTTP/1 codec drops them by default (checked with
-                    // 1.40). An HTTP/2 upstream's go on (gRPC's status is in them).
-                    let http2 =
-                        matches!(&this.kind, Kind::Upstream { conn: Some(c), .. } if c.is_http2());
+                    // them, without polling it to its end. Only an HTTP/2 upstream's come
+                    // this far (gRPC's status is in them); the HTTP/1.1 codec drops them, as
+                    // Envoy's does by default (checked with 1.40).
                     this.finish(true);
-                    if !http2 {
-                        return Poll::Ready(None);
-                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => this.upstream_failed(e),
@@ -223,14 +219,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Upstream(up) => up.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Upstream(up) => up.inner.size_hint(),
         }
     }
 }

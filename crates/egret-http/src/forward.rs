@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-
-use egret_core::limits::MAX_RESPONSE_HEADERS_BYTES;
 use tokio::time::Instant;
 
 use egret_core::{HeaderMutations, LogGuard, ResponseFlags, RetryPolicy};
-use egret_upstream::{ClusterState, PickError, PooledConn, SendError, UpstreamBody};
+use egret_upstream::body::RequestEnd;
+use egret_upstream::{
+    ClusterState, PickError, PooledConn, SendError, UpstreamBody, UpstreamResponseBody,
+};
 
 use crate::body::ResponseBody;
 use crate::headers;
@@ -42,6 +42,10 @@ pub struct Forward<'a> {
     /// A WebSocket upgrade request: its `Upgrade` value goes upstream with
     /// `Connection: Upgrade`.
     pub upgrade: Option<HeaderValue>,
+    /// When the request ended: its body's end mark, or None when it had no body (it ended
+    /// with its head, at `started`).
+    pub request_end: Option<&'a RequestEnd>,
+    pub started: Instant,
 }
 
 /// What the attempts produced; turned into the downstream response by [`Outcome::finish`].
@@ -49,7 +53,7 @@ pub struct Forward<'a> {
 #[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Upstream {
-        resp: Response<Incoming>,
+        resp: Response<UpstreamResponseBody>,
         conn: PooledConn,
     },
     Local {
@@ -158,8 +162,6 @@ impl Forward<'_> {
         // next attempt, so a request that is not retried allocates no list.
         let mut previous: Option<SocketAddr> = None;
         let mut retries = Retries::default();
-        // `x-envoy-upstream-service-time` counts from the first attempt (Envoy 1.40).
-        let mut first_sent: Option<Instant> = None;
         loop {
             if let Some(p) = previous.take() {
                 tried.push(p);
@@ -254,7 +256,6 @@ impl Forward<'_> {
             let attempt = retries.count + 1;
             let upstream_req =
                 self.build_request(method, headers, conn.is_http2(), b, attempt, per_try);
-            first_sent.get_or_insert_with(Instant::now);
             let sent = match per_try {
                 Some(t) => tokio::time::timeout(t, conn.send(upstream_req)).await,
                 None => Ok(conn.send(upstream_req).await),
@@ -281,16 +282,6 @@ impl Forward<'_> {
                     };
                 }
                 Ok(Ok(resp)) => {
-                    if !conn.is_http2() && response_head_size(&resp) > MAX_RESPONSE_HEADERS_BYTES {
-                        // Envoy's HTTP/1 codec refuses a head past its limit: `502 UPE
-                        // protocol_error`, the connection closed (hyper's own buffer limit
-                        // is not exact: one read may bring in more).
-                        self.cluster.report(addr, egret_upstream::Outcome::Reset);
-                        drop((resp, conn));
-                        let (reason, flag) =
-                            ("protocol error", ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
-                        return reset_outcome(reason, flag, retries.count > 0, ResponseFlags::NONE);
-                    }
                     let status = resp.status().as_u16();
                     self.cluster
                         .report(addr, egret_upstream::Outcome::Status(status));
@@ -317,18 +308,26 @@ impl Forward<'_> {
                             }
                         }
                     };
-                    let since = first_sent.map_or(Duration::ZERO, |t| t.elapsed());
-                    let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
                     // Before Egret adds its own: an upstream's `connection` is then last, and
                     // goes without reordering the others (a 101 keeps its `upgrade` for the
                     // tunnel; `finish` strips it).
                     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                         headers::strip_response_hop_by_hop(resp.headers_mut());
                     }
-                    resp.headers_mut().insert(
-                        headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                        HeaderValue::from(ms),
-                    );
+                    // Envoy 1.40's router: `x-envoy-upstream-service-time` is the time from
+                    // the end of the request to the response head (connection set-up and
+                    // retries included), and there is none when the response came first.
+                    let ended = match self.request_end {
+                        None => Some(self.started),
+                        Some(end) => end.at(),
+                    };
+                    if let Some(ended) = ended {
+                        let ms = u64::try_from(ended.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        resp.headers_mut().insert(
+                            headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                            HeaderValue::from(ms),
+                        );
+                    }
                     envoy_status_line(&mut resp);
                     return Outcome::Upstream { resp, conn };
                 }
@@ -359,7 +358,7 @@ impl Forward<'_> {
                     }
                     self.cluster.report(addr, egret_upstream::Outcome::Reset);
                     let reason = e.reset_reason();
-                    let failure = if is_refused_stream(&e) {
+                    let failure = if e.source.is_refused_stream() {
                         Failure::RefusedStream
                     } else {
                         Failure::Reset
@@ -456,24 +455,6 @@ fn attempt_count(attempt: u32) -> HeaderValue {
     }
 }
 
-/// The size of an HTTP/1.1 response head as it came (status line to the blank line),
-/// counting one space after each colon: what Envoy's limit is on.
-fn response_head_size<B>(resp: &Response<B>) -> usize {
-    let reason = resp
-        .extensions()
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| r.as_bytes().len())
-        .or_else(|| resp.status().canonical_reason().map(str::len))
-        .unwrap_or(0);
-    let status_line = "HTTP/1.1 200 ".len() + reason + 2;
-    let fields: usize = resp
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
-        .sum();
-    status_line + fields + 2
-}
-
 /// The status line Envoy 1.40 writes for a proxied response (checked with it): its own, not
 /// the upstream's: `HTTP/1.1` (an HTTP/1.0 upstream's close-delimited body then goes out
 /// chunked), and the code's standard reason phrase, `Unknown` for a code without one (an
@@ -504,31 +485,19 @@ fn reset_outcome(
     }
 }
 
-/// An HTTP/2 `REFUSED_STREAM` from the upstream (retried by `refused-stream`).
-fn is_refused_stream(e: &SendError) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e.source);
-    while let Some(s) = src {
-        if s.to_string().contains("refused stream") {
-            return true;
-        }
-        src = s.source();
-    }
-    false
-}
-
-/// The request body the client was sending broke its framing (a malformed chunk): hyper's
-/// client fails with the error of the body it was given (`is_user`), which carries the
-/// downstream decoder's ([`replay::is_malformed`]). An upstream TLS error is not under a
-/// body error.
+/// The request body the client was sending broke its framing (a malformed chunk): the
+/// downstream decoder's error ([`crate::replay::is_malformed`]) under the upstream one.
 fn downstream_body_malformed(e: &SendError) -> bool {
-    e.source.is_user()
-        && std::error::Error::source(&e.source).is_some_and(crate::replay::is_malformed)
+    e.source
+        .request_body_error()
+        .is_some_and(crate::replay::is_malformed)
 }
 
-/// The client went away in the middle of the request body hyper's client was sending.
+/// The client went away in the middle of the request body being sent.
 fn downstream_body_gone(e: &SendError) -> bool {
-    e.source.is_user()
-        && std::error::Error::source(&e.source).is_some_and(crate::replay::is_downstream_gone)
+    e.source
+        .request_body_error()
+        .is_some_and(crate::replay::is_downstream_gone)
 }
 
 /// What the downstream response needs besides the outcome.
@@ -584,22 +553,22 @@ impl Outcome {
                 }
                 resp
             }
-            Outcome::Upstream { mut resp, conn } => {
+            Outcome::Upstream { resp, conn } => {
                 let was_upgrade = ds.on_upgrade.is_some();
-                let upgraded = match ds.on_upgrade {
-                    Some(down) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                        Some((down, hyper::upgrade::on(&mut resp)))
+                let (mut parts, body) = resp.into_parts();
+                let (upgraded, body) = match ds.on_upgrade {
+                    Some(down) if parts.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                        (body.into_upgraded().map(|up| (down, up)), None)
                     }
-                    Some(down) if ds.extended_connect && resp.status().is_success() => {
+                    Some(down) if ds.extended_connect && parts.status.is_success() => {
                         // hyper answers a 2xx to a CONNECT by opening the tunnel; as Envoy
                         // 1.40 does for a refused handshake, the stream then just ends.
                         crate::upgrade::end_refused_tunnel(down);
-                        None
+                        (None, Some(body))
                     }
-                    _ => None,
+                    _ => (None, Some(body)),
                 };
-                let upgrade_value = resp.headers().get(http::header::UPGRADE).cloned();
-                let (mut parts, body) = resp.into_parts();
+                let upgrade_value = parts.headers.get(http::header::UPGRADE).cloned();
                 // `run` has stripped any other response's hop-by-hop headers already.
                 if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_response_hop_by_hop(&mut parts.headers);
@@ -665,6 +634,13 @@ impl Outcome {
                 headers::apply_response_ops(&mut parts.headers, ds.response_ops);
                 guard.set_response_headers(&parts.headers);
                 guard.record().response_code_details = Some("via_upstream".into());
+                // Only a `101`, always an upgrade, left no body to relay.
+                let Some(body) = body else {
+                    return Some(Response::from_parts(
+                        parts,
+                        ResponseBody::full(None).with_log(guard, ds.received),
+                    ));
+                };
                 let mut body = ResponseBody::upstream(body, conn).with_log(guard, ds.received);
                 if let Some(d) = ds.deadline {
                     body.set_deadline(d);

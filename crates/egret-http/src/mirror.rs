@@ -120,7 +120,7 @@ async fn send(
             return Err("response body failed");
         }
     }
-    conn.release();
+    conn.release(&mut body);
     Ok(())
 }
 

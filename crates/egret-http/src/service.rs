@@ -416,7 +416,10 @@ pub async fn handle(
     let started = tokio::time::Instant::now();
     // Envoy starts the route timeout when the request has ended: with its head, or when
     // the last byte of its body arrives (an upload slower than the timeout is not cut).
-    let request_end = listener_end.or_else(|| timeout.map(|_| Arc::new(RequestEnd::default())));
+    // Kept for every request with a body: `x-envoy-upstream-service-time` counts from it.
+    let request_end = listener_end.or_else(|| {
+        (!http_body::Body::is_end_stream(&incoming)).then(|| Arc::new(RequestEnd::default()))
+    });
     let mut body = RequestBody::new(
         incoming,
         retry.is_some(),
@@ -458,6 +461,8 @@ pub async fn handle(
         deadline: timeout.map(|t| started + t),
         lb_hash,
         upgrade: upgrade_value,
+        request_end: request_end.as_deref(),
+        started,
     };
     let outcome = match timeout {
         Some(t) => {

@@ -18,6 +18,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use egret_upstream::h1::Upgraded;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,16 +81,8 @@ pub fn extended_connect<B>(req: &http::Request<B>) -> Option<Upgrade> {
 /// downstream_remote_disconnect`, the upstream `UC
 /// upstream_reset_after_response_started{connection_termination}`; the bytes each way are
 /// `%BYTES_RECEIVED%` / `%BYTES_SENT%`.
-pub fn spawn_tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut guard: LogGuard) {
+pub fn spawn_tunnel(downstream: OnUpgrade, up: Upgraded, mut guard: LogGuard) {
     tokio::spawn(async move {
-        let up = match upstream.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream upgrade failed");
-                set_end(&mut guard, Side::Upstream);
-                return;
-            }
-        };
         let down = match downstream.await {
             Ok(d) => d,
             Err(e) => {
@@ -103,7 +96,7 @@ pub fn spawn_tunnel(downstream: OnUpgrade, upstream: OnUpgrade, mut guard: LogGu
         let base = Instant::now();
         let last_activity = AtomicU64::new(0);
         let (down_read, down_write) = tokio::io::split(TokioIo::new(down));
-        let (up_read, up_write) = tokio::io::split(TokioIo::new(up));
+        let (up_read, up_write) = tokio::io::split(up);
         let ended = tokio::select! {
             r = pump(down_read, up_write, &received, &last_activity, base) => match r {
                 Err(Failed::Write) => Some(Side::Upstream),

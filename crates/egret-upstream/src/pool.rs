@@ -1,13 +1,16 @@
-//! Keep-alive connection pool over `hyper::client::conn`, keyed by (cluster, endpoint).
+//! Keep-alive connection pool, keyed by (cluster, endpoint): HTTP/1.1 connections speak
+//! Egret's own codec ([`crate::h1`]), HTTP/2 ones `hyper::client::conn::http2`.
 //!
-//! Our own rather than hyper-util's legacy client: that one cannot cap connections or
+//! Our own pool rather than hyper-util's legacy client: that one cannot cap connections or
 //! requests per connection (DestinationRule's connectionPool needs both), nor report which
 //! local address a request left from (`%UPSTREAM_LOCAL_ADDRESS%`).
 //!
 //! HTTP/1.1: a connection carries one request at a time; it returns to the idle list when the
 //! response body has been read to the end ([`PooledConn::release`]), and is dropped (closed)
-//! otherwise. HTTP/2: one shared connection per endpoint, multiplexed; while it is being
-//! established, other requests for the endpoint wait for it instead of opening their own.
+//! otherwise. While idle nothing reads it: a checkout, and a sweep every second while the
+//! list is not empty, drop the ones the upstream closed (or that idled too long). HTTP/2: one
+//! shared connection per endpoint, multiplexed; while it is being established, other requests
+//! for the endpoint wait for it instead of opening their own.
 //!
 //! Circuit breaking as Envoy does it: a request takes a request slot (`http2MaxRequests`);
 //! then an idle connection, or a new one if `maxConnections` allows; otherwise it waits as a
@@ -17,12 +20,11 @@
 // foldhash, not SipHash: the idle-connection map is hashed twice per request (callgrind).
 use foldhash::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -34,7 +36,13 @@ use crate::body::UpstreamBody;
 use crate::circuit::{Circuit, Slot};
 use crate::cluster::ClusterState;
 use crate::connect::{connect_with, ConnectError};
-use crate::outlier::{ActiveRequest, Endpoint};
+use crate::error::UpstreamError;
+use crate::h1::{self, H1Conn};
+use crate::outlier::{ActiveRequest, Endpoint, OpenConnection};
+use crate::response::UpstreamResponseBody;
+
+/// How often idle HTTP/1.1 connections are checked for a close by the upstream.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Connections are shared only between requests of the same cluster, endpoint and TLS
 /// settings (a reload that changes a cluster's TLS gets fresh connections).
@@ -53,11 +61,28 @@ struct ConnAge {
     served: u32,
 }
 
+/// What an HTTP/1.1 connection holds as long as it is open: its place under
+/// `maxConnections`, and its count in the endpoint's `cx_active`.
+struct ConnHold {
+    _slot: Slot,
+    _open: OpenConnection,
+}
+
 struct IdleConn {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: Box<H1Conn>,
+    hold: ConnHold,
     local: SocketAddr,
     since: Instant,
+    /// The cluster's idle timeout for it.
+    idle_timeout: Duration,
     age: ConnAge,
+}
+
+impl IdleConn {
+    /// Still open on the upstream's side, and not idle too long.
+    fn usable(&mut self) -> bool {
+        self.since.elapsed() <= self.idle_timeout && self.conn.is_reusable()
+    }
 }
 
 #[derive(Clone)]
@@ -80,6 +105,8 @@ enum H2Entry {
 struct PoolInner {
     idle: Mutex<HashMap<PoolKey, Vec<IdleConn>>>,
     h2: Mutex<HashMap<PoolKey, H2Entry>>,
+    /// A sweep of the idle connections is scheduled.
+    sweeping: AtomicBool,
 }
 
 /// Shared by every listener and snapshot; cheap to clone.
@@ -103,7 +130,11 @@ impl Default for Pool {
 }
 
 enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
+    /// The connection is out (in the response body) while a response is read.
+    H1 {
+        conn: Option<Box<H1Conn>>,
+        hold: ConnHold,
+    },
     H2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -126,7 +157,7 @@ pub struct PooledConn {
 #[derive(Debug, thiserror::Error)]
 #[error("upstream request failed: {source}")]
 pub struct SendError {
-    pub source: hyper::Error,
+    pub source: UpstreamError,
     /// The request never left: it can go out again on another connection.
     pub request: Option<Request<UpstreamBody>>,
 }
@@ -134,31 +165,8 @@ pub struct SendError {
 impl SendError {
     /// Envoy's reset reason: `connection termination`, `protocol error` or `remote reset`.
     pub fn reset_reason(&self) -> &'static str {
-        upstream_error_reason(&self.source)
+        self.source.reset_reason()
     }
-}
-
-/// Envoy's reset reason for an error from an upstream connection.
-pub fn upstream_error_reason(e: &hyper::Error) -> &'static str {
-    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        "protocol error"
-    } else if is_h2_reset(e) {
-        "remote reset"
-    } else {
-        "connection termination"
-    }
-}
-
-fn is_h2_reset(e: &hyper::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if text.contains("stream error") || text.contains("reset") && text.contains("remote") {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -254,32 +262,78 @@ impl PoolInner {
         }
     }
 
-    /// An idle HTTP/1.1 connection to this endpoint that is still usable.
-    async fn take_idle(
-        self: &Arc<Self>,
-        key: &PoolKey,
-        limits: &ConnectionPool,
-    ) -> Option<PooledParts> {
-        let idle_timeout = limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT);
-        loop {
-            let idle = lock(&self.idle).get_mut(key).and_then(|v| v.pop())?;
-            let mut sender = idle.sender;
-            if sender.is_closed() || idle.since.elapsed() > idle_timeout {
+    /// An idle HTTP/1.1 connection to this endpoint that is still usable (the ones the
+    /// upstream closed meanwhile are dropped on the way).
+    fn take_idle(self: &Arc<Self>, key: &PoolKey) -> Option<PooledParts> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(key)?;
+        while let Some(mut c) = list.pop() {
+            if !c.usable() {
                 continue;
             }
-            if sender.ready().await.is_ok() {
-                return Some(PooledParts {
-                    sender: Sender::H1(sender),
-                    local: idle.local,
-                    reused: true,
-                    age: ConnAge {
-                        created: idle.age.created,
-                        served: idle.age.served + 1,
-                    },
-                    home: self.clone(),
-                });
-            }
+            return Some(PooledParts {
+                sender: Sender::H1 {
+                    conn: Some(c.conn),
+                    hold: c.hold,
+                },
+                local: c.local,
+                reused: true,
+                age: ConnAge {
+                    created: c.age.created,
+                    served: c.age.served + 1,
+                },
+                home: self.clone(),
+            });
         }
+        None
+    }
+
+    /// Schedules a sweep of this worker's idle connections unless one is: every
+    /// [`IDLE_SWEEP_INTERVAL`] while any is idle, it closes those the upstream closed or that
+    /// idled past their timeout, so they neither linger half-closed nor hold their
+    /// `maxConnections` place.
+    fn sweep_later(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_SWEEP_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let closed = {
+                    let mut idle = lock(&inner.idle);
+                    let mut closed = Vec::new();
+                    idle.retain(|_, list| {
+                        let mut i = 0;
+                        while i < list.len() {
+                            if list[i].usable() {
+                                i += 1;
+                            } else {
+                                closed.push(list.remove(i));
+                            }
+                        }
+                        !list.is_empty()
+                    });
+                    if idle.is_empty() {
+                        // Cleared under the lock: a release after this starts a new sweep.
+                        inner.sweeping.store(false, Ordering::Release);
+                    }
+                    closed
+                };
+                // Closed outside the lock (dropping a connection's slot wakes waiters).
+                drop(closed);
+                if !inner.sweeping.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -383,7 +437,7 @@ impl Pool {
                     return r.map(|p| wrap(p, request, active));
                 }
                 H2State::Absent => {
-                    if let Some(p) = self.inner().take_idle(&key, limits).await {
+                    if let Some(p) = self.inner().take_idle(&key) {
                         return Ok(wrap(p, request, active));
                     }
                     if let Some(slot) = circuit.try_connection() {
@@ -447,11 +501,11 @@ impl Pool {
         .await?;
         let local = stream.local_addr().unwrap_or_else(|_| unspecified());
         match &spec.tls {
-            None => {
-                let h2 = spec.protocol == UpstreamProtocol::Http2;
-                self.handshake(TokioIo::new(stream), key, local, h2, slot, endpoint)
+            None if spec.protocol == UpstreamProtocol::Http2 => {
+                self.handshake_h2(TokioIo::new(stream), key, local, slot, endpoint)
                     .await
             }
+            None => Ok(self.open_h1(h1::Io::Tcp(stream), local, slot, endpoint)),
             Some(tls) => {
                 let Some(contexts) = &self.tls else {
                     return Err(ConnectError::TlsSetup {
@@ -478,18 +532,48 @@ impl Pool {
                         .map_err(|source| ConnectError::Tls { addr, source })?;
                 let h2 = negotiated.as_deref() == Some(b"h2")
                     || spec.protocol == UpstreamProtocol::Http2;
-                let io = TokioIo::new(egret_tls::CloseNotifyOptional(tls_stream));
-                self.handshake(io, key, local, h2, slot, endpoint).await
+                let io = egret_tls::CloseNotifyOptional(tls_stream);
+                if h2 {
+                    self.handshake_h2(TokioIo::new(io), key, local, slot, endpoint)
+                        .await
+                } else {
+                    Ok(self.open_h1(h1::Io::Tls(Box::new(io)), local, slot, endpoint))
+                }
             }
         }
     }
 
-    async fn handshake<IO>(
+    /// An HTTP/1.1 connection needs no handshake: it is ready to carry a request.
+    fn open_h1(
+        &self,
+        io: h1::Io,
+        local: SocketAddr,
+        slot: Slot,
+        endpoint: &Arc<Endpoint>,
+    ) -> PooledParts {
+        PooledParts {
+            sender: Sender::H1 {
+                conn: Some(H1Conn::new(io)),
+                hold: ConnHold {
+                    _slot: slot,
+                    _open: endpoint.open_connection(),
+                },
+            },
+            local,
+            reused: false,
+            age: ConnAge {
+                created: Instant::now(),
+                served: 1,
+            },
+            home: self.inner().clone(),
+        }
+    }
+
+    async fn handshake_h2<IO>(
         &self,
         io: IO,
         key: &PoolKey,
         local: SocketAddr,
-        h2: bool,
         slot: Slot,
         endpoint: &Arc<Endpoint>,
     ) -> Result<PooledParts, ConnectError>
@@ -501,66 +585,38 @@ impl Pool {
             created: Instant::now(),
             served: 1,
         };
-        if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|source| ConnectError::Handshake { addr, source })?;
-            let open = endpoint.open_connection();
-            let circuit = slot.circuit().clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let _open = open;
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
-            let entry = H2Conn {
-                sender: sender.clone(),
-                local,
-                created: age.created,
-                streams: Arc::new(AtomicU32::new(1)),
-            };
-            lock(&self.inner().h2).insert(key.clone(), H2Entry::Ready(entry));
-            // Requests waiting at the connection limit can share it now (an HTTP/1.1-or-h2
-            // cluster that negotiated h2 holds no `Connecting` mark, so nothing else would
-            // wake them).
-            circuit.available.notify_waiters();
-            Ok(PooledParts {
-                sender: Sender::H2(sender),
-                local,
-                reused: false,
-                age,
-                home: self.inner().clone(),
-            })
-        } else {
-            // hyper refuses a head that fills its read buffer unfinished: capping the buffer
-            // at Envoy's response-head limit refuses what Envoy refuses (a body is then read
-            // up to 80 KiB at a time instead of hyper's ~400 KiB).
-            let (sender, conn) = http1::Builder::new()
-                .max_buf_size(egret_core::limits::MAX_RESPONSE_HEADERS_BYTES)
-                .handshake(io)
-                .await
-                .map_err(|source| ConnectError::Handshake { addr, source })?;
-            let open = endpoint.open_connection();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let _open = open;
-                // `with_upgrades`: a `101 Switching Protocols` (WebSocket) hands the socket to
-                // the request's upgrade future instead of closing it.
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                }
-            });
-            Ok(PooledParts {
-                sender: Sender::H1(sender),
-                local,
-                reused: false,
-                age,
-                home: self.inner().clone(),
-            })
-        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        let open = endpoint.open_connection();
+        let circuit = slot.circuit().clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _open = open;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let entry = H2Conn {
+            sender: sender.clone(),
+            local,
+            created: age.created,
+            streams: Arc::new(AtomicU32::new(1)),
+        };
+        lock(&self.inner().h2).insert(key.clone(), H2Entry::Ready(entry));
+        // Requests waiting at the connection limit can share it now (an HTTP/1.1-or-h2
+        // cluster that negotiated h2 holds no `Connecting` mark, so nothing else would
+        // wake them).
+        circuit.available.notify_waiters();
+        Ok(PooledParts {
+            sender: Sender::H2(sender),
+            local,
+            reused: false,
+            age,
+            home: self.inner().clone(),
+        })
     }
 
     /// At the connection limit, a request may use another worker's connection rather than
@@ -573,7 +629,7 @@ impl Pool {
             if let H2State::Ready(p) = other.h2_state(key, limits, false) {
                 return Some(p);
             }
-            if let Some(p) = other.take_idle(key, limits).await {
+            if let Some(p) = other.take_idle(key) {
                 return Some(p);
             }
         }
@@ -637,34 +693,51 @@ impl PooledConn {
         matches!(self.sender, Sender::H2(_))
     }
 
+    /// Sends the request and reads the response head. The body streams from the
+    /// connection (HTTP/1.1: it carries the connection while it is read); give it back to
+    /// [`PooledConn::release`] once read to its end.
     pub async fn send(
         &mut self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamResponseBody>, SendError> {
         let ep = self.active.endpoint();
         ep.request_sent();
         let r = match &mut self.sender {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::H1 { conn, .. } => match conn.take() {
+                Some(c) => h1::send(c, req)
+                    .await
+                    .map(|r| r.map(UpstreamResponseBody::H1))
+                    .map_err(|(source, request)| SendError { source, request }),
+                None => Err(SendError {
+                    source: UpstreamError::closed(),
+                    request: Some(req),
+                }),
+            },
+            Sender::H2(s) => s
+                .try_send_request(req)
+                .await
+                .map(|r| r.map(UpstreamResponseBody::H2))
+                .map_err(|mut e| {
+                    let request = e.take_message();
+                    SendError {
+                        source: UpstreamError::http2(e.into_error()),
+                        request,
+                    }
+                }),
         };
         match &r {
             Ok(resp) => ep.response(resp.status().as_u16()),
             // The request never left: it is sent again and counted then.
-            Err(e) if e.message().is_some() => ep.request_not_sent(),
+            Err(e) if e.request.is_some() => ep.request_not_sent(),
             Err(_) => ep.request_reset(),
         }
-        r.map_err(|mut e| {
-            let request = e.take_message();
-            SendError {
-                source: e.into_error(),
-                request,
-            }
-        })
+        r
     }
 
     /// The response was read to its end: the connection may serve another request (unless it
-    /// reached `maxRequestsPerConnection` or `maxConnectionDuration`, then it closes).
-    pub fn release(self) {
+    /// reached `maxRequestsPerConnection` or `maxConnectionDuration`, then it closes). `body`
+    /// is the response's body, which holds an HTTP/1.1 connection while it is read.
+    pub fn release(self, body: &mut UpstreamResponseBody) {
         let limits = &self.circuit.limits;
         let spent = limits
             .max_requests_per_connection
@@ -672,23 +745,33 @@ impl PooledConn {
             || limits
                 .max_connection_duration
                 .is_some_and(|d| self.age.created.elapsed() >= d);
-        if let Sender::H1(sender) = self.sender {
-            if sender.is_closed() || spent {
-                return;
-            }
-            let mut idle = lock(&self.pool.idle);
-            let list = idle.entry(self.key).or_default();
-            if list.len() < MAX_IDLE_PER_ENDPOINT {
-                list.push(IdleConn {
-                    sender,
-                    local: self.local,
-                    since: Instant::now(),
-                    age: self.age,
-                });
-            }
-            drop(idle);
-            self.circuit.available.notify_waiters();
+        let Sender::H1 { hold, .. } = self.sender else {
+            return;
+        };
+        let UpstreamResponseBody::H1(b) = body else {
+            return;
+        };
+        let Some(conn) = b.take_conn() else {
+            return;
+        };
+        if spent {
+            return;
         }
+        let mut idle = lock(&self.pool.idle);
+        let list = idle.entry(self.key).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(IdleConn {
+                conn,
+                hold,
+                local: self.local,
+                since: Instant::now(),
+                idle_timeout: limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT),
+                age: self.age,
+            });
+        }
+        drop(idle);
+        self.pool.sweep_later();
+        self.circuit.available.notify_waiters();
     }
 }
 

@@ -90,8 +90,9 @@ async fn pending_request_waits_for_the_connection_and_the_next_overflows() {
     }
 
     let resp = first.send(get("/slow", false)).await.expect("response");
-    resp.into_body().collect().await.expect("body");
-    first.release();
+    let mut body = resp.into_body();
+    drain(&mut body).await;
+    first.release(&mut body);
     assert!(
         waiter.await.unwrap().expect("the waiter got a connection"),
         "the released one"
@@ -118,8 +119,9 @@ async fn http2_requests_share_one_connection() {
             assert!(conn.is_http2());
             let resp = conn.send(get(&format!("/{i}"), true)).await.expect("send");
             let status = resp.status();
-            resp.into_body().collect().await.expect("body");
-            conn.release();
+            let mut body = resp.into_body();
+            drain(&mut body).await;
+            conn.release(&mut body);
             status
         }));
     }
@@ -157,8 +159,9 @@ async fn endpoint_statistics_count_connections_requests_and_outcomes() {
     for path in ["/a", "/b", "/fail"] {
         let mut conn = pool.checkout(&c, &ep).await.expect("checkout");
         let resp = conn.send(get(path, false)).await.expect("send");
-        resp.into_body().collect().await.expect("body");
-        conn.release();
+        let mut body = resp.into_body();
+        drain(&mut body).await;
+        conn.release(&mut body);
     }
     let n = ep.counts();
     // Sequential requests on one kept-alive connection.
@@ -196,4 +199,11 @@ async fn endpoint_statistics_count_connections_requests_and_outcomes() {
         (n.cx_total, n.cx_connect_fail, n.cx_active, n.rq_total),
         (1, 1, 0, 0)
     );
+}
+
+/// Reads a response body to its end (so its connection can be released to the pool).
+async fn drain(body: &mut egret_upstream::UpstreamResponseBody) {
+    while let Some(frame) = body.frame().await {
+        frame.expect("body");
+    }
 }
