@@ -637,6 +637,49 @@ fn writer_writes_every_line_to_a_file_and_shutdown_drains() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Lines are formatted on the threads that log them, each into its own buffer: from many
+/// threads at once every line arrives whole, each thread's in the order it logged them.
+#[test]
+fn writer_keeps_every_line_from_many_threads() {
+    let data = Arc::new(Mutex::new(Vec::new()));
+    let sink = GateWriter {
+        entered: None,
+        release: None,
+        data: data.clone(),
+    };
+    let fmt = LogFormat::Text(AccessLogFormat::parse("%BYTES_SENT%\n").unwrap());
+    let w = Arc::new(AccessLogWriter::with_writer(Box::new(sink), fmt, 1 << 20).unwrap());
+    const THREADS: u64 = 24;
+    const EACH: u64 = 2000;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    w.log(Box::new(numbered(t * 1_000_000 + i)));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(w.flush_and_wait(Duration::from_secs(30)));
+    assert_eq!(
+        (w.written(), w.dropped(), w.depth()),
+        (THREADS * EACH, 0, 0)
+    );
+    let text = String::from_utf8(data.lock().unwrap().clone()).unwrap();
+    let mut next = vec![0u64; THREADS as usize];
+    for line in text.lines() {
+        let n: u64 = line.parse().expect("a whole line");
+        let (t, i) = ((n / 1_000_000) as usize, n % 1_000_000);
+        assert_eq!(i, next[t], "thread {t} in order");
+        next[t] += 1;
+    }
+    assert!(next.iter().all(|&n| n == EACH));
+}
+
 #[test]
 fn writer_appends_to_existing_file_and_flush_makes_lines_visible() {
     let path = temp_path("append.log");

@@ -1,41 +1,41 @@
-//! The access-log writer: a bounded queue in front of one dedicated OS thread.
+//! The access-log writer: lines are formatted where the request ends, into a buffer of the
+//! calling thread's shard, and one dedicated OS thread hands them to the destination.
 //!
-//! The data path only moves a boxed record into the queue (`send`); formatting and I/O
-//! happen on the writer thread, so a slow disk or a blocked stdout pipe can never stall a
-//! request. When the queue is full the record is dropped and counted, never waited for.
-//! Control messages (flush, new format, reopen, shutdown) travel through the same queue, so
-//! they act after every record logged before them.
+//! Formatting on the data path, not on the writer thread: a worker pinned to a core shares
+//! it with the writer, and a tick's worth of records formatted in one go (a few hundred
+//! microseconds at 8k requests/s) delayed the requests that came meanwhile — the p99
+//! latency at one connection doubled (benches/RESULTS.md item 19). A line costs the worker
+//! the same either way. I/O stays on the writer thread, so a slow disk or a blocked stdout
+//! pipe never stalls a request: when the lines waiting reach the bound, a record is dropped
+//! and counted, never waited for.
 //!
-//! The queue is std's unbounded (linked-block) channel with the bound kept by a counter of
-//! records in it: a preallocated ring of `ACCESS_LOG_QUEUE` slots is written in full when
-//! created (512 KiB of resident memory in an idle gateway), while blocks of 31 slots are
-//! allocated as records arrive and freed as they are written.
+//! The writer wakes when lines arrive after it went to sleep, then naps a tick
+//! ([`BATCH_TICK`]) so a tick of lines goes out with one `write(2)` and no further wake-up.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use egret_core::{AccessLogSink, LogHeaders, LogRecord};
 
 use crate::LogFormat;
 
-/// Formatted bytes are handed to the destination once the queue is empty or this much
-/// has accumulated.
-const BATCH_BYTES: usize = 64 * 1024;
-/// After the queue runs dry the writer naps this long before looking again, and only blocks
-/// (so that the next record has to wake it) when the nap brought nothing. Under load a whole
-/// tick of records is then formatted and written with one `write(2)` and no futex wake-ups:
-/// waking the thread per record cost ~26 % of the proxy's CPU at 16k req/s (see
+/// After waking, the writer naps this long so the lines of a whole tick go out with one
+/// `write(2)`: waking the thread per record cost ~26 % of the proxy's CPU at 16k req/s (see
 /// benches/RESULTS.md). Envoy buffers access logs for up to 1 s; a line here is visible
 /// within about one tick.
 const BATCH_TICK: Duration = Duration::from_millis(10);
 /// At most one warning per this interval for write errors and for dropped records.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
+/// Line buffers, one per thread (threads share one when there are more).
+const SHARDS: usize = 16;
 
 /// Where access-log lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,17 +69,18 @@ fn open_append(p: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
 }
 
+/// What the writer thread is told; lines themselves wait in the shards.
 enum Msg {
-    Record(Box<LogRecord>),
+    /// Lines arrived while it slept.
+    Wake,
     Flush(mpsc::Sender<()>),
-    SetFormat(Box<LogFormat>),
-    Reopen,
+    Reopen(mpsc::Sender<()>),
     Shutdown,
 }
 
 #[derive(Default)]
 struct Stats {
-    /// Records in the queue now (the bound is checked against it).
+    /// Lines formatted and not yet taken by the writer (the bound is checked against it).
     depth: AtomicUsize,
     queued: AtomicU64,
     written: AtomicU64,
@@ -87,11 +88,71 @@ struct Stats {
     write_errors: AtomicU64,
 }
 
-/// An [`AccessLogSink`] that formats and writes on its own thread.
+/// The lines one thread (or a few) formatted since the writer last took them. Aligned so
+/// two workers' shards never share a cache line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Shard {
+    lines: Mutex<Lines>,
+}
+
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    count: u64,
+}
+
+/// What the data path and the writer thread share.
+struct Shared {
+    shards: Box<[Shard]>,
+    format: ArcSwap<LogFormat>,
+    stats: Stats,
+    /// The writer is blocked waiting for a message: the next line must wake it.
+    sleeping: AtomicBool,
+    /// The writer has shut down: records are dropped.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// This thread's shard.
+    fn shard(&self) -> &Shard {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        let i = INDEX.with(|i| *i);
+        &self.shards[i % self.shards.len()]
+    }
+
+    /// Moves every shard's lines into `batch`; how many lines that was.
+    fn take_lines(&self, batch: &mut Vec<u8>) -> u64 {
+        let mut taken = 0;
+        for shard in self.shards.iter() {
+            let mut lines = lock(&shard.lines);
+            if lines.count == 0 {
+                continue;
+            }
+            batch.extend_from_slice(&lines.bytes);
+            lines.bytes.clear();
+            taken += std::mem::take(&mut lines.count);
+        }
+        self.stats.depth.fetch_sub(
+            usize::try_from(taken).unwrap_or(usize::MAX),
+            Ordering::SeqCst,
+        );
+        taken
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An [`AccessLogSink`] that formats where the request ends and writes on its own thread.
 pub struct AccessLogWriter {
     tx: Sender<Msg>,
     capacity: usize,
-    stats: Arc<Stats>,
+    shared: Arc<Shared>,
     thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
     /// The headers records must keep: the format's, and what readers in front asked for.
     headers: RwLock<KeptHeaders>,
@@ -112,13 +173,13 @@ impl KeptHeaders {
 }
 
 impl AccessLogWriter {
-    /// Opens `dest` and starts the writer thread with the default queue
-    /// ([`egret_core::limits::ACCESS_LOG_QUEUE`]).
+    /// Opens `dest` and starts the writer thread with the default bound
+    /// ([`egret_core::limits::ACCESS_LOG_QUEUE`] lines waiting).
     pub fn open(dest: &Destination, format: LogFormat) -> io::Result<AccessLogWriter> {
         Self::with_capacity(dest, format, egret_core::limits::ACCESS_LOG_QUEUE)
     }
 
-    /// As [`open`](Self::open) with a queue of `capacity` records (at least 1).
+    /// As [`open`](Self::open) with at most `capacity` lines waiting (at least 1).
     pub fn with_capacity(
         dest: &Destination,
         format: LogFormat,
@@ -146,15 +207,19 @@ impl AccessLogWriter {
         let headers = RwLock::new(KeptHeaders::new(format.headers(), LogHeaders::none()));
         let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
-        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            format: ArcSwap::from_pointee(format),
+            stats: Stats::default(),
+            sleeping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
         let mut worker = Worker {
             rx,
             out,
             dest,
-            format,
-            stats: stats.clone(),
-            batch: Vec::with_capacity(BATCH_BYTES),
-            batch_lines: 0,
+            shared: shared.clone(),
+            batch: Vec::new(),
             last_error_warn: None,
             errors_since_warn: 0,
             last_drop_warn: None,
@@ -170,31 +235,35 @@ impl AccessLogWriter {
         Ok(AccessLogWriter {
             tx,
             capacity: capacity.max(1),
-            stats,
+            shared,
             thread: Mutex::new(Some((handle, done_rx))),
             headers,
         })
     }
 
-    /// Records waiting in the queue now.
-    pub fn depth(&self) -> u64 {
-        self.stats.depth.load(Ordering::Relaxed) as u64
+    fn stats(&self) -> &Stats {
+        &self.shared.stats
     }
-    /// Records accepted into the queue.
+
+    /// Lines formatted and waiting for the writer now.
+    pub fn depth(&self) -> u64 {
+        self.stats().depth.load(Ordering::Relaxed) as u64
+    }
+    /// Records accepted (formatted).
     pub fn queued(&self) -> u64 {
-        self.stats.queued.load(Ordering::Relaxed)
+        self.stats().queued.load(Ordering::Relaxed)
     }
     /// Lines handed to the destination without error.
     pub fn written(&self) -> u64 {
-        self.stats.written.load(Ordering::Relaxed)
+        self.stats().written.load(Ordering::Relaxed)
     }
-    /// Records refused because the queue was full (or the writer had shut down).
+    /// Records refused because too many lines were waiting (or the writer had shut down).
     pub fn dropped(&self) -> u64 {
-        self.stats.dropped.load(Ordering::Relaxed)
+        self.stats().dropped.load(Ordering::Relaxed)
     }
     /// Lines lost to write errors (disk full, closed pipe).
     pub fn write_errors(&self) -> u64 {
-        self.stats.write_errors.load(Ordering::Relaxed)
+        self.stats().write_errors.load(Ordering::Relaxed)
     }
 
     /// Switches the format for records logged from now on (a configuration reload).
@@ -204,23 +273,25 @@ impl AccessLogWriter {
     /// header only the new format prints is `-` in their lines.
     pub fn set_format(&self, format: LogFormat) -> bool {
         let format_headers = format.headers();
-        // Under the lock: two changes at once reach the writer in the order their headers
-        // are kept. Sent first: a record captured with the new headers is logged after the
-        // new format.
+        // Under the lock: two changes at once keep their formats and headers in one order.
         let mut kept = self.headers.write().unwrap_or_else(PoisonError::into_inner);
-        let sent = self.send_control(Msg::SetFormat(Box::new(format)));
+        self.shared.format.store(Arc::new(format));
         *kept = KeptHeaders::new(format_headers, kept.also.clone());
-        sent
+        !self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Reopens the destination file (after log rotation), like Envoy on SIGUSR1. `false`
-    /// once the writer has shut down.
+    /// Reopens the destination file (after log rotation), like Envoy on SIGUSR1: lines
+    /// logged before the call go to the old file, lines logged after it returns to the new
+    /// one (it waits, up to 5 s, for the writer to switch). `false` once the writer has shut
+    /// down.
     pub fn reopen(&self) -> bool {
-        self.send_control(Msg::Reopen)
+        let (ack_tx, ack_rx) = mpsc::channel();
+        self.send_control(Msg::Reopen(ack_tx))
+            && ack_rx.recv_timeout(Duration::from_secs(5)).is_ok()
     }
 
     /// Waits until every record logged before this call has been written and flushed.
-    /// `false` if that did not happen within `timeout` (queue stuck behind a blocked writer).
+    /// `false` if that did not happen within `timeout` (a blocked destination).
     pub fn flush_and_wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let (ack_tx, ack_rx) = mpsc::channel();
@@ -232,9 +303,9 @@ impl AccessLogWriter {
             .is_ok()
     }
 
-    /// Drains the queue, flushes, and stops the thread (call at process exit). Records logged
-    /// afterwards are counted as dropped. `false` if the thread did not finish within
-    /// `timeout`. Calling it again is harmless.
+    /// Writes what is waiting, flushes, and stops the thread (call at process exit).
+    /// Records logged afterwards are counted as dropped. `false` if the thread did not
+    /// finish within `timeout`. Calling it again is harmless.
     pub fn shutdown(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
@@ -256,8 +327,7 @@ impl AccessLogWriter {
         }
     }
 
-    /// Control messages are not subject to the record bound, so a full queue never loses
-    /// one; only a writer that has stopped refuses them.
+    /// Only a writer that has stopped refuses a control message.
     fn send_control(&self, msg: Msg) -> bool {
         self.tx.send(msg).is_ok()
     }
@@ -274,22 +344,30 @@ impl AccessLogSink for AccessLogWriter {
         *kept = KeptHeaders::new(kept.format.clone(), kept.also.union(also));
     }
 
-    /// Never blocks: a full queue drops the record and counts it.
+    /// Formats the line into this thread's shard. Never blocks on I/O: with too many lines
+    /// waiting (or after shutdown) the record is dropped and counted.
     fn log(&self, record: Box<LogRecord>) {
-        let depth = &self.stats.depth;
-        if depth.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-            depth.fetch_sub(1, Ordering::Relaxed);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let shared = &*self.shared;
+        let stats = &shared.stats;
+        if shared.closed.load(Ordering::Acquire) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.tx.send(Msg::Record(record)) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                depth.fetch_sub(1, Ordering::Relaxed);
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        // SeqCst, with the writer's `sleeping` and its look at the depth before it blocks:
+        // either it sees this line, or this sees it asleep and wakes it.
+        if stats.depth.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            stats.depth.fetch_sub(1, Ordering::SeqCst);
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        {
+            let mut lines = lock(&shared.shard().lines);
+            shared.format.load().write(&record, &mut lines.bytes);
+            lines.count += 1;
+        }
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+        if shared.sleeping.load(Ordering::SeqCst) && shared.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = self.tx.send(Msg::Wake);
         }
     }
 }
@@ -316,11 +394,9 @@ struct Worker {
     rx: Receiver<Msg>,
     out: Box<dyn Write + Send>,
     dest: Option<Destination>,
-    format: LogFormat,
-    stats: Arc<Stats>,
-    /// Formatted lines not yet handed to `out`.
+    shared: Arc<Shared>,
+    /// Lines taken from the shards, not yet handed to `out`.
     batch: Vec<u8>,
-    batch_lines: u64,
     last_error_warn: Option<Instant>,
     errors_since_warn: u64,
     last_drop_warn: Option<Instant>,
@@ -330,86 +406,82 @@ struct Worker {
 impl Worker {
     fn run(&mut self) {
         loop {
-            let msg = match self.rx.try_recv() {
-                Ok(m) => m,
-                Err(TryRecvError::Empty) => {
-                    // The queue ran dry: make what we have visible now, nap for a tick so
-                    // records pile up without waking us, and block only if none came.
-                    self.flush();
-                    std::thread::sleep(BATCH_TICK);
-                    match self.rx.try_recv() {
-                        Ok(m) => m,
-                        Err(TryRecvError::Disconnected) => break,
-                        Err(TryRecvError::Empty) => match self.rx.recv() {
-                            Ok(m) => m,
-                            Err(_) => break,
-                        },
+            // Lines waiting: write them, a tick at a time, until a tick brings none.
+            if self.shared.stats.depth.load(Ordering::SeqCst) > 0 {
+                self.write_lines();
+                std::thread::sleep(BATCH_TICK);
+                match self.rx.try_recv() {
+                    // Already awake, and napping between writes.
+                    Ok(Msg::Wake) | Err(_) => {}
+                    Ok(msg) => {
+                        if !self.handle(msg) {
+                            break;
+                        }
                     }
                 }
-                Err(TryRecvError::Disconnected) => break,
+                continue;
+            }
+            self.report_drops();
+            // Asleep until a line or a message comes. `sleeping` is set before the depth is
+            // looked at again, so a line logged in between is not missed.
+            self.shared.sleeping.store(true, Ordering::SeqCst);
+            if self.shared.stats.depth.load(Ordering::SeqCst) > 0 {
+                self.shared.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let msg = match self.rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
             };
-            if matches!(msg, Msg::Shutdown) {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            if !self.handle(msg) {
                 break;
             }
-            self.handle(msg);
         }
-        // Shutting down: write whatever is already queued so no accepted line is lost.
-        while let Ok(msg) = self.rx.try_recv() {
-            if !matches!(msg, Msg::Shutdown | Msg::Reopen) {
-                self.handle(msg);
-            }
-        }
-        self.flush();
+        // Shutting down: refuse new records, write what is waiting.
+        self.shared.closed.store(true, Ordering::Release);
+        self.write_lines();
     }
 
-    fn handle(&mut self, msg: Msg) {
+    /// Acts on a message; `false` for shutdown.
+    fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Record(rec) => {
-                self.stats.depth.fetch_sub(1, Ordering::Relaxed);
-                self.format.write(&rec, &mut self.batch);
-                self.batch_lines += 1;
-                if self.batch.len() >= BATCH_BYTES {
-                    self.write_batch();
-                }
-            }
+            // A tick's nap first, so the lines of the tick go out together.
+            Msg::Wake => std::thread::sleep(BATCH_TICK),
             Msg::Flush(ack) => {
-                self.flush();
+                self.write_lines();
                 // The caller may have given up waiting; nothing to do then.
                 let _ = ack.send(());
             }
-            Msg::SetFormat(f) => self.format = *f,
-            Msg::Reopen => {
-                self.flush();
+            Msg::Reopen(ack) => {
+                self.write_lines();
                 self.reopen();
+                let _ = ack.send(());
             }
-            Msg::Shutdown => {}
+            Msg::Shutdown => return false,
         }
+        true
     }
 
-    fn flush(&mut self) {
-        self.write_batch();
+    /// Takes every waiting line and hands them to `out` with one write, then flushes.
+    fn write_lines(&mut self) {
+        let lines = self.shared.take_lines(&mut self.batch);
+        if lines > 0 {
+            let stats = &self.shared.stats;
+            match self.out.write_all(&self.batch) {
+                Ok(()) => {
+                    stats.written.fetch_add(lines, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.write_errors.fetch_add(lines, Ordering::Relaxed);
+                    self.report_error(&e, lines);
+                }
+            }
+            self.batch.clear();
+        }
         if let Err(e) = self.out.flush() {
             self.report_error(&e, 0);
         }
-        self.report_drops();
-    }
-
-    fn write_batch(&mut self) {
-        if self.batch_lines == 0 {
-            self.batch.clear();
-            return;
-        }
-        let lines = std::mem::take(&mut self.batch_lines);
-        match self.out.write_all(&self.batch) {
-            Ok(()) => {
-                self.stats.written.fetch_add(lines, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.stats.write_errors.fetch_add(lines, Ordering::Relaxed);
-                self.report_error(&e, lines);
-            }
-        }
-        self.batch.clear();
     }
 
     fn reopen(&mut self) {
@@ -433,11 +505,11 @@ impl Worker {
     }
 
     fn report_drops(&mut self) {
-        let dropped = self.stats.dropped.load(Ordering::Relaxed);
+        let dropped = self.shared.stats.dropped.load(Ordering::Relaxed);
         if dropped > self.dropped_reported && due(&mut self.last_drop_warn) {
             tracing::warn!(
                 dropped = dropped - self.dropped_reported,
-                "access log: queue full, records dropped"
+                "access log: too many lines waiting, records dropped"
             );
             self.dropped_reported = dropped;
         }
