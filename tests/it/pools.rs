@@ -534,6 +534,37 @@ async fn http2_service_entry_port_speaks_h2c_upstream() {
     assert_eq!(get(&gw2, "/u", &[]).await.json()["version"], "HTTP/2");
 }
 
+/// A client that goes away in the middle of its request body to an HTTP/2 upstream is the
+/// client's doing, as with HTTP/1.1 upstreams (Envoy 1.40: `0 DC
+/// downstream_remote_disconnect`): not an upstream reset, and the endpoint is not blamed —
+/// hyper's HTTP/2 client reports only the stream it reset, so the request side says why.
+#[tokio::test]
+async fn a_client_leaving_mid_body_to_an_http2_upstream_is_dc() {
+    use tokio::io::AsyncWriteExt;
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    // One failure counted against the only endpoint would eject it (`503 UH` after).
+    let dir = scenario(
+        "HTTP2",
+        &[up.addr()],
+        "    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 300s, maxEjectionPercent: 100}\n",
+    );
+    let mut gw = Gateway::start(&[dir.path()], &[]).await;
+    let mut c = TcpStream::connect(gw.http).await.unwrap();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\ncontent-length: 1000\r\n\r\n0123456789");
+    c.write_all(head.as_bytes()).await.unwrap();
+    wait_until("the gateway to connect upstream", || up.connections() == 1).await;
+    drop(c);
+    let l = line_for(&mut gw, "/upload").await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("0", "DC", "downstream_remote_disconnect")
+    );
+    assert_eq!(l.bytes_received, 10);
+    let r = get(&gw, "/after", &[]).await;
+    assert_eq!(r.status, 200, "the endpoint was not ejected");
+}
+
 /// maxConnections is one limit for the whole gateway, whatever the number of workers: at the
 /// limit, a request on one worker uses the connection another worker opened (HTTP/2: shares
 /// it; HTTP/1.1: takes it when idle) instead of waiting for a connection of its own forever.

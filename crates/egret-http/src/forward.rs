@@ -14,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use egret_core::{HeaderMutations, LogGuard, ResponseFlags, RetryPolicy};
-use egret_upstream::body::RequestEnd;
+use egret_upstream::body::{BodyFailed, RequestEnd};
 use egret_upstream::{
     ClusterState, PickError, PooledConn, SendError, UpstreamBody, UpstreamResponseBody,
 };
@@ -341,7 +341,10 @@ impl Forward<'_> {
                             continue;
                         }
                     }
-                    if downstream_body_malformed(&e) {
+                    // hyper's HTTP/2 client does not pass the body's error on; the request
+                    // side knows.
+                    let failed = self.request_end.and_then(RequestEnd::failure);
+                    if downstream_body_malformed(&e) || failed == Some(BodyFailed::Malformed) {
                         // The client's fault, not the upstream's (Envoy 1.40, checked with a
                         // bad chunk size): `400 DPE http1.codec_error`, `Bad Request`, the
                         // request and the upstream host logged; no retry, no outlier report.
@@ -352,7 +355,7 @@ impl Forward<'_> {
                             details: "http1.codec_error".into(),
                         };
                     }
-                    if downstream_body_gone(&e) {
+                    if downstream_body_gone(&e) || failed == Some(BodyFailed::Gone) {
                         // Not the upstream's failure: no retry, no outlier report.
                         return Outcome::DownstreamGone;
                     }

@@ -35,7 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use egret_core::limits::REQUEST_REPLAY_BUFFER_BYTES;
-use egret_upstream::body::RequestEnd;
+use egret_upstream::body::{BodyFailed, RequestEnd};
 use egret_upstream::UpstreamBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -148,6 +148,15 @@ pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// Whether a request body's error is the client going away mid-body ([`BodyFailure::Gone`]).
 pub fn is_downstream_gone(e: &(dyn std::error::Error + 'static)) -> bool {
     body_failure(e) == BodyFailure::Gone
+}
+
+/// What a request body's error says about the client, for [`RequestEnd::fail`].
+fn classify(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailed> {
+    match body_failure(e) {
+        BodyFailure::Gone => Some(BodyFailed::Gone),
+        BodyFailure::Malformed => Some(BodyFailed::Malformed),
+        BodyFailure::Other => None,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -377,6 +386,9 @@ impl Source {
             Poll::Ready(Some(Err(e))) => {
                 self.failed = true;
                 self.malformed = is_malformed(e.as_ref());
+                if let (Some(end), Some(how)) = (&self.end, classify(e.as_ref())) {
+                    end.fail(how);
+                }
                 self.feed(None, Some(false));
                 Poll::Ready(Some(Err(e)))
             }
@@ -553,6 +565,7 @@ impl RequestBody {
                     inner: incoming,
                     received: received.clone(),
                     end,
+                    classify,
                 }),
                 received,
             });

@@ -349,13 +349,12 @@ impl AccessLogSink for AccessLogWriter {
     fn log(&self, record: Box<LogRecord>) {
         let shared = &*self.shared;
         let stats = &shared.stats;
-        if shared.closed.load(Ordering::Acquire) {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         // SeqCst, with the writer's `sleeping` and its look at the depth before it blocks:
-        // either it sees this line, or this sees it asleep and wakes it.
-        if stats.depth.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+        // either it sees this line, or this sees it asleep and wakes it. Counted before
+        // `closed` is read: a writer shutting down waits for what is counted.
+        if stats.depth.fetch_add(1, Ordering::SeqCst) >= self.capacity
+            || shared.closed.load(Ordering::SeqCst)
+        {
             stats.depth.fetch_sub(1, Ordering::SeqCst);
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -438,9 +437,17 @@ impl Worker {
                 break;
             }
         }
-        // Shutting down: refuse new records, write what is waiting.
-        self.shared.closed.store(true, Ordering::Release);
-        self.write_lines();
+        // Shutting down: refuse new records, then write what is waiting, including lines a
+        // worker counted before it saw `closed` and is still formatting (bounded).
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let give_up = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.write_lines();
+            if self.shared.stats.depth.load(Ordering::SeqCst) == 0 || Instant::now() > give_up {
+                break;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Acts on a message; `false` for shutdown.

@@ -15,14 +15,49 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 /// When the downstream request ended (the last byte of its body arrived): Envoy starts a
-/// route's timeout then, not when the request began (checked with 1.40).
+/// route's timeout then, not when the request began (checked with 1.40). Also how its body
+/// failed, if it did: hyper's HTTP/2 client does not pass a body's error on, so the request
+/// side says whether a failed exchange was the client's doing.
 #[derive(Default)]
 pub struct RequestEnd {
     at: std::sync::OnceLock<tokio::time::Instant>,
     notify: tokio::sync::Notify,
+    /// 0: not failed; else a [`BodyFailed`] + 1.
+    failure: std::sync::atomic::AtomicU8,
 }
 
+/// How a request body failed, when that was the client's doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFailed {
+    /// The client went away mid-body.
+    Gone,
+    /// Its framing broke (a malformed chunk).
+    Malformed,
+}
+
+/// Tells what a request body's error says about the client (egret-http's classifier).
+pub type ClassifyBodyError = fn(&(dyn std::error::Error + 'static)) -> Option<BodyFailed>;
+
 impl RequestEnd {
+    /// The body failed this way (only the first call counts).
+    pub fn fail(&self, how: BodyFailed) {
+        let code = match how {
+            BodyFailed::Gone => 1,
+            BodyFailed::Malformed => 2,
+        };
+        let _ = self
+            .failure
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn failure(&self) -> Option<BodyFailed> {
+        match self.failure.load(Ordering::Acquire) {
+            1 => Some(BodyFailed::Gone),
+            2 => Some(BodyFailed::Malformed),
+            _ => None,
+        }
+    }
+
     /// The body has ended (only the first call counts).
     pub fn mark(&self) {
         if self.at.set(tokio::time::Instant::now()).is_ok() {
@@ -53,8 +88,9 @@ pub enum UpstreamBody {
     Streaming {
         inner: Incoming,
         received: Arc<AtomicU64>,
-        /// Marked when `inner` ends, if someone waits for that.
+        /// Marked when `inner` ends, if someone waits for that, or how it failed.
         end: Option<Arc<RequestEnd>>,
+        classify: ClassifyBodyError,
     },
     /// Any other body (egret-http's shared body for retries and mirrors).
     Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static>>),
@@ -75,6 +111,7 @@ impl Body for UpstreamBody {
                 inner,
                 received,
                 end,
+                classify,
             } => {
                 let mut inner = Pin::new(inner);
                 let r = inner.as_mut().poll_frame(cx);
@@ -96,7 +133,12 @@ impl Body for UpstreamBody {
                             e.mark();
                         }
                     }
-                    _ => {}
+                    Poll::Ready(Some(Err(err))) => {
+                        if let (Some(e), Some(how)) = (end, classify(err)) {
+                            e.fail(how);
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 r.map_err(Into::into)
             }

@@ -31,6 +31,10 @@ const MAX_RESPONSE_HEADERS: usize = 100;
 const READ_START: usize = 8 * 1024;
 /// The largest single read of a response body.
 const READ_MAX: usize = 64 * 1024;
+/// Pieces written with one `writev`.
+const WRITE_SLICES: usize = 8;
+/// How much of a ready body is gathered behind the head before writing.
+const GATHER_BYTES: usize = 64 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
@@ -143,8 +147,12 @@ impl H1Conn {
             return false;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Ready: the end of the stream, an error, or bytes nobody asked for.
-        self.poll_fill(&mut cx).is_pending()
+        // One byte, into the stack: any byte, the end or an error means it is done for.
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
     }
 }
 
@@ -165,6 +173,8 @@ struct Writer {
     framing: Framing,
     /// Whether the head has left (the request may not be sent again after that).
     head_written: bool,
+    /// Whether any of the body was taken (it cannot be given back whole then).
+    body_read: bool,
     /// Bytes written since the last flush (TLS buffers what it encrypts).
     unflushed: bool,
 }
@@ -184,44 +194,57 @@ impl Writer {
     /// Writes what there is to write: `Ready(Ok)` once the whole request is out.
     fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
         loop {
-            while !self.queue.is_empty() {
-                let n = {
-                    let mut slices = [IoSlice::new(&[]); 8];
-                    let mut count = 0;
-                    for (slot, b) in slices.iter_mut().zip(self.queue.iter()) {
-                        *slot = IoSlice::new(b);
-                        count += 1;
-                    }
-                    ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))
-                        .map_err(WriteError::Io)?
+            // What the body has ready goes out with what is queued (the head, a small body
+            // that came with it): one write, one TCP segment, one TLS record.
+            while self.queue.len() + 3 <= WRITE_SLICES
+                && self.queue.iter().map(Bytes::len).sum::<usize>() < GATHER_BYTES
+            {
+                let Some(body) = &mut self.body else {
+                    break;
                 };
-                if n == 0 {
-                    return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.body_read = true;
+                        // Trailers are dropped, as Envoy's HTTP/1 codec does by default.
+                        if let Ok(data) = frame.into_data() {
+                            self.encode(data).map_err(WriteError::Body)?;
+                        }
+                        if self.body.as_ref().is_some_and(Body::is_end_stream) {
+                            self.end().map_err(WriteError::Body)?;
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(WriteError::Body(e))),
+                    Poll::Ready(None) => self.end().map_err(WriteError::Body)?,
                 }
-                self.head_written = true;
-                self.unflushed = true;
-                self.advance(n);
             }
-            if self.unflushed {
-                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
-                self.unflushed = false;
+            if self.queue.is_empty() {
+                if self.unflushed {
+                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+                    self.unflushed = false;
+                }
+                // Otherwise the body is pending: it wakes us.
+                return match self.body {
+                    None => Poll::Ready(Ok(())),
+                    Some(_) => Poll::Pending,
+                };
             }
-            let Some(body) = &mut self.body else {
-                return Poll::Ready(Ok(()));
+            let n = {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let mut count = 0;
+                for (slot, b) in slices.iter_mut().zip(self.queue.iter()) {
+                    *slot = IoSlice::new(b);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))
+                    .map_err(WriteError::Io)?
             };
-            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    // Trailers are dropped, as Envoy's HTTP/1 codec does by default.
-                    if let Ok(data) = frame.into_data() {
-                        self.encode(data).map_err(WriteError::Body)?;
-                    }
-                    if self.body.as_ref().is_some_and(Body::is_end_stream) {
-                        self.end().map_err(WriteError::Body)?;
-                    }
-                }
-                Some(Err(e)) => return Poll::Ready(Err(WriteError::Body(e))),
-                None => self.end().map_err(WriteError::Body)?,
+            if n == 0 {
+                return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
             }
+            self.head_written = true;
+            self.unflushed = true;
+            self.advance(n);
         }
     }
 
@@ -277,10 +300,10 @@ impl Writer {
     }
 }
 
-/// Encodes the request head and decides how its body is framed, as hyper's client did
-/// (so the bytes upstream are unchanged): the client's `content-length` is kept; a body of
-/// known size gets one; a body of unknown size goes chunked (`transfer-encoding: chunked`
-/// added last); no body, no framing header.
+/// Encodes the request head and decides how its body is framed, as Envoy's codec does: the
+/// client's `content-length` is kept; a body of known size gets one; a body of unknown size
+/// goes chunked (`transfer-encoding: chunked` added last); no body, `content-length: 0`
+/// unless the method never has one.
 fn encode_head(req: &Request<UpstreamBody>) -> (Bytes, Option<Framing>) {
     let body = req.body();
     let headers = req.headers();
@@ -302,6 +325,16 @@ fn encode_head(req: &Request<UpstreamBody>) -> (Bytes, Option<Framing>) {
         out.extend_from_slice(b"\r\n");
     }
     let framing = if body.is_end_stream() {
+        // Envoy 1.40 frames a request without a body with `content-length: 0` unless its
+        // method has none by definition (checked with it: POST, PUT, PATCH, OPTIONS get one;
+        // GET, HEAD, DELETE, TRACE, CONNECT none).
+        let bodiless = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT
+        );
+        if !bodiless && !headers.contains_key(http::header::CONTENT_LENGTH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         None
     } else if let Some(len) = content_length(headers) {
         Some(Framing::Length(len))
@@ -373,6 +406,7 @@ pub async fn send(
         body,
         framing: framing.unwrap_or(Framing::Length(0)),
         head_written: false,
+        body_read: false,
         unflushed: false,
     };
     // Writing failed after the head left: the upstream may still have answered.
@@ -384,7 +418,10 @@ pub async fn send(
                 Poll::Ready(Err(WriteError::Body(e))) => {
                     return Poll::Ready(Err(UpstreamError::request_body(e)));
                 }
-                Poll::Ready(Err(WriteError::Io(e))) if !writer.head_written => {
+                // Nothing left, and the body is whole: it can go out on another connection.
+                Poll::Ready(Err(WriteError::Io(e)))
+                    if !writer.head_written && !writer.body_read =>
+                {
                     return Poll::Ready(Err(UpstreamError::not_sent(e)));
                 }
                 Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e),
@@ -1044,5 +1081,9 @@ mod tests {
         let (head, framing) = encode_head(&req);
         assert_eq!(&head[..], b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(framing, None);
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = Method::POST;
+        let (head, _) = encode_head(&req);
+        assert_eq!(&head[..], b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 }

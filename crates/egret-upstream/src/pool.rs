@@ -302,12 +302,29 @@ impl PoolInner {
         };
         let weak = Arc::downgrade(self);
         runtime.spawn(async move {
+            // Lifts the mark however the task ends (its runtime shutting down included), so a
+            // later release can schedule a sweep again.
+            struct Unmark {
+                inner: std::sync::Weak<PoolInner>,
+                armed: bool,
+            }
+            impl Drop for Unmark {
+                fn drop(&mut self) {
+                    if let Some(inner) = self.inner.upgrade().filter(|_| self.armed) {
+                        inner.sweeping.store(false, Ordering::Release);
+                    }
+                }
+            }
+            let mut unmark = Unmark {
+                inner: weak.clone(),
+                armed: true,
+            };
             loop {
                 tokio::time::sleep(IDLE_SWEEP_INTERVAL).await;
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let closed = {
+                let (closed, empty) = {
                     let mut idle = lock(&inner.idle);
                     let mut closed = Vec::new();
                     idle.retain(|_, list| {
@@ -321,15 +338,18 @@ impl PoolInner {
                         }
                         !list.is_empty()
                     });
-                    if idle.is_empty() {
-                        // Cleared under the lock: a release after this starts a new sweep.
+                    let empty = idle.is_empty();
+                    if empty {
+                        // Lifted under the lock: a release after this schedules a new sweep.
                         inner.sweeping.store(false, Ordering::Release);
                     }
-                    closed
+                    (closed, empty)
                 };
                 // Closed outside the lock (dropping a connection's slot wakes waiters).
                 drop(closed);
-                if !inner.sweeping.load(Ordering::Acquire) {
+                if empty {
+                    // The mark is lifted already; a new sweep may own it by now.
+                    unmark.armed = false;
                     return;
                 }
             }
