@@ -601,3 +601,81 @@ async fn s3_body_ended_by_a_close_without_close_notify_is_complete() {
     );
     assert_eq!(l.bytes_sent, 13);
 }
+
+/// ISTIO_MUTUAL origination offers the ALPN list Istio configures Envoy with for an in-mesh
+/// peer (`istio-peer-exchange`, `istio`), which an Istio sidecar's inbound listener matches
+/// on; the connection carries HTTP/1.1 whichever of them the peer picks.
+#[tokio::test]
+async fn istio_mutual_origination_offers_istio_alpn() {
+    let mesh = TestCa::new("cluster.local");
+    let server = mesh.server_cert(&["api.example.com"], None);
+    // A peer that speaks only `istio`: it records what was negotiated.
+    let up = HttpUpstream::start_tls_with(
+        Behavior::Echo,
+        &server,
+        egret_test_support::TlsOptions {
+            client_auth: egret_test_support::ClientAuth::Required(mesh.cert_der()),
+            alpn: vec![b"istio".to_vec()],
+        },
+    )
+    .await
+    .unwrap();
+    let dir = TestDir::new("istio-mutual-alpn").unwrap();
+    mesh.workload_cert("spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway")
+        .write_istio_dir(&dir.join("mesh"))
+        .unwrap();
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api }
+spec:
+  hosts: [api.example.com]
+  ports: [{ number: 443, name: https, protocol: HTTPS }]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: egress }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+  - port: { number: 80, name: http, protocol: HTTP }
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: api }
+spec:
+  hosts: [api.example.com]
+  gateways: [egress]
+  http:
+  - route:
+    - destination: { host: api.example.com, port: { number: 443 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: api }
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: { mode: ISTIO_MUTUAL, sni: api.example.com }
+"#;
+    dir.write("config/api.yaml", yaml.as_bytes()).unwrap();
+    let gw = Gateway::start(
+        &[&dir.join("config")],
+        &[
+            "--mesh-certs".into(),
+            dir.join("mesh").display().to_string(),
+            "--connect-to".into(),
+            format!("api.example.com:443:{}", up.addr()),
+        ],
+    )
+    .await;
+    let r = http1_get(gw.http, "api.example.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last_request().expect("the request reached the peer");
+    assert_eq!(seen.alpn.as_deref(), Some("istio"));
+    assert_eq!(seen.version, http::Version::HTTP_11);
+}

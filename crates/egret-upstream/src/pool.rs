@@ -29,7 +29,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use egret_core::limits::{MAX_IDLE_PER_ENDPOINT, UPSTREAM_IDLE_TIMEOUT};
-use egret_core::{ConnectionPool, UpstreamProtocol};
+use egret_core::{ConnectionPool, TlsMode, UpstreamProtocol};
 use egret_tls::UpstreamTlsContexts;
 
 use crate::body::UpstreamBody;
@@ -533,14 +533,7 @@ impl Pool {
                         message: "TLS origination is not set up in this process".into(),
                     });
                 };
-                // As Istio configures Envoy: an HTTP2/GRPC cluster offers h2 only, any other
-                // no ALPN at all, and speaks HTTP/1.1 (checked with Envoy 1.40: nginx with
-                // http2 on answers it over HTTP/1.1).
-                let alpn: &[&[u8]] = if spec.protocol == UpstreamProtocol::Http2 {
-                    &[b"h2"]
-                } else {
-                    &[]
-                };
+                let alpn = origination_alpn(tls.mode, spec.protocol);
                 let ctx = contexts.context(tls, alpn);
                 let config = ctx.client_config().map_err(|e| ConnectError::TlsSetup {
                     addr,
@@ -792,6 +785,24 @@ impl PooledConn {
         drop(idle);
         self.pool.sweep_later();
         self.circuit.available.notify_waiters();
+    }
+}
+
+/// The ALPN list Istio configures Envoy to offer when it originates TLS: ISTIO_MUTUAL
+/// announces an in-mesh peer (`istio-peer-exchange`, `istio`, then `h2` for an HTTP/2
+/// cluster: `ALPNInMeshWithMxc` / `ALPNInMeshH2WithMxc`, which an Istio sidecar's inbound
+/// listener matches on); SIMPLE and MUTUAL offer `h2` for an HTTP2/GRPC cluster and nothing
+/// otherwise, so the upstream speaks HTTP/1.1 (checked with Envoy 1.40: nginx with http2 on
+/// answers over HTTP/1.1).
+fn origination_alpn(mode: TlsMode, protocol: UpstreamProtocol) -> &'static [&'static [u8]] {
+    match (
+        mode == TlsMode::IstioMutual,
+        protocol == UpstreamProtocol::Http2,
+    ) {
+        (true, true) => &[b"istio-peer-exchange", b"istio", b"h2"],
+        (true, false) => &[b"istio-peer-exchange", b"istio"],
+        (false, true) => &[b"h2"],
+        (false, false) => &[],
     }
 }
 
