@@ -52,52 +52,78 @@ pub struct HttpOptions {
     pub release_delay: Duration,
     /// Counts releases (`egret_downstream_http1_buffer_releases_total`).
     pub releases: Arc<AtomicU64>,
+    /// Woken once when the gateway starts draining (with `drain` turned true): what an idle
+    /// connection waits on, a 64-byte `Notified` where the watch's own wait takes 160.
+    pub drain_started: Arc<tokio::sync::Notify>,
 }
 
 /// Serves until the client is done — or, once `drain` turns true, until in-flight requests
 /// have finished (hyper's graceful shutdown: `connection: close` on HTTP/1.1, GOAWAY on h2).
 /// An idle connection is closed by a drain at once. Until the client's first bytes arrive
 /// the connection holds only its socket and this future: `ctx` is called once they have.
-pub async fn serve_http<S>(
+///
+/// A plain function returning the future rather than an `async fn`: an `async fn` keeps its
+/// arguments twice (as passed, and moved into its body), and this future is what every idle
+/// connection holds (`-Zprint-type-sizes`: 720 → 488 bytes, with `next_bytes`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+pub fn serve_http<S>(
     mut io: S,
     shared: Arc<HttpShared>,
     ctx: impl FnOnce() -> Arc<ConnContext>,
     mut drain: watch::Receiver<bool>,
     options: HttpOptions,
-) where
+) -> impl std::future::Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut read_ahead = Bytes::new();
-    // Enough bytes to tell the HTTP/2 preface from an HTTP/1.1 request line.
-    while read_ahead.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&read_ahead) {
-        let Some(more) = next_bytes(&mut io, options.idle_timeout, &mut drain).await else {
-            return close(io).await;
-        };
-        let mut joined = BytesMut::from(&read_ahead[..]);
-        joined.extend_from_slice(&more);
-        read_ahead = joined.freeze();
-    }
-    let ctx = ctx();
-    if read_ahead.starts_with(H2_PREFACE) {
-        let io = ReadAhead::new(read_ahead, io, None);
-        return Box::pin(serve_h2(io, shared, ctx, drain)).await;
-    }
-    let idle = Arc::new(IdleState::default());
-    loop {
-        let io_ahead = ReadAhead::new(read_ahead, io, Some(idle.clone()));
-        let session = serve_h1(io_ahead, &shared, &ctx, &idle, &mut drain, &options);
-        // Boxed: hyper's connection lives on the heap only while the session does.
-        match Box::pin(session).await {
-            Some((back, rest)) => {
-                io = back;
-                read_ahead = rest;
-            }
-            None => return,
+    async move {
+        let mut read_ahead = Bytes::new();
+        // Enough bytes to tell the HTTP/2 preface from an HTTP/1.1 request line.
+        while read_ahead.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&read_ahead) {
+            let wait = next_bytes(
+                &mut io,
+                options.idle_timeout,
+                &drain,
+                &options.drain_started,
+            );
+            let Some(more) = wait.await else {
+                return close(io).await;
+            };
+            let mut joined = BytesMut::from(&read_ahead[..]);
+            joined.extend_from_slice(&more);
+            read_ahead = joined.freeze();
         }
-        if read_ahead.is_empty() {
-            match next_bytes(&mut io, options.idle_timeout, &mut drain).await {
-                Some(bytes) => read_ahead = bytes,
-                None => return close(io).await,
+        let ctx = ctx();
+        if read_ahead.starts_with(H2_PREFACE) {
+            let io = ReadAhead::new(read_ahead, io, None);
+            return Box::pin(serve_h2(io, shared, ctx, drain)).await;
+        }
+        let idle = Arc::new(IdleState::default());
+        loop {
+            let io_ahead = ReadAhead::new(read_ahead, io, Some(idle.clone()));
+            let session = serve_h1(io_ahead, &shared, &ctx, &idle, &mut drain, &options);
+            // Boxed: hyper's connection lives on the heap only while the session does.
+            match Box::pin(session).await {
+                Some((back, rest)) => {
+                    io = back;
+                    read_ahead = rest;
+                }
+                None => return,
+            }
+            if read_ahead.is_empty() {
+                let wait = next_bytes(
+                    &mut io,
+                    options.idle_timeout,
+                    &drain,
+                    &options.drain_started,
+                );
+                match wait.await {
+                    Some(bytes) => read_ahead = bytes,
+                    None => return close(io).await,
+                }
             }
         }
     }
@@ -105,35 +131,51 @@ pub async fn serve_http<S>(
 
 /// Waits for the client's next bytes with no buffer held across the wait (the read's buffer
 /// lives on the stack of one poll). None when the client ended the stream, the idle timeout
-/// passed, or the gateway drains.
-async fn next_bytes<S: AsyncRead + Unpin>(
-    io: &mut S,
+/// passed, or the gateway drains. Polled by hand, not a `select!` over a timeout and the
+/// drain watch, and a plain function returning the future: this is the state every idle
+/// connection waits in.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+fn next_bytes<'a, S: AsyncRead + Unpin>(
+    io: &'a mut S,
     idle_timeout: Duration,
-    drain: &mut watch::Receiver<bool>,
-) -> Option<Bytes> {
-    let read = poll_fn(|cx| {
-        let mut buf = [0u8; 4096];
-        let mut buf = ReadBuf::new(&mut buf);
-        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
-        Poll::Ready(Ok::<_, io::Error>(Bytes::copy_from_slice(buf.filled())))
-    });
-    let read = async {
-        if idle_timeout.is_zero() {
-            // 0 disables the idle timeout, as in Envoy.
-            read.await.ok()
-        } else {
-            tokio::time::timeout(idle_timeout, read)
-                .await
-                .ok()
-                .and_then(Result::ok)
+    drain: &'a watch::Receiver<bool>,
+    drain_started: &'a tokio::sync::Notify,
+) -> impl std::future::Future<Output = Option<Bytes>> + 'a {
+    async move {
+        let mut started = std::pin::pin!(drain_started.notified());
+        // Registered before the look at the flag: a drain starting in between still wakes it.
+        started.as_mut().enable();
+        if *drain.borrow() {
+            return None;
         }
-    };
-    if *drain.borrow() {
-        return None;
-    }
-    tokio::select! {
-        bytes = read => bytes.filter(|b| !b.is_empty()),
-        _ = drained(drain) => None,
+        // 0 disables the idle timeout, as in Envoy.
+        let mut idle =
+            std::pin::pin!((!idle_timeout.is_zero()).then(|| tokio::time::sleep(idle_timeout)));
+        poll_fn(|cx| {
+            let mut buf = [0u8; 4096];
+            let mut buf = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let got = buf.filled();
+                    return Poll::Ready((!got.is_empty()).then(|| Bytes::copy_from_slice(got)));
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            if let Some(sleep) = idle.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            if started.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
