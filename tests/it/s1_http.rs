@@ -159,6 +159,51 @@ async fn s1_h2c_prior_knowledge_like_a_sidecar() {
     assert_eq!(l.authority, "edition.cnn.com");
 }
 
+/// HTTP/2 `cookie` fields reach an HTTP/1.1 upstream joined into one with `; ` (RFC 9113
+/// §8.2.3, as Envoy 1.40 does).
+#[tokio::test]
+async fn h2_cookies_are_joined_for_an_http1_upstream() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let r = h2c_get(
+        gw.http,
+        "edition.cnn.com",
+        "/c",
+        &[("cookie", "a=1"), ("x-b", "2"), ("cookie", "c=3")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.last_request().expect("forwarded");
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; c=3"]);
+    gw.next_line().await;
+}
+
+/// Dot segments are resolved before routing, as Istio's default path normalization has
+/// Envoy do (checked with Envoy 1.40: `/a/../ok` and `/a/%2e%2e/ok` reach the upstream as
+/// `/ok`); the log shows the path that went upstream, the query is left alone.
+#[tokio::test]
+async fn dot_segments_are_resolved_before_routing() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    for (sent, forwarded) in [
+        ("/a/../ok", "/ok"),
+        ("/a/%2e%2e/ok?q=/../x", "/ok?q=/../x"),
+        ("/politics/./today", "/politics/today"),
+    ] {
+        let r = http1_get(gw.http, "edition.cnn.com", sent, &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let seen = up.last_request().expect("forwarded");
+        assert_eq!(seen.path, forwarded, "{sent}");
+        assert_eq!(gw.next_line().await.path, forwarded, "{sent}");
+    }
+}
+
 #[tokio::test]
 async fn host_outside_the_gateway_is_refused_with_404_nr() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
@@ -1216,6 +1261,82 @@ async fn clients_leaving_mid_request_are_logged_dc() {
         (l.flags.as_str(), l.details.as_str()),
         ("DC", "downstream_remote_disconnect")
     );
+}
+
+/// An HTTP/2 client that resets its stream in the middle of its request body is logged as
+/// Envoy 1.40 logs it, `0 DR http2.remote_reset` with the bytes it sent — not as an upstream
+/// failure (it was `503 UC`).
+#[tokio::test]
+async fn an_h2_client_resetting_its_stream_mid_body_is_dr() {
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::AsyncReadExt;
+    /// A request body fed by the test, one chunk at a time.
+    struct Chunks(tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>);
+    impl hyper::body::Body for Chunks {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+    // An upstream that reads the head, says so, and waits for the rest.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (head_seen, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let head_seen = head_seen.clone();
+            tokio::spawn(async move {
+                if crate::common::read_request_head(&mut c).await.is_some() {
+                    let _ = head_seen.send(());
+                }
+                let mut buf = [0u8; 4096];
+                while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let req = http::Request::post("http://edition.cnn.com/upload")
+        .header("content-length", "1000")
+        .body(Chunks(rx))
+        .unwrap();
+    let response = sender.send_request(req);
+    tx.send(bytes::Bytes::from_static(b"0123456789")).unwrap();
+    let waiting = tokio::spawn(response);
+    heads
+        .recv()
+        .await
+        .expect("the request reached the upstream");
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    waiting.abort();
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.path.as_str(), l.code.as_str()),
+        ("POST", "/upload", "0")
+    );
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str()),
+        ("DR", "http2.remote_reset")
+    );
+    assert_eq!(l.bytes_received, 10);
+    drop(tx);
 }
 
 /// `Expect: 100-continue` is answered by the gateway (`100 Continue`) and not passed on, as

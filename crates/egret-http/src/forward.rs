@@ -63,8 +63,9 @@ pub enum Outcome {
         details: String,
     },
     /// The client went away while its request body was being sent: nothing to answer
-    /// (Envoy 1.40 logs `0 DC downstream_remote_disconnect` with the upstream host).
-    DownstreamGone,
+    /// (Envoy 1.40 logs `0 DC downstream_remote_disconnect` with the upstream host, or `0 DR
+    /// http2.remote_reset` when it reset its HTTP/2 stream).
+    DownstreamGone { reset: bool },
 }
 
 /// The retries made so far, and the slot of the cluster's retry budget (`maxRetries`) held
@@ -357,7 +358,9 @@ impl Forward<'_> {
                     }
                     if downstream_body_gone(&e) || failed == Some(BodyFailed::Gone) {
                         // Not the upstream's failure: no retry, no outlier report.
-                        return Outcome::DownstreamGone;
+                        return Outcome::DownstreamGone {
+                            reset: downstream_body_reset(&e),
+                        };
                     }
                     self.cluster.report(addr, egret_upstream::Outcome::Reset);
                     let reason = e.reset_reason();
@@ -496,6 +499,13 @@ fn downstream_body_malformed(e: &SendError) -> bool {
         .is_some_and(crate::replay::is_malformed)
 }
 
+/// The client reset its HTTP/2 stream in the middle of the request body being sent.
+fn downstream_body_reset(e: &SendError) -> bool {
+    e.source
+        .request_body_error()
+        .is_some_and(crate::replay::is_downstream_reset)
+}
+
 /// The client went away in the middle of the request body being sent.
 fn downstream_body_gone(e: &SendError) -> bool {
     e.source
@@ -523,10 +533,15 @@ impl Outcome {
     /// record is then completed and logged here).
     pub fn finish(self, mut guard: LogGuard, ds: Downstream<'_>) -> Option<Response<ResponseBody>> {
         Some(match self {
-            Outcome::DownstreamGone => {
+            Outcome::DownstreamGone { reset } => {
                 let rec = guard.record();
-                rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
-                rec.response_code_details = Some("downstream_remote_disconnect".into());
+                if reset {
+                    rec.set_flag(ResponseFlags::DOWNSTREAM_REMOTE_RESET);
+                    rec.response_code_details = Some("http2.remote_reset".into());
+                } else {
+                    rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                    rec.response_code_details = Some("downstream_remote_disconnect".into());
+                }
                 if let Some(r) = &ds.received {
                     rec.bytes_received = r.load(std::sync::atomic::Ordering::Relaxed);
                 }

@@ -271,6 +271,24 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
     remove_present(headers, present);
 }
 
+/// Joins several `cookie` fields into one, in order, separated by `; ` (RFC 9113 §8.2.3), at
+/// the place of the first.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        // `insert` keeps the first field's place and drops the others.
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// Appends the downstream address to `x-forwarded-for`. Like Envoy, a loopback peer is
 /// recorded as this host's own address (`local_ip`) when one is known.
 pub fn append_xff(headers: &mut HeaderMap, remote: IpAddr, local_ip: Option<IpAddr>) {

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod headers;
 pub mod local_reply;
 pub mod mirror;
+pub mod path;
 pub mod refusal;
 pub mod replay;
 pub mod retry;

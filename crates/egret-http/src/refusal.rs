@@ -55,11 +55,31 @@ pub const CONNECTION_HEADER_REJECTED: Refusal = Refusal {
     details: "http1.connection_header_rejected",
     ..BAD_REQUEST
 };
+/// An HTTP/2 request Envoy's codec refuses: more than one `content-length`, or one that is
+/// not a number (Envoy 1.40 closes the connection, `http2.invalid.header.field`; we answer
+/// the stream so, and never forward the request).
+pub const H2_INVALID_HEADER: Refusal = Refusal {
+    details: "http2.invalid.header.field",
+    ..BAD_REQUEST
+};
+/// An HTTP/2 request with more than Envoy's 100 header fields, pseudo-headers included
+/// (Envoy 1.40 resets the stream: `http2.too_many_headers`).
+pub const H2_TOO_MANY_HEADERS: Refusal = Refusal {
+    status: 431,
+    body: "Request Header Fields Too Large",
+    details: "http2.too_many_headers",
+    closes: true,
+};
 /// A `Host` that is not text (Envoy 1.40, checked with a `0xff` byte in it).
 pub const INVALID_AUTHORITY: Refusal = Refusal {
     details: "http.invalid_authority",
     ..BAD_REQUEST
 };
+
+/// Envoy's default `max_headers_count`.
+const MAX_HEADERS: usize = 100;
+/// `:method`, `:scheme`, `:authority`, `:path`.
+const H2_PSEUDO_HEADERS: usize = 4;
 
 /// The methods Envoy 1.40's HTTP/1 parser accepts (case-sensitive; `MSEARCH` without the
 /// hyphen, and not `QUERY`: each checked against it). Anything else is `400 DPE
@@ -147,9 +167,23 @@ fn has_control_characters(head: &[u8]) -> bool {
 /// A parsed HTTP/1 head that Envoy's codec would have refused. HTTP/2 requests pass (their
 /// codec takes any method token).
 pub fn codec_refusal<B>(req: &Request<B>) -> Option<Refusal> {
+    // One `content-length` field of digits, as Envoy's codecs require (checked with 1.40:
+    // two equal fields, or `5, 5`, are `400 DPE http1.codec_error` on HTTP/1.1). hyper takes
+    // equal duplicates; forwarded, they would frame the body twice.
+    let mut lengths = req.headers().get_all(http::header::CONTENT_LENGTH).iter();
+    let bad_length = lengths.next().is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii();
+        v.is_empty() || !v.iter().all(u8::is_ascii_digit)
+    }) || lengths.next().is_some();
     match req.version() {
+        Version::HTTP_11 if bad_length => return Some(BAD_REQUEST),
         Version::HTTP_11 => {}
         Version::HTTP_10 | Version::HTTP_09 => return Some(LOW_VERSION),
+        Version::HTTP_2 if bad_length => return Some(H2_INVALID_HEADER),
+        // Envoy counts the pseudo-headers in its limit of 100 (101 fields are refused).
+        Version::HTTP_2 if req.headers().len() + H2_PSEUDO_HEADERS > MAX_HEADERS => {
+            return Some(H2_TOO_MANY_HEADERS)
+        }
         _ => return None,
     }
     if !METHODS.contains(&req.method().as_str()) {
@@ -259,6 +293,45 @@ pub fn log_abandoned_head(shared: &HttpShared, conn: &ConnContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One `content-length` of digits (Envoy's codecs refuse two, even equal, and lists);
+    /// HTTP/2 requests past 100 fields, pseudo-headers counted, are refused too.
+    #[test]
+    fn codecs_refuse_repeated_lengths_and_too_many_h2_fields() {
+        let req = |version: Version, headers: &[(&str, String)]| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            *r.uri_mut() = "/".parse().unwrap();
+            for (n, v) in headers {
+                r.headers_mut().append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            r
+        };
+        let cl = |v: &str| ("content-length", v.to_string());
+        let details = |r: Request<()>| codec_refusal(&r).map(|r| r.details);
+        assert_eq!(details(req(Version::HTTP_11, &[cl("5")])), None);
+        for bad in [vec![cl("5"), cl("5")], vec![cl("5, 5")], vec![cl("+5")]] {
+            assert_eq!(
+                details(req(Version::HTTP_11, &bad)),
+                Some("http1.codec_error")
+            );
+            assert_eq!(
+                details(req(Version::HTTP_2, &bad)),
+                Some("http2.invalid.header.field")
+            );
+        }
+        let many =
+            |n: usize| -> Vec<(&str, String)> { (0..n).map(|i| ("x-h", i.to_string())).collect() };
+        // 96 fields + 4 pseudo-headers = 100: taken; one more is not.
+        assert_eq!(details(req(Version::HTTP_2, &many(96))), None);
+        assert_eq!(
+            details(req(Version::HTTP_2, &many(97))),
+            Some("http2.too_many_headers")
+        );
+    }
 
     /// hyper's error texts (hyper 1.x's `Error::description`) and what Envoy 1.40 answered
     /// for the same bytes.

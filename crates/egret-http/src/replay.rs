@@ -96,6 +96,8 @@ enum BodyFailure {
     Malformed,
     /// It went away mid-body: its connection closed or reset before the body was complete.
     Gone,
+    /// It reset its HTTP/2 stream mid-body (`RST_STREAM`).
+    Reset,
     /// Anything else: its TLS failing (rustls's errors are `InvalidData` too), the body
     /// being retired.
     Other,
@@ -135,6 +137,20 @@ fn body_failure(e: &(dyn std::error::Error + 'static)) -> BodyFailure {
                 _ => {}
             }
         }
+        // hyper's HTTP/2 server fails a body with h2's error, known by its text only (h2 is
+        // not a dependency of ours): the client's `RST_STREAM`, or its connection ending.
+        if s.downcast_ref::<hyper::Error>().is_none() && s.downcast_ref::<BodyGone>().is_none() {
+            let text = s.to_string();
+            if text.starts_with("stream error received") {
+                return BodyFailure::Reset;
+            }
+            if text.starts_with("connection error received")
+                || text.contains("broken pipe")
+                || text.contains("connection reset")
+            {
+                return BodyFailure::Gone;
+            }
+        }
         src = s.source();
     }
     BodyFailure::Other
@@ -145,15 +161,21 @@ pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
     body_failure(e) == BodyFailure::Malformed
 }
 
-/// Whether a request body's error is the client going away mid-body ([`BodyFailure::Gone`]).
+/// Whether a request body's error is the client going away mid-body ([`BodyFailure::Gone`],
+/// or [`BodyFailure::Reset`]).
 pub fn is_downstream_gone(e: &(dyn std::error::Error + 'static)) -> bool {
-    body_failure(e) == BodyFailure::Gone
+    matches!(body_failure(e), BodyFailure::Gone | BodyFailure::Reset)
+}
+
+/// Whether the client reset its HTTP/2 stream mid-body ([`BodyFailure::Reset`]).
+pub fn is_downstream_reset(e: &(dyn std::error::Error + 'static)) -> bool {
+    body_failure(e) == BodyFailure::Reset
 }
 
 /// What a request body's error says about the client, for [`RequestEnd::fail`].
 fn classify(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailed> {
     match body_failure(e) {
-        BodyFailure::Gone => Some(BodyFailed::Gone),
+        BodyFailure::Gone | BodyFailure::Reset => Some(BodyFailed::Gone),
         BodyFailure::Malformed => Some(BodyFailed::Malformed),
         BodyFailure::Other => None,
     }

@@ -101,6 +101,7 @@ pub async fn handle(
         *req.method_mut() = http::Method::GET;
     }
     let http1 = req.version() != Version::HTTP_2;
+    let http2 = !http1;
     if http1 && headers::connection_names_protected(req.headers()) {
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 400 DPE
         // http1.connection_header_rejected`, body `Bad Request`, the connection closed.
@@ -115,6 +116,11 @@ pub async fn handle(
         // First, as Envoy's codec: nothing below sees what `Connection` names.
         headers::strip_connection_nominated(h);
         headers::strip_envoy_control(h);
+        if http2 {
+            // RFC 9113 §8.2.3: HTTP/2 splits `cookie` into fields, which are joined with
+            // `; ` for an HTTP/1.1 hop (as Envoy 1.40 does, checked with it).
+            headers::join_cookies(h);
+        }
         // Envoy answers `Expect: 100-continue` itself and does not pass it on (Istio leaves
         // `proxy_100_continue` off; checked with 1.40). hyper sends the `100` when the body
         // is first read.
@@ -149,7 +155,8 @@ pub async fn handle(
             }
         },
     };
-    // A `CONNECT` has no path (Envoy logs `-`).
+    // A `CONNECT` has no path (Envoy logs `-`). Dot segments are resolved before anything
+    // reads the path (Istio's default path normalization, `crate::path`).
     let path: Arc<str> = req.uri().path_and_query().map_or_else(
         || {
             if req.method() == http::Method::CONNECT {
@@ -158,7 +165,10 @@ pub async fn handle(
                 "/".into()
             }
         },
-        |p| p.as_str().into(),
+        |p| match crate::path::normalize(p.as_str()) {
+            Some(normalized) => normalized.into(),
+            None => p.as_str().into(),
+        },
     );
     // Only the headers the access log and the metrics read are kept with the record.
     let log_headers = shared.sink.headers();
