@@ -428,42 +428,7 @@ async fn rotated_client_certificate_is_used_by_the_next_connection() {
     ca.client_cert("first.example.com", None)
         .write_secret_dir(&cred)
         .unwrap();
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: api }
-spec:
-  hosts: [api.example.com]
-  ports: [{ number: 443, name: https, protocol: HTTPS }]
-  resolution: DNS
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: { name: egress }
-spec:
-  selector: { istio: egressgateway }
-  servers:
-  - port: { number: 80, name: http, protocol: HTTP }
-    hosts: [api.example.com]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: api }
-spec:
-  hosts: [api.example.com]
-  gateways: [egress]
-  http:
-  - route:
-    - destination: { host: api.example.com, port: { number: 443 } }
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: { name: api }
-spec:
-  host: api.example.com
-  trafficPolicy:
-    tls: { mode: MUTUAL, credentialName: api-credential }
-"#;
+    let yaml = api_over_tls("{ mode: MUTUAL, credentialName: api-credential }");
     dir.write("config/api.yaml", yaml.as_bytes()).unwrap();
     let gw = Gateway::start(
         &[&dir.join("config")],
@@ -624,42 +589,7 @@ async fn istio_mutual_origination_offers_istio_alpn() {
     mesh.workload_cert("spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway")
         .write_istio_dir(&dir.join("mesh"))
         .unwrap();
-    let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: api }
-spec:
-  hosts: [api.example.com]
-  ports: [{ number: 443, name: https, protocol: HTTPS }]
-  resolution: DNS
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: { name: egress }
-spec:
-  selector: { istio: egressgateway }
-  servers:
-  - port: { number: 80, name: http, protocol: HTTP }
-    hosts: [api.example.com]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: api }
-spec:
-  hosts: [api.example.com]
-  gateways: [egress]
-  http:
-  - route:
-    - destination: { host: api.example.com, port: { number: 443 } }
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: { name: api }
-spec:
-  host: api.example.com
-  trafficPolicy:
-    tls: { mode: ISTIO_MUTUAL, sni: api.example.com }
-"#;
+    let yaml = api_over_tls("{ mode: ISTIO_MUTUAL, sni: api.example.com }");
     dir.write("config/api.yaml", yaml.as_bytes()).unwrap();
     let gw = Gateway::start(
         &[&dir.join("config")],
@@ -678,4 +608,47 @@ spec:
     let seen = up.last_request().expect("the request reached the peer");
     assert_eq!(seen.alpn.as_deref(), Some("istio"));
     assert_eq!(seen.version, http::Version::HTTP_11);
+}
+
+/// `api.example.com` through a plain-HTTP Gateway to its port 443, the DestinationRule's
+/// `tls` set to `tls` (YAML flow mapping).
+fn api_over_tls(tls: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: api }}
+spec:
+  hosts: [api.example.com]
+  ports: [{{ number: 443, name: https, protocol: HTTPS }}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: egress }}
+spec:
+  selector: {{ istio: egressgateway }}
+  servers:
+  - port: {{ number: 80, name: http, protocol: HTTP }}
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: api }}
+spec:
+  hosts: [api.example.com]
+  gateways: [egress]
+  http:
+  - route:
+    - destination: {{ host: api.example.com, port: {{ number: 443 }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: api }}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {tls}
+"#
+    )
 }
