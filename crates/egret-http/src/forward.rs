@@ -15,9 +15,7 @@ use tokio::time::Instant;
 
 use egret_core::{HeaderMutations, LogGuard, ResponseFlags, RetryPolicy};
 use egret_upstream::body::{BodyFailed, RequestEnd};
-use egret_upstream::{
-    ClusterState, PickError, PooledConn, SendError, UpstreamBody, UpstreamResponseBody,
-};
+use egret_upstream::{ClusterState, PickError, PooledConn, UpstreamBody, UpstreamResponseBody};
 
 use crate::body::ResponseBody;
 use crate::headers;
@@ -342,25 +340,34 @@ impl Forward<'_> {
                             continue;
                         }
                     }
-                    // hyper's HTTP/2 client does not pass the body's error on; the request
-                    // side knows.
-                    let failed = self.request_end.and_then(RequestEnd::failure);
-                    if downstream_body_malformed(&e) || failed == Some(BodyFailed::Malformed) {
-                        // The client's fault, not the upstream's (Envoy 1.40, checked with a
-                        // bad chunk size): `400 DPE http1.codec_error`, `Bad Request`, the
-                        // request and the upstream host logged; no retry, no outlier report.
-                        return Outcome::Local {
-                            status: 400,
-                            body: Some("Bad Request".into()),
-                            flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-                            details: "http1.codec_error".into(),
-                        };
-                    }
-                    if downstream_body_gone(&e) || failed == Some(BodyFailed::Gone) {
+                    // Did the client's request body fail the exchange? The body's own error,
+                    // under the upstream one; hyper's HTTP/2 client does not pass it on, so
+                    // the request side says then.
+                    let failed = e
+                        .source
+                        .request_body_error()
+                        .and_then(crate::replay::classify)
+                        .or_else(|| self.request_end.and_then(RequestEnd::failure));
+                    match failed {
+                        Some(BodyFailed::Malformed) => {
+                            // The client's fault, not the upstream's (Envoy 1.40, checked with
+                            // a bad chunk size): `400 DPE http1.codec_error`, `Bad Request`,
+                            // the request and the upstream host logged; no retry, no outlier
+                            // report.
+                            return Outcome::Local {
+                                status: 400,
+                                body: Some("Bad Request".into()),
+                                flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                                details: "http1.codec_error".into(),
+                            };
+                        }
                         // Not the upstream's failure: no retry, no outlier report.
-                        return Outcome::DownstreamGone {
-                            reset: downstream_body_reset(&e),
-                        };
+                        Some(how) => {
+                            return Outcome::DownstreamGone {
+                                reset: how == BodyFailed::Reset,
+                            };
+                        }
+                        None => {}
                     }
                     self.cluster.report(addr, egret_upstream::Outcome::Reset);
                     let reason = e.reset_reason();
@@ -489,28 +496,6 @@ fn reset_outcome(
         flags: first | flag,
         details: local_reply::reset_details(false, reason, None),
     }
-}
-
-/// The request body the client was sending broke its framing (a malformed chunk): the
-/// downstream decoder's error ([`crate::replay::is_malformed`]) under the upstream one.
-fn downstream_body_malformed(e: &SendError) -> bool {
-    e.source
-        .request_body_error()
-        .is_some_and(crate::replay::is_malformed)
-}
-
-/// The client reset its HTTP/2 stream in the middle of the request body being sent.
-fn downstream_body_reset(e: &SendError) -> bool {
-    e.source
-        .request_body_error()
-        .is_some_and(crate::replay::is_downstream_reset)
-}
-
-/// The client went away in the middle of the request body being sent.
-fn downstream_body_gone(e: &SendError) -> bool {
-    e.source
-        .request_body_error()
-        .is_some_and(crate::replay::is_downstream_gone)
 }
 
 /// What the downstream response needs besides the outcome.

@@ -88,24 +88,13 @@ fn gone(why: &'static str) -> BoxError {
 const MALFORMED: &str = "request body malformed";
 const FAILED: &str = "request body failed";
 
-/// What a request body's error says about the client.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyFailure {
-    /// Its framing broke (a malformed chunk: hyper's decoder fails with an
-    /// `InvalidInput`/`InvalidData` I/O error): the client's fault.
-    Malformed,
-    /// It went away mid-body: its connection closed or reset before the body was complete.
-    Gone,
-    /// It reset its HTTP/2 stream mid-body (`RST_STREAM`).
-    Reset,
-    /// Anything else: its TLS failing (rustls's errors are `InvalidData` too), the body
-    /// being retired.
-    Other,
-}
-
-/// Reads the error's sources down to the first that tells (an I/O error, hyper's incomplete
-/// message, or the shared body's own failure).
-fn body_failure(e: &(dyn std::error::Error + 'static)) -> BodyFailure {
+/// What a request body's error says about the client: its framing broke (a malformed chunk:
+/// hyper's decoder fails with an `InvalidInput`/`InvalidData` I/O error), it went away or
+/// reset its HTTP/2 stream mid-body — or None: anything else (its TLS failing, rustls's
+/// errors are `InvalidData` too; the body being retired). Reads the error's sources down to
+/// the first that tells (an I/O error, hyper's incomplete message, the shared body's own
+/// failure, h2's error).
+pub fn classify(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailed> {
     use std::io::ErrorKind;
     let mut src = Some(e);
     while let Some(s) = src {
@@ -114,26 +103,26 @@ fn body_failure(e: &(dyn std::error::Error + 'static)) -> BodyFailure {
                 .get_ref()
                 .is_some_and(|inner| inner.is::<rustls::Error>())
             {
-                return BodyFailure::Other;
+                return None;
             }
             return match io.kind() {
-                ErrorKind::InvalidInput | ErrorKind::InvalidData => BodyFailure::Malformed,
+                ErrorKind::InvalidInput | ErrorKind::InvalidData => Some(BodyFailed::Malformed),
                 ErrorKind::UnexpectedEof
                 | ErrorKind::ConnectionReset
                 | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe => BodyFailure::Gone,
-                _ => BodyFailure::Other,
+                | ErrorKind::BrokenPipe => Some(BodyFailed::Gone),
+                _ => None,
             };
         }
         if s.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_incomplete_message)
         {
-            return BodyFailure::Gone;
+            return Some(BodyFailed::Gone);
         }
         if let Some(g) = s.downcast_ref::<BodyGone>() {
             match g.0 {
-                MALFORMED => return BodyFailure::Malformed,
-                FAILED => return BodyFailure::Gone,
+                MALFORMED => return Some(BodyFailed::Malformed),
+                FAILED => return Some(BodyFailed::Gone),
                 _ => {}
             }
         }
@@ -142,43 +131,23 @@ fn body_failure(e: &(dyn std::error::Error + 'static)) -> BodyFailure {
         if s.downcast_ref::<hyper::Error>().is_none() && s.downcast_ref::<BodyGone>().is_none() {
             let text = s.to_string();
             if text.starts_with("stream error received") {
-                return BodyFailure::Reset;
+                return Some(BodyFailed::Reset);
             }
             if text.starts_with("connection error received")
                 || text.contains("broken pipe")
                 || text.contains("connection reset")
             {
-                return BodyFailure::Gone;
+                return Some(BodyFailed::Gone);
             }
         }
         src = s.source();
     }
-    BodyFailure::Other
+    None
 }
 
-/// Whether a request body's error is its framing ([`BodyFailure::Malformed`]).
+/// Whether a request body's error is its framing ([`BodyFailed::Malformed`]).
 pub fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
-    body_failure(e) == BodyFailure::Malformed
-}
-
-/// Whether a request body's error is the client going away mid-body ([`BodyFailure::Gone`],
-/// or [`BodyFailure::Reset`]).
-pub fn is_downstream_gone(e: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(body_failure(e), BodyFailure::Gone | BodyFailure::Reset)
-}
-
-/// Whether the client reset its HTTP/2 stream mid-body ([`BodyFailure::Reset`]).
-pub fn is_downstream_reset(e: &(dyn std::error::Error + 'static)) -> bool {
-    body_failure(e) == BodyFailure::Reset
-}
-
-/// What a request body's error says about the client, for [`RequestEnd::fail`].
-fn classify(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailed> {
-    match body_failure(e) {
-        BodyFailure::Gone | BodyFailure::Reset => Some(BodyFailed::Gone),
-        BodyFailure::Malformed => Some(BodyFailed::Malformed),
-        BodyFailure::Other => None,
-    }
+    classify(e) == Some(BodyFailed::Malformed)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -31,6 +31,8 @@ pub struct RequestEnd {
 pub enum BodyFailed {
     /// The client went away mid-body.
     Gone,
+    /// It reset its HTTP/2 stream mid-body (`RST_STREAM`).
+    Reset,
     /// Its framing broke (a malformed chunk).
     Malformed,
 }
@@ -43,7 +45,8 @@ impl RequestEnd {
     pub fn fail(&self, how: BodyFailed) {
         let code = match how {
             BodyFailed::Gone => 1,
-            BodyFailed::Malformed => 2,
+            BodyFailed::Reset => 2,
+            BodyFailed::Malformed => 3,
         };
         let _ = self
             .failure
@@ -53,7 +56,8 @@ impl RequestEnd {
     pub fn failure(&self) -> Option<BodyFailed> {
         match self.failure.load(Ordering::Acquire) {
             1 => Some(BodyFailed::Gone),
-            2 => Some(BodyFailed::Malformed),
+            2 => Some(BodyFailed::Reset),
+            3 => Some(BodyFailed::Malformed),
             _ => None,
         }
     }

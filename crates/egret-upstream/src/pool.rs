@@ -442,7 +442,7 @@ impl Pool {
                     let slot = match circuit.try_connection() {
                         Some(slot) => slot,
                         None => {
-                            if let Some(p) = self.borrow(&key, limits).await {
+                            if let Some(p) = self.borrow(&key, limits) {
                                 return Ok(wrap(p, request, active));
                             }
                             // At the limit with no HTTP/2 connection to this endpoint on any
@@ -466,7 +466,7 @@ impl Pool {
                             .await
                             .map(|p| wrap(p, request, active));
                     }
-                    if let Some(p) = self.borrow(&key, limits).await {
+                    if let Some(p) = self.borrow(&key, limits) {
                         return Ok(wrap(p, request, active));
                     }
                     // At the connection limit: an idle connection to another endpoint of
@@ -636,7 +636,7 @@ impl Pool {
     /// wait: an idle HTTP/1.1 one, or a shared HTTP/2 one that takes another stream. Its I/O
     /// stays on the worker that opened it (a cross-thread wake-up per read), which only
     /// happens when maxConnections is smaller than what the workers would open each.
-    async fn borrow(&self, key: &PoolKey, limits: &ConnectionPool) -> Option<PooledParts> {
+    fn borrow(&self, key: &PoolKey, limits: &ConnectionPool) -> Option<PooledParts> {
         let mine = self.inner();
         for other in self.workers.iter().filter(|w| !Arc::ptr_eq(w, mine)) {
             if let H2State::Ready(p) = other.h2_state(key, limits, false) {
