@@ -686,8 +686,8 @@ async fn raw_request(gw: &Gateway, request: &[u8]) -> (u16, String, bool) {
 
 /// Heads Envoy 1.40's HTTP/1 codec refuses, sent to both on loopback: each answered with
 /// Envoy's status and text body, the connection closed, and logged `"- - HTTP/1.1" <status>
-/// DPE <details>`; none reaches the upstream. The first six are heads hyper cannot parse
-/// (its own bare answer is replaced by Envoy's), the last ones heads it parses.
+/// DPE <details>`; none reaches the upstream. Some are heads the listener's codec cannot
+/// parse, the others heads it parses and the handler refuses as Envoy's codec would.
 #[tokio::test]
 async fn malformed_requests_are_answered_and_logged_like_envoy() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
@@ -768,6 +768,54 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
             "Bad Request",
             "http.invalid_authority",
         ),
+        // Framing Envoy's codec refuses where hyper's took it (checked with 1.40).
+        (
+            format!(
+                "POST / HTTP/1.1\r\n{host}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+            400,
+            "Bad Request",
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\n{host}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\n{host}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+            501,
+            "Not Implemented",
+            "http1.invalid_transfer_encoding",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\n{host}{}\r\n",
+                (0..100).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+            ),
+            431,
+            "Request Header Fields Too Large",
+            "http1.too_many_headers",
+        ),
+        (
+            format!("GET / http/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("GET /a b HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
+            format!("GET /caf\u{e9} HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
     ];
     for (request, status, body, details) in cases {
         let (got, text, closed) = raw_request(&gw, request.as_bytes()).await;
@@ -795,6 +843,56 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
         );
     }
     assert_eq!(up.requests(), 0);
+}
+
+/// Request heads httparse refuses but Envoy 1.40's codec takes (each checked with it): a
+/// folded header is joined (its line break goes, its white space stays), extra spaces in
+/// the request line are skipped. A `#fragment` in the target is refused by the path
+/// normalization: `400`, no flag, logged with the target as sent, closed.
+#[tokio::test]
+async fn request_heads_are_taken_and_refused_like_envoys_codec() {
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let host = "Host: edition.cnn.com\r\n";
+    for (request, path) in [
+        (
+            format!("GET /fold HTTP/1.1\r\n{host}X-A: a\r\n  b\r\n\r\n"),
+            "/fold",
+        ),
+        (format!("GET  /spaces HTTP/1.1\r\n{host}\r\n"), "/spaces"),
+        (
+            format!("GET /trailing HTTP/1.1 \r\n{host}\r\n"),
+            "/trailing",
+        ),
+    ] {
+        let (status, _, _) = raw_request(&gw, request.as_bytes()).await;
+        assert_eq!(status, 200, "{request:?}");
+        let l = gw.next_line().await;
+        assert_eq!((l.path.as_str(), l.code.as_str()), (path, "200"));
+        let seen = up.last_request().unwrap();
+        assert_eq!(seen.path, path);
+        if path == "/fold" {
+            assert_eq!(seen.header("x-a"), Some("a  b"));
+        }
+    }
+    let requests = up.requests();
+    for target in ["/a/b#frag", "/a?x=1#frag"] {
+        let request = format!("GET {target} HTTP/1.1\r\n{host}\r\n");
+        let (status, body, closed) = raw_request(&gw, request.as_bytes()).await;
+        assert_eq!((status, body.as_str(), closed), (400, "", true));
+        let l = gw.next_line().await;
+        assert_eq!(
+            (l.method.as_str(), l.path.as_str(), l.flags.as_str()),
+            ("GET", target, "-")
+        );
+        assert_eq!(l.details, "path_normalization_failed");
+    }
+    assert_eq!(
+        up.requests(),
+        requests,
+        "a refused request reaches no upstream"
+    );
 }
 
 /// A malformed chunk in a request body the gateway is already forwarding is the client's
@@ -1393,10 +1491,14 @@ async fn upstream_responses_are_relayed_with_envoys_status_line() {
         ("/fine", b"HTTP/1.1 200 Fine\r\ncontent-length: 2\r\n\r\nok"),
         (
             "/weird",
+            b"HTTP/1.1 299 Weird\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        (
+            "/last",
             b"HTTP/1.1 599 Weird\r\ncontent-length: 2\r\n\r\nok",
         ),
-        // A body that reads like hyper's own answer to a bad request head, sent after the
-        // head: the gateway must not take it for one.
+        // A body that reads like a bare answer to a bad request head, sent after the head:
+        // relayed as it is.
         (
             "/lookalike",
             b"HTTP/1.1 200 OK\r\ncontent-length: 75\r\n\r\n|PAUSE|HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
@@ -1412,7 +1514,14 @@ async fn upstream_responses_are_relayed_with_envoys_status_line() {
         ("/bad-header", "HTTP/1.1 502 Bad Gateway", reset, "UPE"),
         ("/http10", "HTTP/1.1 200 OK", "5\r\nhello\r\n0\r\n\r\n", "-"),
         ("/fine", "HTTP/1.1 200 OK", "ok", "-"),
-        ("/weird", "HTTP/1.1 599 Unknown", "ok", "-"),
+        ("/weird", "HTTP/1.1 299 Unknown", "ok", "-"),
+        // Envoy's own name for 599 (checked with 1.40).
+        (
+            "/last",
+            "HTTP/1.1 599 Last Unassigned Server Error Code",
+            "ok",
+            "-",
+        ),
         (
             "/lookalike",
             "HTTP/1.1 200 OK",

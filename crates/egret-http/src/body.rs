@@ -18,7 +18,6 @@ use crate::local_reply::reset_details;
 pub struct ResponseBody {
     kind: Kind,
     log: Option<LogState>,
-    done: Option<(DoneHook, bool)>,
     /// The route timeout, which covers the body too (boxed: most routes have none).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -38,14 +37,9 @@ impl std::fmt::Display for RouteTimeout {
 
 impl std::error::Error for RouteTimeout {}
 
-/// Called once when the body is dropped — hyper is done with it — with the flag given to
-/// [`ResponseBody::on_done`] (egret-listener: whether the connection may be reused).
-pub type DoneHook = Arc<dyn Fn(bool) + Send + Sync>;
-
 enum Kind {
     Full(Option<Bytes>),
-    /// Boxed: hyper keeps room for a response body in every downstream connection, idle or
-    /// not, so its size is memory per connection; the upstream parts are ~200 bytes.
+    /// Boxed: most responses are local or short, and the upstream parts are ~200 bytes.
     Upstream(Box<Upstream>),
 }
 
@@ -65,7 +59,6 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(b.filter(|b| !b.is_empty())),
             log: None,
-            done: None,
             deadline: None,
         }
     }
@@ -77,7 +70,6 @@ impl ResponseBody {
                 conn: Some(conn),
             })),
             log: None,
-            done: None,
             deadline: None,
         }
     }
@@ -97,11 +89,6 @@ impl ResponseBody {
     /// status already sent.
     pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
         self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
-    }
-
-    /// Calls `hook(flag)` when this body is dropped, after its log record is handed on.
-    pub fn on_done(&mut self, hook: DoneHook, flag: bool) {
-        self.done = Some((hook, flag));
     }
 
     fn count(&mut self, n: usize) {
@@ -233,11 +220,8 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // hyper never polls a body that is already at its end (no content, HEAD, 204/304).
+        // A body already at its end is never polled (no content, HEAD, 204/304).
         let complete = self.is_end_stream();
         self.finish(complete);
-        if let Some((hook, flag)) = self.done.take() {
-            hook(flag);
-        }
     }
 }

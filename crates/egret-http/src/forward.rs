@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use egret_core::{HeaderMutations, LogGuard, ResponseFlags, RetryPolicy};
@@ -471,10 +470,16 @@ fn attempt_count(attempt: u32) -> HeaderValue {
 /// The status line Envoy 1.40 writes for a proxied response (checked with it): its own, not
 /// the upstream's: `HTTP/1.1` (an HTTP/1.0 upstream's close-delimited body then goes out
 /// chunked), and the code's standard reason phrase, `Unknown` for a code without one (an
-/// upstream's `200 Fine` is `200 OK`; hyper would repeat the upstream's phrase).
+/// upstream's `200 Fine` is `200 OK`).
 fn envoy_status_line<B>(resp: &mut Response<B>) {
     *resp.version_mut() = Version::HTTP_11;
-    if resp.status().canonical_reason().is_none() {
+    if resp.status().as_u16() == 599 {
+        // Envoy's name for it (`Code::LastUnassignedServerErrorCode`, checked with 1.40).
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                b"Last Unassigned Server Error Code",
+            ));
+    } else if resp.status().canonical_reason().is_none() {
         resp.extensions_mut()
             .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
     } else if !resp.extensions().is_empty() {
@@ -503,7 +508,7 @@ pub struct Downstream<'a> {
     /// `%BYTES_RECEIVED%` counter of the request body.
     pub received: Option<Arc<AtomicU64>>,
     /// The client's side of a WebSocket upgrade.
-    pub on_upgrade: Option<OnUpgrade>,
+    pub on_upgrade: Option<crate::upgrade::DownstreamUpgrade>,
     /// The upgrade came as an HTTP/2 extended CONNECT: the upstream's `101` is a `200` to the
     /// client, without `Upgrade`/`Connection` (Envoy's codec conversion).
     pub extended_connect: bool,
@@ -575,6 +580,15 @@ impl Outcome {
                 // `run` has stripped any other response's hop-by-hop headers already.
                 if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_response_hop_by_hop(&mut parts.headers);
+                }
+                // Envoy adds a `date` to a response without one, before its `server`
+                // (checked with 1.40).
+                if !parts.headers.contains_key(http::header::DATE) {
+                    if let Ok(now) = HeaderValue::from_str(&httpdate::fmt_http_date(
+                        std::time::SystemTime::now(),
+                    )) {
+                        parts.headers.insert(http::header::DATE, now);
+                    }
                 }
                 parts
                     .headers

@@ -4,9 +4,9 @@
 //!
 //! Two kinds:
 //! - the codec's refusals (`DPE`, logged `"- - HTTP/1.1"`, body text, connection closed):
-//!   heads hyper could not parse ([`for_parse_error`], answered by the listener, which
-//!   owns the socket then) and heads it parsed that Envoy's codec would not
-//!   ([`codec_refusal`]: HTTP/1.0, unknown methods, an authority as the target);
+//!   heads the listener's codec could not parse ([`for_head_error`], answered by the
+//!   listener) and heads it parsed that Envoy's codec would not ([`codec_refusal`]:
+//!   HTTP/1.0, unknown methods, an authority as the target, repeated lengths);
 //! - the connection manager's (no flag, the request logged): a request without a host, a
 //!   path that is not a path ([`manager_refusal`]).
 
@@ -43,7 +43,7 @@ const LOW_VERSION: Refusal = Refusal {
     details: "low_version",
     closes: true,
 };
-/// Also Envoy's answer to a request line past the limit (hyper: "URI too long").
+/// Also Envoy's answer to a request line past the limit.
 pub const HEADERS_TOO_LARGE: Refusal = Refusal {
     status: 431,
     body: "Request Header Fields Too Large",
@@ -121,30 +121,56 @@ const METHODS: [&str; 34] = [
     "UNSUBSCRIBE",
 ];
 
-/// A request head hyper could not parse, from hyper's error text and the bytes it stopped
-/// at (the head, as far as it was read).
-pub fn for_parse_error(error: &str, head: &[u8]) -> Refusal {
-    if error.starts_with("invalid HTTP version parsed")
-        // Transfer-Encoding on an HTTP/1.0 request: Envoy refuses the version first.
-        || error.starts_with("unexpected transfer-encoding parsed")
-    {
-        LOW_VERSION
-    } else if error.starts_with("message head is too large") || error.starts_with("URI too long") {
-        HEADERS_TOO_LARGE
-    } else if error.starts_with("invalid transfer-encoding parsed") {
-        Refusal {
+/// Why the listener's HTTP/1.1 codec could not take a request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not `HTTP/1.x` (an HTTP/2 preface included), or `Transfer-Encoding` on HTTP/1.0.
+    Version,
+    /// The method is not a token.
+    Method,
+    /// The request target is not one.
+    Target,
+    /// A malformed header line.
+    Header,
+    /// The head (or its request line) is past the limits.
+    TooLarge,
+    /// More than Envoy's 100 header fields.
+    TooManyHeaders,
+    /// Both `content-length` and `transfer-encoding: chunked`.
+    LengthAndChunked,
+    /// A `Transfer-Encoding` other than `chunked`.
+    TransferEncoding,
+    /// A `content-length` that is not a number, or two different ones.
+    ContentLength,
+}
+
+/// What Envoy 1.40 answers to a head its codec could not parse, from the error and the
+/// bytes the parser stopped at (the head, as far as it was read).
+pub fn for_head_error(error: HeadError, head: &[u8]) -> Refusal {
+    match error {
+        HeadError::Version => LOW_VERSION,
+        HeadError::TooLarge => HEADERS_TOO_LARGE,
+        HeadError::TooManyHeaders => Refusal {
+            details: "http1.too_many_headers",
+            ..HEADERS_TOO_LARGE
+        },
+        HeadError::LengthAndChunked => Refusal {
+            details: "http1.content_length_and_chunked_not_allowed",
+            ..BAD_REQUEST
+        },
+        HeadError::TransferEncoding => Refusal {
             status: 501,
             body: "Not Implemented",
             details: "http1.invalid_transfer_encoding",
             closes: true,
-        }
-    } else if error.starts_with("invalid HTTP header parsed") && has_control_characters(head) {
-        Refusal {
+        },
+        HeadError::Header if has_control_characters(head) => Refusal {
             details: "http1.invalid_characters",
             ..BAD_REQUEST
+        },
+        HeadError::Header | HeadError::Method | HeadError::Target | HeadError::ContentLength => {
+            BAD_REQUEST
         }
-    } else {
-        BAD_REQUEST
     }
 }
 
@@ -168,8 +194,9 @@ fn has_control_characters(head: &[u8]) -> bool {
 /// codec takes any method token).
 pub fn codec_refusal<B>(req: &Request<B>) -> Option<Refusal> {
     // One `content-length` field of digits, as Envoy's codecs require (checked with 1.40:
-    // two equal fields, or `5, 5`, are `400 DPE http1.codec_error` on HTTP/1.1). hyper takes
-    // equal duplicates; forwarded, they would frame the body twice.
+    // two equal fields, or `5, 5`, are `400 DPE http1.codec_error` on HTTP/1.1). The
+    // listener's codec passes equal duplicates on for this; forwarded, they would frame the
+    // body twice.
     let mut lengths = req.headers().get_all(http::header::CONTENT_LENGTH).iter();
     let bad_length = lengths.next().is_some_and(|v| {
         let v = v.as_bytes().trim_ascii();
@@ -197,6 +224,21 @@ pub fn codec_refusal<B>(req: &Request<B>) -> Option<Refusal> {
     None
 }
 
+/// A request target with a `#fragment`, as the client sent it: the listener's HTTP/1.1 codec
+/// marks such a request with it (the parsed URI has lost the fragment). Envoy 1.40's path
+/// normalization refuses it (`400 path_normalization_failed`, no flag, logged with the whole
+/// target; checked with it).
+#[derive(Clone, Debug)]
+pub struct TargetWithFragment(pub bytes::Bytes);
+
+/// Envoy's answer to a target it cannot normalize (a `#fragment`): no body, closed.
+pub const PATH_NORMALIZATION_FAILED: Refusal = Refusal {
+    status: 400,
+    body: "",
+    details: "path_normalization_failed",
+    closes: true,
+};
+
 /// What Envoy's connection manager refuses before routing (no flag; the request is logged
 /// with its method and path): no host at all (`Host` missing, or removed because
 /// `Connection` named it), and `*` as the path (`OPTIONS *`).
@@ -220,8 +262,8 @@ pub fn manager_refusal(method: &Method, path: &str, has_authority: bool) -> Opti
     None
 }
 
-/// The codec's refusal of a head it could not parse, for the listener to write itself (hyper
-/// has no request to answer): the response's bytes and the record, to be finished once they
+/// The codec's refusal of a head it could not parse, for the listener to write itself (there
+/// is no request to answer): the response's bytes and the record, to be finished once they
 /// are written.
 pub fn unparsed_refusal(
     shared: &HttpShared,
@@ -333,45 +375,38 @@ mod tests {
         );
     }
 
-    /// hyper's error texts (hyper 1.x's `Error::description`) and what Envoy 1.40 answered
-    /// for the same bytes.
+    /// What Envoy 1.40 answered for heads its codec could not parse.
     #[test]
-    fn parse_errors_map_as_envoy_answers_them() {
+    fn head_errors_map_as_envoy_answers_them() {
         let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let cases = [
-            ("invalid HTTP version parsed", 426, "low_version"),
+            (HeadError::Version, 426, "low_version"),
+            (HeadError::TooLarge, 431, "http1.headers_too_large"),
+            (HeadError::TooManyHeaders, 431, "http1.too_many_headers"),
             (
-                "invalid HTTP version parsed (found HTTP2 preface)",
-                426,
-                "low_version",
+                HeadError::LengthAndChunked,
+                400,
+                "http1.content_length_and_chunked_not_allowed",
             ),
-            ("unexpected transfer-encoding parsed", 426, "low_version"),
-            ("message head is too large", 431, "http1.headers_too_large"),
-            ("URI too long", 431, "http1.headers_too_large"),
             (
-                "invalid transfer-encoding parsed",
+                HeadError::TransferEncoding,
                 501,
                 "http1.invalid_transfer_encoding",
             ),
-            ("invalid HTTP method parsed", 400, "http1.codec_error"),
-            ("invalid HTTP header parsed", 400, "http1.codec_error"),
-            ("invalid content-length parsed", 400, "http1.codec_error"),
-            ("invalid URI", 400, "http1.codec_error"),
+            (HeadError::Method, 400, "http1.codec_error"),
+            (HeadError::Header, 400, "http1.codec_error"),
+            (HeadError::ContentLength, 400, "http1.codec_error"),
+            (HeadError::Target, 400, "http1.codec_error"),
         ];
         for (error, status, details) in cases {
-            let r = for_parse_error(error, head);
-            assert_eq!((r.status, r.details), (status, details), "{error}");
+            let r = for_head_error(error, head);
+            assert_eq!((r.status, r.details), (status, details), "{error:?}");
         }
-        assert_eq!(
-            for_parse_error("URI too long", head).body,
-            HEADERS_TOO_LARGE.body
-        );
     }
 
     #[test]
     fn control_characters_in_header_lines_are_named_so() {
-        let header_error =
-            |head: &[u8]| for_parse_error("invalid HTTP header parsed", head).details;
+        let header_error = |head: &[u8]| for_head_error(HeadError::Header, head).details;
         for bad in [
             &b"GET / HTTP/1.1\r\nX-A: a\x00b\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nX-A: a\x01b\r\n\r\n",

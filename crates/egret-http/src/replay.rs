@@ -32,37 +32,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use egret_core::limits::REQUEST_REPLAY_BUFFER_BYTES;
 use egret_upstream::body::{BodyFailed, RequestEnd};
-use egret_upstream::UpstreamBody;
+use egret_upstream::{ClientBody, UpstreamBody};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Inner = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
-
-/// The downstream body with its error boxed.
-struct Downstream(Incoming);
-
-impl Body for Downstream {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0).poll_frame(cx).map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
-    }
-}
 
 /// The body outgrew the replay buffer while a retry waited (Envoy: `507`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,7 +517,7 @@ impl RequestBody {
     /// `end`, if given, is marked when the downstream body ends (not for a body that has
     /// none: the request ended with its head).
     pub fn new(
-        incoming: Incoming,
+        incoming: ClientBody,
         retry: bool,
         mirrors: bool,
         end: Option<Arc<RequestEnd>>,
@@ -562,7 +538,7 @@ impl RequestBody {
             });
         }
         let size = incoming.size_hint();
-        let mut body = Self::shared(Box::pin(Downstream(incoming)), size, retry);
+        let mut body = Self::shared(Box::pin(incoming), size, retry);
         if let Kind::Shared { source, .. } = &mut body.0 {
             lock(source).end = end;
         }

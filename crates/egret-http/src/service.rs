@@ -6,14 +6,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 
 use egret_core::{
     AbortCode, AccessLogSink, HeaderMutations, HttpRouteTable, LogGuard, LogRecord, RequestInfo,
     ResponseFlags, RouteAction, Snapshot,
 };
 use egret_upstream::body::RequestEnd;
-use egret_upstream::{Pool, Resolver, Upstreams};
+use egret_upstream::{ClientBody, Pool, Resolver, Upstreams};
 
 use crate::body::ResponseBody;
 use crate::forward::{Downstream, Forward};
@@ -64,7 +63,7 @@ impl std::error::Error for ClientGone {}
 pub async fn handle(
     shared: Arc<HttpShared>,
     conn: Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, ClientGone> {
     // Boxed from the start: this future then holds a pointer, not the ~0.7 KB record.
     let mut rec = Box::new(LogRecord::new(
@@ -155,21 +154,28 @@ pub async fn handle(
             }
         },
     };
+    // A target with a `#fragment` is logged as sent and refused below.
+    let fragment = req
+        .extensions()
+        .get::<refusal::TargetWithFragment>()
+        .map(|t| Arc::<str>::from(String::from_utf8_lossy(&t.0)));
     // A `CONNECT` has no path (Envoy logs `-`). Dot segments are resolved before anything
     // reads the path (Istio's default path normalization, `crate::path`).
-    let path: Arc<str> = req.uri().path_and_query().map_or_else(
-        || {
-            if req.method() == http::Method::CONNECT {
-                "".into()
-            } else {
-                "/".into()
-            }
-        },
-        |p| match crate::path::normalize(p.as_str()) {
-            Some(normalized) => normalized.into(),
-            None => p.as_str().into(),
-        },
-    );
+    let path: Arc<str> = fragment.clone().unwrap_or_else(|| {
+        req.uri().path_and_query().map_or_else(
+            || {
+                if req.method() == http::Method::CONNECT {
+                    "".into()
+                } else {
+                    "/".into()
+                }
+            },
+            |p| match crate::path::normalize(p.as_str()) {
+                Some(normalized) => normalized.into(),
+                None => p.as_str().into(),
+            },
+        )
+    });
     // Only the headers the access log and the metrics read are kept with the record.
     let log_headers = shared.sink.headers();
     rec.request = Some(RequestInfo {
@@ -183,9 +189,14 @@ pub async fn handle(
         LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response),
     ));
 
-    // No host (`Host` missing, or removed as `Connection` named it), or `*` as the path:
-    // Envoy's connection manager answers before routing, without a flag.
-    if let Some(r) = refusal::manager_refusal(req.method(), &path, authority.is_some()) {
+    // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be
+    // normalized, or `*` as the path: Envoy's connection manager answers before routing,
+    // without a flag.
+    let refused = match fragment {
+        Some(_) => Some(refusal::PATH_NORMALIZATION_FAILED),
+        None => refusal::manager_refusal(req.method(), &path, authority.is_some()),
+    };
+    if let Some(r) = refused {
         let mut resp = local(
             guard.take(),
             r.status,
@@ -400,7 +411,8 @@ pub async fn handle(
         }
     }
 
-    let on_upgrade = (upgrade_kind == Upgrade::WebSocket).then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade =
+        (upgrade_kind == Upgrade::WebSocket).then(|| upgrade::DownstreamUpgrade::of(&mut req));
     let upgrade_value = on_upgrade.as_ref().and_then(|_| {
         if extended_connect.is_some() {
             Some(HeaderValue::from_static("websocket"))

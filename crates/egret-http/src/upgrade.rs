@@ -16,6 +16,7 @@
 //!   gateway, which has no CONNECT routes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use egret_upstream::h1::Upgraded;
@@ -26,6 +27,61 @@ use tokio::time::Instant;
 
 use egret_core::limits::UPGRADE_IDLE_TIMEOUT;
 use egret_core::{LogGuard, ResponseFlags};
+
+/// A byte stream both ways: the client's connection once it has been upgraded.
+pub trait UpgradedIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpgradedIo for T {}
+
+/// The client's connection after an upgrade, as the listener hands it over once the `101`
+/// (HTTP/1.1) or the `200` (HTTP/2 extended CONNECT) has gone out.
+pub type UpgradedClient = Box<dyn UpgradedIo>;
+
+/// What egret-listener's HTTP/1.1 codec puts in the extensions of a request that may
+/// upgrade: the connection comes through it after the `101` has been written (dropped
+/// unsent when the response was not a `101`). Shared, as request extensions must be `Clone`.
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<Mutex<Option<tokio::sync::oneshot::Receiver<UpgradedClient>>>>);
+
+impl PendingUpgrade {
+    pub fn new(rx: tokio::sync::oneshot::Receiver<UpgradedClient>) -> PendingUpgrade {
+        PendingUpgrade(Arc::new(Mutex::new(Some(rx))))
+    }
+}
+
+/// The client's side of an upgrade, to be waited for once the response is on its way.
+pub enum DownstreamUpgrade {
+    /// HTTP/2 (hyper's server).
+    Http2(OnUpgrade),
+    /// HTTP/1.1 (the listener's codec).
+    Http1(tokio::sync::oneshot::Receiver<UpgradedClient>),
+}
+
+impl DownstreamUpgrade {
+    /// Takes the request's upgrade handle.
+    pub fn of<B>(req: &mut http::Request<B>) -> DownstreamUpgrade {
+        let pending = req
+            .extensions_mut()
+            .remove::<PendingUpgrade>()
+            .and_then(|p| p.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+        match pending {
+            Some(rx) => DownstreamUpgrade::Http1(rx),
+            None => DownstreamUpgrade::Http2(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The upgraded connection, or why there is none.
+    async fn wait(self) -> Result<UpgradedClient, String> {
+        match self {
+            DownstreamUpgrade::Http2(on) => match on.await {
+                Ok(up) => Ok(Box::new(TokioIo::new(up))),
+                Err(e) => Err(e.to_string()),
+            },
+            DownstreamUpgrade::Http1(rx) => rx
+                .await
+                .map_err(|_| "the connection was not upgraded".to_string()),
+        }
+    }
+}
 
 /// What a request asks to upgrade to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +137,9 @@ pub fn extended_connect<B>(req: &http::Request<B>) -> Option<Upgrade> {
 /// downstream_remote_disconnect`, the upstream `UC
 /// upstream_reset_after_response_started{connection_termination}`; the bytes each way are
 /// `%BYTES_RECEIVED%` / `%BYTES_SENT%`.
-pub fn spawn_tunnel(downstream: OnUpgrade, up: Upgraded, mut guard: LogGuard) {
+pub fn spawn_tunnel(downstream: DownstreamUpgrade, up: Upgraded, mut guard: LogGuard) {
     tokio::spawn(async move {
-        let down = match downstream.await {
+        let down = match downstream.wait().await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, "downstream upgrade failed");
@@ -95,7 +151,7 @@ pub fn spawn_tunnel(downstream: OnUpgrade, up: Upgraded, mut guard: LogGuard) {
         let sent = AtomicU64::new(0);
         let base = Instant::now();
         let last_activity = AtomicU64::new(0);
-        let (down_read, down_write) = tokio::io::split(TokioIo::new(down));
+        let (down_read, down_write) = tokio::io::split(down);
         let (up_read, up_write) = tokio::io::split(up);
         let ended = tokio::select! {
             r = pump(down_read, up_write, &received, &last_activity, base) => match r {
@@ -125,10 +181,9 @@ pub fn spawn_tunnel(downstream: OnUpgrade, up: Upgraded, mut guard: LogGuard) {
 
 /// The client's side of an extended CONNECT whose upstream did not switch protocols but
 /// answered 2xx: hyper opens the tunnel anyway, so end it at once (END_STREAM).
-pub fn end_refused_tunnel(downstream: OnUpgrade) {
+pub fn end_refused_tunnel(downstream: DownstreamUpgrade) {
     tokio::spawn(async move {
-        if let Ok(down) = downstream.await {
-            let mut io = TokioIo::new(down);
+        if let Ok(mut io) = downstream.wait().await {
             let _ = io.shutdown().await;
         }
     });

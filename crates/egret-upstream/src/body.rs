@@ -86,11 +86,58 @@ impl RequestEnd {
     }
 }
 
+/// A request body as the client sends it: an HTTP/2 stream's, read by hyper's server, or an
+/// HTTP/1.1 one, read by egret-listener's own codec (boxed: that type is generic over the
+/// listener's socket, and only requests with a body have one).
+pub enum ClientBody {
+    Empty,
+    Http2(Incoming),
+    Http1(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send + Sync + 'static>>),
+}
+
+impl ClientBody {
+    pub fn http2(incoming: Incoming) -> ClientBody {
+        ClientBody::Http2(incoming)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http1(b) => b.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Http2(b) => b.is_end_stream(),
+            ClientBody::Http1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Http2(b) => b.size_hint(),
+            ClientBody::Http1(b) => b.size_hint(),
+        }
+    }
+}
+
 pub enum UpstreamBody {
     Empty,
     Full(Option<Bytes>),
     Streaming {
-        inner: Incoming,
+        inner: ClientBody,
         received: Arc<AtomicU64>,
         /// Marked when `inner` ends, if someone waits for that, or how it failed.
         end: Option<Arc<RequestEnd>>,
@@ -138,13 +185,13 @@ impl Body for UpstreamBody {
                         }
                     }
                     Poll::Ready(Some(Err(err))) => {
-                        if let (Some(e), Some(how)) = (end, classify(err)) {
+                        if let (Some(e), Some(how)) = (end, classify(&**err)) {
                             e.fail(how);
                         }
                     }
                     Poll::Pending => {}
                 }
-                r.map_err(Into::into)
+                r
             }
             UpstreamBody::Boxed(b) => b.as_mut().poll_frame(cx),
         }

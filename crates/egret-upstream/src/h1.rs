@@ -23,20 +23,19 @@ use tokio::net::TcpStream;
 use egret_core::limits::MAX_RESPONSE_HEADERS_BYTES;
 
 use crate::body::{BodyError, UpstreamBody};
+use crate::chunked::{self, ChunkState, Decoded};
 use crate::error::UpstreamError;
 
 /// Envoy's default `max_headers_count`: a response with more fields is a protocol error.
 const MAX_RESPONSE_HEADERS: usize = 100;
 /// The first read of a response; reads grow (doubling) while they fill the buffer.
-const READ_START: usize = 8 * 1024;
+pub const READ_START: usize = 8 * 1024;
 /// The largest single read of a response body.
 const READ_MAX: usize = 64 * 1024;
 /// Pieces written with one `writev`.
 const WRITE_SLICES: usize = 8;
 /// How much of a ready body is gathered behind the head before writing.
 const GATHER_BYTES: usize = 64 * 1024;
-/// A chunk-size line (with extensions) longer than this is refused.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// The byte stream under an HTTP/1.1 upstream connection.
 pub enum Io {
@@ -123,19 +122,12 @@ impl H1Conn {
 
     /// Reads more of the stream into the buffer: `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
-            self.read_buf.reserve(self.read_size);
-        }
-        let room = self.read_buf.capacity() - self.read_buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
+        poll_read_growing(
             Pin::new(&mut self.io),
             cx,
-            &mut self.read_buf
-        ))?;
-        if n == room && self.read_size < READ_MAX {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+            &mut self.read_buf,
+            &mut self.read_size,
+        )
     }
 
     /// Whether an idle connection can take another request: nothing has arrived on it since
@@ -154,6 +146,26 @@ impl H1Conn {
             .poll_read(&mut cx, &mut buf)
             .is_pending()
     }
+}
+
+/// Reads more of `io` into `buf`: `Ok(0)` at its end. Each read asks for `read_size`, which
+/// doubles (up to 64 KiB) while reads fill it: small exchanges keep small buffers, bulk
+/// bodies get large reads. Shared with egret-listener's HTTP/1.1 server.
+pub fn poll_read_growing<R: AsyncRead>(
+    io: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < *read_size / 2 {
+        buf.reserve(*read_size);
+    }
+    let room = buf.capacity() - buf.len();
+    let n = ready!(tokio_util::io::poll_read_buf(io, cx, buf))?;
+    if n == room && *read_size < READ_MAX {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// How a request or response body is framed on the wire.
@@ -650,19 +662,6 @@ fn body_kind(
     })
 }
 
-/// Where the chunked decoder is.
-#[derive(Clone, Copy, Debug)]
-enum ChunkState {
-    /// At a chunk-size line.
-    Size,
-    /// Inside a chunk: this many bytes left.
-    Data(u64),
-    /// At the CRLF after a chunk's data.
-    DataEnd,
-    /// In the trailer section after the last chunk.
-    Trailers,
-}
-
 enum State {
     Framed(Framing, ChunkState),
     UntilClose,
@@ -789,14 +788,14 @@ impl Body for H1Body {
                     }
                 }
                 State::Framed(Framing::Chunked, chunk) => {
-                    match decode_chunked(&mut conn.read_buf, chunk) {
+                    match chunked::decode(&mut conn.read_buf, chunk, MAX_RESPONSE_HEADERS_BYTES) {
                         Ok(Decoded::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
                         Ok(Decoded::End) => {
                             this.state = State::Done;
                             return Poll::Ready(None);
                         }
                         Ok(Decoded::NeedMore) => {}
-                        Err(e) => return this.fail(e),
+                        Err(e) => return this.fail(UpstreamError::protocol(e)),
                     }
                     match ready!(conn.poll_fill(cx)) {
                         Ok(0) => {
@@ -819,90 +818,6 @@ impl Body for H1Body {
             State::Framed(Framing::Length(n), _) => SizeHint::with_exact(n),
             State::Done | State::Upgraded => SizeHint::with_exact(0),
             _ => SizeHint::default(),
-        }
-    }
-}
-
-enum Decoded {
-    Data(Bytes),
-    End,
-    NeedMore,
-}
-
-/// Decodes what `buf` holds of a chunked body from `state` on. Chunk extensions are
-/// skipped, trailers dropped (Envoy's HTTP/1 codec drops them by default).
-fn decode_chunked(buf: &mut BytesMut, state: &mut ChunkState) -> Result<Decoded, UpstreamError> {
-    loop {
-        match state {
-            ChunkState::Size => {
-                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return Err(UpstreamError::protocol("chunk size line too long"));
-                    }
-                    return Ok(Decoded::NeedMore);
-                };
-                let line = &buf[..eol];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let digits = line
-                    .split(|&b| b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty() || digits.len() > 16 {
-                    return Err(UpstreamError::protocol("invalid chunk size"));
-                }
-                let mut size: u64 = 0;
-                for &d in digits {
-                    let v = (d as char)
-                        .to_digit(16)
-                        .ok_or_else(|| UpstreamError::protocol("invalid chunk size"))?;
-                    size = size << 4 | u64::from(v);
-                }
-                buf.advance(eol + 1);
-                *state = if size == 0 {
-                    ChunkState::Trailers
-                } else {
-                    ChunkState::Data(size)
-                };
-            }
-            ChunkState::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= n as u64;
-                let data = buf.split_to(n).freeze();
-                if *left == 0 {
-                    *state = ChunkState::DataEnd;
-                }
-                return Ok(Decoded::Data(data));
-            }
-            ChunkState::DataEnd => {
-                let end: &[u8] = if buf.starts_with(b"\r\n") {
-                    b"\r\n"
-                } else if buf.starts_with(b"\n") {
-                    b"\n"
-                } else if buf.is_empty() || buf[..] == b"\r"[..] {
-                    return Ok(Decoded::NeedMore);
-                } else {
-                    return Err(UpstreamError::protocol("chunk data not followed by CRLF"));
-                };
-                buf.advance(end.len());
-                *state = ChunkState::Size;
-            }
-            ChunkState::Trailers => {
-                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                    if buf.len() > MAX_RESPONSE_HEADERS_BYTES {
-                        return Err(UpstreamError::protocol("trailers too large"));
-                    }
-                    return Ok(Decoded::NeedMore);
-                };
-                let blank = eol == 0 || (eol == 1 && buf[0] == b'\r');
-                buf.advance(eol + 1);
-                if blank {
-                    return Ok(Decoded::End);
-                }
-            }
         }
     }
 }
@@ -952,35 +867,6 @@ impl AsyncWrite for Upgraded {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chunks(input: &[u8]) -> Result<(Vec<u8>, bool, usize), UpstreamError> {
-        let mut buf = BytesMut::from(input);
-        let mut state = ChunkState::Size;
-        let mut out = Vec::new();
-        loop {
-            match decode_chunked(&mut buf, &mut state)? {
-                Decoded::Data(d) => out.extend_from_slice(&d),
-                Decoded::End => return Ok((out, true, buf.len())),
-                Decoded::NeedMore => return Ok((out, false, buf.len())),
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_with_extensions_and_trailers_dropped() {
-        let (data, end, left) =
-            chunks(b"5;ext=1\r\nhello\r\n0006\r\n world\r\n0\r\nx-t: 1\r\n\r\n").unwrap();
-        assert_eq!(data, b"hello world");
-        assert!(end);
-        assert_eq!(left, 0);
-        // Split anywhere, it waits for more.
-        let (data, end, _) = chunks(b"5\r\nhel").unwrap();
-        assert_eq!(data, b"hel");
-        assert!(!end);
-        assert!(chunks(b"zz\r\n").is_err());
-        assert!(chunks(b"ffffffffffffffffff\r\n").is_err());
-        assert!(chunks(b"2\r\nokXX").is_err());
-    }
 
     fn head(bytes: &[u8], head_request: bool) -> Result<Option<Head>, UpstreamError> {
         parse_head(&mut BytesMut::from(bytes), head_request, false)

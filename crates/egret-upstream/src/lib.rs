@@ -9,6 +9,7 @@
 //! reason).
 
 pub mod body;
+pub mod chunked;
 pub mod circuit;
 pub mod cluster;
 pub mod connect;
@@ -21,7 +22,7 @@ pub mod resolve;
 pub mod response;
 pub mod upstreams;
 
-pub use body::UpstreamBody;
+pub use body::{ClientBody, UpstreamBody};
 pub use circuit::{Circuit, Slot};
 pub use cluster::{ClusterRegistry, ClusterState, PickError};
 pub use connect::ConnectError;

@@ -1,0 +1,150 @@
+//! The chunked transfer coding (RFC 9112 §7.1), decoded in place from a read buffer: for
+//! response bodies on upstream connections ([`crate::h1`]) and request bodies on downstream
+//! ones (egret-listener's HTTP/1.1 server). Chunk extensions are skipped and trailers
+//! dropped, as Envoy's HTTP/1 codec does by default.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// A chunk-size line (with extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Where the decoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkState {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk: this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// In the trailer section after the last chunk.
+    Trailers,
+}
+
+/// What one call found.
+pub enum Decoded {
+    /// Chunk data (shares the buffer's allocation).
+    Data(Bytes),
+    /// The last chunk and the trailer section have been read.
+    End,
+    /// `buf` holds no further complete piece.
+    NeedMore,
+}
+
+/// Decodes what `buf` holds from `state` on, consuming it. The error says what broke the
+/// framing; `max_trailers` bounds the trailer section.
+pub fn decode(
+    buf: &mut BytesMut,
+    state: &mut ChunkState,
+    max_trailers: usize,
+) -> Result<Decoded, &'static str> {
+    loop {
+        match state {
+            ChunkState::Size => {
+                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err("chunk size line too long");
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let line = &buf[..eol];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let digits = line
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                if digits.is_empty() || digits.len() > 16 {
+                    return Err("invalid chunk size");
+                }
+                let mut size: u64 = 0;
+                for &d in digits {
+                    let v = (d as char).to_digit(16).ok_or("invalid chunk size")?;
+                    size = size << 4 | u64::from(v);
+                }
+                buf.advance(eol + 1);
+                *state = if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                };
+            }
+            ChunkState::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                let data = buf.split_to(n).freeze();
+                if *left == 0 {
+                    *state = ChunkState::DataEnd;
+                }
+                return Ok(Decoded::Data(data));
+            }
+            ChunkState::DataEnd => {
+                let end: &[u8] = if buf.starts_with(b"\r\n") {
+                    b"\r\n"
+                } else if buf.starts_with(b"\n") {
+                    b"\n"
+                } else if buf.is_empty() || buf[..] == b"\r"[..] {
+                    return Ok(Decoded::NeedMore);
+                } else {
+                    return Err("chunk data not followed by CRLF");
+                };
+                buf.advance(end.len());
+                *state = ChunkState::Size;
+            }
+            ChunkState::Trailers => {
+                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > max_trailers {
+                        return Err("trailers too large");
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let blank = eol == 0 || (eol == 1 && buf[0] == b'\r');
+                buf.advance(eol + 1);
+                if blank {
+                    return Ok(Decoded::End);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(input: &[u8]) -> Result<(Vec<u8>, bool, usize), &'static str> {
+        let mut buf = BytesMut::from(input);
+        let mut state = ChunkState::Size;
+        let mut out = Vec::new();
+        loop {
+            match decode(&mut buf, &mut state, 1024)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::End => return Ok((out, true, buf.len())),
+                Decoded::NeedMore => return Ok((out, false, buf.len())),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers_dropped() {
+        let (data, end, left) =
+            chunks(b"5;ext=1\r\nhello\r\n0006\r\n world\r\n0\r\nx-t: 1\r\n\r\n").unwrap();
+        assert_eq!(data, b"hello world");
+        assert!(end);
+        assert_eq!(left, 0);
+        // Split anywhere, it waits for more.
+        let (data, end, _) = chunks(b"5\r\nhel").unwrap();
+        assert_eq!(data, b"hel");
+        assert!(!end);
+        assert!(chunks(b"zz\r\n").is_err());
+        assert!(chunks(b"ffffffffffffffffff\r\n").is_err());
+        assert!(chunks(b"2\r\nokXX").is_err());
+        // What follows the body stays in the buffer (a pipelined request).
+        let (_, end, left) = chunks(b"0\r\n\r\nGET").unwrap();
+        assert!(end);
+        assert_eq!(left, 3);
+    }
+}
