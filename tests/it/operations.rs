@@ -965,6 +965,36 @@ async fn the_heap_is_trimmed_once_per_quiet_period() {
     assert_eq!(trims(off.prometheus).await, None, "no trimmer with 0s");
 }
 
+/// Requests with bodies of each framing, pipelined in one write with requests without, are
+/// answered in order, each body reaching the upstream whole: the codec reads a body to its
+/// end and no further, and what follows is the next request.
+#[tokio::test]
+async fn pipelined_requests_with_bodies_are_answered_in_order() {
+    let up = HttpUpstream::start(Behavior::EchoBody).await.unwrap();
+    let mut gw = s1_with_release_delay("100ms", up.addr()).await;
+    let host = "Host: edition.cnn.com\r\n";
+    let mut c = RawConn::connect(gw.http).await;
+    c.send(&format!(
+        "POST /a HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello\
+         GET /b HTTP/1.1\r\n{host}\r\n\
+         POST /c HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nx-t: 1\r\n\r\n\
+         POST /d HTTP/1.1\r\n{host}Content-Length: 2\r\nExpect: 100-continue\r\n\r\nok"
+    ))
+    .await;
+    assert_eq!(c.response().await, (200, "hello".to_string()));
+    assert_eq!(c.response().await, (200, String::new()));
+    assert_eq!(c.response().await, (200, "abcde".to_string()));
+    // The `100 Continue` owed to the last one comes first (its body had already arrived).
+    assert_eq!(c.response().await, (100, String::new()));
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    for (path, received) in [("/a", "5"), ("/b", "0"), ("/c", "5"), ("/d", "2")] {
+        let l = gw.next_line().await;
+        assert_eq!((l.path.as_str(), l.code.as_str()), (path, "200"));
+        assert_eq!(l.bytes_received.to_string(), received, "{path}");
+    }
+    assert_eq!(up.requests(), 4);
+}
+
 async fn s1_with_release_delay(delay: &str, upstream: std::net::SocketAddr) -> Gateway {
     Gateway::start(
         &[&scenario("s1-http")],
