@@ -509,6 +509,30 @@ async fn client_gone_before_response_is_logged_dc() {
         ("DC", "downstream_remote_disconnect")
     );
     assert_eq!(l.path, "/slow");
+
+    // The same after a request body read to its end (the route retries, so the body is
+    // kept for a replay while the upstream takes its time).
+    use tokio::io::AsyncWriteExt;
+    let seen = up.requests();
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(
+        b"POST /slow-post HTTP/1.1\r\nHost: edition.cnn.com\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    for _ in 0..400 {
+        if up.requests() > seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c);
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.path.as_str()),
+        ("0", "DC", "/slow-post")
+    );
+    assert_eq!(l.bytes_received, 5);
 }
 
 const WEIGHTED: &str = r#"

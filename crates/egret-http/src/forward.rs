@@ -584,11 +584,9 @@ impl Outcome {
                 // Envoy adds a `date` to a response without one, before its `server`
                 // (checked with 1.40).
                 if !parts.headers.contains_key(http::header::DATE) {
-                    if let Ok(now) = HeaderValue::from_str(&httpdate::fmt_http_date(
-                        std::time::SystemTime::now(),
-                    )) {
-                        parts.headers.insert(http::header::DATE, now);
-                    }
+                    parts
+                        .headers
+                        .insert(http::header::DATE, headers::date_now());
                 }
                 parts
                     .headers

@@ -357,6 +357,30 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// The current time as an HTTP `date` value, formatted once a second per thread (the
+/// value's bytes are shared, so a copy is a reference count).
+pub fn date_now() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((at, v)) = c.as_ref() {
+            if *at == secs {
+                return v.clone();
+            }
+        }
+        let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(httpdate::fmt_http_date(now)))
+            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        *c = Some((secs, v.clone()));
+        v
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,7 @@ pub fn build(status: u16, body: Option<String>) -> (Response<ResponseBody>, u64)
     // Envoy's header order: with a body `content-length, content-type, date, server`;
     // without one `date, server, content-length`.
     let h = resp.headers_mut();
-    let date = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())).ok();
+    let date = crate::headers::date_now();
     if len > 0 {
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
         h.insert(
@@ -68,9 +68,7 @@ pub fn build(status: u16, body: Option<String>) -> (Response<ResponseBody>, u64)
             HeaderValue::from_static("text/plain"),
         );
     }
-    if let Some(d) = date {
-        h.insert(http::header::DATE, d);
-    }
+    h.insert(http::header::DATE, date);
     h.insert(http::header::SERVER, SERVER_NAME.clone());
     if len == 0 {
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -86,9 +84,7 @@ pub fn redirect(status: u16, location: &str) -> (Response<ResponseBody>, u64) {
     if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(http::header::LOCATION, v);
     }
-    if let Ok(d) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
-        h.insert(http::header::DATE, d);
-    }
+    h.insert(http::header::DATE, crate::headers::date_now());
     h.insert(http::header::SERVER, SERVER_NAME.clone());
     h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     (resp, 0)
@@ -107,9 +103,7 @@ pub fn grpc(code: u32, message: &str) -> (Response<ResponseBody>, u64) {
     if let Ok(m) = HeaderValue::from_str(message) {
         h.insert("grpc-message", m);
     }
-    if let Ok(d) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
-        h.insert(http::header::DATE, d);
-    }
+    h.insert(http::header::DATE, crate::headers::date_now());
     h.insert(http::header::SERVER, SERVER_NAME.clone());
     h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     (resp, 0)

@@ -185,9 +185,10 @@ pub async fn handle(
         scheme: Some(conn.scheme),
         headers: log_headers.request.capture(req.headers()),
     });
-    let mut guard = PendingLog(Some(
-        LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response),
-    ));
+    let mut guard = PendingLog(
+        Some(LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response)),
+        None,
+    );
 
     // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be
     // normalized, or `*` as the path: Envoy's connection manager answers before routing,
@@ -450,6 +451,7 @@ pub async fn handle(
     );
     let request_end = request_end.filter(|_| !body.is_empty());
     let received = body.received();
+    guard.1 = received.clone();
     let shadow = |cluster: &Arc<str>, (body, hold)| mirror::Shadow {
         cluster: cluster.clone(),
         method: parts.method.clone(),
@@ -594,7 +596,7 @@ fn protocol_error(mut guard: LogGuard, r: refusal::Refusal) -> Response<Response
 /// The request's log until a response exists. If hyper drops the request future first (the
 /// client went away), the record is logged as Envoy does: code 0, `DC`,
 /// `downstream_remote_disconnect` (checked with Envoy 1.40).
-struct PendingLog(Option<LogGuard>);
+struct PendingLog(Option<LogGuard>, Option<Arc<AtomicU64>>);
 
 impl PendingLog {
     fn get(&mut self) -> &mut LogGuard {
@@ -629,6 +631,10 @@ impl Drop for PendingLog {
             rec.response_flags
                 .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
             rec.response_code_details = Some("downstream_remote_disconnect".into());
+            // What the client sent of its body before it left.
+            if let Some(r) = &self.1 {
+                rec.bytes_received = r.load(std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

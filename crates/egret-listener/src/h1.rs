@@ -13,7 +13,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -47,10 +47,25 @@ pub struct ConnIo<S> {
     read_size: usize,
     /// How much of the current request's body is still to be read.
     body: BodyState,
-    /// A [`RequestBodyReader`] exists: it alone reads the socket until it is dropped.
-    reader: bool,
-    /// Bytes of `100 Continue` written; `CONTINUE.len()` when none is owed.
-    continue_sent: usize,
+    /// The request being served (counts requests): a body reader of an earlier one, kept
+    /// alive somewhere, must not read this one's body.
+    generation: u64,
+    /// A `100 Continue` owed to the client.
+    continue_owed: Continue,
+    /// The connection's task, when it waits for the body to be read to its end before it
+    /// watches the socket for the client leaving.
+    watcher: Option<Waker>,
+}
+
+/// Where the `100 Continue` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Continue {
+    /// None owed (none asked, sent, or the response has started).
+    No,
+    /// This many bytes of it written.
+    Writing(usize),
+    /// Written, to be flushed (TLS buffers what it encrypts).
+    Flushing,
 }
 
 /// The shared connection.
@@ -71,6 +86,50 @@ enum BodyState {
     Failed,
 }
 
+impl<S> ConnIo<S> {
+    /// Whether the current request's body has been read to its end.
+    pub fn body_done(&self) -> bool {
+        self.body == BodyState::Done
+    }
+
+    /// The current request's body is not read further: a reader still alive somewhere (an
+    /// early response, a client gone) fails instead of touching the socket, which may be
+    /// drained or closed now. No `100 Continue` goes out after this.
+    pub fn abandon_body(&mut self) {
+        if self.body != BodyState::Done {
+            self.body = BodyState::Failed;
+        }
+        self.continue_owed = Continue::No;
+    }
+
+    /// The response is starting: a `100 Continue` not yet sent never will be (it would land
+    /// in the response).
+    pub fn response_started(&mut self) {
+        if self.continue_owed == Continue::Writing(0) {
+            self.continue_owed = Continue::No;
+        }
+    }
+
+    /// Whether the socket may be read for the client leaving (or a pipelined request): the
+    /// current body has been read to its end. Otherwise the task is woken once it has.
+    pub fn watchable(&mut self, cx: &Context<'_>) -> bool {
+        if self.body_done() {
+            return true;
+        }
+        match &self.watcher {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.watcher = Some(cx.waker().clone()),
+        }
+        false
+    }
+
+    fn body_ended(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.wake();
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
     pub fn new(io: S, buf: BytesMut) -> ConnIo<S> {
         ConnIo {
@@ -78,8 +137,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
             buf,
             read_size: READ_START,
             body: BodyState::Done,
-            reader: false,
-            continue_sent: CONTINUE.len(),
+            generation: 0,
+            continue_owed: Continue::No,
+            watcher: None,
         }
     }
 
@@ -100,17 +160,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
         self.read_size = READ_START;
     }
 
-    /// Whether the current request's body has been read to its end.
-    pub fn body_done(&self) -> bool {
-        self.body == BodyState::Done
-    }
-
-    /// Whether the socket may be read for anything but the current body: no body reader
-    /// and no body bytes left to come.
-    pub fn readable_between_requests(&self) -> bool {
-        !self.reader && self.body_done()
-    }
-
     pub fn io_mut(&mut self) -> Pin<&mut S> {
         Pin::new(&mut self.io)
     }
@@ -128,30 +177,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    /// Sets up the body of the request just parsed.
-    fn start_body(&mut self, framing: Framing, expect_continue: bool) {
+    /// Sets up the body of the request just parsed; returns the request's generation.
+    fn start_body(&mut self, framing: Framing, expect_continue: bool) -> u64 {
         self.body = match framing {
             Framing::None => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
             Framing::Chunked => BodyState::Chunked(ChunkState::Size),
         };
-        self.reader = self.body != BodyState::Done;
-        self.continue_sent = if expect_continue && self.reader {
-            0
+        self.continue_owed = if expect_continue && self.body != BodyState::Done {
+            Continue::Writing(0)
         } else {
-            CONTINUE.len()
+            Continue::No
         };
+        self.watcher = None;
+        self.generation += 1;
+        self.generation
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, io::Error>>> {
-        while self.continue_sent < CONTINUE.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[self.continue_sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into())));
-            }
-            self.continue_sent += n;
-            if self.continue_sent == CONTINUE.len() {
-                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        let polled = self.poll_body_inner(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.body_ended();
+        }
+        polled
+    }
+
+    fn poll_body_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, io::Error>>> {
+        loop {
+            match self.continue_owed {
+                Continue::No => break,
+                Continue::Writing(sent) => {
+                    let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[sent..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into())));
+                    }
+                    self.continue_owed = if sent + n == CONTINUE.len() {
+                        Continue::Flushing
+                    } else {
+                        Continue::Writing(sent + n)
+                    };
+                }
+                Continue::Flushing => {
+                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                    self.continue_owed = Continue::No;
+                }
             }
         }
         loop {
@@ -215,18 +284,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
 /// on the first read (hyper's behaviour, which Envoy's matches for a gateway).
 pub struct RequestBodyReader<S> {
     conn: SharedIo<S>,
+    /// The request it reads the body of (see `ConnIo::generation`).
+    generation: u64,
     /// What is left of a `content-length` body, for the size hint.
     length: Option<u64>,
 }
 
 impl<S> RequestBodyReader<S> {
-    /// The reader of the body [`start_request`] set up.
-    pub fn new(conn: SharedIo<S>, framing: Framing) -> RequestBodyReader<S> {
+    /// The reader of the body [`start_request`] set up (it returned `generation`).
+    pub fn new(conn: SharedIo<S>, framing: Framing, generation: u64) -> RequestBodyReader<S> {
         let length = match framing {
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        RequestBodyReader { conn, length }
+        RequestBodyReader {
+            conn,
+            generation,
+            length,
+        }
     }
 }
 
@@ -238,7 +313,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Body for RequestBodyReader<S> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = lock(&self.conn).poll_body(cx);
+        let polled = {
+            let mut c = lock(&self.conn);
+            if c.generation != self.generation {
+                // Outlived its request: the connection has moved on.
+                return Poll::Ready(Some(Err(io::Error::other("request body abandoned").into())));
+            }
+            c.poll_body(cx)
+        };
         if let Poll::Ready(Some(Ok(d))) = &polled {
             if let Some(left) = &mut self.length {
                 *left -= d.len() as u64;
@@ -248,7 +330,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Body for RequestBodyReader<S> {
     }
 
     fn is_end_stream(&self) -> bool {
-        lock(&self.conn).body_done()
+        let c = lock(&self.conn);
+        c.generation != self.generation || c.body_done()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -261,17 +344,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Body for RequestBodyReader<S> {
 
 impl<S> Drop for RequestBodyReader<S> {
     fn drop(&mut self) {
-        lock(&self.conn).reader = false;
+        // Dropped unfinished (on another task, maybe): the connection's task may be waiting
+        // to watch the socket. The body is not read further.
+        let mut c = lock(&self.conn);
+        if c.generation == self.generation && !c.body_done() {
+            c.body = BodyState::Failed;
+            c.continue_owed = Continue::No;
+            c.body_ended();
+        }
     }
 }
 
 /// Marks the request just parsed as being served: its body (if any) is to be read next.
+/// Returns the request's generation, for its body reader.
 pub fn start_request<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &Mutex<ConnIo<S>>,
     framing: Framing,
     expect_continue: bool,
-) {
-    lock(conn).start_body(framing, expect_continue);
+) -> u64 {
+    lock(conn).start_body(framing, expect_continue)
 }
 
 /// How a request body is delimited.
@@ -312,8 +403,13 @@ pub fn parse_head(
         match parse_request_line_and_fields(buf, scratch) {
             Ok(Some(parsed)) => break parsed,
             Ok(None) => return Ok(None),
-            // What httparse refuses and Envoy's codec takes: rewritten once, parsed again.
-            Err(HeadError::Header | HeadError::Version) if !repaired && repair_head(buf) => {
+            // What httparse refuses and Envoy's codec takes: rewritten once the head is
+            // complete (not on every read of a head that trickles in), parsed again.
+            Err(HeadError::Header | HeadError::Version) if !repaired && repairable(buf) => {
+                if head_end(buf).is_none() {
+                    return Ok(None);
+                }
+                repair_head(buf);
                 repaired = true;
             }
             Err(HeadError::Version) => return Err(version_error(buf)),
@@ -321,7 +417,7 @@ pub fn parse_head(
         }
     };
     let head = buf.split_to(len).freeze();
-    let target = head.slice(path.0..path.0 + path.1);
+    let target = head.slice_ref(head.get(path.0..path.0 + path.1).ok_or(HeadError::Target)?);
     // The URI loses a `#fragment`; the handler refuses the request on the target as sent.
     let fragment = target.iter().position(|&b| b == b'#');
     let uri = http::Uri::from_maybe_shared(target.slice(..fragment.unwrap_or(target.len())))
@@ -337,8 +433,9 @@ pub fn parse_head(
     let mut te: Option<bool> = None;
     let mut length: Option<u64> = None;
     for (name, at, len) in scratch.fields.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-            .map_err(|_| HeadError::Header)?;
+        let raw = head.get(at..at + len).ok_or(HeadError::Header)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice_ref(raw)).map_err(|_| HeadError::Header)?;
         match name {
             http::header::TRANSFER_ENCODING => {
                 // Envoy refuses the version first.
@@ -445,7 +542,9 @@ fn parse_request_line_and_fields(
     if !target.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(HeadError::Target);
     }
-    let target = (target.as_ptr() as usize - base, target.len());
+    // httparse's slices all point into `buf`; checked all the same.
+    let offset = |p: *const u8| (p as usize).checked_sub(base).ok_or(HeadError::Header);
+    let target = (offset(target.as_ptr())?, target.len());
     let version = if parsed.version == Some(1) {
         Version::HTTP_11
     } else {
@@ -456,7 +555,7 @@ fn parse_request_line_and_fields(
         let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| HeadError::Header)?;
         scratch
             .fields
-            .push((name, f.value.as_ptr() as usize - base, f.value.len()));
+            .push((name, offset(f.value.as_ptr())?, f.value.len()));
     }
     Ok(Some((len, method, target, version)))
 }
@@ -474,16 +573,31 @@ fn version_error(buf: &[u8]) -> HeadError {
     }
 }
 
+/// Whether `repair_head` would change the head (as far as it has arrived).
+fn repairable(buf: &[u8]) -> bool {
+    let end = head_end(buf).unwrap_or(buf.len());
+    let head = &buf[leading_empty_lines(buf).min(end)..end];
+    let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    first.last().is_some_and(|b| b.is_ascii_whitespace())
+        || head
+            .windows(2)
+            .skip(first.len())
+            .any(|w| w[0] == b'\n' && matches!(w[1], b' ' | b'\t'))
+}
+
 /// Rewrites, in `buf`'s head, what httparse refuses and Envoy's codec takes: white space at
 /// the end of the request line (dropped), and header values folded onto continuation lines
 /// (obs-fold: the line break goes, the folding white space stays, as Envoy joins them).
 /// False when there was nothing to rewrite.
 fn repair_head(buf: &mut BytesMut) -> bool {
     let end = head_end(buf).unwrap_or(buf.len());
+    let lead = leading_empty_lines(buf).min(end);
     let mut out = Vec::with_capacity(end);
+    out.extend_from_slice(&buf[..lead]);
     let mut changed = false;
     let mut in_fields = false;
-    for (i, line) in buf[..end].split_inclusive(|&b| b == b'\n').enumerate() {
+    for (i, line) in buf[lead..end].split_inclusive(|&b| b == b'\n').enumerate() {
         let content = line.strip_suffix(b"\n").unwrap_or(line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         if i == 0 {
@@ -513,9 +627,16 @@ fn repair_head(buf: &mut BytesMut) -> bool {
     true
 }
 
-/// Where the head ends (after its blank line), if it has.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
+}
+
+/// Where the head ends (after its blank line), if it has. Empty lines before the request
+/// line are skipped, as httparse skips them.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut at = 0;
+    let mut at = leading_empty_lines(buf);
     while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
         let next = at + nl + 1;
         match buf.get(next) {
@@ -707,9 +828,7 @@ pub fn encode_head(
         f => f,
     };
     if !wrote_date {
-        out.extend_from_slice(b"date: ");
-        http_date(out);
-        out.extend_from_slice(b"\r\n");
+        line(out, b"date", egret_http::headers::date_now().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     (framing, closes || framing == BodyOut::UntilClose)
@@ -733,31 +852,6 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
             return &buf[i..];
         }
     }
-}
-
-/// The current time as an HTTP date, formatted once a second per thread.
-fn http_date(out: &mut BytesMut) {
-    use std::cell::Cell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let (at, text) = c.get();
-        if at == secs {
-            out.extend_from_slice(&text);
-            return;
-        }
-        let formatted = httpdate::fmt_http_date(now);
-        let mut text = [0u8; 29];
-        if formatted.len() == text.len() {
-            text.copy_from_slice(formatted.as_bytes());
-            c.set((secs, text));
-        }
-        out.extend_from_slice(formatted.as_bytes());
-    });
 }
 
 /// The bytes written with one `writev`, in order: a fixed ring of [`Bytes`].
@@ -884,8 +978,9 @@ impl ResponseWriter {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteFailed>> {
         loop {
+            // Room for a chunk (3 slices) and the last-chunk marker.
             while !self.body_done
-                && self.end + 3 <= WRITE_SLICES
+                && self.end + 4 <= WRITE_SLICES
                 && self.queued_bytes() < GATHER_BYTES
             {
                 match Pin::new(&mut *body).poll_frame(cx) {
@@ -1086,6 +1181,15 @@ mod tests {
                 .unwrap();
         let h = head.request.headers();
         assert_eq!(h["x-a"], "a  b\tc");
+        let after_empty_line = parse(b"\r\nGET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(after_empty_line.request.headers()["x-a"], "a b");
+        // A fold in a head still arriving waits for the rest.
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nX-A: a\r\n b\r\n"),
+            Ok(None)
+        ));
         assert_eq!(h["x-b"], "d");
         let fields = |n: usize| {
             let mut head = String::from("GET / HTTP/1.1\r\n");

@@ -411,20 +411,25 @@ async fn refuse<S>(
     let (wire, guard) = refusal::unparsed_refusal(shared, ctx, refusal);
     let mut stream = h1::Stream(conn.clone());
     // Small: it fits the socket's buffer; bounded all the same.
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&wire)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    })
+    .await;
     guard.finish();
     close_delayed(stream).await;
 }
 
 /// Whether the client has closed its connection, looked at while its request is served:
-/// only when nothing else reads the socket (the request's body is read to its end) and
-/// nothing is buffered (bytes of a pipelined request stop the watch, as in hyper).
+/// once the request's body has been read to its end (until then its reader sees the client
+/// leave; the task is woken when it ends) and while nothing is buffered (bytes of a
+/// pipelined request stop the watch, as in hyper).
 fn client_left<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &Mutex<ConnIo<S>>,
     cx: &mut Context<'_>,
 ) -> bool {
     let mut c = lock(conn);
-    if !c.readable_between_requests() || !c.buf.is_empty() {
+    if !c.watchable(cx) || !c.buf.is_empty() {
         return false;
     }
     matches!(c.poll_fill(cx), Poll::Ready(Ok(0) | Err(_)))
@@ -454,10 +459,14 @@ where
         connect: request.method() == Method::CONNECT,
         http10: request.version() == Version::HTTP_10,
     };
-    h1::start_request(conn, framing, expect_continue);
+    let generation = h1::start_request(conn, framing, expect_continue);
     let mut request = request.map(|()| match framing {
         Framing::None => ClientBody::Empty,
-        _ => ClientBody::Http1(Box::pin(RequestBodyReader::new(conn.clone(), framing))),
+        _ => ClientBody::Http1(Box::pin(RequestBodyReader::new(
+            conn.clone(),
+            framing,
+            generation,
+        ))),
     });
     let upgrade = wants_upgrade.then(|| {
         let (tx, rx) = tokio::sync::oneshot::channel::<UpgradedClient>();
@@ -480,9 +489,14 @@ where
     drop(handling);
     let Some(Ok(mut resp)) = answered else {
         // Gone, or the handler found it gone: closed without an answer.
+        lock(conn).abandon_body();
         return Next::Over;
     };
-    let body_unread = !lock(conn).body_done();
+    let body_unread = {
+        let mut c = lock(conn);
+        c.response_started();
+        !c.body_done()
+    };
     let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     // The gateway's own decision to close (a refusal), not the client's or a drain's.
     let refused = connection_has(resp.headers(), "close");
@@ -516,6 +530,10 @@ where
     .await;
     // The record goes to the log when the body is dropped: complete, or cut short.
     drop(body);
+    if written.is_none() || body_unread {
+        // Whatever still holds the request's body stops reading the socket.
+        lock(conn).abandon_body();
+    }
     match written {
         Some(Ok(())) => {}
         // The body failed (the record says how) or the client is gone: closed at once.
@@ -523,7 +541,9 @@ where
     }
     if upgrading {
         if let Some(tx) = upgrade {
-            // The tunnel reads what the client sent after its head first.
+            // The tunnel reads what the client sent after its head first; the rest of the
+            // read buffer is not kept for the tunnel's life.
+            lock(conn).release();
             let _ = tx.send(Box::new(h1::Stream(conn.clone())));
             return Next::Over;
         }

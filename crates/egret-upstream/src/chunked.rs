@@ -17,8 +17,8 @@ pub enum ChunkState {
     Data(u64),
     /// At the CRLF after a chunk's data.
     DataEnd,
-    /// In the trailer section after the last chunk.
-    Trailers,
+    /// In the trailer section after the last chunk: this many bytes of it read.
+    Trailers(usize),
 }
 
 /// What one call found.
@@ -47,6 +47,9 @@ pub fn decode(
                     }
                     return Ok(Decoded::NeedMore);
                 };
+                if eol > MAX_CHUNK_LINE {
+                    return Err("chunk size line too long");
+                }
                 let line = &buf[..eol];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 let digits = line
@@ -64,7 +67,7 @@ pub fn decode(
                 }
                 buf.advance(eol + 1);
                 *state = if size == 0 {
-                    ChunkState::Trailers
+                    ChunkState::Trailers(0)
                 } else {
                     ChunkState::Data(size)
                 };
@@ -94,13 +97,18 @@ pub fn decode(
                 buf.advance(end.len());
                 *state = ChunkState::Size;
             }
-            ChunkState::Trailers => {
+            ChunkState::Trailers(seen) => {
                 let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                    if buf.len() > max_trailers {
+                    if *seen + buf.len() > max_trailers {
                         return Err("trailers too large");
                     }
                     return Ok(Decoded::NeedMore);
                 };
+                // The whole section is bounded, not just a line of it.
+                *seen += eol + 1;
+                if *seen > max_trailers {
+                    return Err("trailers too large");
+                }
                 let blank = eol == 0 || (eol == 1 && buf[0] == b'\r');
                 buf.advance(eol + 1);
                 if blank {
@@ -142,6 +150,11 @@ mod tests {
         assert!(chunks(b"zz\r\n").is_err());
         assert!(chunks(b"ffffffffffffffffff\r\n").is_err());
         assert!(chunks(b"2\r\nokXX").is_err());
+        // Limits: a chunk-size line with long extensions, trailers past the bound.
+        let long_ext = format!("5;{}\r\nhello\r\n", "x".repeat(5000));
+        assert!(chunks(long_ext.as_bytes()).is_err());
+        let many = format!("0\r\n{}\r\n", "x-t: 1\r\n".repeat(200));
+        assert!(chunks(many.as_bytes()).is_err());
         // What follows the body stays in the buffer (a pipelined request).
         let (_, end, left) = chunks(b"0\r\n\r\nGET").unwrap();
         assert!(end);
