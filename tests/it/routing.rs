@@ -866,6 +866,12 @@ async fn websocket_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
             tokio::spawn(async move {
                 let head = read_head(&mut sock).await;
                 seen.lock().unwrap().push(head.clone());
+                if head.starts_with("GET /denied-ws") {
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found")
+                        .await;
+                    return;
+                }
                 if !head.to_ascii_lowercase().contains("upgrade: websocket")
                     || head.starts_with("GET /no-ws")
                 {
@@ -1040,6 +1046,27 @@ async fn upgrades_other_than_websocket_and_connect_are_refused() {
         (l.code.as_str(), l.details.as_str()),
         ("200", "websocket_handshake_unsuccessful")
     );
+    // One that refuses with an error: relayed with its body, the connection closed (Envoy
+    // 1.40: `via_upstream`, no `x-envoy-upstream-service-time`).
+    let mut c = TcpStream::connect(s.gw.http).await.unwrap();
+    c.write_all(upgrade_request("/denied-ws", "websocket").as_bytes())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 404"), "{text}");
+    assert!(
+        text.contains("\r\nconnection: close\r\n")
+            && !text.contains("x-envoy-upstream-service-time")
+            && text.ends_with("\r\n\r\nnot found"),
+        "{text}"
+    );
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.details.as_str(), l.bytes_sent),
+        ("404", "via_upstream", 9)
+    );
 
     // CONNECT: no route at an Istio gateway.
     let mut c = TcpStream::connect(s.gw.http).await.unwrap();
@@ -1060,8 +1087,8 @@ async fn upgrades_other_than_websocket_and_connect_are_refused() {
     );
     assert_eq!(
         heads.lock().unwrap().len(),
-        1,
-        "only /no-ws reached the upstream"
+        2,
+        "only /no-ws and /denied-ws reached the upstream"
     );
 }
 

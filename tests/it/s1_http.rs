@@ -1493,6 +1493,23 @@ async fn expect_continue_is_answered_and_not_forwarded() {
     assert_eq!(req.header("expect"), None);
     assert_eq!(req.body_len, 5);
     assert_eq!(gw.next_line().await.code, "200");
+
+    // Answered on the head, before routing: a host with no route gets the `100` first too.
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: nope.example.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut all))
+        .await
+        .expect("the responses, then the end")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(
+        all.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\n"),
+        "{all}"
+    );
+    assert_eq!(gw.next_line().await.code, "404");
 }
 
 /// What an upstream that breaks HTTP/1.1 gets, as Envoy 1.40 answers it: a response it

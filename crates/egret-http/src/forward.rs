@@ -598,9 +598,10 @@ impl Outcome {
                     // `connection: Upgrade`, no `x-envoy-upstream-service-time`. To an
                     // extended CONNECT: `200` with the upstream's other headers (the log
                     // keeps 101).
-                    parts
-                        .headers
-                        .remove(&headers::X_ENVOY_UPSTREAM_SERVICE_TIME);
+                    // In place: `HeaderMap::remove` moves the last field into the gap.
+                    headers::remove_in_order(&mut parts.headers, |n| {
+                        n == headers::X_ENVOY_UPSTREAM_SERVICE_TIME
+                    });
                     if ds.extended_connect {
                         parts.status = http::StatusCode::OK;
                     } else {
@@ -619,12 +620,24 @@ impl Outcome {
                     crate::upgrade::spawn_tunnel(down, up, guard);
                     return Some(Response::from_parts(parts, ResponseBody::full(None)));
                 }
-                if was_upgrade {
-                    // An upgrade the upstream did not accept: Envoy 1.40 passes the status
-                    // and headers, drops the body and closes the connection.
-                    parts
-                        .headers
-                        .remove(&headers::X_ENVOY_UPSTREAM_SERVICE_TIME);
+                if was_upgrade && !parts.status.is_success() {
+                    // Refused with an error: Envoy 1.40 relays it as any response, without
+                    // `x-envoy-upstream-service-time`, and closes the connection after it.
+                    headers::remove_in_order(&mut parts.headers, |n| {
+                        n == headers::X_ENVOY_UPSTREAM_SERVICE_TIME
+                    });
+                    if !ds.extended_connect {
+                        parts
+                            .headers
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                } else if was_upgrade {
+                    // A 2xx instead of the switch: Envoy 1.40 passes the status and headers,
+                    // drops the body and closes the connection (checked with it).
+                    // In place: `HeaderMap::remove` moves the last field into the gap.
+                    headers::remove_in_order(&mut parts.headers, |n| {
+                        n == headers::X_ENVOY_UPSTREAM_SERVICE_TIME
+                    });
                     if ds.extended_connect {
                         // HTTP/2: the stream ends with the response (Envoy 1.40).
                         parts.headers.remove(http::header::CONTENT_LENGTH);

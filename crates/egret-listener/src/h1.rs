@@ -35,7 +35,8 @@ const MAX_HEAD_BUFFER: usize = MAX_REQUEST_HEADERS_BYTES * 4;
 /// hyper's limit on a request target (`431`, as Envoy answers a request line past its
 /// limit).
 const MAX_URI_LEN: usize = u16::MAX as usize - 1;
-const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// What a client that sent `Expect: 100-continue` is answered first.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The socket of a downstream HTTP/1.1 connection and what has been read from it, shared
 /// by the connection's task and the body of the request being served (which may be read
@@ -50,22 +51,9 @@ pub struct ConnIo<S> {
     /// The request being served (counts requests): a body reader of an earlier one, kept
     /// alive somewhere, must not read this one's body.
     generation: u64,
-    /// A `100 Continue` owed to the client.
-    continue_owed: Continue,
     /// The connection's task, when it waits for the body to be read to its end before it
     /// watches the socket for the client leaving.
     watcher: Option<Waker>,
-}
-
-/// Where the `100 Continue` is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Continue {
-    /// None owed (none asked, sent, or the response has started).
-    No,
-    /// This many bytes of it written.
-    Writing(usize),
-    /// Written, to be flushed (TLS buffers what it encrypts).
-    Flushing,
 }
 
 /// The shared connection.
@@ -94,19 +82,10 @@ impl<S> ConnIo<S> {
 
     /// The current request's body is not read further: a reader still alive somewhere (an
     /// early response, a client gone) fails instead of touching the socket, which may be
-    /// drained or closed now. No `100 Continue` goes out after this.
+    /// drained or closed now.
     pub fn abandon_body(&mut self) {
         if self.body != BodyState::Done {
             self.body = BodyState::Failed;
-        }
-        self.continue_owed = Continue::No;
-    }
-
-    /// The response is starting: a `100 Continue` not yet sent never will be (it would land
-    /// in the response).
-    pub fn response_started(&mut self) {
-        if self.continue_owed == Continue::Writing(0) {
-            self.continue_owed = Continue::No;
         }
     }
 
@@ -138,7 +117,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
             read_size: READ_START,
             body: BodyState::Done,
             generation: 0,
-            continue_owed: Continue::No,
             watcher: None,
         }
     }
@@ -178,16 +156,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
     }
 
     /// Sets up the body of the request just parsed; returns the request's generation.
-    fn start_body(&mut self, framing: Framing, expect_continue: bool) -> u64 {
+    fn start_body(&mut self, framing: Framing) -> u64 {
         self.body = match framing {
             Framing::None => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
             Framing::Chunked => BodyState::Chunked(ChunkState::Size),
-        };
-        self.continue_owed = if expect_continue && self.body != BodyState::Done {
-            Continue::Writing(0)
-        } else {
-            Continue::No
         };
         self.watcher = None;
         self.generation += 1;
@@ -203,26 +176,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
     }
 
     fn poll_body_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, io::Error>>> {
-        loop {
-            match self.continue_owed {
-                Continue::No => break,
-                Continue::Writing(sent) => {
-                    let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[sent..]))?;
-                    if n == 0 {
-                        return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into())));
-                    }
-                    self.continue_owed = if sent + n == CONTINUE.len() {
-                        Continue::Flushing
-                    } else {
-                        Continue::Writing(sent + n)
-                    };
-                }
-                Continue::Flushing => {
-                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-                    self.continue_owed = Continue::No;
-                }
-            }
-        }
         loop {
             match &mut self.body {
                 BodyState::Done => return Poll::Ready(None),
@@ -280,8 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
 }
 
 /// The body of the request being served, read from the connection's buffer and socket as
-/// the handler asks for it. Sends the `100 Continue` a client that expects one waits for,
-/// on the first read (hyper's behaviour, which Envoy's matches for a gateway).
+/// the handler asks for it.
 pub struct RequestBodyReader<S> {
     conn: SharedIo<S>,
     /// The request it reads the body of (see `ConnIo::generation`).
@@ -349,7 +301,6 @@ impl<S> Drop for RequestBodyReader<S> {
         let mut c = lock(&self.conn);
         if c.generation == self.generation && !c.body_done() {
             c.body = BodyState::Failed;
-            c.continue_owed = Continue::No;
             c.body_ended();
         }
     }
@@ -360,9 +311,8 @@ impl<S> Drop for RequestBodyReader<S> {
 pub fn start_request<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &Mutex<ConnIo<S>>,
     framing: Framing,
-    expect_continue: bool,
 ) -> u64 {
-    lock(conn).start_body(framing, expect_continue)
+    lock(conn).start_body(framing)
 }
 
 /// How a request body is delimited.

@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
-use egret_http::headers::connection_has;
+use egret_http::headers::{self, connection_has};
 use egret_http::refusal;
 use egret_http::service::handle;
 use egret_http::upgrade::{PendingUpgrade, UpgradedClient};
@@ -459,7 +459,23 @@ where
         connect: request.method() == Method::CONNECT,
         http10: request.version() == Version::HTTP_10,
     };
-    let generation = h1::start_request(conn, framing, expect_continue);
+    let generation = h1::start_request(conn, framing);
+    // Envoy answers `Expect: 100-continue` as soon as it has the head, before routing (Istio
+    // leaves `proxy_100_continue` off; checked with 1.40) — unless its codec refuses the head.
+    if expect_continue
+        && framing != Framing::None
+        && refusal::codec_refusal(&request).is_none()
+        && headers::request_headers_size(&request) <= MAX_REQUEST_HEADERS_BYTES
+    {
+        let mut stream = h1::Stream(conn.clone());
+        let sent = async {
+            stream.write_all(h1::CONTINUE).await?;
+            stream.flush().await
+        };
+        if sent.await.is_err() {
+            return Next::Over;
+        }
+    }
     let mut request = request.map(|()| match framing {
         Framing::None => ClientBody::Empty,
         _ => ClientBody::Http1(Box::pin(RequestBodyReader::new(
@@ -492,11 +508,7 @@ where
         lock(conn).abandon_body();
         return Next::Over;
     };
-    let body_unread = {
-        let mut c = lock(conn);
-        c.response_started();
-        !c.body_done()
-    };
+    let body_unread = !lock(conn).body_done();
     let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     // The gateway's own decision to close (a refusal), not the client's or a drain's.
     let refused = connection_has(resp.headers(), "close");
