@@ -31,7 +31,8 @@ use tokio::sync::watch;
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::headers::{self, connection_has};
 use egret_http::refusal;
-use egret_http::service::handle;
+use egret_http::body::ResponseBody;
+use egret_http::service::{handle, ClientGone};
 use egret_http::upgrade::{PendingUpgrade, UpgradedClient};
 use egret_http::{ConnContext, HttpShared};
 use egret_upstream::ClientBody;
@@ -302,6 +303,8 @@ where
 {
     async move {
         let mut scratch = ParseScratch::default();
+        // The handler's future, one allocation for the session's requests (see `exchange`).
+        let mut handler_slot = None;
         let mut started = std::pin::pin!(options.drain_started.notified());
         started.as_mut().enable();
         // One release timer per session, not one per request: set when the connection is
@@ -385,7 +388,8 @@ where
                 }
             };
             exchanges += 1;
-            match exchange(conn, head, &mut scratch, shared, ctx, drain).await {
+            let handler = |req| handle(shared.clone(), ctx.clone(), req);
+            match exchange(conn, head, &mut scratch, &mut handler_slot, handler, drain).await {
                 Next::KeepAlive => {}
                 Next::Over => return SessionEnd::Over,
             }
@@ -436,16 +440,17 @@ fn client_left<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// One request and its response.
-async fn exchange<S>(
+async fn exchange<S, F>(
     conn: &SharedIo<S>,
     head: ParsedHead,
     scratch: &mut ParseScratch,
-    shared: &Arc<HttpShared>,
-    ctx: &Arc<ConnContext>,
+    slot: &mut Option<Pin<Box<Option<F>>>>,
+    handler: impl FnOnce(Request<ClientBody>) -> F,
     drain: &watch::Receiver<bool>,
 ) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = Result<http::Response<ResponseBody>, ClientGone>>,
 {
     let ParsedHead {
         request,
@@ -489,10 +494,20 @@ where
         request.extensions_mut().insert(PendingUpgrade::new(rx));
         tx
     });
-    // Boxed: the handler's future is ~10 KB.
-    let mut handling = Box::pin(handle(shared.clone(), ctx.clone(), request));
+    // On the heap (the handler's future is ~10 KB), in the session's one allocation for it: a
+    // fresh box per request was a large malloc and free each time.
+    let handling = match slot {
+        Some(b) => {
+            b.as_mut().set(Some(handler(request)));
+            b
+        }
+        None => slot.insert(Box::pin(Some(handler(request)))),
+    };
     let answered = poll_fn(|cx| {
-        if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+        let Some(fut) = handling.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(r) = fut.poll(cx) {
             return Poll::Ready(Some(r));
         }
         if client_left(conn, cx) {
@@ -502,7 +517,7 @@ where
     })
     .await;
     // Dropped unfinished, the handler logs the request as Envoy does (`0 DC`).
-    drop(handling);
+    handling.as_mut().set(None);
     let Some(Ok(mut resp)) = answered else {
         // Gone, or the handler found it gone: closed without an answer.
         lock(conn).abandon_body();
