@@ -29,9 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
+use egret_http::body::ResponseBody;
 use egret_http::headers::{self, connection_has};
 use egret_http::refusal;
-use egret_http::body::ResponseBody;
 use egret_http::service::{handle, ClientGone};
 use egret_http::upgrade::{PendingUpgrade, UpgradedClient};
 use egret_http::{ConnContext, HttpShared};
