@@ -1623,6 +1623,10 @@ async fn upstream_framing_is_checked_like_envoys_codec() {
             "/unasked-101",
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
         ),
+        (
+            "/bad-chunk",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ),
     ];
     let up = raw_upstream(ANSWERS).await;
     let s1 = scenario("s1-http");
@@ -1702,6 +1706,24 @@ async fn upstream_framing_is_checked_like_envoys_codec() {
             (path, code, "-", "via_upstream")
         );
     }
+    // A body whose framing breaks right after the head: as Envoy, the client gets the head,
+    // then the connection ends without the last chunk.
+    let (head, got_body) = get_whole(&gw, "edition.cnn.com", "/bad-chunk").await;
+    assert_eq!(head.lines().next(), Some("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.lines().any(|l| l == "transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(got_body, "");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        (
+            "200",
+            "UPE",
+            "upstream_reset_after_response_started{protocol_error}"
+        )
+    );
 }
 
 /// What Envoy 1.40's connection manager refuses before routing, without a flag and with

@@ -820,6 +820,9 @@ pub struct ResponseWriter {
     /// The body has ended (or is not sent at all).
     body_done: bool,
     unflushed: bool,
+    /// The body failed: what is queued (the head, data before the failure) still goes out,
+    /// then the writer reports the failure.
+    failed: bool,
 }
 
 /// Why a response could not be written whole.
@@ -845,6 +848,7 @@ impl ResponseWriter {
             },
             body_done: framing == BodyOut::None,
             unflushed: false,
+            failed: false,
         };
         w.push(head);
         w
@@ -933,19 +937,30 @@ impl ResponseWriter {
                 && self.end + 4 <= WRITE_SLICES
                 && self.queued_bytes() < GATHER_BYTES
             {
-                match Pin::new(&mut *body).poll_frame(cx) {
+                let step = match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => break,
                     Poll::Ready(Some(Ok(frame))) => {
                         // Trailers are dropped (Envoy's HTTP/1 codec by default).
-                        if let Ok(data) = frame.into_data() {
-                            self.encode(data)?;
-                        }
-                        if body.is_end_stream() {
-                            self.end()?;
-                        }
+                        let encoded = match frame.into_data() {
+                            Ok(data) => self.encode(data),
+                            Err(_) => Ok(()),
+                        };
+                        encoded.and_then(|()| {
+                            if body.is_end_stream() {
+                                self.end()
+                            } else {
+                                Ok(())
+                            }
+                        })
                     }
-                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(WriteFailed::Body)),
-                    Poll::Ready(None) => self.end()?,
+                    Poll::Ready(Some(Err(_))) => Err(WriteFailed::Body),
+                    Poll::Ready(None) => self.end(),
+                };
+                if step.is_err() {
+                    // As Envoy: the head and what came of the body go out, then the client's
+                    // connection closes (no last chunk: the client sees the body cut short).
+                    self.failed = true;
+                    self.body_done = true;
                 }
             }
             if self.start == self.end {
@@ -954,7 +969,9 @@ impl ResponseWriter {
                     self.unflushed = false;
                 }
                 // Otherwise the body is pending: it wakes us.
-                return if self.body_done {
+                return if self.failed {
+                    Poll::Ready(Err(WriteFailed::Body))
+                } else if self.body_done {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Pending

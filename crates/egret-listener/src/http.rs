@@ -563,8 +563,14 @@ where
     }
     match written {
         Some(Ok(())) => {}
-        // The body failed (the record says how) or the client is gone: closed at once.
-        Some(Err(WriteFailed::Body | WriteFailed::Io)) | None => return Next::Over,
+        // The body failed (the record says how): the head and what came of the body are
+        // out; the connection closes as Envoy closes it then (delayed).
+        Some(Err(WriteFailed::Body)) => {
+            close_delayed(h1::Stream(conn.clone())).await;
+            return Next::Over;
+        }
+        // The client is gone: closed at once.
+        Some(Err(WriteFailed::Io)) | None => return Next::Over,
     }
     if upgrading {
         if let Some(tx) = upgrade {
