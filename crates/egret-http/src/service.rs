@@ -47,8 +47,8 @@ pub struct ConnContext {
     pub peer_uri_san: Option<String>,
 }
 
-/// The client went away before its response: hyper is told so (an error from the service),
-/// and closes the connection (HTTP/1.1) or resets the stream (HTTP/2) without answering.
+/// The client went away before its response: the listener is told so, and closes the
+/// connection (HTTP/1.1) or resets the stream (HTTP/2, hyper's server) without answering.
 #[derive(Debug)]
 pub struct ClientGone;
 
@@ -121,8 +121,8 @@ pub async fn handle(
             headers::join_cookies(h);
         }
         // Envoy answers `Expect: 100-continue` itself and does not pass it on (Istio leaves
-        // `proxy_100_continue` off; checked with 1.40). hyper sends the `100` when the body
-        // is first read.
+        // `proxy_100_continue` off; checked with 1.40). The HTTP/1.1 listener sends the
+        // `100` as soon as it has the head; HTTP/2's (hyper's) when the body is first read.
         if h.get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         {
@@ -593,8 +593,8 @@ fn protocol_error(mut guard: LogGuard, r: refusal::Refusal) -> Response<Response
     resp
 }
 
-/// The request's log until a response exists. If hyper drops the request future first (the
-/// client went away), the record is logged as Envoy does: code 0, `DC`,
+/// The request's log until a response exists. If the listener drops the request future first
+/// (the client went away), the record is logged as Envoy does: code 0, `DC`,
 /// `downstream_remote_disconnect` (checked with Envoy 1.40).
 struct PendingLog(Option<LogGuard>, Option<Arc<AtomicU64>>);
 

@@ -636,7 +636,7 @@ pub enum BodyOut {
     UntilClose,
 }
 
-/// Encodes a response head as hyper's server did (the gateway's responses were checked
+/// Encodes a response head as hyper's server did before (the gateway's responses were checked
 /// against Envoy 1.40 through it): the headers in order, `connection` values on one line,
 /// `connection: close` added when `close` (the client asked, or the gateway drains), then
 /// the framing header when the response has none and the `date` when it has none. Returns

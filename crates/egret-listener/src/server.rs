@@ -25,7 +25,7 @@ pub struct GatewayOptions {
     pub tcp_idle_timeout: Duration,
     /// How long a downstream HTTP/1.1 connection may wait for a request (Envoy: 1 h).
     pub http_idle_timeout: Duration,
-    /// How long an idle HTTP/1.1 connection keeps hyper's buffers after a response.
+    /// How long an idle HTTP/1.1 connection keeps its read buffer after a response.
     pub http_release_delay: Duration,
 }
 
@@ -247,8 +247,8 @@ impl Gateway {
                 }
                 ListenerRoutes::Http(table) => {
                     // Not boxed, unlike the other kinds: this future is the whole of what an
-                    // idle plain-HTTP connection holds (hyper's state is boxed inside it and
-                    // released while idle), and boxing it would add a second waiting state
+                    // idle plain-HTTP connection holds (a session's state is boxed inside it
+                    // and released while idle), and boxing it would add a second waiting state
                     // beside the task's own (benches/RESULTS.md, memory per idle connection).
                     let ctx = || {
                         Arc::new(ConnContext {

@@ -123,9 +123,9 @@ pub struct RunArgs {
     /// disables it.
     #[arg(long = "http-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub http_idle_timeout: std::time::Duration,
-    /// How long an idle downstream HTTP/1.1 connection keeps its ~16 KB of HTTP buffers
-    /// after a response before releasing them (they come back with the next request);
-    /// `0s` releases them as soon as each response is sent.
+    /// How long an idle downstream HTTP/1.1 connection keeps its read buffer (8 KB or more)
+    /// after a response before releasing it (it comes back with the next request); `0s`
+    /// releases it as soon as each response is sent.
     #[arg(long = "http-buffer-release-delay", default_value = "100ms", value_parser = parse_duration)]
     pub http_buffer_release_delay: std::time::Duration,
     /// Once no connection has opened or closed, no request has been logged and no buffer has
