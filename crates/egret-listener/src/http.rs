@@ -504,16 +504,16 @@ where
         None => slot.insert(Box::pin(Some(handler(request)))),
     };
     let answered = poll_fn(|cx| {
-        let Some(fut) = handling.as_mut().as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(r) = fut.poll(cx) {
-            return Poll::Ready(Some(r));
-        }
+        // The client's leaving first: a FIN that came with the head (or with the upstream's
+        // answer) ends the request before it is forwarded (or answered), as Envoy takes a
+        // downstream half-close for an abort (checked with 1.40).
         if client_left(conn, cx) {
             return Poll::Ready(None);
         }
-        Poll::Pending
+        let Some(fut) = handling.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        fut.poll(cx).map(Some)
     })
     .await;
     // Dropped unfinished, the handler logs the request as Envoy does (`0 DC`).
