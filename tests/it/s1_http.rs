@@ -1253,7 +1253,7 @@ async fn request_headers_go_upstream_in_envoys_order() {
 }
 
 /// A request body that ends with trailers has ended: its response is an ordinary keep-alive
-/// one (hyper stops reading a body at its trailers, which must count as its end).
+/// one (the codec stops reading a body at its trailers, which must count as its end).
 #[tokio::test]
 async fn a_request_body_ending_in_trailers_has_ended() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::body::ResponseBody;
-use egret_http::refusal::{self, HeadError, Refusal};
+use egret_http::refusal::{self, HeadError};
 use egret_upstream::body::BodyError;
 use egret_upstream::chunked::{self, ChunkState, Decoded};
 use egret_upstream::h1::{poll_read_growing, READ_START};
@@ -1044,11 +1044,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         lock(&self.0).io_mut().poll_shutdown(cx)
     }
-}
-
-/// The refusal of a head the codec could not take.
-pub fn refusal_for(e: HeadError, head: &[u8]) -> Refusal {
-    refusal::for_head_error(e, head)
 }
 
 #[cfg(test)]

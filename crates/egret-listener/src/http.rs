@@ -322,7 +322,9 @@ where
                             Ok(Some(head)) => return Poll::Ready(HeadRead::Head(head)),
                             Ok(None) => {}
                             Err(e) => {
-                                return Poll::Ready(HeadRead::Refused(h1::refusal_for(e, &c.buf)))
+                                return Poll::Ready(HeadRead::Refused(refusal::for_head_error(
+                                    e, &c.buf,
+                                )))
                             }
                         }
                     }
