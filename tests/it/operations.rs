@@ -859,7 +859,8 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
         .expect("HTTP/1.0 response ends with the connection")
         .unwrap();
     let all = String::from_utf8_lossy(&all);
-    assert!(all.starts_with("HTTP/1.0 426"), "{all}");
+    // Envoy 1.40's codec answers in HTTP/1.1 (checked with it).
+    assert!(all.starts_with("HTTP/1.1 426"), "{all}");
     assert!(all.ends_with("\r\n\r\nUpgrade Required"), "{all}");
 
     for method in ["GET", "GET", "GET", "GET", "GET", "POST", "GET", "GET"] {

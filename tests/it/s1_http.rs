@@ -1252,6 +1252,173 @@ async fn request_headers_go_upstream_in_envoys_order() {
     }
 }
 
+/// Framing headers as Envoy 1.40's HTTP/1.1 codec writes them (checked with it through a raw
+/// upstream): an answer to a HEAD without a length (an upstream's, or a local reply) says
+/// `transfer-encoding: chunked`; a `304` keeps its upstream's `content-length`; a chunked
+/// request whose body is empty goes upstream chunked, with its last chunk.
+#[tokio::test]
+async fn framing_headers_follow_envoys_codec() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (tx, mut requests) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // One request: its head, and a chunked body up to its last chunk.
+                    let end = loop {
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&got[..i]).to_ascii_lowercase();
+                            if !head.contains("transfer-encoding: chunked") {
+                                break i + 4;
+                            }
+                            if let Some(j) = got[i + 4..].windows(5).position(|w| w == b"0\r\n\r\n")
+                            {
+                                break i + 4 + j + 5;
+                            }
+                        }
+                        match c.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let request: Vec<u8> = got.drain(..end).collect();
+                    let request = String::from_utf8_lossy(&request).into_owned();
+                    let answer: &[u8] = if request.contains(" /no-length ") {
+                        b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n"
+                    } else if request.contains(" /chunked ") {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n"
+                    } else if request.contains(" /not-modified ") {
+                        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 42\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    let _ = tx.send(request);
+                    if c.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up)).await;
+    // The response head's field names, in order, with the framing fields' values.
+    let fields = |head: &str| -> Vec<String> {
+        head.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| {
+                let n = n.to_ascii_lowercase();
+                match n.as_str() {
+                    "content-length" | "transfer-encoding" => format!("{n}: {}", v.trim()),
+                    _ => n,
+                }
+            })
+            .collect()
+    };
+    for (request, expected) in [
+        (
+            &b"HEAD /no-length HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n"[..],
+            &[
+                "x-a",
+                "x-envoy-upstream-service-time",
+                "date",
+                "server",
+                "transfer-encoding: chunked",
+            ][..],
+        ),
+        (
+            b"HEAD /chunked HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n",
+            &[
+                "x-a",
+                "x-envoy-upstream-service-time",
+                "date",
+                "server",
+                "transfer-encoding: chunked",
+            ],
+        ),
+        (
+            b"GET /not-modified HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n",
+            &[
+                "content-length: 42",
+                "x-envoy-upstream-service-time",
+                "date",
+                "server",
+            ],
+        ),
+        // Local replies: no route for the host.
+        (
+            b"HEAD / HTTP/1.1\r\nHost: not-allowed.example\r\n\r\n",
+            &["date", "server", "transfer-encoding: chunked"],
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: not-allowed.example\r\n\r\n",
+            &["date", "server", "content-length: 0"],
+        ),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        c.write_all(request).await.unwrap();
+        let head = crate::common::read_request_head(&mut c)
+            .await
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert_eq!(fields(&head), expected, "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n") && !head.ends_with("\r\n\r\n\r\n"),
+            "no body: {head:?}"
+        );
+        let line = gw.next_line().await;
+        if !request.starts_with(b"HEAD / ") && !request.starts_with(b"GET / ") {
+            let sent = requests.recv().await.unwrap();
+            assert_eq!(sent.split(' ').nth(1), Some(line.path.as_str()));
+        }
+    }
+    // An empty chunked body: framed as chunked upstream, last chunk included.
+    let (status, _, _) = raw_request(
+        &gw,
+        b"POST /empty HTTP/1.1\r\nHost: edition.cnn.com\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent = requests.recv().await.unwrap();
+    assert!(
+        sent.ends_with("\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+            && !sent.contains("content-length"),
+        "{sent:?}"
+    );
+    assert_eq!(gw.next_line().await.bytes_received, 0);
+    // The codec's refusals go out as `HTTP/1.1` with their body, to a HEAD or HTTP/1.0 too.
+    for (request, status_line, body, details) in [
+        (
+            &b"HEAD / HTTP/1.0\r\nHost: edition.cnn.com\r\n\r\n"[..],
+            "HTTP/1.1 426 Upgrade Required",
+            "Upgrade Required",
+            "low_version",
+        ),
+        (
+            b"HEAD / HTTP/1.1\r\nHost: edition.cnn.com\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            "HTTP/1.1 400 Bad Request",
+            "Bad Request",
+            "http1.codec_error",
+        ),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        c.write_all(request).await.unwrap();
+        let (got, _) = crate::common::read_until_end(&mut c).await;
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert!(got.starts_with(status_line), "{got}");
+        assert!(got.ends_with(&format!("\r\n\r\n{body}")), "{got}");
+        let line = gw.next_line().await;
+        assert_eq!((line.details.as_str(), line.bytes_sent), (details, body.len() as u64));
+    }
+}
+
 /// A request body that ends with trailers has ended: its response is an ordinary keep-alive
 /// one (the codec stops reading a body at its trailers, which must count as its end).
 #[tokio::test]

@@ -58,7 +58,9 @@ pub fn build(status: u16, body: Option<String>) -> (Response<ResponseBody>, u64)
     let mut resp = Response::new(ResponseBody::full(body.map(Bytes::from)));
     *resp.status_mut() = status;
     // Envoy's header order: with a body `content-length, content-type, date, server`;
-    // without one `date, server, content-length`.
+    // without one `date, server`, and the HTTP/1.1 codec frames it (`content-length: 0`
+    // after them; `transfer-encoding: chunked` when it answers a HEAD; nothing on HTTP/2),
+    // as Envoy 1.40's codecs do.
     let h = resp.headers_mut();
     let date = crate::headers::date_now();
     if len > 0 {
@@ -70,13 +72,11 @@ pub fn build(status: u16, body: Option<String>) -> (Response<ResponseBody>, u64)
     }
     h.insert(http::header::DATE, date);
     h.insert(http::header::SERVER, SERVER_NAME.clone());
-    if len == 0 {
-        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    }
     (resp, len)
 }
 
-/// A redirect as Envoy 1.40 sends it: `location`, `date`, `server`, `content-length: 0`.
+/// A redirect as Envoy 1.40 sends it: `location`, `date`, `server` (and the codec's framing,
+/// as for [`build`]).
 pub fn redirect(status: u16, location: &str) -> (Response<ResponseBody>, u64) {
     let mut resp = Response::new(ResponseBody::full(None));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
@@ -86,7 +86,6 @@ pub fn redirect(status: u16, location: &str) -> (Response<ResponseBody>, u64) {
     }
     h.insert(http::header::DATE, crate::headers::date_now());
     h.insert(http::header::SERVER, SERVER_NAME.clone());
-    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     (resp, 0)
 }
 
@@ -105,7 +104,6 @@ pub fn grpc(code: u32, message: &str) -> (Response<ResponseBody>, u64) {
     }
     h.insert(http::header::DATE, crate::headers::date_now());
     h.insert(http::header::SERVER, SERVER_NAME.clone());
-    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     (resp, 0)
 }
 

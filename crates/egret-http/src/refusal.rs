@@ -19,6 +19,12 @@ use egret_core::ResponseFlags;
 use crate::local_reply;
 use crate::service::{ConnContext, HttpShared};
 
+/// Marks a response as one of the codec's refusals (a response extension): Envoy 1.40's
+/// codec writes it as `HTTP/1.1` with its body whatever the request was, an HTTP/1.0
+/// request or a HEAD (checked with it), so the listener does not frame it for the request.
+#[derive(Clone, Copy, Debug)]
+pub struct CodecReply;
+
 /// What Envoy answers and logs for a refused request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {

@@ -370,6 +370,11 @@ struct AttemptBody {
     /// Chunks of the copy already sent by this attempt.
     pos: usize,
     size: SizeHint,
+    /// Polled at least once. The request had a body stream when it arrived (a bodiless one
+    /// is `Kind::Empty`), so it does not report its end before it has been asked for a
+    /// frame, even when the read ahead found the stream empty: a chunked request with an
+    /// empty body goes upstream chunked, with its last chunk, as Envoy 1.40 sends it.
+    polled: bool,
 }
 
 impl Body for AttemptBody {
@@ -381,6 +386,7 @@ impl Body for AttemptBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.polled = true;
         let mut s = lock(&this.source);
         if s.reader != this.generation {
             return Poll::Ready(Some(Err(gone("request body moved to a retry"))));
@@ -401,7 +407,7 @@ impl Body for AttemptBody {
 
     fn is_end_stream(&self) -> bool {
         let s = lock(&self.source);
-        s.reader == self.generation && s.complete && self.pos >= s.copy.chunks.len()
+        self.polled && s.reader == self.generation && s.complete && self.pos >= s.copy.chunks.len()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -628,6 +634,7 @@ impl RequestBody {
                     generation: *generation,
                     pos: 0,
                     size: size.clone(),
+                    polled: false,
                 })))
             }
         }

@@ -590,6 +590,7 @@ fn protocol_error(mut guard: LogGuard, r: refusal::Refusal) -> Response<Response
     );
     resp.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    resp.extensions_mut().insert(refusal::CodecReply);
     resp
 }
 

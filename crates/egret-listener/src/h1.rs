@@ -639,7 +639,9 @@ pub enum BodyOut {
 /// Encodes a response head as hyper's server did before (the gateway's responses were checked
 /// against Envoy 1.40 through it): the headers in order, `connection` values on one line,
 /// `connection: close` added when `close` (the client asked, or the gateway drains), then
-/// the framing header when the response has none and the `date` when it has none. Returns
+/// the framing header when the response has none (as Envoy 1.40's codec: `content-length: 0`
+/// for no body, `transfer-encoding: chunked` answering a HEAD without a length; a `304`
+/// keeps its length) and the `date` when it has none. Returns
 /// how the body goes out and whether the connection closes after it.
 pub fn encode_head(
     resp: &Response<ResponseBody>,
@@ -658,9 +660,12 @@ pub fn encode_head(
     };
     let informational = status.is_informational();
     let connect_ok = req.connect && status.is_success();
-    let no_content = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let not_modified = status == StatusCode::NOT_MODIFIED;
+    let no_content = status == StatusCode::NO_CONTENT || not_modified;
     let can_have_length = !(informational || connect_ok || no_content);
     let can_have_body = can_have_length && !req.head;
+    // A `304` keeps the length its upstream gave (that of the resource); none is added.
+    let keeps_length = can_have_length || not_modified;
 
     out.reserve(64 + headers.len() * 32);
     out.extend_from_slice(if req.http10 {
@@ -686,9 +691,9 @@ pub fn encode_head(
             http::header::CONTENT_LENGTH => {
                 let Some(first) = values.next() else { continue };
                 match length {
-                    // No body: the length goes unless this answers a HEAD (it is re-added
-                    // as `0` below where one is allowed).
-                    None if !req.head => continue,
+                    // No body: the length goes unless this answers a HEAD or is a 304's (it
+                    // is re-added as `0` below where one is allowed).
+                    None if !req.head && !not_modified => continue,
                     None => {}
                     Some(Some(n)) => framing = Some(BodyOut::Length(n)),
                     Some(None) => match parse_length(first.as_bytes()) {
@@ -696,7 +701,7 @@ pub fn encode_head(
                         None => continue,
                     },
                 }
-                if !can_have_length {
+                if !keeps_length {
                     continue;
                 }
                 line(out, b"content-length", first.as_bytes());
@@ -751,6 +756,12 @@ pub fn encode_head(
     let framing = match framing {
         Some(f) => f,
         None => match length {
+            // A HEAD answered without a length: Envoy's codec says the body would have been
+            // chunked (an upstream's own `transfer-encoding` was dropped above).
+            None | Some(None) if req.head && can_have_length && !req.http10 => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                BodyOut::None
+            }
             Some(None) if req.http10 || !can_have_body => BodyOut::UntilClose,
             Some(None) => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -1246,5 +1257,63 @@ mod tests {
         assert!(encode(r, GET, false)
             .0
             .starts_with("HTTP/1.1 299 Unknown\n"));
+    }
+
+    /// Framing headers Envoy 1.40's codec writes where Egret's differed (checked with it
+    /// through a raw upstream).
+    #[test]
+    fn head_and_not_modified_responses_are_framed_as_envoys_codec_frames_them() {
+        let head = RequestFacts { head: true, ..GET };
+        let bodiless = |status: u16, fields: &[(&'static str, &'static str)]| {
+            let mut r = Response::new(ResponseBody::full(None));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (n, v) in fields {
+                r.headers_mut().append(*n, HeaderValue::from_static(v));
+            }
+            r
+        };
+        // A HEAD answered without a length, or chunked: `transfer-encoding: chunked`, last.
+        let (text, framing, closes) = encode(bodiless(200, &[("x-a", "1")]), head, false);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\nx-a: 1\ntransfer-encoding: chunked\ndate: D\n"
+        );
+        assert_eq!((framing, closes), (BodyOut::None, false));
+        let upstream_chunked = bodiless(200, &[("transfer-encoding", "chunked"), ("x-a", "1")]);
+        assert_eq!(
+            encode(upstream_chunked, head, false).0,
+            "HTTP/1.1 200 OK\nx-a: 1\ntransfer-encoding: chunked\ndate: D\n"
+        );
+        // The same local reply to a GET gets `content-length: 0`; to an HTTP/1.0 HEAD nothing.
+        assert_eq!(
+            encode(bodiless(404, &[]), GET, false).0,
+            "HTTP/1.1 404 Not Found\ncontent-length: 0\ndate: D\n"
+        );
+        let head10 = RequestFacts {
+            http10: true,
+            ..head
+        };
+        assert_eq!(
+            encode(bodiless(404, &[]), head10, false).0,
+            "HTTP/1.0 404 Not Found\ndate: D\n"
+        );
+        // A 304 keeps its upstream's length; a 204 loses it; neither gets one added.
+        assert_eq!(
+            encode(bodiless(304, &[("content-length", "42")]), GET, false).0,
+            "HTTP/1.1 304 Not Modified\ncontent-length: 42\ndate: D\n"
+        );
+        assert_eq!(
+            encode(
+                bodiless(304, &[("transfer-encoding", "chunked")]),
+                GET,
+                false
+            )
+            .0,
+            "HTTP/1.1 304 Not Modified\ndate: D\n"
+        );
+        assert_eq!(
+            encode(bodiless(204, &[("content-length", "0")]), head, false).0,
+            "HTTP/1.1 204 No Content\ndate: D\n"
+        );
     }
 }

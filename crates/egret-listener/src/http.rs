@@ -525,6 +525,16 @@ where
             http::HeaderValue::from_static("close"),
         );
     }
+    let facts = if resp.extensions().get::<refusal::CodecReply>().is_some() {
+        // The codec's refusal: `HTTP/1.1` and its body, for a HEAD or HTTP/1.0 too.
+        RequestFacts {
+            head: false,
+            connect: false,
+            http10: false,
+        }
+    } else {
+        facts
+    };
     let mut wire = BytesMut::new();
     let (framing_out, closes) =
         h1::encode_head(&resp, facts, !keep_alive || *drain.borrow(), &mut wire);
