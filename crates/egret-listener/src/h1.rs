@@ -131,6 +131,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
         )
     }
 
+    /// The socket and what has been read from it and not consumed.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.io, self.buf)
+    }
+
     /// Frees the read buffer of an idle connection, keeping a copy of what it holds (a
     /// request head cut short, usually nothing): keeping the buffer would keep all of it.
     pub fn release(&mut self) {

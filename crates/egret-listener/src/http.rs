@@ -62,12 +62,15 @@ pub struct HttpOptions {
     /// Woken once when the gateway starts draining (with `drain` turned true): what an idle
     /// connection waits on, a 64-byte `Notified` where the watch's own wait takes 160.
     pub drain_started: Arc<tokio::sync::Notify>,
+    /// True once the gateway drains.
+    pub drain: watch::Receiver<bool>,
 }
 
 /// Serves until the client is done — or, once `drain` turns true, until in-flight requests
 /// have finished (`connection: close` on HTTP/1.1, GOAWAY on h2). An idle connection is
 /// closed by a drain at once. Until the client's first bytes arrive the connection holds
-/// only its socket and this future: `ctx` is called once they have.
+/// only its socket and this future: `ctx` is called once they have, and again for each
+/// session of HTTP/1.1 exchanges after an idle period.
 ///
 /// A plain function returning the future rather than an `async fn`: an `async fn` keeps its
 /// arguments twice (as passed, and moved into its body), and this future is what every idle
@@ -77,64 +80,153 @@ pub struct HttpOptions {
     reason = "an async fn stores its arguments twice"
 )]
 pub fn serve_http<S>(
-    mut io: S,
+    mut held: Held<S>,
     shared: Arc<HttpShared>,
-    ctx: impl FnOnce() -> Arc<ConnContext>,
-    drain: watch::Receiver<bool>,
-    options: HttpOptions,
+    ctx: impl Fn() -> Arc<ConnContext>,
+    options: Arc<HttpOptions>,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        let mut read_ahead = BytesMut::new();
         // Enough bytes to tell the HTTP/2 preface from an HTTP/1.1 request line.
-        while read_ahead.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&read_ahead) {
-            let wait = next_bytes(
-                &mut io,
-                options.idle_timeout,
-                &drain,
-                &options.drain_started,
-            );
-            let Some(more) = wait.await else {
-                return close(io).await;
-            };
-            if read_ahead.is_empty() {
-                read_ahead = more;
-            } else {
-                read_ahead.extend_from_slice(&more);
+        while held.with_read(|b| b.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(b)) {
+            match next_bytes(&mut held, &options).await {
+                Some(more) => held.append(more),
+                None => return close(held).await,
             }
         }
-        let ctx = ctx();
-        if read_ahead.starts_with(H2_PREFACE) {
+        if held.with_read(|b| b.starts_with(H2_PREFACE)) {
             let io = Rewind {
-                ahead: read_ahead.freeze(),
-                io,
+                ahead: held.take_read().freeze(),
+                io: held,
             };
-            return Box::pin(serve_h2(io, shared, ctx, drain)).await;
+            return Box::pin(serve_h2(io, shared, ctx(), options.drain.clone())).await;
         }
-        let conn: SharedIo<S> = Arc::new(Mutex::new(ConnIo::new(io, read_ahead)));
         loop {
+            if held.with_read(BytesMut::is_empty) {
+                // Idle between sessions: the next bytes are read into the stack.
+                match next_bytes(&mut held, &options).await {
+                    Some(bytes) => held.append(bytes),
+                    None => return close(held).await,
+                }
+            }
+            let conn = held.into_shared();
+            // Made per session, like the session's state: an idle connection does not hold it.
+            let ctx = ctx();
             // Boxed: the exchange's state lives on the heap only while the session does.
-            let session = Box::pin(serve_h1(&conn, &shared, &ctx, &drain, &options));
+            let session = Box::pin(serve_h1(&conn, &shared, &ctx, &options));
             if session.await == SessionEnd::Over {
                 return;
             }
-            // Released, idle: the next bytes are read into the stack (a request head cut
-            // short when the release came is still in the buffer: parsed on at once).
-            if lock(&conn).buf.is_empty() {
-                let mut stream = h1::Stream(conn.clone());
-                let wait = next_bytes(
-                    &mut stream,
-                    options.idle_timeout,
-                    &drain,
-                    &options.drain_started,
-                );
-                match wait.await {
-                    Some(bytes) => lock(&conn).buf = bytes,
-                    None => return close(stream).await,
-                }
+            drop(ctx);
+            // Released: what it holds of a request head cut short is parsed on at once.
+            held = Held::after_session(conn);
+        }
+    }
+}
+
+/// What an HTTP/1.1 connection holds between sessions: its socket and what has been read
+/// from it — taken back out of the shared connection when nothing else holds that (a request
+/// body's reader kept by an HTTP/2 upstream may, for a while), so an idle connection is its
+/// socket and the task's future.
+pub enum Held<S> {
+    Own(S, BytesMut),
+    Shared(h1::Stream<S>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Held<S> {
+    /// A connection just accepted: nothing read yet.
+    pub fn new(io: S) -> Held<S> {
+        Held::Own(io, BytesMut::new())
+    }
+
+    fn after_session(conn: SharedIo<S>) -> Held<S> {
+        match Arc::try_unwrap(conn) {
+            Ok(m) => {
+                let (io, buf) = m
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .into_parts();
+                Held::Own(io, buf)
             }
+            Err(conn) => Held::Shared(h1::Stream(conn)),
+        }
+    }
+
+    /// Looks at what has been read and not consumed.
+    fn with_read<R>(&self, f: impl FnOnce(&BytesMut) -> R) -> R {
+        match self {
+            Held::Own(_, buf) => f(buf),
+            Held::Shared(s) => f(&lock(&s.0).buf),
+        }
+    }
+
+    fn append(&mut self, more: BytesMut) {
+        let append = |buf: &mut BytesMut| {
+            if buf.is_empty() {
+                *buf = more;
+            } else {
+                buf.extend_from_slice(&more);
+            }
+        };
+        match self {
+            Held::Own(_, buf) => append(buf),
+            Held::Shared(s) => append(&mut lock(&s.0).buf),
+        }
+    }
+
+    fn take_read(&mut self) -> BytesMut {
+        match self {
+            Held::Own(_, buf) => std::mem::take(buf),
+            Held::Shared(s) => std::mem::take(&mut lock(&s.0).buf),
+        }
+    }
+
+    fn into_shared(self) -> SharedIo<S> {
+        match self {
+            Held::Own(io, buf) => Arc::new(Mutex::new(ConnIo::new(io, buf))),
+            Held::Shared(s) => s.0,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Held<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Held::Own(io, _) => Pin::new(io).poll_read(cx, buf),
+            Held::Shared(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Held<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Held::Own(io, _) => Pin::new(io).poll_write(cx, buf),
+            Held::Shared(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Held::Own(io, _) => Pin::new(io).poll_flush(cx),
+            Held::Shared(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Held::Own(io, _) => Pin::new(io).poll_shutdown(cx),
+            Held::Shared(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -150,18 +242,17 @@ where
 )]
 fn next_bytes<'a, S: AsyncRead + Unpin>(
     io: &'a mut S,
-    idle_timeout: Duration,
-    drain: &'a watch::Receiver<bool>,
-    drain_started: &'a tokio::sync::Notify,
+    options: &'a HttpOptions,
 ) -> impl std::future::Future<Output = Option<BytesMut>> + 'a {
     async move {
-        let mut started = std::pin::pin!(drain_started.notified());
+        let mut started = std::pin::pin!(options.drain_started.notified());
         // Registered before the look at the flag: a drain starting in between still wakes it.
         started.as_mut().enable();
-        if *drain.borrow() {
+        if *options.drain.borrow() {
             return None;
         }
         // 0 disables the idle timeout, as in Envoy.
+        let idle_timeout = options.idle_timeout;
         let mut idle =
             std::pin::pin!((!idle_timeout.is_zero()).then(|| tokio::time::sleep(idle_timeout)));
         poll_fn(|cx| {
@@ -294,13 +385,13 @@ fn serve_h1<'a, S>(
     conn: &'a SharedIo<S>,
     shared: &'a Arc<HttpShared>,
     ctx: &'a Arc<ConnContext>,
-    drain: &'a watch::Receiver<bool>,
     options: &'a HttpOptions,
 ) -> impl Future<Output = SessionEnd> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
+        let drain = &options.drain;
         let mut scratch = ParseScratch::default();
         let mut started = std::pin::pin!(options.drain_started.notified());
         started.as_mut().enable();

@@ -1,8 +1,10 @@
 //! Binding, accepting, reloading the set of listeners, and draining.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub struct Gateway {
     workers: Workers,
     /// Idle HTTP/1.1 connections that released their HTTP buffers, counted once per release.
     http_releases: Arc<AtomicU64>,
+    /// What every downstream HTTP connection is served with.
+    http: Arc<crate::http::HttpOptions>,
 }
 
 /// Thread-per-core: one single-threaded runtime per worker. The accept loops run on one of
@@ -104,16 +108,26 @@ impl Gateway {
         options: GatewayOptions,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Arc<Gateway> {
-        let (drain, _) = watch::channel(false);
+        let (drain, draining) = watch::channel(false);
+        let drain_started = Arc::new(tokio::sync::Notify::new());
+        let http_releases = Arc::new(AtomicU64::new(0));
+        let http = Arc::new(crate::http::HttpOptions {
+            idle_timeout: options.http_idle_timeout,
+            release_delay: options.http_release_delay,
+            releases: http_releases.clone(),
+            drain_started: drain_started.clone(),
+            drain: draining,
+        });
         Arc::new(Gateway {
             config,
             shared,
             options,
             accepting: Mutex::new(HashMap::new()),
             drain,
-            drain_started: Arc::new(tokio::sync::Notify::new()),
+            drain_started,
             workers: Workers::new(workers),
-            http_releases: Arc::new(AtomicU64::new(0)),
+            http_releases,
+            http,
         })
     }
 
@@ -186,99 +200,82 @@ impl Gateway {
         })
     }
 
-    /// Starts serving an accepted connection: here, or on the least loaded worker.
+    /// Starts serving an accepted connection: here, or on the least loaded worker. What the
+    /// connection needs is worked out here, before its task exists, so the task's future
+    /// holds that and nothing twice: for a plain-HTTP connection that future is the whole of
+    /// what an idle connection costs (benches/RESULTS.md, memory per idle connection).
     fn dispatch(self: &Arc<Self>, listen_port: u16, stream: TcpStream, remote: SocketAddr) {
         let workers = &self.workers;
         let worker = workers.least_loaded();
+        let other = workers.other(worker);
+        let stream = match other {
+            None => stream,
+            // The socket moves to the other runtime's reactor: deregistered here, registered
+            // there (two epoll_ctl calls per connection, none per request).
+            Some(runtime) => {
+                let _on_worker = runtime.enter();
+                match stream.into_std().and_then(TcpStream::from_std) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return tracing::warn!(error = %e, "cannot hand the connection to a worker")
+                    }
+                }
+            }
+        };
         let open = OpenConnection::new(workers.open.clone(), worker);
         workers.accepted[worker].fetch_add(1, Ordering::Relaxed);
-        let gw = self.clone();
-        let Some(runtime) = workers.other(worker) else {
-            tokio::spawn(gw.serve_connection(listen_port, stream, remote, open));
+        let spawn = |task: Pin<Box<dyn Future<Output = ()> + Send>>| match other {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(self.options.bind, listen_port));
+        let active = self.config.load();
+        let Some(listener) = active.snapshot.listener_on(listen_port) else {
+            // The listener was removed by a reload since the accept.
             return;
         };
-        // The socket moves to the other runtime's reactor: deregistered here, registered
-        // there (two epoll_ctl calls per connection, none per request).
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(error = %e, "cannot hand the connection to a worker"),
-        };
-        runtime.spawn(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => gw.serve_connection(listen_port, stream, remote, open).await,
-                Err(e) => tracing::warn!(error = %e, "worker cannot take the connection"),
+        match &listener.routes {
+            ListenerRoutes::Http(table) if listener.tls_servers.is_empty() => {
+                let conn = PlainHttpConn {
+                    local,
+                    remote,
+                    table: table.clone(),
+                    active: active.clone(),
+                    _open: open,
+                };
+                // Not boxed, unlike the other kinds: boxed, a waiting connection would hold
+                // the box's state beside the task's own.
+                let task = crate::http::serve_http(
+                    crate::http::Held::new(stream),
+                    self.shared.clone(),
+                    move || conn.context(),
+                    self.http.clone(),
+                );
+                match other {
+                    Some(runtime) => drop(runtime.spawn(task)),
+                    None => drop(tokio::spawn(task)),
+                }
             }
-        });
-    }
-
-    /// Serves an accepted connection; `open` counts it on its worker until it ends.
-    ///
-    /// A plain function returning the future rather than an `async fn`: an `async fn` keeps
-    /// its arguments twice (as passed, and moved into its body), and this future is what
-    /// every idle plain-HTTP connection holds (`-Zprint-type-sizes`: 904 → 632 bytes, and
-    /// the task's block around it is gone).
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn stores its arguments twice"
-    )]
-    fn serve_connection(
-        self: Arc<Self>,
-        listen_port: u16,
-        stream: TcpStream,
-        remote: SocketAddr,
-        open: OpenConnection,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move {
-            let _ = stream.set_nodelay(true);
-            let local = stream
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::new(self.options.bind, listen_port));
-            let active = self.config.load();
-            let Some(listener) = active.snapshot.listener_on(listen_port) else {
-                // The listener was removed by a reload between accept and here.
-                return drop(open);
-            };
-            // TLS and TCP connections are boxed: the task's future is as large as its largest
-            // state, and a TLS handshake held inline would size every connection's task by it.
-            match &listener.routes {
-                ListenerRoutes::Http(table) if !listener.tls_servers.is_empty() => {
-                    Box::pin(self.serve_https(&active, listen_port, table, stream, local, remote))
+            ListenerRoutes::Http(table) => {
+                let (gw, table) = (self.clone(), table.clone());
+                spawn(Box::pin(async move {
+                    gw.serve_https(&active, listen_port, &table, stream, local, remote)
                         .await;
-                }
-                ListenerRoutes::Http(table) => {
-                    // Not boxed, unlike the other kinds: this future is the whole of what an
-                    // idle plain-HTTP connection holds (a session's state is boxed inside it
-                    // and released while idle), and boxing it would add a second waiting state
-                    // beside the task's own (benches/RESULTS.md, memory per idle connection).
-                    let ctx = || {
-                        Arc::new(ConnContext {
-                            local,
-                            remote,
-                            snapshot: active.snapshot.clone(),
-                            upstreams: active.upstreams.clone(),
-                            table: table.clone(),
-                            scheme: "http",
-                            requested_server_name: None,
-                            peer_uri_san: None,
-                        })
-                    };
-                    crate::http::serve_http(
-                        stream,
-                        self.shared.clone(),
-                        ctx,
-                        self.drain.subscribe(),
-                        self.http_options(),
-                    )
-                    .await;
-                }
-                ListenerRoutes::Sni(_) | ListenerRoutes::Tcp(_) => {
-                    Box::pin(crate::tcp::serve_tcp(
-                        &self, &active, listener, stream, local, remote,
-                    ))
-                    .await;
-                }
+                    drop(open);
+                }));
             }
-            drop(open);
+            ListenerRoutes::Sni(_) | ListenerRoutes::Tcp(_) => {
+                let gw = self.clone();
+                spawn(Box::pin(async move {
+                    if let Some(listener) = active.snapshot.listener_on(listen_port) {
+                        crate::tcp::serve_tcp(&gw, &active, listener, stream, local, remote).await;
+                    }
+                    drop(open);
+                }));
+            }
         }
     }
 
@@ -337,22 +334,12 @@ impl Gateway {
             peer_uri_san: accepted.peer_uri_san.clone(),
         });
         crate::http::serve_http(
-            accepted.stream,
+            crate::http::Held::new(accepted.stream),
             self.shared.clone(),
-            move || ctx,
-            self.drain.subscribe(),
-            self.http_options(),
+            move || ctx.clone(),
+            self.http.clone(),
         )
         .await;
-    }
-
-    fn http_options(&self) -> crate::http::HttpOptions {
-        crate::http::HttpOptions {
-            idle_timeout: self.options.http_idle_timeout,
-            release_delay: self.options.http_release_delay,
-            releases: self.http_releases.clone(),
-            drain_started: self.drain_started.clone(),
-        }
     }
 
     /// How many times an idle HTTP/1.1 connection released its HTTP buffers.
@@ -409,6 +396,31 @@ impl Gateway {
 }
 
 /// Counts a connection as open on its worker until dropped.
+/// What a plain-HTTP connection's context is made from, each time a session of requests
+/// starts; it also holds the connection's place in its worker's count.
+struct PlainHttpConn {
+    local: SocketAddr,
+    remote: SocketAddr,
+    table: Arc<egret_core::HttpRouteTable>,
+    active: Arc<Active>,
+    _open: OpenConnection,
+}
+
+impl PlainHttpConn {
+    fn context(&self) -> Arc<ConnContext> {
+        Arc::new(ConnContext {
+            local: self.local,
+            remote: self.remote,
+            snapshot: self.active.snapshot.clone(),
+            upstreams: self.active.upstreams.clone(),
+            table: self.table.clone(),
+            scheme: "http",
+            requested_server_name: None,
+            peer_uri_san: None,
+        })
+    }
+}
+
 struct OpenConnection {
     counters: Arc<[AtomicUsize]>,
     index: usize,
