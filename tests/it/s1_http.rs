@@ -159,6 +159,67 @@ async fn s1_h2c_prior_knowledge_like_a_sidecar() {
     assert_eq!(l.authority, "edition.cnn.com");
 }
 
+/// A downstream HTTP/2 connection is offered Envoy 1.40's limits (checked with it): 1,024
+/// concurrent streams and a 16 MiB stream window in the server's SETTINGS, then the
+/// connection's window raised to 24 MiB.
+#[tokio::test]
+async fn h2_settings_carry_envoys_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s1 = scenario("s1-http");
+    let gw = Gateway::start(&[&s1], &[]).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    // The preface and an empty SETTINGS frame.
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut settings: Vec<(u16, u32)> = Vec::new();
+    let mut window_increment = None;
+    // Frames until the server's SETTINGS and its WINDOW_UPDATE on the connection are in.
+    while settings.is_empty() || window_increment.is_none() {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut head))
+            .await
+            .expect("a frame")
+            .unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        c.read_exact(&mut payload).await.unwrap();
+        let (kind, flags, stream) = (head[3], head[4], &head[5..9]);
+        match kind {
+            4 if flags & 1 == 0 => {
+                settings = payload
+                    .chunks(6)
+                    .map(|e| {
+                        (
+                            u16::from_be_bytes([e[0], e[1]]),
+                            u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+                        )
+                    })
+                    .collect();
+            }
+            8 if stream == [0, 0, 0, 0] => {
+                window_increment = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+            }
+            _ => {}
+        }
+    }
+    let value = |id: u16| settings.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    assert_eq!(
+        value(3),
+        Some(1024),
+        "SETTINGS_MAX_CONCURRENT_STREAMS: {settings:?}"
+    );
+    assert_eq!(
+        value(4),
+        Some(16 << 20),
+        "SETTINGS_INITIAL_WINDOW_SIZE: {settings:?}"
+    );
+    // The connection's window starts at 65,535 (RFC 9113 §6.9.2).
+    assert_eq!(window_increment, Some((24 << 20) - 65_535));
+}
+
 /// HTTP/2 `cookie` fields reach an HTTP/1.1 upstream joined into one with `; ` (RFC 9113
 /// §8.2.3, as Envoy 1.40 does).
 #[tokio::test]
