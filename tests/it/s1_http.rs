@@ -1689,6 +1689,54 @@ async fn an_h2_client_resetting_its_stream_mid_body_is_dr() {
     drop(tx);
 }
 
+/// An HTTP/2 client that resets its stream while the response streams is logged as Envoy
+/// 1.40 logs it, `200 DR http2.remote_reset`; one that closes its connection then, `200 DC
+/// downstream_remote_disconnect` (checked with Envoy through a raw HTTP/2 client).
+#[tokio::test]
+async fn an_h2_client_giving_up_mid_response_is_dr_or_dc() {
+    use http_body_util::BodyExt;
+    let up = HttpUpstream::start(Behavior::BodyOfSize(64 << 20))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    for close_connection in [false, true] {
+        let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let driver = tokio::spawn(conn);
+        let req = http::Request::get("http://edition.cnn.com/big")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a first frame").unwrap();
+        assert!(first.is_data());
+        if close_connection {
+            // The connection's task and the socket with it.
+            driver.abort();
+            drop(body);
+        } else {
+            // Dropped unfinished: RST_STREAM (CANCEL); the connection stays.
+            drop(body);
+        }
+        let l = gw.next_line().await;
+        assert_eq!((l.path.as_str(), l.code.as_str()), ("/big", "200"));
+        let expected = if close_connection {
+            ("DC", "downstream_remote_disconnect")
+        } else {
+            ("DR", "http2.remote_reset")
+        };
+        assert_eq!((l.flags.as_str(), l.details.as_str()), expected);
+        drop(sender);
+    }
+}
+
 /// `Expect: 100-continue` is answered by the gateway (`100 Continue`) and not passed on, as
 /// Envoy 1.40 does under Istio.
 #[tokio::test]

@@ -13,7 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,6 +100,7 @@ where
             let io = Rewind {
                 ahead: held.take_read().freeze(),
                 io: held,
+                ended: Arc::new(AtomicBool::new(false)),
             };
             return Box::pin(serve_h2(io, shared, ctx(), options.drain.clone())).await;
         }
@@ -322,13 +323,20 @@ async fn serve_h2<S>(
         // CONNECT), as Envoy offers with `allow_connect` and websocket upgrades enabled.
         .enable_connect_protocol()
         .timer(TokioTimer::new());
+    // Set as the connection ends (by the socket, at its end or first error, before the
+    // connection's streams hear of it; and when the connection is over): a response body
+    // given up while it is unset was given up by its stream's reset.
+    let ended = io.ended.clone();
+    let ended_for_streams = ended.clone();
     // Boxed per request: the handler's future is ~10 KB.
     let svc = service_fn(move |req: Request<Incoming>| {
-        Box::pin(handle(
-            shared.clone(),
-            ctx.clone(),
-            req.map(ClientBody::http2),
-        ))
+        let handling = handle(shared.clone(), ctx.clone(), req.map(ClientBody::http2));
+        let ended = ended_for_streams.clone();
+        Box::pin(async move {
+            handling
+                .await
+                .map(|resp| resp.map(|body| body.on_h2_connection(&ended)))
+        })
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -339,6 +347,7 @@ async fn serve_h2<S>(
             conn.await
         }
     };
+    ended.store(true, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
     }
@@ -687,10 +696,13 @@ where
     Next::KeepAlive
 }
 
-/// The socket with bytes already read from it in front (the HTTP/2 preface).
+/// The socket with bytes already read from it in front (the HTTP/2 preface). `ended` is
+/// set as soon as a read finds the stream's end or fails: the HTTP/2 connection is over
+/// before its streams hear of it.
 struct Rewind<S> {
     ahead: Bytes,
     io: S,
+    ended: Arc<AtomicBool>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
@@ -709,7 +721,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.ended.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(Err(_)) => self.ended.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        polled
     }
 }
 
@@ -719,7 +740,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Err(_))) {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -727,7 +752,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Err(_))) {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
