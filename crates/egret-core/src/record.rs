@@ -353,6 +353,12 @@ impl LogGuard {
         self.emit();
     }
 
+    /// Drops the record unlogged: for a connection Envoy writes no line for (a client that
+    /// connected and sent nothing before it left or timed out — a TCP health check).
+    pub fn discard(mut self) {
+        self.record = None;
+    }
+
     fn emit(&mut self) {
         if let Some(mut r) = self.record.take() {
             if r.duration.is_none() {

@@ -51,6 +51,9 @@ pub struct Gateway {
     pub options: GatewayOptions,
     accepting: Mutex<HashMap<u16, JoinHandle<()>>>,
     drain: watch::Sender<bool>,
+    /// Turned true when the drain timeout has passed: passthrough and TCP sessions still
+    /// open end then, and are logged with what they moved.
+    stopping: watch::Sender<bool>,
     /// Wakes idle connections when the drain starts (see `HttpOptions::drain_started`).
     drain_started: Arc<tokio::sync::Notify>,
     workers: Workers,
@@ -124,6 +127,7 @@ impl Gateway {
             options,
             accepting: Mutex::new(HashMap::new()),
             drain,
+            stopping: watch::channel(false).0,
             drain_started,
             workers: Workers::new(workers),
             http_releases,
@@ -392,6 +396,26 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.open_connections()
+    }
+
+    /// After the drain timeout: ends the passthrough and TCP sessions still open — each is
+    /// logged with the bytes it moved, as Envoy logs the sessions it closes when it exits —
+    /// and waits up to `grace` for them to close. Returns the connections still open.
+    pub async fn stop_sessions(&self, grace: Duration) -> usize {
+        self.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open_connections()
+    }
+
+    /// Completes once [`Gateway::stop_sessions`] has been called.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! Log lines match Envoy 1.40's tcp_proxy and listener logs field by field (checked:
 //! `NR filter_chain_not_found` for no/unknown SNI and non-TLS bytes with bytes 0 0,
 //! `UF,URX` plus the transport failure reason for a refused upstream). Envoy writes no line
-//! for a client that never completes its ClientHello; we do (`NR` with
-//! `listener_filter_timeout`, or `DC` when it hung up), so refused traffic is always visible.
+//! for a client that never completes its ClientHello; we do when it sent part of one (`NR`
+//! with `listener_filter_timeout`, or `DC` when it hung up), so refused traffic is always
+//! visible — but not for a connection that sent nothing (health checks), as Envoy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::net::TcpStream;
 use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, WeightedClusters};
 use egret_sni::reader::{read_client_hello_into, ReadError};
 use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
-use egret_sni::{forward_spliced, ForwardEnd, Side};
+use egret_sni::{forward_spliced_until, ForwardEnd, Side};
 use egret_upstream::connect::connect_with;
 
 use crate::active::Active;
@@ -42,6 +43,13 @@ pub(crate) async fn serve_tcp(
             .await;
             let sni = match hello {
                 Ok(h) => h.sni,
+                // Nothing sent (a TCP health check, a client that gave up): Envoy 1.40 writes
+                // no line and closes with a FIN at its listener timeout (checked with it).
+                Err(ReadError::Timeout | ReadError::Closed | ReadError::Io(_))
+                    if prefix.is_empty() =>
+                {
+                    return guard.discard();
+                }
                 Err(ReadError::Timeout) => {
                     return refuse(
                         &stream,
@@ -164,7 +172,14 @@ pub(crate) async fn serve_tcp(
     let _open = endpoint.open_connection();
     // splice(2) on Linux (about 40% less CPU per GiB than the user-space copy, README
     // "Passthrough forwarding"); elsewhere, or without pipes, the user-space copy.
-    let result = forward_spliced(&mut stream, upstream, &prefix, gw.options.tcp_idle_timeout).await;
+    let result = forward_spliced_until(
+        &mut stream,
+        upstream,
+        &prefix,
+        gw.options.tcp_idle_timeout,
+        gw.stopped(),
+    )
+    .await;
     let rec = guard.record();
     rec.bytes_received = result.bytes_from_downstream;
     rec.bytes_sent = result.bytes_from_upstream;
@@ -184,6 +199,9 @@ pub(crate) async fn serve_tcp(
             tracing::debug!(?side, %error, "passthrough session ended by an error")
         }
         ForwardEnd::IdleTimeout => tracing::debug!("passthrough session idle timeout"),
+        // The gateway shuts down: no flag, as Envoy logs the sessions it closes as it exits
+        // (checked with 1.40).
+        ForwardEnd::Stopped => tracing::debug!("passthrough session ended by the shutdown"),
     }
 }
 

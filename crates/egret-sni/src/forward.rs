@@ -43,6 +43,9 @@ pub enum ForwardEnd {
     Error { side: Side, error: io::Error },
     /// No byte moved in either direction for the idle timeout. Both connections are dropped.
     IdleTimeout,
+    /// The caller's `stop` future completed (the gateway shuts down). Both connections are
+    /// dropped; the counters hold what moved until then.
+    Stopped,
 }
 
 /// What [`forward`] did.
@@ -115,8 +118,8 @@ where
 /// the downstream → upstream direction (so its errors and the idle timer apply to it, and it
 /// is counted in `bytes_from_downstream`).
 pub async fn forward_with_prefix<D, U>(
-    mut downstream: D,
-    mut upstream: U,
+    downstream: D,
+    upstream: U,
     prefix: &[u8],
     idle_timeout: Duration,
 ) -> ForwardResult
@@ -124,6 +127,30 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    forward_with_prefix_until(
+        downstream,
+        upstream,
+        prefix,
+        idle_timeout,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`forward_with_prefix`] that also ends, with [`ForwardEnd::Stopped`], when `stop`
+/// completes.
+pub async fn forward_with_prefix_until<D, U>(
+    mut downstream: D,
+    mut upstream: U,
+    prefix: &[u8],
+    idle_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> ForwardResult
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stop = std::pin::pin!(stop);
     let mut to_upstream = Pipe::with_prefix(prefix);
     let mut to_downstream = Pipe::with_prefix(&[]);
     let mut first_eof = None;
@@ -161,6 +188,9 @@ where
             if poll_idle(cx, sleep.as_mut(), last_activity, idle_timeout) {
                 return Poll::Ready(ForwardEnd::IdleTimeout);
             }
+        }
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(ForwardEnd::Stopped);
         }
         Poll::Pending
     })

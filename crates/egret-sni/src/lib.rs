@@ -20,12 +20,13 @@ pub use client_hello::{
     parse_client_hello, ClientHello, ClientHelloParser, ParseError, MAX_CLIENT_HELLO_RECORD_BYTES,
 };
 pub use forward::{
-    forward, forward_with_prefix, ForwardEnd, ForwardResult, Side, FORWARD_BUFFER_BYTES,
+    forward, forward_with_prefix, forward_with_prefix_until, ForwardEnd, ForwardResult, Side,
+    FORWARD_BUFFER_BYTES,
 };
 pub use reader::{
     read_client_hello, read_client_hello_into, ReadError, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_MAX_CLIENT_HELLO_READ,
 };
-pub use splice::forward_spliced;
+pub use splice::{forward_spliced, forward_spliced_until};
 #[cfg(target_os = "linux")]
 pub use splice::{forward_spliced_with_pipe_size, SPLICE_CHUNK_BYTES};

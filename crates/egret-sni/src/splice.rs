@@ -15,9 +15,11 @@
 //! On other systems [`forward_spliced`] is the user-space copy.
 
 #[cfg(not(target_os = "linux"))]
-pub use fallback::forward_spliced;
+pub use fallback::{forward_spliced, forward_spliced_until};
 #[cfg(target_os = "linux")]
-pub use linux::{forward_spliced, forward_spliced_with_pipe_size, SPLICE_CHUNK_BYTES};
+pub use linux::{
+    forward_spliced, forward_spliced_until, forward_spliced_with_pipe_size, SPLICE_CHUNK_BYTES,
+};
 
 #[cfg(not(target_os = "linux"))]
 mod fallback {
@@ -25,7 +27,7 @@ mod fallback {
 
     use tokio::net::TcpStream;
 
-    use crate::forward::{forward_with_prefix, ForwardResult};
+    use crate::forward::{forward_with_prefix, forward_with_prefix_until, ForwardResult};
 
     /// Without `splice(2)` this is [`forward_with_prefix`].
     pub async fn forward_spliced(
@@ -35,6 +37,17 @@ mod fallback {
         idle_timeout: Duration,
     ) -> ForwardResult {
         forward_with_prefix(downstream, upstream, prefix, idle_timeout).await
+    }
+
+    /// Without `splice(2)` this is [`forward_with_prefix_until`].
+    pub async fn forward_spliced_until(
+        downstream: &mut TcpStream,
+        upstream: TcpStream,
+        prefix: &[u8],
+        idle_timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> ForwardResult {
+        forward_with_prefix_until(downstream, upstream, prefix, idle_timeout, stop).await
     }
 }
 
@@ -52,7 +65,7 @@ mod linux {
     use tokio::net::TcpStream;
     use tokio::time::Instant;
 
-    use crate::forward::{forward_with_prefix, ForwardEnd, ForwardResult, Side};
+    use crate::forward::{forward_with_prefix_until, ForwardEnd, ForwardResult, Side};
 
     /// Bytes asked of one `splice(2)` call: the kernel's default pipe capacity (16 pages).
     /// A larger request is harmless (the kernel moves what fits), a smaller one would waste
@@ -77,7 +90,25 @@ mod linux {
         prefix: &[u8],
         idle_timeout: Duration,
     ) -> ForwardResult {
-        forward_spliced_with_pipe_size(downstream, upstream, prefix, idle_timeout, None).await
+        forward_spliced_until(
+            downstream,
+            upstream,
+            prefix,
+            idle_timeout,
+            std::future::pending(),
+        )
+        .await
+    }
+
+    /// [`forward_spliced`] that also ends, with [`ForwardEnd::Stopped`], when `stop` completes.
+    pub async fn forward_spliced_until(
+        downstream: &mut TcpStream,
+        upstream: TcpStream,
+        prefix: &[u8],
+        idle_timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> ForwardResult {
+        forward_spliced_pipes(downstream, upstream, prefix, idle_timeout, None, stop).await
     }
 
     /// [`forward_spliced`] with each pipe resized to `pipe_bytes` (`F_SETPIPE_SZ`; the kernel
@@ -91,12 +122,25 @@ mod linux {
         idle_timeout: Duration,
         pipe_bytes: Option<usize>,
     ) -> ForwardResult {
+        let stop = std::future::pending();
+        forward_spliced_pipes(downstream, upstream, prefix, idle_timeout, pipe_bytes, stop).await
+    }
+
+    async fn forward_spliced_pipes(
+        downstream: &mut TcpStream,
+        upstream: TcpStream,
+        prefix: &[u8],
+        idle_timeout: Duration,
+        pipe_bytes: Option<usize>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> ForwardResult {
         let pipes = Pipe::new(pipe_bytes).and_then(|a| Ok((a, Pipe::new(pipe_bytes)?)));
         let (to_upstream_pipe, to_downstream_pipe) = match pipes {
             Ok(p) => p,
             Err(error) => {
                 tracing::debug!(%error, "no pipe for splice(2), copying in user space");
-                return forward_with_prefix(downstream, upstream, prefix, idle_timeout).await;
+                return forward_with_prefix_until(downstream, upstream, prefix, idle_timeout, stop)
+                    .await;
             }
         };
 
@@ -125,21 +169,23 @@ mod linux {
         .run(&[]);
         // try_join: the first error ends both directions at once, as in the user-space copy.
         let both = async { tokio::try_join!(to_upstream, to_downstream) };
-        let outcome = if idle_timeout.is_zero() {
-            Some(both.await)
-        } else {
-            tokio::select! {
-                biased;
-                r = both => Some(r),
-                () = state.idle(idle_timeout) => None,
+        let idle = async {
+            if idle_timeout.is_zero() {
+                std::future::pending().await
+            } else {
+                state.idle(idle_timeout).await
             }
         };
-        let end = match outcome {
-            Some(Ok(((), ()))) => ForwardEnd::Closed {
-                first: state.first_eof().unwrap_or(Side::Downstream),
+        let end = tokio::select! {
+            biased;
+            r = both => match r {
+                Ok(((), ())) => ForwardEnd::Closed {
+                    first: state.first_eof().unwrap_or(Side::Downstream),
+                },
+                Err(end) => end,
             },
-            Some(Err(end)) => end,
-            None => ForwardEnd::IdleTimeout,
+            () = idle => ForwardEnd::IdleTimeout,
+            () = stop => ForwardEnd::Stopped,
         };
         ForwardResult {
             bytes_from_downstream: state.bytes_from_downstream.load(Relaxed),

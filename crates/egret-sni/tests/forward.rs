@@ -265,3 +265,39 @@ async fn borrowed_streams_stay_usable() {
     // The caller still owns the sockets (e.g. to read their addresses for the log).
     assert!(proxy_down.local_addr().is_ok() && proxy_up.local_addr().is_ok());
 }
+
+/// `stop` ends a live session, both ways, with what moved counted — the user-space copy and
+/// `splice(2)` alike (the gateway stops its sessions when its drain timeout has passed).
+#[tokio::test]
+async fn stop_ends_the_session_with_its_counts() {
+    for spliced in [false, true] {
+        let (mut client, proxy_down) = socket_pair().await;
+        let (proxy_up, mut server) = socket_pair().await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        let task = tokio::spawn(async move {
+            let mut down = proxy_down;
+            if spliced {
+                egret_sni::forward_spliced_until(&mut down, proxy_up, b"hi", NO_IDLE, stop).await
+            } else {
+                egret_sni::forward_with_prefix_until(down, proxy_up, b"hi", NO_IDLE, stop).await
+            }
+        });
+        client.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 7];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hihello");
+        server.write_all(b"world!").await.unwrap();
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        stop_tx.send(()).unwrap();
+        let r = task.await.unwrap();
+        assert!(matches!(r.end, ForwardEnd::Stopped), "{:?}", r.end);
+        assert_eq!((r.bytes_from_downstream, r.bytes_from_upstream), (7, 6));
+        // Both connections are closed.
+        assert_eq!(client.read(&mut [0u8; 1]).await.unwrap(), 0);
+        assert_eq!(server.read(&mut [0u8; 1]).await.unwrap(), 0);
+    }
+}

@@ -308,7 +308,11 @@ async fn serve(
     admin_state.draining.store(true, Ordering::Relaxed);
     tracing::info!(delay = ?args.drain_delay, timeout = ?args.drain_timeout, "draining");
     tokio::time::sleep(args.drain_delay).await;
-    let left = gateway.drain(args.drain_timeout).await;
+    let mut left = gateway.drain(args.drain_timeout).await;
+    if left > 0 {
+        // Passthrough and TCP sessions end now and are logged with what they moved.
+        left = gateway.stop_sessions(Duration::from_secs(1)).await;
+    }
     if left > 0 {
         tracing::warn!(
             open = left,
