@@ -55,8 +55,9 @@ async fn s3_plain_request_leaves_as_https_with_sni() {
     let echo = r.json();
     assert_eq!(echo["sni"], "edition.cnn.com");
     assert_eq!(echo["path"], "/politics");
-    // No ALPN offered (the ServiceEntry port is HTTP, as Istio configures Envoy): the
-    // upstream, which would take h2, is spoken to over HTTP/1.1.
+    // ALPN `http/1.1` offered (the ServiceEntry port is HTTP: Envoy 1.40's HTTP/1.1 pool
+    // offers it): the upstream, which would take h2, agrees on HTTP/1.1.
+    assert_eq!(echo["alpn"], "http/1.1");
     assert_eq!(echo["version"], "HTTP/1.1");
     let l = gw.next_line().await;
     assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
@@ -349,6 +350,34 @@ async fn s4_mtls_origination_to_nginx_with_the_documents_certificates() {
         "outbound|443||my-nginx.mesh-external.svc.cluster.local"
     );
     assert_eq!(l.sni, "my-nginx.mesh-external.svc.cluster.local");
+}
+
+/// The clusters' TLS settings are prepared when the configuration is loaded, not by the
+/// first request: the trust store read, credentials loaded — so a missing credential is
+/// reported at start-up, before any traffic.
+#[tokio::test]
+async fn origination_tls_is_prepared_at_load() {
+    let empty = TestDir::new("no-credentials").unwrap();
+    let gw = Gateway::start(
+        &[&scenario("s4-mtls-origination")],
+        &[
+            "--credentials-dir".into(),
+            empty.path().display().to_string(),
+        ],
+    )
+    .await;
+    let mut stderr = String::new();
+    for _ in 0..600 {
+        stderr = gw.process.stderr();
+        if stderr.contains("TLS credentials unusable") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stderr.contains("TLS credentials unusable") && stderr.contains("client-credential"),
+        "no request was sent; stderr:\n{stderr}"
+    );
 }
 
 #[tokio::test]

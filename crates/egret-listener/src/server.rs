@@ -369,6 +369,16 @@ impl Gateway {
         self.config.load().snapshot.clone()
     }
 
+    /// Builds the TLS contexts the configuration in force originates with (the system trust
+    /// store, the client configs), so that first connections do not: blocking, ~50 ms the
+    /// first time the trust store is read. Call it before listening, or off the workers.
+    pub fn prepare_upstream_tls(&self) {
+        let snapshot = self.snapshot();
+        self.shared
+            .pool
+            .prepare_tls(snapshot.clusters.values().map(|c| &**c));
+    }
+
     /// Connections currently open (all listeners, all workers).
     pub fn open_connections(&self) -> usize {
         self.workers

@@ -35,11 +35,21 @@ pub const ALPN_H2_HTTP1: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// HTTP/1.1 only.
 pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 
-/// The crypto provider every config here uses (aws-lc-rs), created once.
+/// The crypto provider every config here uses (aws-lc-rs), created once — when the first
+/// TLS setting is loaded. aws-lc sets itself up (its random generator, the key-exchange
+/// groups) on first use, which took ~20 ms: done here, at load, rather than inside the first
+/// handshake (an audit against Envoy 1.40 saw it on every first request to a TLS host).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| {
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            let _ = provider.secure_random.fill(&mut [0u8; 32]);
+            for group in &provider.kx_groups {
+                let _ = group.start();
+            }
+            Arc::new(provider)
+        })
         .clone()
 }
 

@@ -151,6 +151,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             options,
             Vec::new(),
         )?;
+        gw.prepare_upstream_tls();
         gw.sync_listeners()?;
         gateways.push(gw);
         ports.push(port);

@@ -142,6 +142,12 @@ pub fn reload(
     }
     let version = compiled.snapshot.version.clone();
     gateway.config.store(Arc::new(compiled.snapshot));
+    // New TLS settings are prepared off the workers (the first reload that needs the system
+    // trust store reads it).
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let gateway = gateway.clone();
+        runtime.spawn_blocking(move || gateway.prepare_upstream_tls());
+    }
     if let Err(e) = gateway.sync_listeners() {
         tracing::error!(error = %e, "reload: a new listener could not be bound");
     }

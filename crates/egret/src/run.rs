@@ -276,6 +276,7 @@ async fn serve(
         }
         admin_state.initializing.store(false, Ordering::Relaxed);
     }
+    gateway.prepare_upstream_tls();
     gateway.sync_listeners()?;
     admin_state.ready.store(true, Ordering::Relaxed);
     tracing::info!(ports = ?gateway.listening_ports(), admin = ?admin.admin_addr(), "egret ready");
