@@ -174,9 +174,80 @@ async fn read_h2_frame(c: &mut tokio::net::TcpStream) -> ([u8; 9], Vec<u8>) {
     (head, payload)
 }
 
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A raw HTTP/2 connection that has sent `GET path` on stream 1 (the preface, an empty
+/// SETTINGS, then HEADERS with END_STREAM): what a client does that hyper's would not let
+/// the test do — reset a stream, or close the socket, with nothing else sent.
+async fn raw_h2_get(gw: &Gateway, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    // HPACK literal fields without indexing, no Huffman coding.
+    let mut fields = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "edition.cnn.com"),
+    ] {
+        fields.push(0);
+        fields.push(n.len() as u8);
+        fields.extend_from_slice(n.as_bytes());
+        fields.push(v.len() as u8);
+        fields.extend_from_slice(v.as_bytes());
+    }
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    hello.extend(h2_frame(1, 0x5, 1, &fields));
+    c.write_all(&hello).await.unwrap();
+    c
+}
+
+/// An HTTP/2 client that resets its stream before the response is logged as Envoy 1.40
+/// logs it, `0 DR http2.remote_reset` (checked with it); it was `0 DC`.
+#[tokio::test]
+async fn an_h2_client_resetting_before_the_response_is_dr() {
+    use tokio::io::AsyncWriteExt;
+    let up = HttpUpstream::start(Behavior::delay(
+        Duration::from_secs(30),
+        Behavior::fixed(200, "late"),
+    ))
+    .await
+    .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let mut c = raw_h2_get(&gw, "/slow").await;
+    for _ in 0..600 {
+        if up.connections() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    c.write_all(&h2_frame(3, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let l = gw.next_line().await;
+    assert_eq!(
+        (
+            l.path.as_str(),
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str()
+        ),
+        ("/slow", "0", "DR", "http2.remote_reset")
+    );
+    drop(c);
+}
+
 /// A downstream HTTP/2 connection is offered Envoy 1.40's limits (checked with it): 1,024
-/// concurrent streams and a 16 MiB stream window in the server's SETTINGS, then the
-/// connection's window raised to 24 MiB.
+/// concurrent streams and a 16 MiB stream window in the server's SETTINGS.
 #[tokio::test]
 async fn h2_settings_carry_envoys_limits() {
     use tokio::io::AsyncWriteExt;
@@ -224,8 +295,9 @@ async fn h2_settings_carry_envoys_limits() {
         Some(16 << 20),
         "SETTINGS_INITIAL_WINDOW_SIZE: {settings:?}"
     );
-    // The connection's window starts at 65,535 (RFC 9113 §6.9.2).
-    assert_eq!(window_increment, Some((24 << 20) - 65_535));
+    // The connection's window starts at 65,535 (RFC 9113 §6.9.2) and is raised to 1 MiB
+    // (Envoy: 24 MiB; kept small, it bounds what request bodies can hold buffered).
+    assert_eq!(window_increment, Some((1 << 20) - 65_535));
 }
 
 /// HTTP/2 `cookie` fields reach an HTTP/1.1 upstream joined into one with `; ` (RFC 9113
@@ -1362,6 +1434,8 @@ async fn framing_headers_follow_envoys_codec() {
                         b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n"
                     } else if request.contains(" /chunked ") {
                         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n"
+                    } else if request.contains(" /sized ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n"
                     } else if request.contains(" /not-modified ") {
                         b"HTTP/1.1 304 Not Modified\r\ncontent-length: 42\r\n\r\n"
                     } else {
@@ -1410,6 +1484,15 @@ async fn framing_headers_follow_envoys_codec() {
                 "date",
                 "server",
                 "transfer-encoding: chunked",
+            ],
+        ),
+        (
+            b"HEAD /sized HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n",
+            &[
+                "content-length: 1234",
+                "x-envoy-upstream-service-time",
+                "date",
+                "server",
             ],
         ),
         (
@@ -1704,39 +1787,13 @@ async fn an_h2_client_resetting_its_stream_mid_body_is_dr() {
 #[tokio::test]
 async fn an_h2_client_giving_up_mid_response_is_dr_or_dc() {
     use tokio::io::AsyncWriteExt;
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.extend_from_slice(&[kind, flags]);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-    // HPACK literal fields without indexing, no Huffman coding.
-    let mut fields = Vec::new();
-    for (n, v) in [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/big"),
-        (":authority", "edition.cnn.com"),
-    ] {
-        fields.push(0);
-        fields.push(n.len() as u8);
-        fields.extend_from_slice(n.as_bytes());
-        fields.push(v.len() as u8);
-        fields.extend_from_slice(v.as_bytes());
-    }
     let up = HttpUpstream::start(Behavior::BodyOfSize(64 << 20))
         .await
         .unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
     for close_connection in [false, true] {
-        let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend(frame(4, 0, 0, &[]));
-        // HEADERS, END_STREAM | END_HEADERS.
-        hello.extend(frame(1, 0x5, 1, &fields));
-        c.write_all(&hello).await.unwrap();
+        let mut c = raw_h2_get(&gw, "/big").await;
         // Until the response's first DATA frame: its window (65,535 bytes) then runs dry.
         loop {
             let (head, _) = read_h2_frame(&mut c).await;
@@ -1748,7 +1805,7 @@ async fn an_h2_client_giving_up_mid_response_is_dr_or_dc() {
             drop(c);
         } else {
             // RST_STREAM (CANCEL); the connection stays open until the line is in.
-            c.write_all(&frame(3, 0, 1, &8u32.to_be_bytes()))
+            c.write_all(&h2_frame(3, 0, 1, &8u32.to_be_bytes()))
                 .await
                 .unwrap();
         }

@@ -48,6 +48,19 @@ struct Upstream {
     conn: Option<PooledConn>,
 }
 
+/// Set once a downstream HTTP/2 connection has ended (its socket's end or first error).
+/// The listener puts it in each request's extensions: a stream given up while it is unset
+/// was reset by the client (`DR http2.remote_reset`), not left with the connection (`DC`).
+#[derive(Clone, Debug, Default)]
+pub struct H2ConnectionEnd(pub Arc<AtomicBool>);
+
+impl H2ConnectionEnd {
+    /// Whether a stream given up now was reset by the client, the connection living on.
+    pub fn stream_reset(&self) -> bool {
+        !self.0.load(Ordering::Relaxed)
+    }
+}
+
 struct LogState {
     guard: LogGuard,
     sent: u64,
@@ -92,9 +105,9 @@ impl ResponseBody {
     /// marks: given up while the connection lives, it is logged as Envoy logs a client's
     /// `RST_STREAM` (`DR http2.remote_reset`, checked with Envoy 1.40), not as the client
     /// leaving (`DC`).
-    pub fn on_h2_connection(mut self, ended: &Arc<AtomicBool>) -> ResponseBody {
+    pub fn on_h2_connection(mut self, ended: &H2ConnectionEnd) -> ResponseBody {
         if let Some(l) = &mut self.log {
-            l.h2_connection_ended = Some(ended.clone());
+            l.h2_connection_ended = Some(ended.0.clone());
         }
         self
     }

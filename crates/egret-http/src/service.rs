@@ -188,6 +188,9 @@ pub async fn handle(
     let mut guard = PendingLog(
         Some(LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response)),
         None,
+        req.extensions()
+            .get::<crate::body::H2ConnectionEnd>()
+            .cloned(),
     );
 
     // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be
@@ -597,7 +600,11 @@ fn protocol_error(mut guard: LogGuard, r: refusal::Refusal) -> Response<Response
 /// The request's log until a response exists. If the listener drops the request future first
 /// (the client went away), the record is logged as Envoy does: code 0, `DC`,
 /// `downstream_remote_disconnect` (checked with Envoy 1.40).
-struct PendingLog(Option<LogGuard>, Option<Arc<AtomicU64>>);
+struct PendingLog(
+    Option<LogGuard>,
+    Option<Arc<AtomicU64>>,
+    Option<crate::body::H2ConnectionEnd>,
+);
 
 impl PendingLog {
     fn get(&mut self) -> &mut LogGuard {
@@ -629,9 +636,17 @@ impl Drop for PendingLog {
     fn drop(&mut self) {
         if let Some(mut g) = self.0.take() {
             let rec = g.record();
-            rec.response_flags
-                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
-            rec.response_code_details = Some("downstream_remote_disconnect".into());
+            if self.2.as_ref().is_some_and(|e| e.stream_reset()) {
+                // An HTTP/2 client reset its stream before the response (Envoy 1.40: `0 DR
+                // http2.remote_reset`, checked with it).
+                rec.response_flags
+                    .insert(ResponseFlags::DOWNSTREAM_REMOTE_RESET);
+                rec.response_code_details = Some("http2.remote_reset".into());
+            } else {
+                rec.response_flags
+                    .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                rec.response_code_details = Some("downstream_remote_disconnect".into());
+            }
             // What the client sent of its body before it left.
             if let Some(r) = &self.1 {
                 rec.bytes_received = r.load(std::sync::atomic::Ordering::Relaxed);

@@ -699,7 +699,8 @@ pub fn encode_head(
                     // No body: the length goes unless this answers a HEAD or is a 304's (it
                     // is re-added as `0` below where one is allowed).
                     None if !req.head && !not_modified => continue,
-                    None => {}
+                    // Kept as given: nothing else frames it (no `transfer-encoding` beside it).
+                    None => framing = Some(BodyOut::None),
                     Some(Some(n)) => framing = Some(BodyOut::Length(n)),
                     Some(None) => match parse_length(first.as_bytes()) {
                         Some(n) => framing = Some(BodyOut::Length(n)),
@@ -763,7 +764,7 @@ pub fn encode_head(
         None => match length {
             // A HEAD answered without a length: Envoy's codec says the body would have been
             // chunked (an upstream's own `transfer-encoding` was dropped above).
-            None | Some(None) if req.head && can_have_length && !req.http10 => {
+            None | Some(None) | Some(Some(0)) if req.head && can_have_length && !req.http10 => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 BodyOut::None
             }
@@ -1289,6 +1290,10 @@ mod tests {
             encode(upstream_chunked, head, false).0,
             "HTTP/1.1 200 OK\nx-a: 1\ntransfer-encoding: chunked\ndate: D\n"
         );
+        // A HEAD answered with a length keeps it, and nothing else frames it.
+        let (text, framing, _) = encode(bodiless(200, &[("content-length", "1234")]), head, false);
+        assert_eq!(text, "HTTP/1.1 200 OK\ncontent-length: 1234\ndate: D\n");
+        assert_eq!(framing, BodyOut::None);
         // The same local reply to a GET gets `content-length: 0`; to an HTTP/1.0 HEAD nothing.
         assert_eq!(
             encode(bodiless(404, &[]), GET, false).0,

@@ -429,7 +429,6 @@ impl Gateway {
     }
 }
 
-/// Counts a connection as open on its worker until dropped.
 /// What a plain-HTTP connection's context is made from, each time a session of requests
 /// starts; it also holds the connection's place in its worker's count.
 struct PlainHttpConn {
@@ -455,6 +454,7 @@ impl PlainHttpConn {
     }
 }
 
+/// Counts a connection as open on its worker until dropped.
 struct OpenConnection {
     counters: Arc<[AtomicUsize]>,
     index: usize,

@@ -102,24 +102,30 @@ impl UpstreamTlsContexts {
     pub fn context(&self, spec: &UpstreamTls, alpn: &[&[u8]]) -> Arc<UpstreamTlsContext> {
         let now = self.epoch.elapsed().as_secs();
         let key: Key = (spec.clone(), alpn.iter().map(|p| p.to_vec()).collect());
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ctx) = cache.get(&key) {
+        if let Some(ctx) = self.lock_cache().get(&key) {
             ctx.last_used.store(now, Ordering::Relaxed);
             return ctx.clone();
         }
-        cache.retain(|_, c| {
-            Arc::strong_count(c) > 1
-                || now.saturating_sub(c.last_used.load(Ordering::Relaxed)) < IDLE_EVICTION.as_secs()
-        });
-        let ctx = Arc::new(UpstreamTlsContext::build(
+        // Built outside the lock: a build reads files (the system trust store the first time,
+        // ~50 ms), and the workers look their contexts up under this lock.
+        let built = Arc::new(UpstreamTlsContext::build(
             spec,
             key.1.clone(),
             &self.opts,
             self.system_roots.clone(),
             now,
         ));
-        cache.insert(key, ctx.clone());
-        ctx
+        let mut cache = self.lock_cache();
+        cache.retain(|_, c| {
+            Arc::strong_count(c) > 1
+                || now.saturating_sub(c.last_used.load(Ordering::Relaxed)) < IDLE_EVICTION.as_secs()
+        });
+        // Another caller may have built the same meanwhile: the first one stays.
+        cache.entry(key).or_insert(built).clone()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<UpstreamTlsContext>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shorthand: `context(spec, ALPN_H2_HTTP1).client_config()`.

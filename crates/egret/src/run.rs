@@ -311,8 +311,9 @@ async fn serve(
     tokio::time::sleep(args.drain_delay).await;
     let mut left = gateway.drain(args.drain_timeout).await;
     if left > 0 {
-        // Passthrough and TCP sessions end now and are logged with what they moved.
-        left = gateway.stop_sessions(Duration::from_secs(1)).await;
+        // Passthrough and TCP sessions end now and are logged with what they moved (at once:
+        // the grace only lets their tasks run; HTTP connections left do not stop for it).
+        left = gateway.stop_sessions(Duration::from_millis(200)).await;
     }
     if left > 0 {
         tracing::warn!(
