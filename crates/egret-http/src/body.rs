@@ -49,7 +49,7 @@ struct Upstream {
 }
 
 /// Set once a downstream HTTP/2 connection has ended (its socket's end or first error).
-/// The listener puts it in each request's extensions: a stream given up while it is unset
+/// The listener puts it in the connection's context: a stream given up while it is unset
 /// was reset by the client (`DR http2.remote_reset`), not left with the connection (`DC`).
 #[derive(Clone, Debug, Default)]
 pub struct H2ConnectionEnd(pub Arc<AtomicBool>);

@@ -35,6 +35,7 @@ pub struct HttpShared {
 }
 
 /// One downstream connection, with the configuration it started on.
+#[derive(Clone)]
 pub struct ConnContext {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -45,6 +46,9 @@ pub struct ConnContext {
     pub scheme: &'static str,
     pub requested_server_name: Option<Arc<str>>,
     pub peer_uri_san: Option<String>,
+    /// On a downstream HTTP/2 connection: marks its end (a stream given up before it was
+    /// reset by the client).
+    pub h2_connection: Option<crate::body::H2ConnectionEnd>,
 }
 
 /// The client went away before its response: the listener is told so, and closes the
@@ -188,9 +192,7 @@ pub async fn handle(
     let mut guard = PendingLog(
         Some(LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response)),
         None,
-        req.extensions()
-            .get::<crate::body::H2ConnectionEnd>()
-            .cloned(),
+        conn.h2_connection.clone(),
     );
 
     // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be

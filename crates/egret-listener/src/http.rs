@@ -352,11 +352,15 @@ async fn serve_h2<S>(
     // given up while it is unset was given up by its stream's reset.
     let ended = io.ended.clone();
     let ended_for_streams = H2ConnectionEnd(ended.clone());
+    // The requests' handlers see it through the connection's context (made once per
+    // connection, not an extension per request).
+    let ctx = Arc::new(ConnContext {
+        h2_connection: Some(ended_for_streams.clone()),
+        ..(*ctx).clone()
+    });
     // Boxed per request: the handler's future is ~10 KB.
     let svc = service_fn(move |req: Request<Incoming>| {
-        let mut req = req.map(ClientBody::http2);
-        req.extensions_mut().insert(ended_for_streams.clone());
-        let handling = handle(shared.clone(), ctx.clone(), req);
+        let handling = handle(shared.clone(), ctx.clone(), req.map(ClientBody::http2));
         let ended = ended_for_streams.clone();
         Box::pin(async move {
             handling

@@ -336,6 +336,7 @@ impl Gateway {
             scheme: "https",
             requested_server_name: accepted.sni.as_deref().map(Arc::from),
             peer_uri_san: accepted.peer_uri_san.clone(),
+            h2_connection: None,
         });
         crate::http::serve_http(
             crate::http::Held::new(accepted.stream),
@@ -450,6 +451,7 @@ impl PlainHttpConn {
             scheme: "http",
             requested_server_name: None,
             peer_uri_san: None,
+            h2_connection: None,
         })
     }
 }
