@@ -981,6 +981,31 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
             "Bad Request",
             "http1.codec_error",
         ),
+        // From a regression sweep against Envoy 1.40 (session 11).
+        (
+            "GET /\r\n\r\n".to_string(),
+            426,
+            "Upgrade Required",
+            "low_version",
+        ),
+        (
+            "GET https://edition.cnn.com/x HTTP/1.1\r\n\r\n".to_string(),
+            403,
+            "Forbidden",
+            "http1.https_url_on_plaintext_connection",
+        ),
+        (
+            "GET ftp://edition.cnn.com/x HTTP/1.1\r\n\r\n".to_string(),
+            400,
+            "Bad Request",
+            "http1.invalid_scheme",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nHost: edition.cnn.com/x\r\n\r\n".to_string(),
+            400,
+            "Bad Request",
+            "http.invalid_authority",
+        ),
     ];
     for (request, status, body, details) in cases {
         let (got, text, closed) = raw_request(&gw, request.as_bytes()).await;
@@ -1391,6 +1416,39 @@ async fn request_headers_go_upstream_in_envoys_order() {
         }
         gw.next_line().await;
     }
+    // No `Host` from the client — an absolute-form target (its credentials dropped, as Envoy
+    // does), or HTTP/2's `:authority` — and `host` still goes first (checked with Envoy 1.40).
+    let (status, _, _) = raw_request(
+        &gw,
+        b"GET http://u:p@edition.cnn.com/abs HTTP/1.1\r\nUser-Agent: t/1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let head = heads.recv().await.unwrap();
+    assert!(
+        head.starts_with("GET /abs HTTP/1.1\r\nhost: edition.cnn.com\r\nuser-agent: t/1\r\n"),
+        "{head}"
+    );
+    assert_eq!(gw.next_line().await.authority, "edition.cnn.com");
+    let r = h2c_get(gw.http, "edition.cnn.com", "/h2", &[("user-agent", "t/2")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let head = heads.recv().await.unwrap();
+    assert!(
+        head.starts_with("GET /h2 HTTP/1.1\r\nhost: edition.cnn.com\r\nuser-agent: t/2\r\n"),
+        "{head}"
+    );
+    gw.next_line().await;
+    // An encoded NUL in the path: Envoy's path normalization refuses it, logged with the path.
+    let (status, _, closed) =
+        raw_request(&gw, b"GET /a%00b HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n").await;
+    assert_eq!((status, closed), (400, true));
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.path.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("/a%00b", "-", "path_normalization_failed")
+    );
 }
 
 /// Framing headers as Envoy 1.40's HTTP/1.1 codec writes them (checked with it through a raw

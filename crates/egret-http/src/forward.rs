@@ -445,7 +445,16 @@ impl Forward<'_> {
             *req.version_mut() = Version::HTTP_11;
             *req.uri_mut() = self.path.parse().unwrap_or_else(|_| Uri::from_static("/"));
             if let Ok(v) = HeaderValue::from_str(&self.authority) {
-                h.insert(http::header::HOST, v);
+                if h.contains_key(http::header::HOST) {
+                    h.insert(http::header::HOST, v);
+                } else {
+                    // The client sent none (HTTP/2's `:authority`, an absolute-form target):
+                    // Envoy 1.40 writes `host` first (checked with it).
+                    let mut with_host = http::HeaderMap::with_capacity(h.len() + 1);
+                    with_host.insert(http::header::HOST, v);
+                    with_host.extend(h.drain());
+                    h = with_host;
+                }
             }
         }
         *req.headers_mut() = h;

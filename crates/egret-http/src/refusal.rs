@@ -56,6 +56,18 @@ pub const HEADERS_TOO_LARGE: Refusal = Refusal {
     details: "http1.headers_too_large",
     closes: true,
 };
+/// An absolute-form target with a scheme other than `http` or `https` (`ftp://...`).
+pub const INVALID_SCHEME: Refusal = Refusal {
+    details: "http1.invalid_scheme",
+    ..BAD_REQUEST
+};
+/// An `https://` target on a plain-text connection.
+pub const HTTPS_URL_ON_PLAINTEXT: Refusal = Refusal {
+    status: 403,
+    body: "Forbidden",
+    details: "http1.https_url_on_plaintext_connection",
+    closes: true,
+};
 /// A `Connection` header naming a pseudo-header or a forwarding header the proxy sets.
 pub const CONNECTION_HEADER_REJECTED: Refusal = Refusal {
     details: "http1.connection_header_rejected",
@@ -221,6 +233,11 @@ pub fn codec_refusal<B>(req: &Request<B>) -> Option<Refusal> {
     }
     if !METHODS.contains(&req.method().as_str()) {
         return Some(BAD_REQUEST);
+    }
+    if let Some(scheme) = req.uri().scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Some(INVALID_SCHEME);
+        }
     }
     // `GET example.com`: an authority is a target only for CONNECT.
     let uri = req.uri();

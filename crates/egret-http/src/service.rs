@@ -88,6 +88,17 @@ pub async fn handle(
     if let Some(r) = refusal::codec_refusal(&req) {
         return Ok(protocol_error(LogGuard::new(rec, shared.sink.clone()), r));
     }
+    // An `https://` target on a plain-text connection (Envoy 1.40's codec: `403 DPE
+    // http1.https_url_on_plaintext_connection`).
+    if req.version() != Version::HTTP_2
+        && conn.scheme == "http"
+        && req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
+    {
+        return Ok(protocol_error(
+            LogGuard::new(rec, shared.sink.clone()),
+            refusal::HTTPS_URL_ON_PLAINTEXT,
+        ));
+    }
     if headers::request_headers_size(&req) > egret_core::limits::MAX_REQUEST_HEADERS_BYTES {
         // Envoy (checked with 1.40): `"- - HTTP/1.1" 431 DPE http1.headers_too_large`, a
         // text body, and the connection closed.
@@ -146,7 +157,8 @@ pub async fn handle(
         headers::set_edge_request_headers(h, remote_ip);
     }
     let authority: Option<Arc<str>> = match req.uri().authority() {
-        Some(a) => Some(a.as_str().into()),
+        // Credentials in an absolute-form target are dropped, as Envoy 1.40 does.
+        Some(a) => Some(a.as_str().rsplit('@').next().unwrap_or_default().into()),
         None => match host_header(req.headers()) {
             Ok(host) => host,
             // Envoy's codec refuses it: `"- - HTTP/1.1" 400 DPE http.invalid_authority`.
@@ -200,6 +212,8 @@ pub async fn handle(
     // without a flag.
     let refused = match fragment {
         Some(_) => Some(refusal::PATH_NORMALIZATION_FAILED),
+        // An encoded NUL: Envoy 1.40's path normalization refuses it (checked with it).
+        None if path.contains("%00") => Some(refusal::PATH_NORMALIZATION_FAILED),
         None => refusal::manager_refusal(req.method(), &path, authority.is_some()),
     };
     if let Some(r) = refused {
@@ -565,16 +579,53 @@ fn host_header(headers: &http::HeaderMap) -> Result<Option<Arc<str>>, InvalidHos
     let Some(first) = values.next() else {
         return Ok(None);
     };
-    let first = first.to_str().map_err(|_| InvalidHost)?;
+    let first = valid_authority(first)?;
     let Some(second) = values.next() else {
         return Ok(Some(Arc::from(first)));
     };
     let mut joined = String::from(first);
     for v in std::iter::once(second).chain(values) {
         joined.push(',');
-        joined.push_str(v.to_str().map_err(|_| InvalidHost)?);
+        joined.push_str(valid_authority(v)?);
     }
     Ok(Some(Arc::from(joined)))
+}
+
+/// A `Host` value Envoy's codec takes (nghttp2's authority check, as Envoy 1.40 applies it:
+/// `edition.cnn.com/x` is `400 DPE http.invalid_authority`): unreserved and sub-delims
+/// characters, `%`, `:`, `@`, and the brackets of an IPv6 literal.
+fn valid_authority(v: &http::HeaderValue) -> Result<&str, InvalidHost> {
+    let s = v.to_str().map_err(|_| InvalidHost)?;
+    let ok = s.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'['
+                    | b']'
+            )
+    });
+    if ok {
+        Ok(s)
+    } else {
+        Err(InvalidHost)
+    }
 }
 
 /// A request Envoy's HTTP/1 codec refuses before routing: a text body, `DPE`, the request

@@ -481,6 +481,9 @@ fn parse_request_line_and_fields(
             return Ok(None);
         }
         Err(httparse::Error::Token) if parsed.method.is_none() => return Err(HeadError::Method),
+        // A request line without a version (`GET /`, HTTP/0.9): a low version to Envoy
+        // 1.40 (`426`, checked with it).
+        Err(_) if request_line_tokens(buf) == 2 => return Err(HeadError::Version),
         Err(httparse::Error::Token) => return Err(HeadError::Target),
         Err(httparse::Error::Version) => return Err(HeadError::Version),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
@@ -524,8 +527,20 @@ fn version_error(buf: &[u8]) -> HeadError {
     let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
     match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
         (Some(_), Some(_), Some(v), None) if v.starts_with(b"HTTP/") => HeadError::Version,
+        // No version at all: HTTP/0.9.
+        (Some(_), Some(_), None, None) => HeadError::Version,
         _ => HeadError::Target,
     }
+}
+
+/// How many space-separated tokens the request line (complete, up to its line end) has.
+fn request_line_tokens(buf: &[u8]) -> usize {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return 0;
+    };
+    let line = &buf[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.split(|&b| b == b' ').filter(|t| !t.is_empty()).count()
 }
 
 /// Whether `repair_head` would change the head (as far as it has arrived).
