@@ -54,12 +54,9 @@ pub struct Gateway {
     /// Turned true when the drain timeout has passed: passthrough and TCP sessions still
     /// open end then, and are logged with what they moved.
     stopping: watch::Sender<bool>,
-    /// Wakes idle connections when the drain starts (see `HttpOptions::drain_started`).
-    drain_started: Arc<tokio::sync::Notify>,
     workers: Workers,
-    /// Idle HTTP/1.1 connections that released their HTTP buffers, counted once per release.
-    http_releases: Arc<AtomicU64>,
-    /// What every downstream HTTP connection is served with.
+    /// What every downstream HTTP connection is served with; also the drain's wake-up for
+    /// idle connections and the count of buffer releases.
     http: Arc<crate::http::HttpOptions>,
 }
 
@@ -112,13 +109,11 @@ impl Gateway {
         workers: Vec<tokio::runtime::Handle>,
     ) -> Arc<Gateway> {
         let (drain, draining) = watch::channel(false);
-        let drain_started = Arc::new(tokio::sync::Notify::new());
-        let http_releases = Arc::new(AtomicU64::new(0));
         let http = Arc::new(crate::http::HttpOptions {
             idle_timeout: options.http_idle_timeout,
             release_delay: options.http_release_delay,
-            releases: http_releases.clone(),
-            drain_started: drain_started.clone(),
+            releases: Arc::new(AtomicU64::new(0)),
+            drain_started: Arc::new(tokio::sync::Notify::new()),
             drain: draining,
         });
         Arc::new(Gateway {
@@ -128,9 +123,7 @@ impl Gateway {
             accepting: Mutex::new(HashMap::new()),
             drain,
             stopping: watch::channel(false).0,
-            drain_started,
             workers: Workers::new(workers),
-            http_releases,
             http,
         })
     }
@@ -363,7 +356,7 @@ impl Gateway {
     }
 
     pub fn http_buffer_releases(&self) -> u64 {
-        self.http_releases.load(Ordering::Relaxed)
+        self.http.releases.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -398,7 +391,7 @@ impl Gateway {
     /// connections to end. Returns how many were still open at the deadline.
     pub async fn drain(&self, timeout: Duration) -> usize {
         self.drain.send_replace(true);
-        self.drain_started.notify_waiters();
+        self.http.drain_started.notify_waiters();
         for (_, task) in lock(&self.accepting).drain() {
             task.abort();
         }
