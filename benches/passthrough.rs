@@ -1,6 +1,6 @@
 //! Passthrough forwarders compared: `tokio::io::copy_bidirectional`, our user-space copy
-//! (`forward_with_prefix`, 32 KiB per direction) and `splice(2)` (`forward_spliced`, default
-//! 64 KiB pipes, and 1 MiB pipes).
+//! (`forward_with_prefix`, 32 KiB per direction) and `splice(2)` (`forward_spliced`: default
+//! 64 KiB pipes grown to 1 MiB once a direction fills one; and fixed 256 KiB and 1 MiB pipes).
 //!
 //! Three threads: the proxy (a current-thread tokio runtime running only the forwarder under
 //! test), and the load (a client that connects through the proxy and a sink that the proxy
@@ -47,7 +47,7 @@ mod linux {
         Userspace,
         Splice,
         Splice1MiB,
-        Splice8KiB,
+        Splice256KiB,
     }
 
     impl Forwarder {
@@ -56,16 +56,16 @@ mod linux {
             Forwarder::Userspace,
             Forwarder::Splice,
             Forwarder::Splice1MiB,
-            Forwarder::Splice8KiB,
+            Forwarder::Splice256KiB,
         ];
 
         fn label(self) -> &'static str {
             match self {
                 Forwarder::CopyBidirectional => "tokio::io::copy_bidirectional (8 KiB)",
                 Forwarder::Userspace => "forward_with_prefix (user space, 32 KiB)",
-                Forwarder::Splice => "forward_spliced (splice, 64 KiB pipes)",
+                Forwarder::Splice => "forward_spliced (splice, 64 KiB pipes, 1 MiB once full)",
                 Forwarder::Splice1MiB => "forward_spliced_with_pipe_size (splice, 1 MiB pipes)",
-                Forwarder::Splice8KiB => "forward_spliced_with_pipe_size (splice, 8 KiB pipes)",
+                Forwarder::Splice256KiB => "forward_spliced_with_pipe_size (splice, 256 KiB pipes)",
             }
         }
 
@@ -81,10 +81,10 @@ mod linux {
                 Forwarder::Splice => {
                     egret_sni::forward_spliced(&mut down, up, &[], IDLE).await;
                 }
-                Forwarder::Splice1MiB | Forwarder::Splice8KiB => {
+                Forwarder::Splice1MiB | Forwarder::Splice256KiB => {
                     let size = match self {
                         Forwarder::Splice1MiB => MIB as usize,
-                        _ => 8 * 1024,
+                        _ => 256 * 1024,
                     };
                     egret_sni::forward_spliced_with_pipe_size(&mut down, up, &[], IDLE, Some(size))
                         .await;

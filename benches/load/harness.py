@@ -129,6 +129,17 @@ def cpu_ticks(pid):
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def core_busy_ticks(cpu):
+    """Busy time of one core (user + nice + system + irq + softirq + steal), in clock ticks:
+    everything the kernel charged to it, including the loopback TCP work done in softirq."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return 0
+
+
 def proc_status_kb(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -296,6 +307,9 @@ class Result:
     cpu_pct: float = None
     cpu_us_per_req: float = None
     cpu_us_per_mb: float = None
+    # Busy time of the load generator's core (wrk/h2load + the upstream) per request, 1-worker
+    # proxies only (a 2-worker proxy shares that core): the work a proxy puts on the endpoints.
+    load_core_us_per_req: float = None
     peak_rss_mb: float = None
     errors: str = ""
     load_cmd: str = ""
@@ -564,6 +578,7 @@ class Harness:
         if pid:
             reset_hwm(pid)
             c0 = cpu_ticks(pid)
+        l0 = core_busy_ticks(LOAD_CPUS)
         t0 = time.time()
         try:
             r = fn()
@@ -586,12 +601,15 @@ class Harness:
                 res.cpu_us_per_req = cpu_s * 1e6 / r["requests"]
             if r["bytes"]:
                 res.cpu_us_per_mb = cpu_s * 1e6 / (r["bytes"] / 1e6)
+        if r["requests"] and (kind == "direct" or workers == 1) and LOAD_CPUS != PROXY_CPUS[1]:
+            res.load_core_us_per_req = (core_busy_ticks(LOAD_CPUS) - l0) / TICK * 1e6 / r["requests"]
             res.peak_rss_mb = proc_status_kb(pid, "VmHWM") / 1024.0
             if not proc.alive():
                 res.errors = (res.errors + "; " if res.errors else "") + "proxy died"
         self.results.append(res)
         log(f"  {res.target:12} {scen:6} {load:28} {fmt(res.rps, 0):>8} req/s  p99 {fmt(res.p99, 2)} ms  "
-            f"cpu {fmt(res.cpu_us_per_req, 1)} us/req  rss {fmt(res.peak_rss_mb, 1)} MB {res.errors}")
+            f"cpu {fmt(res.cpu_us_per_req, 1)} us/req  load core {fmt(res.load_core_us_per_req, 1)} us/req  "
+            f"rss {fmt(res.peak_rss_mb, 1)} MB {res.errors}")
         return res
 
     @staticmethod
@@ -788,12 +806,13 @@ class Harness:
                 continue
             L += [f"### {title}", "",
                   "| load | target | req/s | MB/s | p50 ms | p99 ms | p99.9 ms | proxy CPU % | CPU µs/req "
-                  "| CPU µs/MB | peak RSS MB | errors |" + (" req/s over rounds |" if rounds else ""),
-                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|" + ("---|" if rounds else "")]
+                  "| CPU µs/MB | load core µs/req | peak RSS MB | errors |" + (" req/s over rounds |" if rounds else ""),
+                  "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|" + ("---|" if rounds else "")]
             for r in rows:
                 L.append(f"| {r.load} | {r.target} | {fmt(r.rps, 0)} | {fmt(r.mbps, 1)} | {fmt(r.p50, 2)} | "
                          f"{fmt(r.p99, 2)} | {fmt(r.p999, 2)} | {fmt(r.cpu_pct, 0)} | {fmt(r.cpu_us_per_req, 1)} | "
-                         f"{fmt(r.cpu_us_per_mb, 0) if scen == 's2bulk' else '–'} | {fmt(r.peak_rss_mb, 1)} | "
+                         f"{fmt(r.cpu_us_per_mb, 0) if scen == 's2bulk' else '–'} | {fmt(r.load_core_us_per_req, 1)} | "
+                         f"{fmt(r.peak_rss_mb, 1)} | "
                          f"{r.errors or ''} |" + (f" {r.spread} |" if rounds else ""))
             L.append("")
         mem = self.mem_summary()

@@ -52,11 +52,12 @@ mod fallback {
 }
 
 #[cfg(target_os = "linux")]
-mod linux {
+pub(crate) mod linux {
     use std::io;
     use std::net::Shutdown;
     use std::os::fd::OwnedFd;
-    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+    use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+    use std::sync::OnceLock;
     use std::time::Duration;
 
     use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
@@ -76,7 +77,9 @@ mod linux {
     /// `splice(2)`, after writing `prefix` to `upstream`; the contract of
     /// [`forward_with_prefix`], same result type, same meaning of every field.
     ///
-    /// The pipes use the kernel's default capacity, 64 KiB. Each connection holds four more
+    /// The pipes start at the kernel's default capacity, 64 KiB; a direction that fills its
+    /// pipe (a bulk transfer) has it grown to 1 MiB while a process-wide budget lasts (see
+    /// `GROWN_PIPE_BYTES`). Each connection holds four more
     /// file descriptors while it is forwarded. If the pipes cannot be made (`EMFILE`, ...) or
     /// the kernel hands out reduced pipes (an unprivileged user past
     /// `/proc/sys/fs/pipe-user-pages-soft`), this falls back to the user-space copy
@@ -152,7 +155,7 @@ mod linux {
             dst: up,
             from: Side::Downstream,
             to: Side::Upstream,
-            pipe: &to_upstream_pipe,
+            pipe: to_upstream_pipe,
             bytes: &state.bytes_from_downstream,
             state: &state,
         }
@@ -162,7 +165,7 @@ mod linux {
             dst: down,
             from: Side::Upstream,
             to: Side::Downstream,
-            pipe: &to_downstream_pipe,
+            pipe: to_downstream_pipe,
             bytes: &state.bytes_from_upstream,
             state: &state,
         }
@@ -254,14 +257,18 @@ mod linux {
         }
     }
 
-    struct Pipe {
+    pub(super) struct Pipe {
+        pub(super) write: OwnedFd,
         read: OwnedFd,
-        write: OwnedFd,
-        chunk: usize,
+        pub(super) chunk: usize,
+        /// Bytes of [`GROWN_PIPE_BYTES`] this pipe holds (returned on drop); 0 until grown.
+        pub(super) budget_held: usize,
+        /// A growth was tried (it is tried once).
+        grow_tried: bool,
     }
 
     impl Pipe {
-        fn new(bytes: Option<usize>) -> io::Result<Pipe> {
+        pub(super) fn new(bytes: Option<usize>) -> io::Result<Pipe> {
             let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
             let mut chunk = SPLICE_CHUNK_BYTES;
             match bytes {
@@ -285,7 +292,103 @@ mod linux {
                     }
                 }
             }
-            Ok(Pipe { read, write, chunk })
+            Ok(Pipe {
+                read,
+                write,
+                chunk,
+                budget_held: 0,
+                // A pipe sized by the caller stays as it is.
+                grow_tried: bytes.is_some(),
+            })
+        }
+
+        /// Resizes a default pipe to [`BULK_PIPE_BYTES`], once, if the process-wide budget
+        /// allows. Why: one `splice(2)` pair per 64 KiB makes a long transfer cost about twice
+        /// the CPU per GiB of one per MiB (`cargo bench -p egret-benches --bench passthrough`),
+        /// while short connections pay nothing as long as they never fill the pipe.
+        pub(super) fn grow(&mut self) {
+            if self.grow_tried {
+                return;
+            }
+            self.grow_tried = true;
+            if !GROWN_PIPE_BYTES.take(BULK_PIPE_BYTES) {
+                return;
+            }
+            match fcntl(
+                &self.write,
+                FcntlArg::F_SETPIPE_SZ(clamp_i32(BULK_PIPE_BYTES)),
+            ) {
+                Ok(granted) => {
+                    self.chunk = usize::try_from(granted).unwrap_or(self.chunk);
+                    self.budget_held = BULK_PIPE_BYTES;
+                }
+                // Past pipe-max-size or the user's pipe pages: the default pipe stays.
+                Err(_) => GROWN_PIPE_BYTES.give_back(BULK_PIPE_BYTES),
+            }
+        }
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            GROWN_PIPE_BYTES.give_back(self.budget_held);
+        }
+    }
+
+    /// The size a pipe grows to once its direction has filled it (a bulk transfer).
+    pub(super) const BULK_PIPE_BYTES: usize = 1024 * 1024;
+
+    /// Pipe capacity grown past the default, process-wide. An unprivileged user's pipes share
+    /// `/proc/sys/fs/pipe-user-pages-soft` (16,384 pages, 64 MiB, by default); past it new
+    /// pipes get 2 pages and the forwarder falls back to copying. Grown pipes may take a quarter
+    /// of that limit (16 MiB: 16 bulk directions at once), so most of it stays for the default
+    /// pipes of new connections.
+    static GROWN_PIPE_BYTES: PipeBudget = PipeBudget {
+        used: AtomicUsize::new(0),
+        limit: OnceLock::new(),
+    };
+
+    pub(super) struct PipeBudget {
+        used: AtomicUsize,
+        limit: OnceLock<usize>,
+    }
+
+    impl PipeBudget {
+        #[cfg(test)]
+        pub(super) fn with_limit(limit: usize) -> PipeBudget {
+            PipeBudget {
+                used: AtomicUsize::new(0),
+                limit: OnceLock::from(limit),
+            }
+        }
+
+        fn limit(&self) -> usize {
+            *self.limit.get_or_init(|| {
+                let soft_pages = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .unwrap_or(16_384);
+                if soft_pages == 0 {
+                    // No soft limit: bound the kernel memory grown pipes may pin anyway.
+                    256 * BULK_PIPE_BYTES
+                } else {
+                    soft_pages.saturating_mul(4096) / 4
+                }
+            })
+        }
+
+        pub(super) fn take(&self, bytes: usize) -> bool {
+            let limit = self.limit();
+            self.used
+                .fetch_update(Relaxed, Relaxed, |used| {
+                    used.checked_add(bytes).filter(|&after| after <= limit)
+                })
+                .is_ok()
+        }
+
+        pub(super) fn give_back(&self, bytes: usize) {
+            if bytes > 0 {
+                self.used.fetch_sub(bytes, Relaxed);
+            }
         }
     }
 
@@ -301,13 +404,13 @@ mod linux {
         dst: &'a TcpStream,
         from: Side,
         to: Side,
-        pipe: &'a Pipe,
+        pipe: Pipe,
         bytes: &'a AtomicU64,
         state: &'a State,
     }
 
     impl Direction<'_> {
-        async fn run(self, prefix: &[u8]) -> Result<(), ForwardEnd> {
+        async fn run(mut self, prefix: &[u8]) -> Result<(), ForwardEnd> {
             // The prefix counts as read from the source (it was, by the ClientHello reader).
             self.bytes.fetch_add(prefix.len() as u64, Relaxed);
             self.write_prefix(prefix)
@@ -323,6 +426,10 @@ mod linux {
                 self.bytes.fetch_add(n as u64, Relaxed);
                 self.state.touch();
                 self.drain(n).await.map_err(|e| error(self.to, e))?;
+                if n == self.pipe.chunk {
+                    // The source had at least a full pipe waiting: a bulk transfer.
+                    self.pipe.grow();
+                }
             }
             // Everything read has been written: pass the FIN on. NotConnected: the peer is
             // already gone and there is nobody left to tell.
@@ -608,5 +715,51 @@ mod tests {
         assert_eq!(r.bytes_from_downstream, 4);
         assert_eq!(r.bytes_from_upstream, 0);
         assert_eq!(r.first_eof, None);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod pipe_growth_tests {
+    use nix::fcntl::{fcntl, FcntlArg};
+
+    use super::linux::{Pipe, PipeBudget, BULK_PIPE_BYTES};
+    use super::SPLICE_CHUNK_BYTES;
+
+    fn capacity(pipe: &Pipe) -> usize {
+        usize::try_from(fcntl(&pipe.write, FcntlArg::F_GETPIPE_SZ).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_default_pipe_grows_once_to_the_bulk_size() {
+        let mut pipe = Pipe::new(None).unwrap();
+        assert_eq!(capacity(&pipe), SPLICE_CHUNK_BYTES);
+        assert_eq!(pipe.chunk, SPLICE_CHUNK_BYTES);
+        pipe.grow();
+        // pipe-max-size is 1 MiB by default, so even an unprivileged test may grow it.
+        assert_eq!(capacity(&pipe), BULK_PIPE_BYTES);
+        assert_eq!(pipe.chunk, BULK_PIPE_BYTES);
+        assert_eq!(pipe.budget_held, BULK_PIPE_BYTES);
+    }
+
+    #[test]
+    fn a_pipe_sized_by_the_caller_does_not_grow() {
+        let mut pipe = Pipe::new(Some(128 * 1024)).unwrap();
+        pipe.grow();
+        assert_eq!(capacity(&pipe), 128 * 1024);
+        assert_eq!(pipe.budget_held, 0);
+    }
+
+    #[test]
+    fn the_budget_refuses_past_its_limit_and_takes_back_what_is_returned() {
+        let budget = PipeBudget::with_limit(3 * BULK_PIPE_BYTES);
+        assert!(budget.take(BULK_PIPE_BYTES));
+        assert!(budget.take(BULK_PIPE_BYTES));
+        assert!(budget.take(BULK_PIPE_BYTES));
+        assert!(!budget.take(BULK_PIPE_BYTES), "a fourth is past the limit");
+        budget.give_back(BULK_PIPE_BYTES);
+        assert!(
+            budget.take(BULK_PIPE_BYTES),
+            "one given back can be taken again"
+        );
     }
 }
