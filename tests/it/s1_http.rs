@@ -1689,7 +1689,8 @@ async fn an_early_response_survives_the_unread_request_body() {
 
 /// A client that goes away in the middle of its request body is logged as Envoy 1.40 logs
 /// it, `0 DC downstream_remote_disconnect` with the bytes it sent, not as an upstream
-/// failure; so is a client that closes part-way through a request head (`"- - HTTP/1.1"`).
+/// failure; so is a client that closes part-way through a request head (`"- - HTTP/1.1"`,
+/// with the time the head waited as the duration).
 #[tokio::test]
 async fn clients_leaving_mid_request_are_logged_dc() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1743,10 +1744,15 @@ async fn clients_leaving_mid_request_are_logged_dc() {
     assert_eq!(l.upstream_host, up.to_string());
     assert_eq!((l.bytes_received, l.bytes_sent), (10, 0));
 
+    // The line's duration is the time the head waited (Envoy's): at least the pause here,
+    // which comes between the gateway reading the first bytes and the close.
     let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     c.shutdown().await.unwrap();
     let l = gw.next_line().await;
+    let waited: u64 = l.duration.parse().unwrap();
+    assert!(waited >= 250, "{}", l.raw);
     assert_eq!(
         (
             l.method.as_str(),
@@ -2145,35 +2151,58 @@ async fn upstream_framing_is_checked_like_envoys_codec() {
 
 /// What Envoy 1.40's connection manager refuses before routing, without a flag and with
 /// the request logged: no host (`400`, empty body, closed), `*` as the path (`404`,
-/// connection kept); two `Host` values are joined and match no host (`404 NR`).
+/// connection kept), an encoded NUL (`400`); two `Host` values are joined and match no host
+/// (`404 NR`). The refusals come before Envoy adds `x-forwarded-for` and `x-request-id`, so
+/// their lines show the client's own or `-`; a routed request's show the added ones.
 #[tokio::test]
 async fn requests_without_a_host_or_a_path_are_refused_like_envoy() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
-    // Method, path, flags and details of the line.
-    type Logged = (&'static str, &'static str, &'static str, &'static str);
-    let cases: [(&[u8], u16, bool, Logged); 3] = [
+    // Method, path, flags, details, forwarded-for and request id of the line ("*": added).
+    type Logged = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let cases: [(&[u8], u16, bool, Logged); 4] = [
         (
             b"GET / HTTP/1.1\r\n\r\n",
             400,
             true,
-            ("GET", "/", "-", "missing_host_header"),
+            ("GET", "/", "-", "missing_host_header", "-", "-"),
         ),
         (
             b"OPTIONS * HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n",
             404,
             false,
-            ("OPTIONS", "*", "-", "absolute_path_rejected"),
+            ("OPTIONS", "*", "-", "absolute_path_rejected", "-", "-"),
+        ),
+        (
+            b"GET /a%00 HTTP/1.1\r\nHost: edition.cnn.com\r\nX-Forwarded-For: 203.0.113.9\r\n\
+              X-Request-Id: abc\r\n\r\n",
+            400,
+            true,
+            (
+                "GET",
+                "/a%00",
+                "-",
+                "path_normalization_failed",
+                "203.0.113.9",
+                "abc",
+            ),
         ),
         (
             b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nHost: other.example\r\n\r\n",
             404,
             false,
-            ("GET", "/", "NR", "route_not_found"),
+            ("GET", "/", "NR", "route_not_found", "*", "*"),
         ),
     ];
-    for (request, status, closes, (method, path, flags, details)) in cases {
+    for (request, status, closes, (method, path, flags, details, xff, id)) in cases {
         let (got, text, closed) = raw_request(&gw, request).await;
         assert_eq!((got, text.as_str(), closed), (status, "", closes));
         let l = gw.next_line().await;
@@ -2187,6 +2216,17 @@ async fn requests_without_a_host_or_a_path_are_refused_like_envoy() {
             (method, path, flags, details)
         );
         assert_eq!(l.code, status.to_string());
+        if xff == "*" {
+            assert_ne!(l.xff, "-", "{}", l.raw);
+            assert_eq!(l.request_id.len(), 36, "{}", l.raw);
+        } else {
+            assert_eq!(
+                (l.xff.as_str(), l.request_id.as_str()),
+                (xff, id),
+                "{}",
+                l.raw
+            );
+        }
     }
     assert_eq!(up.requests(), 0);
 }

@@ -346,10 +346,22 @@ fn head_record(shared: &HttpShared, conn: &ConnContext) -> LogGuard {
 
 /// The client closed its connection part-way through a request head: Envoy 1.40 logs it as
 /// `"- - HTTP/1.1" 0 DC downstream_remote_disconnect` (a connection closed before its first
-/// byte, or between requests, is not logged).
-pub fn log_abandoned_head(shared: &HttpShared, conn: &ConnContext) {
+/// byte, or between requests, is not logged), with the time since the head began to arrive
+/// (`since`, when the listener had to wait for more of it) as the duration.
+pub fn log_abandoned_head(
+    shared: &HttpShared,
+    conn: &ConnContext,
+    since: Option<std::time::Instant>,
+) {
     let mut guard = head_record(shared, conn);
     let rec = guard.record();
+    if let Some(since) = since {
+        rec.start_time = rec
+            .start_time
+            .checked_sub(since.elapsed())
+            .unwrap_or(rec.start_time);
+        rec.start = since;
+    }
     rec.set_flag(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
     rec.response_code_details = Some("downstream_remote_disconnect".into());
     guard.finish();

@@ -143,18 +143,6 @@ pub async fn handle(
         {
             headers::remove_in_order(h, |n| n == http::header::EXPECT);
         }
-        // In Envoy 1.40's order (checked with it): `x-forwarded-for`, `x-forwarded-proto`,
-        // `x-envoy-external-address`, `x-request-id` after the client's own headers.
-        headers::append_xff(h, remote_ip, shared.local_ip);
-        h.insert(
-            headers::X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if conn.scheme == "https" {
-                "https"
-            } else {
-                "http"
-            }),
-        );
-        headers::set_edge_request_headers(h, remote_ip);
     }
     let authority: Option<Arc<str>> = match req.uri().authority() {
         // Credentials in an absolute-form target are dropped, as Envoy 1.40 does.
@@ -192,6 +180,31 @@ pub async fn handle(
             },
         )
     });
+    // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be
+    // normalized, or `*` as the path: Envoy's connection manager answers before routing,
+    // without a flag — and before it adds the forwarding headers and the request id, so the
+    // log shows the request's own (`-` when it had none; checked with Envoy 1.40).
+    let refused = match fragment {
+        Some(_) => Some(refusal::PATH_NORMALIZATION_FAILED),
+        // An encoded NUL: Envoy 1.40's path normalization refuses it (checked with it).
+        None if path.contains("%00") => Some(refusal::PATH_NORMALIZATION_FAILED),
+        None => refusal::manager_refusal(req.method(), &path, authority.is_some()),
+    };
+    if refused.is_none() {
+        let h = req.headers_mut();
+        // In Envoy 1.40's order (checked with it): `x-forwarded-for`, `x-forwarded-proto`,
+        // `x-envoy-external-address`, `x-request-id` after the client's own headers.
+        headers::append_xff(h, remote_ip, shared.local_ip);
+        h.insert(
+            headers::X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if conn.scheme == "https" {
+                "https"
+            } else {
+                "http"
+            }),
+        );
+        headers::set_edge_request_headers(h, remote_ip);
+    }
     // Only the headers the access log and the metrics read are kept with the record.
     let log_headers = shared.sink.headers();
     rec.request = Some(RequestInfo {
@@ -207,15 +220,6 @@ pub async fn handle(
         conn.h2_connection.clone(),
     );
 
-    // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be
-    // normalized, or `*` as the path: Envoy's connection manager answers before routing,
-    // without a flag.
-    let refused = match fragment {
-        Some(_) => Some(refusal::PATH_NORMALIZATION_FAILED),
-        // An encoded NUL: Envoy 1.40's path normalization refuses it (checked with it).
-        None if path.contains("%00") => Some(refusal::PATH_NORMALIZATION_FAILED),
-        None => refusal::manager_refusal(req.method(), &path, authority.is_some()),
-    };
     if let Some(r) = refused {
         let mut resp = local(
             guard.take(),

@@ -447,6 +447,9 @@ where
         let mut armed_at: Option<u64> = None;
         // A head cut short is given the idle timeout to complete (created when one is).
         let mut head_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // When a head was first seen unfinished: an abandoned head is logged with the time
+        // since (Envoy 1.40 logs the time the stream waited). Read only on that slow path.
+        let mut head_since: Option<std::time::Instant> = None;
         let mut exchanges: u64 = 0;
         loop {
             let read = poll_fn(|cx| {
@@ -472,6 +475,9 @@ where
                 }
                 if c.buf.is_empty() && (*drain.borrow() || started.as_mut().poll(cx).is_ready()) {
                     return Poll::Ready(HeadRead::Closed);
+                }
+                if !c.buf.is_empty() && head_since.is_none() {
+                    head_since = Some(std::time::Instant::now());
                 }
                 if !c.buf.is_empty() && !options.idle_timeout.is_zero() {
                     let timer = head_timer
@@ -505,6 +511,7 @@ where
             })
             .await;
             head_timer = None;
+            let waited_since = head_since.take();
             let head = match read {
                 HeadRead::Head(head) => head,
                 HeadRead::Released => return SessionEnd::Released,
@@ -513,7 +520,7 @@ where
                     return SessionEnd::Over;
                 }
                 HeadRead::Abandoned => {
-                    refusal::log_abandoned_head(shared, ctx);
+                    refusal::log_abandoned_head(shared, ctx, waited_since);
                     return SessionEnd::Over;
                 }
                 HeadRead::Refused(r) => {
