@@ -169,7 +169,15 @@ fn parse_default_format(line: &str) -> Option<LogLine> {
     let rest = line.strip_prefix('[')?;
     let (start_time, rest) = rest.split_once("] ")?;
     let rest = rest.strip_prefix('"')?;
-    let (req, rest) = rest.split_once("\" ")?;
+    // The request field ends at the `" ` after its protocol: a path may hold quotes itself
+    // (a raw query goes into the log as the client sent it).
+    let end = rest.match_indices("\" ").map(|(i, _)| i).find(|&i| {
+        let req = &rest[..i];
+        ["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3", " -"]
+            .iter()
+            .any(|p| req.ends_with(p))
+    })?;
+    let (req, rest) = (&rest[..end], &rest[end + 2..]);
     let mut req_parts = req.splitn(3, ' ');
     let (method, path, protocol) = (req_parts.next()?, req_parts.next()?, req_parts.next()?);
     let mut fields = Vec::new();

@@ -436,14 +436,22 @@ impl Forward<'_> {
                 HeaderValue::from_static("Upgrade"),
             );
         }
+        // A raw query the URI cannot hold (`crate::path::RawQuery`) is escaped in it; the
+        // HTTP/1.1 codec writes the target as the client sent it, HTTP/2 escaped.
+        let (target, escaped) =
+            crate::path::target_uri(&self.path).unwrap_or_else(|| (Uri::from_static("/"), false));
         if http2 {
             *req.version_mut() = Version::HTTP_2;
             h.remove(http::header::HOST);
-            let uri = format!("http://{}{}", self.authority, self.path);
+            let uri = format!("http://{}{}", self.authority, target);
             *req.uri_mut() = uri.parse().unwrap_or_else(|_| Uri::from_static("/"));
         } else {
             *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = self.path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            *req.uri_mut() = target;
+            if escaped {
+                req.extensions_mut()
+                    .insert(egret_upstream::h1::RawTarget(self.path.clone()));
+            }
             if let Ok(v) = HeaderValue::from_str(&self.authority) {
                 if h.contains_key(http::header::HOST) {
                     h.insert(http::header::HOST, v);

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::body::ResponseBody;
+use egret_http::path;
 use egret_http::refusal::{self, HeadError};
 use egret_upstream::body::BodyError;
 use egret_upstream::chunked::{self, ChunkState, Decoded};
@@ -375,8 +376,12 @@ pub fn parse_head(
     let target = head.slice_ref(head.get(path.0..path.0 + path.1).ok_or(HeadError::Target)?);
     // The URI loses a `#fragment`; the handler refuses the request on the target as sent.
     let fragment = target.iter().position(|&b| b == b'#');
-    let uri = http::Uri::from_maybe_shared(target.slice(..fragment.unwrap_or(target.len())))
-        .map_err(|_| HeadError::Target)?;
+    let target_uri = target.slice(..fragment.unwrap_or(target.len()));
+    let (uri, raw_query) = match http::Uri::from_maybe_shared(target_uri.clone()) {
+        Ok(uri) => (uri, None),
+        // `"<>` or a backquote: Envoy's codec takes them, `http::Uri` does not.
+        Err(_) => path::lenient_target(&target_uri).ok_or(HeadError::Target)?,
+    };
     let http11 = version == Version::HTTP_11;
     let mut headers = scratch.headers.take().unwrap_or_default();
     headers.clear();
@@ -446,6 +451,9 @@ pub fn parse_head(
         request
             .extensions_mut()
             .insert(refusal::TargetWithFragment(target));
+    }
+    if let Some(raw) = raw_query {
+        request.extensions_mut().insert(raw);
     }
     Ok(Some(ParsedHead {
         request,

@@ -312,6 +312,11 @@ impl Writer {
     }
 }
 
+/// The request target to write in place of the URI's (a request extension): one holding
+/// bytes `http::Uri` refuses (`"<>` in a query) and Envoy forwards as the client sent them.
+#[derive(Clone, Debug)]
+pub struct RawTarget(pub std::sync::Arc<str>);
+
 /// Encodes the request head and decides how its body is framed, as Envoy's codec does: the
 /// client's `content-length` is kept; a body of known size gets one; a body of unknown size
 /// goes chunked (`transfer-encoding: chunked` added last); no body, `content-length: 0`
@@ -319,7 +324,10 @@ impl Writer {
 fn encode_head(req: &Request<UpstreamBody>) -> (Bytes, Option<Framing>) {
     let body = req.body();
     let headers = req.headers();
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = match req.extensions().get::<RawTarget>() {
+        Some(raw) => &*raw.0,
+        None => req.uri().path_and_query().map_or("/", |p| p.as_str()),
+    };
     let method = req.method().as_str();
     let size: usize = headers
         .iter()
