@@ -915,6 +915,24 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
             "http1.invalid_characters",
         ),
         (
+            format!("GET /a\x01b HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.invalid_characters",
+        ),
+        (
+            format!("G\x7fT / HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.invalid_characters",
+        ),
+        (
+            format!("GET /a\tb HTTP/1.1\r\n{host}\r\n"),
+            400,
+            "Bad Request",
+            "http1.codec_error",
+        ),
+        (
             format!("POST / HTTP/1.1\r\n{host}Content-Length: abc\r\n\r\n"),
             400,
             "Bad Request",

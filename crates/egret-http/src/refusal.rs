@@ -182,28 +182,30 @@ pub fn for_head_error(error: HeadError, head: &[u8]) -> Refusal {
             details: "http1.invalid_transfer_encoding",
             closes: true,
         },
-        HeadError::Header if has_control_characters(head) => Refusal {
-            details: "http1.invalid_characters",
-            ..BAD_REQUEST
-        },
+        HeadError::Header | HeadError::Method | HeadError::Target
+            if has_control_characters(head) =>
+        {
+            Refusal {
+                details: "http1.invalid_characters",
+                ..BAD_REQUEST
+            }
+        }
         HeadError::Header | HeadError::Method | HeadError::Target | HeadError::ContentLength => {
             BAD_REQUEST
         }
     }
 }
 
-/// A control character (other than tab) in the header lines: Envoy says
-/// `http1.invalid_characters`, where any other malformed header is `http1.codec_error`. A
-/// bare CR is not one of them: Envoy accepts it inside a value.
+/// A control character (other than tab) in the request line or the header lines: Envoy
+/// says `http1.invalid_characters`, where any other malformed head is `http1.codec_error`
+/// (a tab or a UTF-8 byte in the target included; checked with Envoy 1.40). A bare CR is
+/// not one of them: Envoy accepts it inside a value.
 fn has_control_characters(head: &[u8]) -> bool {
     let end = head
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(head.len());
-    let Some(first_line) = head[..end].iter().position(|&b| b == b'\n') else {
-        return false;
-    };
-    head[first_line + 1..end]
+    head[..end]
         .iter()
         .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f)
 }
@@ -457,9 +459,44 @@ mod tests {
             b"GET / HTTP/1.1\r\nX-A: a\tb\r\n\r\n",
             // Past the head: the next request's bytes are not this one's.
             b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n\x00",
-            b"GET /\x01 HTTP/1.1\r\nX: y\r\n\r\n",
         ] {
             assert_eq!(header_error(other), "http1.codec_error", "{other:?}");
+        }
+        // In the request line too (checked with Envoy 1.40), but not a tab or UTF-8.
+        for (error, head, details) in [
+            (
+                HeadError::Target,
+                &b"GET /\x01 HTTP/1.1\r\nX: y\r\n\r\n"[..],
+                "invalid_characters",
+            ),
+            (
+                HeadError::Target,
+                b"GET /a\x7fb HTTP/1.1\r\n\r\n",
+                "invalid_characters",
+            ),
+            (
+                HeadError::Method,
+                b"G\x7fT / HTTP/1.1\r\n\r\n",
+                "invalid_characters",
+            ),
+            (
+                HeadError::Header,
+                b"GET / HTTP/1.1\x01\r\n\r\n",
+                "invalid_characters",
+            ),
+            (
+                HeadError::Target,
+                b"GET /a\tb HTTP/1.1\r\n\r\n",
+                "codec_error",
+            ),
+            (
+                HeadError::Target,
+                b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n",
+                "codec_error",
+            ),
+        ] {
+            let got = for_head_error(error, head).details;
+            assert_eq!(got, format!("http1.{details}"), "{head:?}");
         }
     }
 
