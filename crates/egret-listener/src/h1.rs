@@ -562,12 +562,17 @@ fn repairable(buf: &[u8]) -> bool {
             .windows(2)
             .skip(first.len())
             .any(|w| w[0] == b'\n' && matches!(w[1], b' ' | b'\t'))
+        || head
+            .windows(2)
+            .skip(first.len())
+            .any(|w| w[0] == b'\r' && w[1] != b'\n')
 }
 
 /// Rewrites, in `buf`'s head, what httparse refuses and Envoy's codec takes: white space at
 /// the end of the request line (dropped), and header values folded onto continuation lines
-/// (obs-fold: the line break goes, the folding white space stays, as Envoy joins them).
-/// False when there was nothing to rewrite.
+/// (obs-fold: the line break goes, the folding white space stays, as Envoy joins them),
+/// and bare CRs in header lines (dropped: Envoy 1.40 forwards `b\rc` as `bc`, checked with
+/// it). False when there was nothing to rewrite.
 fn repair_head(buf: &mut BytesMut) -> bool {
     let end = head_end(buf).unwrap_or(buf.len());
     let lead = leading_empty_lines(buf).min(end);
@@ -593,7 +598,13 @@ fn repair_head(buf: &mut BytesMut) -> bool {
             changed = true;
         }
         in_fields = !content.is_empty();
-        out.extend_from_slice(line);
+        if content.contains(&b'\r') {
+            out.extend(content.iter().copied().filter(|&b| b != b'\r'));
+            out.extend_from_slice(&line[content.len()..]);
+            changed = true;
+        } else {
+            out.extend_from_slice(line);
+        }
     }
     if !changed {
         return false;
@@ -1173,6 +1184,20 @@ mod tests {
             .extensions()
             .get::<refusal::TargetWithFragment>();
         assert_eq!(marked.map(|t| &t.0[..]), Some(&b"/a#frag"[..]));
+    }
+
+    /// Envoy 1.40 drops a CR that ends no line inside a header line (checked with it).
+    #[test]
+    fn bare_crs_in_header_lines_are_dropped() {
+        let head = parse(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\nX-B: \rd\r\r\nX-C: e\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let h = head.request.headers();
+        assert_eq!(
+            (h["x-a"].as_bytes(), h["x-b"].as_bytes()),
+            (&b"bc"[..], &b"d"[..])
+        );
+        assert_eq!(h["x-c"], "e");
     }
 
     #[test]
