@@ -1160,6 +1160,23 @@ async fn malformed_request_body_is_the_clients_error_like_envoy() {
         ("DPE", "http1.codec_error")
     );
     assert_eq!(l.upstream_host, up.addr().to_string());
+
+    // As Envoy 1.40's codec: a chunk-size line needs its CR (this one is refused as above),
+    // and what follows a chunk's data up to the line's end is skipped (this one forwarded).
+    let request = b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\nhello\r\n0\r\n\r\n";
+    let (status, body, closed) = raw_request(&gw, request).await;
+    assert_eq!((status, body.as_str(), closed), (400, "Bad Request", true));
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.flags.as_str()), ("400", "DPE"));
+    let request = b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhelloXYZ\r\n3\r\nabc\n0\r\n\r\n";
+    let (status, body, _) = raw_request(&gw, request).await;
+    assert_eq!(status, 200);
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["body_len"], 8, "{body}");
+    let l = gw.next_line().await;
+    assert_eq!((l.code.as_str(), l.bytes_received), ("200", 8));
 }
 
 /// An upstream that answers with these bytes to a request for the path, then closes. An
@@ -2103,6 +2120,14 @@ async fn upstream_framing_is_checked_like_envoys_codec() {
             "/bad-chunk",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         ),
+        (
+            "/lf-chunk",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "/junk-after-data",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXYZ\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
     ];
     let up = raw_upstream(ANSWERS).await;
     let s1 = scenario("s1-http");
@@ -2182,23 +2207,35 @@ async fn upstream_framing_is_checked_like_envoys_codec() {
             (path, code, "-", "via_upstream")
         );
     }
-    // A body whose framing breaks right after the head: as Envoy, the client gets the head,
-    // then the connection ends without the last chunk.
-    let (head, got_body) = get_whole(&gw, "edition.cnn.com", "/bad-chunk").await;
-    assert_eq!(head.lines().next(), Some("HTTP/1.1 200 OK"), "{head}");
-    assert!(
-        head.lines().any(|l| l == "transfer-encoding: chunked"),
-        "{head}"
-    );
-    assert_eq!(got_body, "");
+    // A body whose framing breaks right after the head (a chunk-size line that is not hex,
+    // or ends with a bare LF): as Envoy, the client gets the head, then the connection ends
+    // without the last chunk.
+    for path in ["/bad-chunk", "/lf-chunk"] {
+        let (head, got_body) = get_whole(&gw, "edition.cnn.com", path).await;
+        assert_eq!(head.lines().next(), Some("HTTP/1.1 200 OK"), "{head}");
+        assert!(
+            head.lines().any(|l| l == "transfer-encoding: chunked"),
+            "{head}"
+        );
+        assert_eq!(got_body, "", "{path}");
+        let l = gw.next_line().await;
+        assert_eq!(
+            (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+            (
+                "200",
+                "UPE",
+                "upstream_reset_after_response_started{protocol_error}"
+            ),
+            "{path}"
+        );
+    }
+    // What follows a chunk's data up to the line's end is skipped, as Envoy's codec does.
+    let (_, got_body) = get_whole(&gw, "edition.cnn.com", "/junk-after-data").await;
+    assert!(!got_body.contains("XYZ"), "{got_body}");
     let l = gw.next_line().await;
     assert_eq!(
-        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
-        (
-            "200",
-            "UPE",
-            "upstream_reset_after_response_started{protocol_error}"
-        )
+        (l.code.as_str(), l.flags.as_str(), l.bytes_sent),
+        ("200", "-", 8)
     );
 }
 

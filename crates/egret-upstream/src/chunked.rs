@@ -50,8 +50,11 @@ pub fn decode(
                 if eol > MAX_CHUNK_LINE {
                     return Err("chunk size line too long");
                 }
-                let line = &buf[..eol];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                // CRLF only: Envoy 1.40's codec (Balsa) refuses a chunk-size line ended by a
+                // bare LF, in requests and responses alike (checked with it).
+                let Some(line) = buf[..eol].strip_suffix(b"\r") else {
+                    return Err("chunk size line not ended by CRLF");
+                };
                 let digits = line
                     .split(|&b| b == b';')
                     .next()
@@ -85,16 +88,18 @@ pub fn decode(
                 return Ok(Decoded::Data(data));
             }
             ChunkState::DataEnd => {
-                let end: &[u8] = if buf.starts_with(b"\r\n") {
-                    b"\r\n"
-                } else if buf.starts_with(b"\n") {
-                    b"\n"
-                } else if buf.is_empty() || buf[..] == b"\r"[..] {
+                // What follows a chunk's data up to the line's end is skipped, as Envoy
+                // 1.40's codec does (`helloXX\r\n` is `hello`; a bare LF ends it too).
+                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err("chunk data not followed by CRLF");
+                    }
                     return Ok(Decoded::NeedMore);
-                } else {
-                    return Err("chunk data not followed by CRLF");
                 };
-                buf.advance(end.len());
+                if eol > MAX_CHUNK_LINE {
+                    return Err("chunk data not followed by CRLF");
+                }
+                buf.advance(eol + 1);
                 *state = ChunkState::Size;
             }
             ChunkState::Trailers(seen) => {
@@ -149,7 +154,14 @@ mod tests {
         assert!(!end);
         assert!(chunks(b"zz\r\n").is_err());
         assert!(chunks(b"ffffffffffffffffff\r\n").is_err());
-        assert!(chunks(b"2\r\nokXX").is_err());
+        // As Envoy 1.40's codec (checked with it): what follows a chunk's data is skipped
+        // to the line's end, a chunk-size line needs its CR, the last blank line does not.
+        let (data, end, _) = chunks(b"2\r\nokXX\r\n1\r\n!\rY\n0\r\n\n").unwrap();
+        assert_eq!((&data[..], end), (&b"ok!"[..], true));
+        assert!(chunks(b"2\nok\r\n").is_err());
+        assert!(chunks(b"2\r\nok\r\n0\n\r\n").is_err());
+        let junk = format!("2\r\nok{}", "x".repeat(5000));
+        assert!(chunks(junk.as_bytes()).is_err());
         // Limits: a chunk-size line with long extensions, trailers past the bound.
         let long_ext = format!("5;{}\r\nhello\r\n", "x".repeat(5000));
         assert!(chunks(long_ext.as_bytes()).is_err());
