@@ -2003,6 +2003,52 @@ async fn expect_continue_is_answered_and_not_forwarded() {
         "{all}"
     );
     assert_eq!(gw.next_line().await.code, "404");
+
+    // A request without a body gets its `100` too (Envoy 1.40 sends it whatever the
+    // framing), and then its response.
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut all))
+        .await
+        .expect("the responses, then the end")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(
+        all.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{all}"
+    );
+    assert_eq!(gw.next_line().await.code, "200");
+}
+
+/// A client that leaves after its `100 Continue`, before the response, is logged with code
+/// 100 (`100 DC`), as Envoy 1.40 logs it.
+#[tokio::test]
+async fn a_client_leaving_after_its_100_is_logged_100_dc() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = HttpUpstream::start(Behavior::delay(Duration::from_secs(30), Behavior::Echo))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+        .await
+        .expect("an interim response")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    drop(c);
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("100", "DC", "downstream_remote_disconnect")
+    );
 }
 
 /// What an upstream that breaks HTTP/1.1 gets, as Envoy 1.40 answers it: a response it

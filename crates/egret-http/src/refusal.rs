@@ -25,6 +25,12 @@ use crate::service::{ConnContext, HttpShared};
 #[derive(Clone, Copy, Debug)]
 pub struct CodecReply;
 
+/// Marks a request whose client was sent `100 Continue` (a request extension): until a
+/// final response, its code is 100, so a client that leaves after it is logged `100 DC`, as
+/// Envoy 1.40 logs it (checked with it).
+#[derive(Clone, Copy, Debug)]
+pub struct ContinueSent;
+
 /// What Envoy answers and logs for a refused request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {

@@ -222,6 +222,9 @@ pub async fn handle(
         scheme: Some(conn.scheme),
         headers: log_headers.request.capture(req.headers()),
     });
+    if req.extensions().get::<refusal::ContinueSent>().is_some() {
+        rec.response_code = 100;
+    }
     let mut guard = PendingLog(
         Some(LogGuard::new(rec, shared.sink.clone()).with_response_headers(log_headers.response)),
         None,

@@ -606,8 +606,9 @@ where
     let generation = h1::start_request(conn, framing);
     // Envoy answers `Expect: 100-continue` as soon as it has the head, before routing (Istio
     // leaves `proxy_100_continue` off; checked with 1.40) — unless its codec refuses the head.
+    // Whatever the body's framing: Envoy sends the `100` to a request without a body too.
+    let mut request = request;
     if expect_continue
-        && framing != Framing::None
         && refusal::codec_refusal(&request).is_none()
         && headers::request_headers_size(&request) <= MAX_REQUEST_HEADERS_BYTES
     {
@@ -619,6 +620,7 @@ where
         if sent.await.is_err() {
             return Next::Over;
         }
+        request.extensions_mut().insert(refusal::ContinueSent);
     }
     let mut request = request.map(|()| match framing {
         Framing::None => ClientBody::Empty,
