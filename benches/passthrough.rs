@@ -1,5 +1,5 @@
 //! Passthrough forwarders compared: `tokio::io::copy_bidirectional`, our user-space copy
-//! (`forward_with_prefix`, 32 KiB per direction) and `splice(2)` (`forward_spliced`: default
+//! (`forward_with_prefix`, 32 KiB per direction while it is busy) and `splice(2)` (`forward_spliced`: default
 //! 64 KiB pipes grown to 1 MiB once a direction fills one; and fixed 256 KiB and 1 MiB pipes).
 //!
 //! Three threads: the proxy (a current-thread tokio runtime running only the forwarder under
@@ -62,7 +62,7 @@ mod linux {
         fn label(self) -> &'static str {
             match self {
                 Forwarder::CopyBidirectional => "tokio::io::copy_bidirectional (8 KiB)",
-                Forwarder::Userspace => "forward_with_prefix (user space, 32 KiB)",
+                Forwarder::Userspace => "forward_with_prefix (user space, 32 KiB while busy)",
                 Forwarder::Splice => "forward_spliced (splice, 64 KiB pipes, 1 MiB once full)",
                 Forwarder::Splice1MiB => "forward_spliced_with_pipe_size (splice, 1 MiB pipes)",
                 Forwarder::Splice256KiB => "forward_spliced_with_pipe_size (splice, 256 KiB pipes)",

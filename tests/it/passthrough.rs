@@ -142,8 +142,17 @@ async fn h2_alpn_passes_through() {
 
 #[tokio::test]
 async fn ten_megabytes_each_way_arrive_intact() {
+    ten_megabytes_each_way(&[]).await;
+}
+
+#[tokio::test]
+async fn ten_megabytes_each_way_arrive_intact_with_splice() {
+    ten_megabytes_each_way(&["--passthrough-splice"]).await;
+}
+
+async fn ten_megabytes_each_way(extra: &[&str]) {
     let size = 10 * 1024 * 1024;
-    let mut s = setup(Behavior::EchoBody, &[]).await;
+    let mut s = setup(Behavior::EchoBody, extra).await;
     let cfg = Arc::new(client_config(s.ca.root_store(), None, &[b"http/1.1"]).unwrap());
     let tls = tls_connect(s.gw.tls, "edition.cnn.com", cfg).await.unwrap();
     let mut conn = Http1Conn::handshake(tls).await.unwrap();

@@ -25,6 +25,8 @@ pub struct GatewayOptions {
     pub client_hello_timeout: Duration,
     /// Idle timeout of passthrough and TCP connections (Istio's default: 1 h).
     pub tcp_idle_timeout: Duration,
+    /// Passthrough bytes move with splice(2) instead of the user-space copy.
+    pub passthrough_splice: bool,
     /// How long a downstream HTTP/1.1 connection may wait for a request (Envoy: 1 h).
     pub http_idle_timeout: Duration,
     /// How long an idle HTTP/1.1 connection keeps its read buffer after a response.
@@ -37,6 +39,7 @@ impl GatewayOptions {
             bind,
             client_hello_timeout: egret_core::limits::LISTENER_FILTER_TIMEOUT,
             tcp_idle_timeout: egret_core::limits::TCP_IDLE_TIMEOUT,
+            passthrough_splice: false,
             http_idle_timeout: egret_core::limits::HTTP_IDLE_TIMEOUT,
             http_release_delay: egret_core::limits::HTTP_BUFFER_RELEASE_DELAY,
         }

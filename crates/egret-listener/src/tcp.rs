@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use egret_core::{Listener, ListenerRoutes, LogGuard, LogRecord, ResponseFlags, WeightedClusters};
 use egret_sni::reader::{read_client_hello_into, ReadError};
 use egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES;
-use egret_sni::{forward_spliced_until, ForwardEnd, Side};
+use egret_sni::{forward_spliced_until, forward_with_prefix_until, ForwardEnd, Side};
 use egret_upstream::connect::connect_with;
 
 use crate::active::Active;
@@ -81,6 +81,8 @@ pub(crate) async fn serve_tcp(
                     None,
                 );
             };
+            // The reader reserved a whole TLS record; the connection keeps only what came.
+            prefix.shrink_to_fit();
             guard.record().requested_server_name = Some(Arc::from(sni.as_str()));
             match table.find(&sni) {
                 Some(route) => &route.clusters,
@@ -170,16 +172,27 @@ pub(crate) async fn serve_tcp(
     };
     guard.record().upstream_local_address = upstream.local_addr().ok();
     let _open = endpoint.open_connection();
-    // splice(2) on Linux (about 40% less CPU per GiB than the user-space copy, README
-    // "Passthrough forwarding"); elsewhere, or without pipes, the user-space copy.
-    let result = forward_spliced_until(
-        &mut stream,
-        upstream,
-        &prefix,
-        gw.options.tcp_idle_timeout,
-        gw.stopped(),
-    )
-    .await;
+    // The user-space copy through the worker's buffer; splice(2) when asked for (less
+    // gateway CPU per byte, more for endpoints on the same machine: RESULTS item 26).
+    let result = if gw.options.passthrough_splice {
+        forward_spliced_until(
+            &mut stream,
+            upstream,
+            &prefix,
+            gw.options.tcp_idle_timeout,
+            gw.stopped(),
+        )
+        .await
+    } else {
+        forward_with_prefix_until(
+            &mut stream,
+            upstream,
+            &prefix,
+            gw.options.tcp_idle_timeout,
+            gw.stopped(),
+        )
+        .await
+    };
     let rec = guard.record();
     rec.bytes_received = result.bytes_from_downstream;
     rec.bytes_sent = result.bytes_from_upstream;

