@@ -242,6 +242,34 @@ pub struct TestCert {
     ca_pem: String,
 }
 
+impl TestCert {
+    /// A certificate that signed itself, for `dns_name`: as `openssl req -x509` makes one
+    /// (`CA:TRUE`, no keyUsage) when `ca`, else a leaf whose keyUsage does not allow signing
+    /// certificates (`CA:FALSE`, digitalSignature only).
+    pub fn self_signed(dns_name: &str, ca: bool) -> TestCert {
+        let mut params =
+            CertificateParams::new(vec![dns_name.to_string()]).expect("self-signed params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, dns_name);
+        params.distinguished_name = dn;
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        } else {
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        }
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        TestCert {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pkcs8: key.serialize_der(),
+            key_pem: key.serialize_pem(),
+            ca_pem: cert.pem(),
+        }
+    }
+}
+
 impl std::fmt::Debug for TestCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestCert")

@@ -1,7 +1,8 @@
 //! A small, strict DER walker for the few certificate fields this crate needs and webpki does
 //! not expose: the version (webpki refuses v1 certificates, which `openssl x509 -req` makes),
-//! the subject CN, whether a subjectAltName extension is present and its entries in
-//! certificate order, the validity window, and the raw pieces needed to check a signature.
+//! whether a subjectAltName extension is present and its entries in certificate order,
+//! whether a keyUsage extension allows signing certificates, the validity window, and the raw
+//! pieces needed to check a signature.
 //!
 //! Why not `x509-parser`: it brings `asn1-rs`, `der-parser`, `nom`, `time` and more into the
 //! build of a data-path crate for ~250 lines of reading. Every read here is bounds-checked and
@@ -57,8 +58,8 @@ const OID: u8 = 0x06;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 
-const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+const OID_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
 
 /// A subjectAltName entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +101,9 @@ pub(crate) struct CertInfo<'a> {
     pub spki: &'a [u8],
     /// `None` when the certificate has no subjectAltName extension at all.
     pub san: Option<Vec<GeneralName>>,
+    /// No keyUsage extension, or one with keyCertSign: the certificate may have issued
+    /// itself (BoringSSL's `X509_check_issued` asks this before calling one self-signed).
+    pub may_sign_certs: bool,
 }
 
 impl<'a> CertInfo<'a> {
@@ -140,6 +144,7 @@ impl<'a> CertInfo<'a> {
         let not_after = parse_time(na)?;
 
         let mut san = None;
+        let mut may_sign_certs = true;
         while !r.is_empty() {
             let (field, rest) = read_tlv(r)?;
             r = rest;
@@ -149,6 +154,7 @@ impl<'a> CertInfo<'a> {
                     return None;
                 }
                 san = read_san_extension(field.value)?;
+                may_sign_certs = read_key_usage_cert_sign(field.value)?.unwrap_or(true);
             }
         }
         Some(CertInfo {
@@ -162,29 +168,8 @@ impl<'a> CertInfo<'a> {
             not_after,
             spki: spki.raw,
             san,
+            may_sign_certs,
         })
-    }
-
-    /// The subject's common name. With several CNs, the last (most specific) one, as
-    /// OpenSSL/BoringSSL host checks use.
-    pub fn subject_cn(&self) -> Option<String> {
-        let mut found = None;
-        let mut sets = self.subject;
-        while !sets.is_empty() {
-            let (set, rest) = read_tlv(sets)?;
-            sets = rest;
-            let mut atvs = set.value;
-            while !atvs.is_empty() {
-                let (atv, rest) = expect(atvs, SEQUENCE)?;
-                atvs = rest;
-                let (oid, value) = expect(atv.value, OID)?;
-                if oid.value == OID_COMMON_NAME {
-                    let (text, _) = read_tlv(value)?;
-                    found = decode_string(text);
-                }
-            }
-        }
-        found
     }
 
     /// Is the issuer name byte-identical to the subject name (self-issued)?
@@ -225,21 +210,31 @@ fn bit_string_bytes(value: &[u8]) -> Option<&[u8]> {
     }
 }
 
-fn decode_string(tlv: Tlv<'_>) -> Option<String> {
-    match tlv.tag {
-        // UTF8String, PrintableString, T61String, IA5String
-        0x0c | 0x13 | 0x14 | 0x16 => std::str::from_utf8(tlv.value).ok().map(str::to_string),
-        // BMPString: UTF-16BE
-        0x1e => {
-            let pairs = tlv.value.chunks_exact(2);
-            if !pairs.remainder().is_empty() {
-                return None;
-            }
-            let units: Vec<u16> = pairs.map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-            String::from_utf16(&units).ok()
+/// Whether the keyUsage extension has keyCertSign (bit 5): `Some(None)` without the
+/// extension, `None` if the encoding is malformed.
+fn read_key_usage_cert_sign(explicit: &[u8]) -> Option<Option<bool>> {
+    let (exts, _) = expect(explicit, SEQUENCE)?;
+    let mut r = exts.value;
+    while !r.is_empty() {
+        let (ext, rest) = expect(r, SEQUENCE)?;
+        r = rest;
+        let (oid, mut body) = expect(ext.value, OID)?;
+        if oid.value != OID_KEY_USAGE {
+            continue;
         }
-        _ => None,
+        if let Some((b, rest)) = read_tlv(body) {
+            if b.tag == BOOLEAN {
+                body = rest;
+            }
+        }
+        let (octets, _) = expect(body, OCTET_STRING)?;
+        let (bits, _) = expect(octets.value, BIT_STRING)?;
+        // The unused-bits count, then the bits, most significant first: keyCertSign is 0x04
+        // of the first byte.
+        let first = bits.value.get(1).copied().unwrap_or(0);
+        return Some(Some(first & 0x04 != 0));
     }
+    Some(None)
 }
 
 /// Reads the `[3]` extensions wrapper; returns `Some(None)` if there is no SAN extension,
@@ -355,7 +350,6 @@ mod tests {
         let der = c.cert_der();
         let info = CertInfo::parse(&der).expect("parse");
         assert_eq!(info.version, 2);
-        assert_eq!(info.subject_cn().as_deref(), Some("cn.example.com"));
         assert_eq!(
             info.san,
             Some(vec![
@@ -370,7 +364,6 @@ mod tests {
         let der = cn_only.cert_der();
         let info = CertInfo::parse(&der).expect("parse");
         assert_eq!(info.san, None);
-        assert_eq!(info.subject_cn().as_deref(), Some("x.example.com"));
 
         let w = ca.workload_cert("spiffe://cluster.local/ns/a/sa/b");
         let der = w.cert_der();
@@ -379,7 +372,6 @@ mod tests {
             info.first_uri_san().as_deref(),
             Some("spiffe://cluster.local/ns/a/sa/b")
         );
-        assert_eq!(info.subject_cn(), None);
     }
 
     #[test]
@@ -407,7 +399,6 @@ mod tests {
                 let mut d = der.clone();
                 d[i] ^= flip;
                 if let Some(info) = CertInfo::parse(&d) {
-                    let _ = info.subject_cn();
                     let _ = info.public_key();
                 }
             }

@@ -17,7 +17,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::error::{TlsConnectError, TlsSetupError};
 use crate::files::{layout, load_certified_key, FileRef, Watched};
-use crate::verify::{CnFallbackFlag, NameCheck, ServerVerifier};
+use crate::verify::{NameCheck, ServerVerifier};
 use crate::{provider, ALPN_H2_HTTP1};
 
 /// Where the system trust store comes from (SIMPLE/MUTUAL without a CA).
@@ -138,7 +138,6 @@ impl UpstreamTlsContexts {
 pub struct UpstreamTlsContext {
     sni: String,
     config: Watched<ClientConfig>,
-    cn_fallback: Arc<CnFallbackFlag>,
     /// Seconds since the registry's epoch of the last lookup (for eviction).
     last_used: AtomicU64,
 }
@@ -164,11 +163,6 @@ impl UpstreamTlsContext {
         &self.sni
     }
 
-    /// Has a certificate without subjectAltName been accepted by its CN (warned once)?
-    pub fn cn_fallback_used(&self) -> bool {
-        self.cn_fallback.used()
-    }
-
     fn build(
         spec: &UpstreamTls,
         alpn: Vec<Vec<u8>>,
@@ -176,7 +170,6 @@ impl UpstreamTlsContext {
         system_roots: Arc<OnceLock<Result<Arc<RootCertStore>, TlsSetupError>>>,
         now: u64,
     ) -> UpstreamTlsContext {
-        let cn_fallback = Arc::new(CnFallbackFlag::default());
         let what = format!("upstream TLS for {} (sni {})", spec.origin, spec.sni);
         let config = match plan(spec, opts) {
             Err(e) => Watched::new(
@@ -188,22 +181,18 @@ impl UpstreamTlsContext {
             Ok(plan) => {
                 let paths = plan.watched_paths();
                 let spec = spec.clone();
-                let flag = cn_fallback.clone();
                 let opts = opts.clone();
                 Watched::new(
                     what,
                     paths,
                     opts.recheck_interval,
-                    Box::new(move || {
-                        build_config(&spec, &plan, &alpn, &opts, &system_roots, &flag)
-                    }),
+                    Box::new(move || build_config(&spec, &plan, &alpn, &opts, &system_roots)),
                 )
             }
         };
         UpstreamTlsContext {
             sni: spec.sni.clone(),
             config,
-            cn_fallback,
             last_used: AtomicU64::new(now),
         }
     }
@@ -300,7 +289,6 @@ fn build_config(
     alpn: &[Vec<u8>],
     opts: &UpstreamTlsOptions,
     system_roots: &OnceLock<Result<Arc<RootCertStore>, TlsSetupError>>,
-    cn_fallback: &Arc<CnFallbackFlag>,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = provider();
     let identity: Option<Arc<CertifiedKey>> = match &plan.identity {
@@ -334,8 +322,6 @@ fn build_config(
         provider.signature_verification_algorithms,
         names,
         spec.insecure_skip_verify,
-        spec.origin.clone(),
-        cn_fallback.clone(),
     );
     let versions: &[&rustls::SupportedProtocolVersion] = if opts.enable_tls13 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]

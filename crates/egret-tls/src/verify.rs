@@ -3,15 +3,14 @@
 //! Upstream ([`ServerVerifier`]): the chain is always verified (webpki, or for a v1 leaf that
 //! webpki cannot parse, a direct signature check against a trust anchor); then the name: the
 //! configured `subjectAltNames` if any, else the SNI (except ISTIO_MUTUAL without SANs, which
-//! trusts the mesh root alone, as Istio configures Envoy). A certificate with a SAN extension
-//! is matched against its SANs only; a certificate with no SAN extension at all falls back to
-//! its subject CN, with one warning per context.
+//! trusts the mesh root alone, as Istio configures Envoy). The name is matched against the
+//! certificate's SANs only: one without a SAN extension (an X.509 v1 certificate, or a CN
+//! alone) fails a name check, as in Envoy, which never falls back to the subject CN.
 //!
 //! Downstream ([`ClientVerifier`]): webpki's client verifier (or the same v1 path), plus an
 //! optional `subjectAltNames` check.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -37,16 +36,6 @@ pub(crate) enum NameCheck {
     ChainOnly,
 }
 
-/// Shared per context: has the CN fallback been used (and warned about) yet?
-#[derive(Debug, Default)]
-pub(crate) struct CnFallbackFlag(AtomicBool);
-
-impl CnFallbackFlag {
-    pub(crate) fn used(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct ServerVerifier {
     roots: Arc<RootCertStore>,
@@ -54,9 +43,6 @@ pub(crate) struct ServerVerifier {
     names: NameCheck,
     /// `insecureSkipVerify`: neither chain nor name is checked (handshake signatures still are).
     skip: bool,
-    /// For the warning: which configuration this is (`DestinationRule ns/name`).
-    origin: String,
-    cn_fallback: Arc<CnFallbackFlag>,
 }
 
 impl ServerVerifier {
@@ -65,16 +51,12 @@ impl ServerVerifier {
         algs: WebPkiSupportedAlgorithms,
         names: NameCheck,
         skip: bool,
-        origin: String,
-        cn_fallback: Arc<CnFallbackFlag>,
     ) -> ServerVerifier {
         ServerVerifier {
             roots,
             algs,
             names,
             skip,
-            origin,
-            cn_fallback,
         }
     }
 
@@ -128,22 +110,8 @@ impl ServerVerifier {
                     Err(mismatch(&san_strings(Some(&info))))
                 }
             }
-            None => {
-                let cn = info.subject_cn();
-                match cn.as_deref() {
-                    Some(cn) if expected.iter().any(|e| dns_matches(cn, e)) => {
-                        if !self.cn_fallback.0.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(
-                                context = %self.origin,
-                                cn,
-                                "upstream certificate has no subjectAltName extension; its subject CN was used to check the name"
-                            );
-                        }
-                        Ok(())
-                    }
-                    _ => Err(mismatch(&[])),
-                }
-            }
+            // No SAN extension: Envoy does not look at the CN (checked with Envoy 1.40).
+            None => Err(mismatch(&[])),
         }
     }
 }
@@ -434,7 +402,14 @@ fn describe_chain_error(
         }
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
             let text = other.0.to_string();
-            if text.contains("CaUsedAsEndEntity") || text.contains("EndEntityUsedAsCa") {
+            // A self-signed CA certificate as the leaf (`openssl req -x509`): BoringSSL
+            // looks for its issuer first and finds none but itself.
+            if text.contains("CaUsedAsEndEntity")
+                && intermediates.is_empty()
+                && info.is_some_and(self_signed)
+            {
+                unknown_issuer(info, intermediates)
+            } else if text.contains("CaUsedAsEndEntity") || text.contains("EndEntityUsedAsCa") {
                 VerifyFailure::x509(K::Other, 0, "invalid CA certificate")
             } else {
                 VerifyFailure::x509(K::Other, 0, "unknown certificate verification error")
@@ -458,7 +433,7 @@ fn presented_chain<'a>(
     let mut chain = vec![leaf.clone()];
     let mut used = vec![false; parsed.len()];
     while let Some(last) = chain.last() {
-        if last.self_issued() {
+        if self_signed(last) {
             break;
         }
         let next = parsed
@@ -476,6 +451,13 @@ fn presented_chain<'a>(
     chain
 }
 
+/// Self-signed as BoringSSL's `X509_check_issued` decides it: its own issuer by name, and
+/// allowed to sign certificates if it says what it may do (a leaf whose keyUsage lacks
+/// keyCertSign is an unknown issuer's, checked with Envoy 1.40).
+fn self_signed(cert: &CertInfo<'_>) -> bool {
+    cert.self_issued() && cert.may_sign_certs
+}
+
 fn unknown_issuer(
     info: Option<&CertInfo<'_>>,
     intermediates: &[CertificateDer<'_>],
@@ -483,10 +465,10 @@ fn unknown_issuer(
     let chain = presented_chain(info, intermediates);
     let depth = chain.len().saturating_sub(1);
     match chain.last() {
-        Some(top) if top.self_issued() && depth == 0 => {
+        Some(top) if self_signed(top) && depth == 0 => {
             VerifyFailure::x509(VerifyFailureKind::SelfSigned, 0, "self signed certificate")
         }
-        Some(top) if top.self_issued() => VerifyFailure::x509(
+        Some(top) if self_signed(top) => VerifyFailure::x509(
             VerifyFailureKind::SelfSigned,
             depth,
             "self signed certificate in certificate chain",

@@ -238,8 +238,11 @@ async fn explicit_sni_without_subject_alt_names_checks_the_chain_only() {
     assert!(reason(&err).contains("verify_SAN_list"), "{}", reason(&err));
 }
 
+/// A certificate without a SAN extension has no name to match: refused whenever the name is
+/// checked, as Envoy 1.40 refuses it (it never falls back to the subject CN); accepted when
+/// only the chain is (`sni` set, no `subjectAltNames`, as the document's S4 rule).
 #[tokio::test]
-async fn cn_only_certificate_matches_by_cn_only_when_it_has_no_san() {
+async fn cn_only_certificate_passes_only_a_chain_check() {
     let ca = TestCa::with_org("example Inc.", "example.com");
     let cert = ca.server_cert_cn_only("my-nginx.mesh-external.svc.cluster.local");
     let (addr, _seen) =
@@ -248,45 +251,77 @@ async fn cn_only_certificate_matches_by_cn_only_when_it_has_no_san() {
     let ca_path = dir.write("ca.pem", ca.cert_pem());
     let ctxs = contexts(UpstreamTlsOptions::default());
 
-    let good = spec(
-        TlsMode::Simple,
-        "my-nginx.mesh-external.svc.cluster.local",
-        ca_file(ca_path.clone()),
-    );
-    let ctx = ctxs.context(&good, ALPN_H2_HTTP1);
-    assert!(!ctx.cn_fallback_used());
-    dial(addr, ctx.client_config().expect("config"), ctx.sni())
-        .await
-        .expect("CN accepted");
-    assert!(ctx.cn_fallback_used());
+    let chain_only = UpstreamTls {
+        auto_sni: false,
+        ..spec(
+            TlsMode::Simple,
+            "my-nginx.mesh-external.svc.cluster.local",
+            ca_file(ca_path.clone()),
+        )
+    };
+    dial(
+        addr,
+        ctxs.client_config(&chain_only).expect("config"),
+        &chain_only.sni,
+    )
+    .await
+    .expect("the chain is enough");
 
-    let bad = spec(
-        TlsMode::Simple,
-        "other.mesh-external.svc.cluster.local",
-        ca_file(ca_path),
-    );
-    let err = dial(addr, ctxs.client_config(&bad).expect("config"), &bad.sni)
-        .await
-        .expect_err("wrong name");
-    assert_eq!(
-        reason(&err),
-        "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_verify_SAN_list,_expected_SANs:_[other.mesh-external.svc.cluster.local],_certificate_SANs:_[]:TLS_error_end"
-    );
+    for (name, bad) in [
+        (
+            "my-nginx.mesh-external.svc.cluster.local",
+            spec(
+                TlsMode::Simple,
+                "my-nginx.mesh-external.svc.cluster.local",
+                ca_file(ca_path.clone()),
+            ),
+        ),
+        (
+            "other.mesh-external.svc.cluster.local",
+            spec(
+                TlsMode::Simple,
+                "other.mesh-external.svc.cluster.local",
+                ca_file(ca_path.clone()),
+            ),
+        ),
+    ] {
+        let err = dial(addr, ctxs.client_config(&bad).expect("config"), &bad.sni)
+            .await
+            .expect_err("no SAN to match");
+        assert_eq!(
+            reason(&err),
+            format!("TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_verify_SAN_list,_expected_SANs:_[{name}],_certificate_SANs:_[]:TLS_error_end")
+        );
+    }
+}
 
-    // A certificate that has SANs is never matched by its CN.
-    let with_san = ca.server_cert(
-        &["a.example.com"],
-        Some("my-nginx.mesh-external.svc.cluster.local"),
-    );
-    let (addr2, _s2) =
-        tls_server(server_config(&with_san, &ClientAuth::None, ALPN_H2_HTTP1).expect("cfg")).await;
-    let err = dial(addr2, ctxs.client_config(&good).expect("config"), &good.sni)
-        .await
-        .expect_err("CN ignored");
-    assert_eq!(
-        reason(&err),
-        "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_verify_SAN_list,_expected_SANs:_[my-nginx.mesh-external.svc.cluster.local],_certificate_SANs:_[a.example.com]:TLS_error_end"
-    );
+/// Self-signed upstream certificates are described as BoringSSL's `X509_verify_cert` does
+/// (checked with Envoy 1.40): one made by `openssl req -x509` (`CA:TRUE`) is `self signed
+/// certificate`; a leaf that names itself as issuer but may not sign certificates (keyUsage
+/// without keyCertSign) is not self-signed to it: `unable to get local issuer certificate`.
+#[tokio::test]
+async fn self_signed_certificates_are_described_as_boringssl_does() {
+    let ctxs = contexts(UpstreamTlsOptions::default());
+    let other = TestCa::new("some other CA");
+    let dir = Scratch::new("selfsigned");
+    let ca_path = dir.write("ca.pem", other.cert_pem());
+    for (ca, text) in [
+        (true, "self_signed_certificate"),
+        (false, "unable_to_get_local_issuer_certificate"),
+    ] {
+        let cert = egret_test_support::TestCert::self_signed("edition.cnn.com", ca);
+        let (addr, _seen) =
+            tls_server(server_config(&cert, &ClientAuth::None, ALPN_H2_HTTP1).expect("cfg")).await;
+        let s = spec(TlsMode::Simple, "edition.cnn.com", ca_file(ca_path.clone()));
+        let err = dial(addr, ctxs.client_config(&s).expect("config"), &s.sni)
+            .await
+            .expect_err("not trusted");
+        assert_eq!(
+            reason(&err),
+            format!("TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify_cert_failed:_X509_verify_cert:_certificate_verification_error_at_depth_0:_{text}:TLS_error_end"),
+            "CA:{ca}"
+        );
+    }
 }
 
 /// The user's openssl commands (OpenSSL 3.0 `x509 -req`) make X.509 v1 certificates, which
@@ -324,14 +359,19 @@ async fn v1_openssl_style_certificates_work_both_ways() {
         credentials_dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     });
-    let s = spec(
-        TlsMode::Mutual,
-        "my-nginx.mesh-external.svc.cluster.local",
-        CertSource {
-            credential_name: Some("client-credential".into()),
-            ..Default::default()
-        },
-    );
+    // As the document's rule: `sni` set, so the chain alone is checked (a v1 certificate has
+    // no SAN to match a name against).
+    let s = UpstreamTls {
+        auto_sni: false,
+        ..spec(
+            TlsMode::Mutual,
+            "my-nginx.mesh-external.svc.cluster.local",
+            CertSource {
+                credential_name: Some("client-credential".into()),
+                ..Default::default()
+            },
+        )
+    };
     let (mut stream, _) = dial(addr, ctxs.client_config(&s).expect("config"), &s.sni)
         .await
         .expect("v1 accepted");
@@ -343,9 +383,9 @@ async fn v1_openssl_style_certificates_work_both_ways() {
         "the v1 client certificate was presented"
     );
 
-    // Wrong name, and a v1 certificate from another CA, are refused.
+    // A checked name (no SAN to match it), and a v1 certificate from another CA, are refused.
     let mut wrong = s.clone();
-    wrong.sni = "wrong.example.com".into();
+    wrong.auto_sni = true;
     let err = dial(
         addr,
         ctxs.client_config(&wrong).expect("config"),
