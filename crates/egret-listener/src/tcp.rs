@@ -175,13 +175,15 @@ pub(crate) async fn serve_tcp(
     // The user-space copy through the worker's buffer; splice(2) when asked for (less
     // gateway CPU per byte, more for endpoints on the same machine: RESULTS item 26).
     let result = if gw.options.passthrough_splice {
-        forward_spliced_until(
+        // Boxed: its state (2.6 KB, -Zprint-type-sizes) would otherwise size every
+        // passthrough connection's task, splicing or not.
+        Box::pin(forward_spliced_until(
             &mut stream,
             upstream,
             &prefix,
             gw.options.tcp_idle_timeout,
             gw.stopped(),
-        )
+        ))
         .await
     } else {
         forward_with_prefix_until(
