@@ -601,11 +601,11 @@ class Harness:
                 res.cpu_us_per_req = cpu_s * 1e6 / r["requests"]
             if r["bytes"]:
                 res.cpu_us_per_mb = cpu_s * 1e6 / (r["bytes"] / 1e6)
-        if r["requests"] and (kind == "direct" or workers == 1) and LOAD_CPUS != PROXY_CPUS[1]:
-            res.load_core_us_per_req = (core_busy_ticks(LOAD_CPUS) - l0) / TICK * 1e6 / r["requests"]
             res.peak_rss_mb = proc_status_kb(pid, "VmHWM") / 1024.0
             if not proc.alive():
                 res.errors = (res.errors + "; " if res.errors else "") + "proxy died"
+        if r["requests"] and (kind == "direct" or workers == 1) and LOAD_CPUS != PROXY_CPUS[1]:
+            res.load_core_us_per_req = (core_busy_ticks(LOAD_CPUS) - l0) / TICK * 1e6 / r["requests"]
         self.results.append(res)
         log(f"  {res.target:12} {scen:6} {load:28} {fmt(res.rps, 0):>8} req/s  p99 {fmt(res.p99, 2)} ms  "
             f"cpu {fmt(res.cpu_us_per_req, 1)} us/req  load core {fmt(res.load_core_us_per_req, 1)} us/req  "
