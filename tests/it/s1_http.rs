@@ -1988,16 +1988,7 @@ async fn expect_continue_is_answered_and_not_forwarded() {
     assert_eq!(gw.next_line().await.code, "200");
 
     // Answered on the head, before routing: a host with no route gets the `100` first too.
-    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-    c.write_all(b"POST / HTTP/1.1\r\nHost: nope.example.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut all))
-        .await
-        .expect("the responses, then the end")
-        .unwrap();
-    let all = String::from_utf8_lossy(&all);
+    let all = read_to_close(&gw, b"POST / HTTP/1.1\r\nHost: nope.example.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\n").await;
     assert!(
         all.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\n"),
         "{all}"
@@ -2006,21 +1997,26 @@ async fn expect_continue_is_answered_and_not_forwarded() {
 
     // A request without a body gets its `100` too (Envoy 1.40 sends it whatever the
     // framing), and then its response.
-    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut all))
-        .await
-        .expect("the responses, then the end")
-        .unwrap();
-    let all = String::from_utf8_lossy(&all);
+    let all = read_to_close(&gw, b"GET / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").await;
     assert!(
         all.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
         "{all}"
     );
     assert_eq!(gw.next_line().await.code, "200");
+}
+
+/// Sends `request` on a new connection and returns everything the gateway writes until it
+/// closes the connection.
+async fn read_to_close(gw: &Gateway, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut all))
+        .await
+        .expect("the responses, then the end")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
 }
 
 /// A client that leaves after its `100 Continue`, before the response, is logged with code

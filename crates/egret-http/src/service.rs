@@ -182,11 +182,12 @@ pub async fn handle(
     });
     // A query with bytes the URI could only hold escaped goes on as the client wrote it.
     let path = match req.extensions().get::<crate::path::RawQuery>() {
-        Some(raw) => {
+        // (A target with a fragment is logged as sent, above.)
+        Some(raw) if fragment.is_none() => {
             let base = path.split_once('?').map_or(&*path, |(base, _)| base);
             format!("{base}?{}", String::from_utf8_lossy(&raw.0)).into()
         }
-        None => path,
+        _ => path,
     };
     // No host (`Host` missing, or removed as `Connection` named it), a path that cannot be
     // normalized, or `*` as the path: Envoy's connection manager answers before routing,
