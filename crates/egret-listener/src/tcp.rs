@@ -172,8 +172,8 @@ pub(crate) async fn serve_tcp(
     };
     guard.record().upstream_local_address = upstream.local_addr().ok();
     let _open = endpoint.open_connection();
-    // The user-space copy through the worker's buffer; splice(2) when asked for (less
-    // gateway CPU per byte, more for endpoints on the same machine: RESULTS item 26).
+    // The user-space copy (a buffer per direction while it moves data); splice(2) when asked
+    // for (less gateway CPU per byte, more for endpoints on the same machine: RESULTS item 26).
     let result = if gw.options.passthrough_splice {
         // Boxed: its state (2.6 KB, -Zprint-type-sizes) would otherwise size every
         // passthrough connection's task, splicing or not.
