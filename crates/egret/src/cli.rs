@@ -115,8 +115,8 @@ pub struct RunArgs {
     /// filter timeout), e.g. `15s`, `500ms`.
     #[arg(long = "client-hello-timeout", default_value = "15s", value_parser = parse_duration)]
     pub client_hello_timeout: std::time::Duration,
-    /// Move passthrough bytes with splice(2) (Linux) instead of copying them through each
-    /// worker's buffer: less gateway CPU per byte, but when the endpoints are on the same
+    /// Move passthrough bytes with splice(2) (Linux) instead of copying them through a buffer
+    /// per busy direction: less gateway CPU per byte, but when the endpoints are on the same
     /// machine (loopback) they pay more than the gateway saves (benches/RESULTS.md item 26).
     #[arg(long = "passthrough-splice")]
     pub passthrough_splice: bool,
