@@ -1962,16 +1962,7 @@ async fn expect_continue_is_answered_and_not_forwarded() {
     let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
-    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-    c.write_all(b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
-        .await
-        .expect("an interim response")
-        .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    let (mut c, first) = until_continue(&gw, b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\nConnection: close\r\n\r\n").await;
     c.write_all(b"hello").await.unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut rest))
@@ -1979,8 +1970,7 @@ async fn expect_continue_is_answered_and_not_forwarded() {
         .expect("the response")
         .unwrap();
     assert!(
-        rest.starts_with(b"HTTP/1.1 200 OK")
-            || buf[..n].windows(15).any(|w| w == b"HTTP/1.1 200 OK")
+        rest.starts_with(b"HTTP/1.1 200 OK") || first.windows(15).any(|w| w == b"HTTP/1.1 200 OK")
     );
     let req = up.last_request().expect("forwarded");
     assert_eq!(req.header("expect"), None);
@@ -2005,6 +1995,21 @@ async fn expect_continue_is_answered_and_not_forwarded() {
     assert_eq!(gw.next_line().await.code, "200");
 }
 
+/// Sends `request` (with `Expect: 100-continue`) on a new connection and reads until the
+/// gateway's first answer, which must be the `100`: the connection and what was read.
+async fn until_continue(gw: &Gateway, request: &[u8]) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+        .await
+        .expect("an interim response")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    (c, buf[..n].to_vec())
+}
+
 /// Sends `request` on a new connection and returns everything the gateway writes until it
 /// closes the connection.
 async fn read_to_close(gw: &Gateway, request: &[u8]) -> String {
@@ -2023,22 +2028,12 @@ async fn read_to_close(gw: &Gateway, request: &[u8]) -> String {
 /// 100 (`100 DC`), as Envoy 1.40 logs it.
 #[tokio::test]
 async fn a_client_leaving_after_its_100_is_logged_100_dc() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = HttpUpstream::start(Behavior::delay(Duration::from_secs(30), Behavior::Echo))
         .await
         .unwrap();
     let s1 = scenario("s1-http");
     let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
-    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
-    c.write_all(b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
-        .await
-        .expect("an interim response")
-        .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    let (c, _) = until_continue(&gw, b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\n").await;
     drop(c);
     let l = gw.next_line().await;
     assert_eq!(
