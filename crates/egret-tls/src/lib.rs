@@ -1,6 +1,6 @@
 //! Egret's TLS originator and terminator. This crate owns the rustls configurations built from
 //! the compiled TLS descriptions in `egret_core::tls`: client configs for upstream origination
-//! (CA file, Secret folder or system roots; client certificates; SNI; SAN / CN name checks;
+//! (CA file, Secret folder or system roots; client certificates; SNI; SAN name checks;
 //! ALPN; session resumption), server configs for Gateway servers chosen by SNI, PEM loading,
 //! credential files that rotate under it, and the Envoy/BoringSSL texts for TLS failures.
 //! It must not parse Istio resources, open or pool connections, or decide HTTP responses:

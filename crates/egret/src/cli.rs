@@ -150,6 +150,12 @@ pub struct RunArgs {
     /// `..data` symlink swap, which this sees); SIGHUP reloads at once. `0s` disables it.
     #[arg(long = "watch-interval", default_value = "1s", value_parser = parse_duration)]
     pub watch_interval: std::time::Duration,
+    /// How long a busy worker waits on its core for more events before it sleeps, so that
+    /// what arrives in that moment is handled (and answered) together; only while at least
+    /// half of its recent waits were that short, so a lightly loaded or idle gateway never
+    /// spins (benches/RESULTS.md item 27). `0s` disables it.
+    #[arg(long = "idle-spin", default_value = "10us", value_parser = parse_duration)]
+    pub idle_spin: std::time::Duration,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -158,26 +164,19 @@ pub struct RunArgs {
     pub log_level: String,
 }
 
-/// `1h`, `15s`, `500ms`, `1.5s` — Istio's duration syntax.
+/// `1h`, `15s`, `500ms`, `1m30s`, `10us` — Istio's (Go's) duration syntax, as in the
+/// manifests; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 15s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    let seconds;
+    let text = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        seconds = format!("{s}s");
+        &seconds
+    } else {
+        s
     };
-    if !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    egret_config::istio::parse_duration(text)
+        .map_err(|why| format!("{s:?} is not a duration like 15s or 500ms: {why}"))
 }
 
 /// An address flag that `off` disables.
@@ -310,5 +309,26 @@ impl ConfigArgs {
             .map_err(|e| e.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
         egret_config::compile(&loaded, &self.compile_options())
             .map_err(|errs| errs.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_go_units() {
+        assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
+        assert_eq!(parse_duration("10µs"), Ok(Duration::from_micros(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

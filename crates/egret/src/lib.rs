@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod heap;
+pub mod idle_spin;
 pub mod local_ip;
 pub mod reload;
 pub mod run;

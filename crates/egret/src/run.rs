@@ -75,8 +75,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // stealing, LIFO slot or cross-thread wake-ups (measured in benches/RESULTS.md). Worker 0
     // is this thread; it also runs the accept loops, the admin servers and the reloads, and
     // hands each accepted connection to the least loaded worker.
-    let rt = worker_runtime().context("cannot start the async runtime")?;
-    let extra = WorkerThreads::start(workers - 1)?;
+    let rt = worker_runtime(args.idle_spin).context("cannot start the async runtime")?;
+    let extra = WorkerThreads::start(workers - 1, args.idle_spin)?;
     let mut handles = vec![rt.handle().clone()];
     handles.extend(extra.handles.iter().cloned());
     let result = rt.block_on(serve(
@@ -95,10 +95,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+fn worker_runtime(idle_spin: Duration) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    crate::idle_spin::install(&mut builder, idle_spin);
+    builder.enable_all().build()
 }
 
 /// Workers 1..N: a thread each, running its runtime until told to stop.
@@ -109,7 +109,7 @@ struct WorkerThreads {
 }
 
 impl WorkerThreads {
-    fn start(count: usize) -> anyhow::Result<WorkerThreads> {
+    fn start(count: usize, idle_spin: Duration) -> anyhow::Result<WorkerThreads> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
@@ -120,7 +120,7 @@ impl WorkerThreads {
                 .name(format!("egret-worker-{index}"))
                 .spawn(move || {
                     egret_core::worker::set_current(index);
-                    let rt = match worker_runtime() {
+                    let rt = match worker_runtime(idle_spin) {
                         Ok(rt) => rt,
                         Err(e) => return drop(tx.send(Err(e))),
                     };
