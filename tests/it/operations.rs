@@ -798,24 +798,12 @@ async fn idle_http1_connections_release_and_rebuild_their_buffers() {
         .unwrap();
     let mut gw = s1_with_release_delay("300ms", up.addr()).await;
     let prometheus = gw.prometheus;
-    // Waits (hang guard only) until the gateway has counted `n` releases.
-    let released = |n: u64| async move {
-        let name = "egret_downstream_http1_buffer_releases_total ";
-        for _ in 0..600 {
-            let prom = http1_get(prometheus, "localhost", "/stats/prometheus", &[])
-                .await
-                .unwrap()
-                .text();
-            let count = prom
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.parse::<u64>().unwrap());
-            if count.is_some_and(|c| c >= n) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no release #{n}");
+    let released = |n: u64| {
+        counter_reaches(
+            prometheus,
+            "egret_downstream_http1_buffer_releases_total",
+            n,
+        )
     };
     const GET: &str = "GET / HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n";
     let mut c = RawConn::connect(gw.http).await;
@@ -994,6 +982,62 @@ async fn pipelined_requests_with_bodies_are_answered_in_order() {
         assert_eq!(l.bytes_received.to_string(), received, "{path}");
     }
     assert_eq!(up.requests(), 4);
+}
+
+/// Waits (hang guard only) until the Prometheus counter `name` has reached `n`.
+async fn counter_reaches(prometheus: std::net::SocketAddr, name: &str, n: u64) {
+    let prefix = format!("{name} ");
+    for _ in 0..1200 {
+        let prom = http1_get(prometheus, "localhost", "/stats/prometheus", &[])
+            .await
+            .unwrap()
+            .text();
+        let count = prom
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse::<u64>().unwrap());
+        if count.is_some_and(|c| c >= n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} did not reach {n}");
+}
+
+/// A pooled HTTP/1.1 upstream connection that stays idle across a sweep of the pool (1-2 s)
+/// frees its read buffer, then serves the next request as before: same upstream connection,
+/// same response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_upstream_connections_release_their_read_buffer() {
+    const GET: &str = "GET / HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n";
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let mut gw = Gateway::start(
+        &[&scenario("s1-http")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    let mut c = RawConn::connect(gw.http).await;
+    c.send(GET).await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    counter_reaches(
+        gw.prometheus,
+        "egret_upstream_http1_buffer_releases_total",
+        1,
+    )
+    .await;
+    c.send(GET).await;
+    assert_eq!(c.response().await, (200, "ok".to_string()));
+    assert_eq!(up.connections(), 1, "the released connection is reused");
+    assert_eq!(up.requests(), 2);
+    for _ in 0..2 {
+        let l = gw.next_line().await;
+        assert_eq!((l.code.as_str(), l.flags.as_str()), ("200", "-"));
+    }
 }
 
 async fn s1_with_release_delay(delay: &str, upstream: std::net::SocketAddr) -> Gateway {

@@ -106,6 +106,7 @@ pub struct Metrics {
     access_log: OnceLock<Box<AccessLogStats>>,
     workers: OnceLock<Box<WorkerStats>>,
     http_releases: OnceLock<Box<Counter>>,
+    upstream_http_releases: OnceLock<Box<Counter>>,
     heap_trims: OnceLock<Box<Counter>>,
 }
 
@@ -345,6 +346,7 @@ impl Metrics {
             access_log: OnceLock::new(),
             workers: OnceLock::new(),
             http_releases: OnceLock::new(),
+            upstream_http_releases: OnceLock::new(),
             heap_trims: OnceLock::new(),
         }
     }
@@ -426,6 +428,15 @@ impl Metrics {
         count: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> bool {
         self.http_releases.set(Box::new(count)).is_ok()
+    }
+
+    /// Where the count of idle pooled HTTP/1.1 upstream connections that released their read
+    /// buffer comes from. Set once; later calls are ignored (returns false).
+    pub fn set_upstream_http_buffer_releases(
+        &self,
+        count: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> bool {
+        self.upstream_http_releases.set(Box::new(count)).is_ok()
     }
 
     /// Where the count of heap trims (`--heap-trim-delay`) comes from. Set once; later calls
@@ -650,6 +661,14 @@ impl Metrics {
                 "Idle HTTP/1.1 downstream connections that released their HTTP buffers.",
             );
             out.sample("egret_downstream_http1_buffer_releases_total", "", count());
+        }
+        if let Some(count) = self.upstream_http_releases.get() {
+            out.family(
+                "egret_upstream_http1_buffer_releases_total",
+                "counter",
+                "Idle pooled HTTP/1.1 upstream connections that released their read buffer.",
+            );
+            out.sample("egret_upstream_http1_buffer_releases_total", "", count());
         }
         if let Some(count) = self.heap_trims.get() {
             out.family(

@@ -343,9 +343,9 @@ impl Gateway {
         .await;
     }
 
-    /// How many times an idle HTTP/1.1 connection released its HTTP buffers.
     /// A count that moves with every connection accepted or closed and every HTTP/1.1 buffer
-    /// release: how the heap trimmer tells a quiet gateway from a busy one.
+    /// release (downstream, and of idle upstream connections): how the heap trimmer tells a
+    /// quiet gateway from a busy one.
     pub fn connection_events(&self) -> u64 {
         let w = &self.workers;
         let accepted: u64 = w.accepted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
@@ -355,9 +355,17 @@ impl Gateway {
             .map(|o| o.load(Ordering::Relaxed) as u64)
             .sum();
         // accepted + closed (= accepted - open) + releases.
-        (2 * accepted).saturating_sub(open) + self.http_buffer_releases()
+        (2 * accepted).saturating_sub(open)
+            + self.http_buffer_releases()
+            + self.upstream_buffer_releases()
     }
 
+    /// How many times an idle pooled HTTP/1.1 upstream connection released its read buffer.
+    pub fn upstream_buffer_releases(&self) -> u64 {
+        self.shared.pool.buffer_releases()
+    }
+
+    /// How many times an idle downstream HTTP/1.1 connection released its HTTP buffers.
     pub fn http_buffer_releases(&self) -> u64 {
         self.http.releases.load(Ordering::Relaxed)
     }

@@ -130,6 +130,18 @@ impl H1Conn {
         )
     }
 
+    /// Frees the read buffer of a connection that has idled in the pool (it holds nothing
+    /// then): what it keeps is its socket. The next response read allocates a new one.
+    /// Returns whether there was a buffer to free.
+    pub fn release_buffer(&mut self) -> bool {
+        if !self.read_buf.is_empty() || self.read_buf.capacity() == 0 {
+            return false;
+        }
+        self.read_buf = BytesMut::new();
+        self.read_size = READ_START;
+        true
+    }
+
     /// Whether an idle connection can take another request: nothing has arrived on it since
     /// its last response — no end of stream, no error, no stray bytes. Never waits: the
     /// runtime's readiness says whether there is anything to read (no system call when

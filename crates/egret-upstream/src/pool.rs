@@ -8,7 +8,9 @@
 //! HTTP/1.1: a connection carries one request at a time; it returns to the idle list when the
 //! response body has been read to the end ([`PooledConn::release`]), and is dropped (closed)
 //! otherwise. While idle nothing reads it: a checkout, and a sweep every second while the
-//! list is not empty, drop the ones the upstream closed (or that idled too long). HTTP/2: one
+//! list is not empty, drop the ones the upstream closed (or that idled too long); the sweep
+//! also frees the read buffer of those idle since the sweep before (under load the list is
+//! taken last in, first out, so a connection in use never idles that long). HTTP/2: one
 //! shared connection per endpoint, multiplexed; while it is being established, other requests
 //! for the endpoint wait for it instead of opening their own.
 //!
@@ -20,7 +22,7 @@
 // foldhash, not SipHash: the idle-connection map is hashed twice per request (callgrind).
 use foldhash::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,8 @@ struct PoolInner {
     h2: Mutex<HashMap<PoolKey, H2Entry>>,
     /// A sweep of the idle connections is scheduled.
     sweeping: AtomicBool,
+    /// Read buffers freed by the sweep, of connections idle for a sweep interval.
+    buffer_releases: AtomicU64,
 }
 
 /// Shared by every listener and snapshot; cheap to clone.
@@ -331,6 +335,14 @@ impl PoolInner {
                         let mut i = 0;
                         while i < list.len() {
                             if list[i].usable() {
+                                // Idle since before the last sweep: its read buffer goes.
+                                // One that is in use under load never idles that long
+                                // (the idle list is last in, first out).
+                                if list[i].since.elapsed() >= IDLE_SWEEP_INTERVAL
+                                    && list[i].conn.release_buffer()
+                                {
+                                    inner.buffer_releases.fetch_add(1, Ordering::Relaxed);
+                                }
                                 i += 1;
                             } else {
                                 closed.push(list.remove(i));
@@ -392,6 +404,15 @@ impl Pool {
             workers: (0..workers.max(1)).map(|_| Arc::default()).collect(),
             ..self
         }
+    }
+
+    /// How many read buffers of idle HTTP/1.1 connections were freed, all workers (a
+    /// connection idle in the pool across a sweep keeps its socket only).
+    pub fn buffer_releases(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.buffer_releases.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// This worker's connections.

@@ -207,6 +207,8 @@ async fn serve(
         metrics.set_worker_stats(move || gw.worker_connections());
         let gw = gateway.clone();
         metrics.set_http_buffer_releases(move || gw.http_buffer_releases());
+        let gw = gateway.clone();
+        metrics.set_upstream_http_buffer_releases(move || gw.upstream_buffer_releases());
     }
     if crate::heap::AVAILABLE && !args.heap_trim_delay.is_zero() {
         let trims = Arc::new(AtomicU64::new(0));
