@@ -391,6 +391,69 @@ async fn s4_istio_mutual_refuses_a_client_from_another_root() {
     );
 }
 
+/// What a connection to the ISTIO_MUTUAL gateway that never becomes a request leaves in the
+/// access log, as Envoy 1.40 under Istio (whose listeners log only `NR`; checked with it): a
+/// refused client certificate nothing, an SNI no server takes and bytes that are not TLS one
+/// `0 NR filter_chain_not_found` record each.
+#[tokio::test]
+async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut s = s4(&scenario("s4-mtls-origination")).await;
+    // A client certificate from another root: refused in the handshake, no line.
+    let stranger = TestCa::new("not the mesh");
+    let r = sidecar_get(&s, &stranger).await;
+    assert!(r.is_err(), "{r:?}");
+    // A ClientHello for a host no server on the port takes.
+    let sleep = s
+        .mesh
+        .workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
+    let cfg = Arc::new(client_config(s.mesh.root_store(), Some(&sleep), &[b"http/1.1"]).unwrap());
+    assert!(tls_connect(s.gw.tls, "other.example", cfg).await.is_err());
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.method.as_str(),
+            l.protocol.as_str(),
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str()
+        ),
+        ("-", "-", "0", "NR", "filter_chain_not_found"),
+        "{}",
+        l.raw
+    );
+    assert_eq!(l.sni, "other.example");
+    assert_eq!((l.bytes_received, l.bytes_sent), (0, 0));
+    // Plain HTTP on the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(s.gw.tls).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: my-nginx.mesh-external.svc.cluster.local\r\n\r\n")
+        .await
+        .unwrap();
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (
+            l.code.as_str(),
+            l.flags.as_str(),
+            l.details.as_str(),
+            l.sni.as_str()
+        ),
+        ("0", "NR", "filter_chain_not_found", "-"),
+        "{}",
+        l.raw
+    );
+    // The refused handshake above left nothing: the next line is this request's.
+    let r = sidecar_get(&s, &s.mesh).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.method.as_str(), l.code.as_str()),
+        ("GET", "200"),
+        "{}",
+        l.raw
+    );
+}
+
 #[tokio::test]
 async fn s4_without_the_client_credential_nginx_answers_400() {
     // The same scenario, but the DestinationRule originates plain TLS (no client cert).

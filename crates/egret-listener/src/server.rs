@@ -279,8 +279,15 @@ impl Gateway {
         }
     }
 
-    /// Terminates TLS (server chosen by SNI), then serves HTTP on the decrypted stream. A
-    /// failed handshake is logged as one connection record with the reason.
+    /// Terminates TLS (server chosen by SNI), then serves HTTP on the decrypted stream.
+    ///
+    /// What is logged for a connection that never gets that far follows Envoy 1.40 under
+    /// Istio, whose gateway listeners log only `NR` at the connection level (checked with
+    /// it): a ClientHello whose SNI no server takes, or no SNI where none takes that, and
+    /// bytes that are not TLS at all, are one `0 NR filter_chain_not_found` record (no filter
+    /// chain matched); a handshake the server refuses (no or an untrusted client
+    /// certificate, a protocol error), one that times out, and a server whose credentials
+    /// are unusable leave no line — the HTTP connection manager never saw a request.
     async fn serve_https(
         &self,
         active: &Active,
@@ -290,20 +297,19 @@ impl Gateway {
         local: SocketAddr,
         remote: SocketAddr,
     ) {
-        let refuse = |details: String, sni: Option<String>| {
+        let no_filter_chain = |sni: Option<String>| {
             let mut rec = LogRecord::new(local, remote, active.snapshot.version.clone());
-            rec.response_flags
-                .insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
-            rec.connection_termination_details = Some(details.into());
+            rec.set_flag(ResponseFlags::NO_ROUTE_FOUND);
+            rec.response_code_details = Some("filter_chain_not_found".into());
             rec.requested_server_name = sni.map(|s| Arc::from(s.as_str()));
             LogGuard::new(rec, self.shared.sink.clone()).finish();
         };
         let acceptor = match active.acceptors.get(&listen_port) {
             Some(Ok(a)) => a.clone(),
             Some(Err(e)) => {
-                return refuse(format!("tls_setup_error:{}", e.replace(' ', "_")), None)
+                return tracing::debug!(%remote, error = %e, "no TLS server on this port");
             }
-            None => return refuse("tls_setup_error".into(), None),
+            None => return,
         };
         let accepted =
             match tokio::time::timeout(self.options.client_hello_timeout, acceptor.accept(stream))
@@ -312,16 +318,17 @@ impl Gateway {
                 Ok(Ok(a)) => a,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "downstream TLS handshake failed");
-                    let sni = match &e {
-                        egret_tls::AcceptError::NoMatchingServer { sni } => sni.clone(),
-                        _ => None,
+                    return match e {
+                        egret_tls::AcceptError::NoMatchingServer { sni } => no_filter_chain(sni),
+                        egret_tls::AcceptError::ClientHello(e)
+                            if e.kind() == std::io::ErrorKind::InvalidData =>
+                        {
+                            no_filter_chain(None)
+                        }
+                        _ => {}
                     };
-                    let reason = e
-                        .transport_failure_reason()
-                        .unwrap_or_else(|| e.to_string().replace(' ', "_"));
-                    return refuse(format!("tls_handshake_error:{reason}"), sni);
                 }
-                Err(_) => return refuse("tls_handshake_timeout".into(), None),
+                Err(_) => return tracing::debug!(%remote, "downstream TLS handshake timed out"),
             };
         let ctx = Arc::new(ConnContext {
             local,
