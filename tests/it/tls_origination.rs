@@ -452,6 +452,16 @@ async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes(
         "{}",
         l.raw
     );
+    // It is counted instead (the unknown SNI and the plain HTTP are not).
+    let prom = http1_get(s.gw.prometheus, "localhost", "/stats/prometheus", &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        prom.lines()
+            .any(|l| l == "egret_downstream_tls_handshake_failures_total 1"),
+        "{prom}"
+    );
 }
 
 #[tokio::test]

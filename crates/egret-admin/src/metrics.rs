@@ -107,6 +107,7 @@ pub struct Metrics {
     workers: OnceLock<Box<WorkerStats>>,
     http_releases: OnceLock<Box<Counter>>,
     upstream_http_releases: OnceLock<Box<Counter>>,
+    tls_handshake_failures: OnceLock<Box<Counter>>,
     heap_trims: OnceLock<Box<Counter>>,
 }
 
@@ -347,6 +348,7 @@ impl Metrics {
             workers: OnceLock::new(),
             http_releases: OnceLock::new(),
             upstream_http_releases: OnceLock::new(),
+            tls_handshake_failures: OnceLock::new(),
             heap_trims: OnceLock::new(),
         }
     }
@@ -437,6 +439,15 @@ impl Metrics {
         count: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> bool {
         self.upstream_http_releases.set(Box::new(count)).is_ok()
+    }
+
+    /// Where the count of downstream TLS handshakes refused or abandoned comes from. Set once;
+    /// later calls are ignored (returns false).
+    pub fn set_tls_handshake_failures(
+        &self,
+        count: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> bool {
+        self.tls_handshake_failures.set(Box::new(count)).is_ok()
     }
 
     /// Where the count of heap trims (`--heap-trim-delay`) comes from. Set once; later calls
@@ -669,6 +680,14 @@ impl Metrics {
                 "Idle pooled HTTP/1.1 upstream connections that released their read buffer.",
             );
             out.sample("egret_upstream_http1_buffer_releases_total", "", count());
+        }
+        if let Some(count) = self.tls_handshake_failures.get() {
+            out.family(
+                "egret_downstream_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes a terminating port refused or gave up on (no access-log line).",
+            );
+            out.sample("egret_downstream_tls_handshake_failures_total", "", count());
         }
         if let Some(count) = self.heap_trims.get() {
             out.family(

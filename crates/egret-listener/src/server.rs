@@ -61,6 +61,9 @@ pub struct Gateway {
     /// What every downstream HTTP connection is served with; also the drain's wake-up for
     /// idle connections and the count of buffer releases.
     http: Arc<crate::http::HttpOptions>,
+    /// TLS handshakes a terminating port refused or gave up on (no access-log line, as
+    /// Envoy): `egret_downstream_tls_handshake_failures_total`.
+    tls_handshake_failures: AtomicU64,
 }
 
 /// Thread-per-core: one single-threaded runtime per worker. The accept loops run on one of
@@ -128,6 +131,7 @@ impl Gateway {
             stopping: watch::channel(false).0,
             workers: Workers::new(workers),
             http,
+            tls_handshake_failures: Default::default(),
         })
     }
 
@@ -304,12 +308,16 @@ impl Gateway {
             rec.requested_server_name = sni.map(|s| Arc::from(s.as_str()));
             LogGuard::new(rec, self.shared.sink.clone()).finish();
         };
+        let failed = || {
+            self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+        };
         let acceptor = match active.acceptors.get(&listen_port) {
             Some(Ok(a)) => a.clone(),
             Some(Err(e)) => {
+                failed();
                 return tracing::debug!(%remote, error = %e, "no TLS server on this port");
             }
-            None => return,
+            None => return failed(),
         };
         let accepted =
             match tokio::time::timeout(self.options.client_hello_timeout, acceptor.accept(stream))
@@ -325,10 +333,13 @@ impl Gateway {
                         {
                             no_filter_chain(None)
                         }
-                        _ => {}
+                        _ => failed(),
                     };
                 }
-                Err(_) => return tracing::debug!(%remote, "downstream TLS handshake timed out"),
+                Err(_) => {
+                    failed();
+                    return tracing::debug!(%remote, "downstream TLS handshake timed out");
+                }
             };
         let ctx = Arc::new(ConnContext {
             local,
@@ -370,6 +381,12 @@ impl Gateway {
     /// How many times an idle pooled HTTP/1.1 upstream connection released its read buffer.
     pub fn upstream_buffer_releases(&self) -> u64 {
         self.shared.pool.buffer_releases()
+    }
+
+    /// How many TLS handshakes a terminating port refused or gave up on (an SNI no server
+    /// takes and non-TLS bytes are `NR` log lines instead, not counted here).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_handshake_failures.load(Ordering::Relaxed)
     }
 
     /// How many times an idle downstream HTTP/1.1 connection released its HTTP buffers.

@@ -209,6 +209,8 @@ async fn serve(
         metrics.set_http_buffer_releases(move || gw.http_buffer_releases());
         let gw = gateway.clone();
         metrics.set_upstream_http_buffer_releases(move || gw.upstream_buffer_releases());
+        let gw = gateway.clone();
+        metrics.set_tls_handshake_failures(move || gw.tls_handshake_failures());
     }
     if crate::heap::AVAILABLE && !args.heap_trim_delay.is_zero() {
         let trims = Arc::new(AtomicU64::new(0));
