@@ -315,7 +315,7 @@ impl Gateway {
             Some(Ok(a)) => a.clone(),
             Some(Err(e)) => {
                 failed();
-                return tracing::debug!(%remote, error = %e, "no TLS server on this port");
+                return tracing::debug!(%remote, error = %e, "the port's TLS servers cannot be set up");
             }
             None => return failed(),
         };

@@ -151,9 +151,9 @@ pub struct RunArgs {
     #[arg(long = "watch-interval", default_value = "1s", value_parser = parse_duration)]
     pub watch_interval: std::time::Duration,
     /// How long a busy worker waits on its core for more events before it sleeps, so that
-    /// what arrives in that moment is handled (and answered) together; only while at least
-    /// half of its recent waits were that short, so a lightly loaded or idle gateway never
-    /// spins (benches/RESULTS.md item 27). `0s` disables it.
+    /// what arrives in that moment is handled (and answered) together; only while its own
+    /// work filled at least ¾ of the last millisecond, so a lightly loaded or idle gateway
+    /// never spins (benches/RESULTS.md item 27). `0s` disables it.
     #[arg(long = "idle-spin", default_value = "10us", value_parser = parse_duration)]
     pub idle_spin: std::time::Duration,
     /// Worker threads (default: one per CPU).
