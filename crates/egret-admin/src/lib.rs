@@ -19,6 +19,8 @@ mod process;
 mod server;
 mod sink;
 
-pub use metrics::{Metrics, MetricsConfig, BYTES_BUCKETS, DURATION_BUCKETS_MS, MAX_SERIES};
+pub use metrics::{
+    GatewayCounter, Metrics, MetricsConfig, BYTES_BUCKETS, DURATION_BUCKETS_MS, MAX_SERIES,
+};
 pub use server::{AdminConfig, AdminHandles, AdminServers, AdminState, ServerState};
 pub use sink::MetricsSink;

@@ -105,10 +105,53 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     access_log: OnceLock<Box<AccessLogStats>>,
     workers: OnceLock<Box<WorkerStats>>,
-    http_releases: OnceLock<Box<Counter>>,
-    upstream_http_releases: OnceLock<Box<Counter>>,
-    tls_handshake_failures: OnceLock<Box<Counter>>,
-    heap_trims: OnceLock<Box<Counter>>,
+    /// Where each [`GatewayCounter`] is read from, by its index.
+    counters: [OnceLock<Box<Counter>>; GatewayCounter::ALL.len()],
+}
+
+/// Counts the gateway keeps outside the access-log records, read when the metrics are
+/// rendered. A counter nobody set is not rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayCounter {
+    /// Idle downstream HTTP/1.1 connections that released their HTTP buffers.
+    DownstreamHttp1BufferReleases,
+    /// Idle pooled HTTP/1.1 upstream connections that released their read buffer.
+    UpstreamHttp1BufferReleases,
+    /// TLS handshakes a terminating port refused or gave up on.
+    DownstreamTlsHandshakeFailures,
+    /// Heap trims (`--heap-trim-delay`).
+    HeapTrims,
+}
+
+impl GatewayCounter {
+    pub const ALL: [GatewayCounter; 4] = [
+        GatewayCounter::DownstreamHttp1BufferReleases,
+        GatewayCounter::UpstreamHttp1BufferReleases,
+        GatewayCounter::DownstreamTlsHandshakeFailures,
+        GatewayCounter::HeapTrims,
+    ];
+
+    /// Its Prometheus name and help text.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            GatewayCounter::DownstreamHttp1BufferReleases => (
+                "egret_downstream_http1_buffer_releases_total",
+                "Idle HTTP/1.1 downstream connections that released their HTTP buffers.",
+            ),
+            GatewayCounter::UpstreamHttp1BufferReleases => (
+                "egret_upstream_http1_buffer_releases_total",
+                "Idle pooled HTTP/1.1 upstream connections that released their read buffer.",
+            ),
+            GatewayCounter::DownstreamTlsHandshakeFailures => (
+                "egret_downstream_tls_handshake_failures_total",
+                "TLS handshakes a terminating port refused or gave up on (no access-log line).",
+            ),
+            GatewayCounter::HeapTrims => (
+                "egret_heap_trims_total",
+                "Times the heap's free pages were handed back to the kernel after a quiet period.",
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -346,10 +389,7 @@ impl Metrics {
             reloads_failed: AtomicU64::new(0),
             access_log: OnceLock::new(),
             workers: OnceLock::new(),
-            http_releases: OnceLock::new(),
-            upstream_http_releases: OnceLock::new(),
-            tls_handshake_failures: OnceLock::new(),
-            heap_trims: OnceLock::new(),
+            counters: Default::default(),
         }
     }
 
@@ -423,37 +463,13 @@ impl Metrics {
         self.workers.set(Box::new(stats)).is_ok()
     }
 
-    /// Where the count of idle HTTP/1.1 connections that released their HTTP buffers comes
-    /// from. Set once; later calls are ignored (returns false).
-    pub fn set_http_buffer_releases(
+    /// Where `which` is read from. Set once; later calls are ignored (returns false).
+    pub fn set_counter(
         &self,
+        which: GatewayCounter,
         count: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> bool {
-        self.http_releases.set(Box::new(count)).is_ok()
-    }
-
-    /// Where the count of idle pooled HTTP/1.1 upstream connections that released their read
-    /// buffer comes from. Set once; later calls are ignored (returns false).
-    pub fn set_upstream_http_buffer_releases(
-        &self,
-        count: impl Fn() -> u64 + Send + Sync + 'static,
-    ) -> bool {
-        self.upstream_http_releases.set(Box::new(count)).is_ok()
-    }
-
-    /// Where the count of downstream TLS handshakes refused or abandoned comes from. Set once;
-    /// later calls are ignored (returns false).
-    pub fn set_tls_handshake_failures(
-        &self,
-        count: impl Fn() -> u64 + Send + Sync + 'static,
-    ) -> bool {
-        self.tls_handshake_failures.set(Box::new(count)).is_ok()
-    }
-
-    /// Where the count of heap trims (`--heap-trim-delay`) comes from. Set once; later calls
-    /// are ignored (returns false).
-    pub fn set_heap_trims(&self, count: impl Fn() -> u64 + Send + Sync + 'static) -> bool {
-        self.heap_trims.set(Box::new(count)).is_ok()
+        self.counters[which as usize].set(Box::new(count)).is_ok()
     }
 
     /// Everything, in Prometheus text format 0.0.4 (`/stats/prometheus`). `snapshot` supplies
@@ -665,37 +681,12 @@ impl Metrics {
                 );
             }
         }
-        if let Some(count) = self.http_releases.get() {
-            out.family(
-                "egret_downstream_http1_buffer_releases_total",
-                "counter",
-                "Idle HTTP/1.1 downstream connections that released their HTTP buffers.",
-            );
-            out.sample("egret_downstream_http1_buffer_releases_total", "", count());
-        }
-        if let Some(count) = self.upstream_http_releases.get() {
-            out.family(
-                "egret_upstream_http1_buffer_releases_total",
-                "counter",
-                "Idle pooled HTTP/1.1 upstream connections that released their read buffer.",
-            );
-            out.sample("egret_upstream_http1_buffer_releases_total", "", count());
-        }
-        if let Some(count) = self.tls_handshake_failures.get() {
-            out.family(
-                "egret_downstream_tls_handshake_failures_total",
-                "counter",
-                "TLS handshakes a terminating port refused or gave up on (no access-log line).",
-            );
-            out.sample("egret_downstream_tls_handshake_failures_total", "", count());
-        }
-        if let Some(count) = self.heap_trims.get() {
-            out.family(
-                "egret_heap_trims_total",
-                "counter",
-                "Times the heap's free pages were handed back to the kernel after a quiet period.",
-            );
-            out.sample("egret_heap_trims_total", "", count());
+        for which in GatewayCounter::ALL {
+            if let Some(count) = self.counters[which as usize].get() {
+                let (name, help) = which.describe();
+                out.family(name, "counter", help);
+                out.sample(name, "", count());
+            }
         }
         out.family(
             "egret_metrics_series_overflow_total",

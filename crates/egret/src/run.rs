@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
-use egret_admin::{AdminConfig, AdminServers, Metrics, MetricsConfig, MetricsSink};
+use egret_admin::{AdminConfig, AdminServers, GatewayCounter, Metrics, MetricsConfig, MetricsSink};
 use egret_core::AccessLogSink;
 
 use crate::admin::{GatewayAdmin, LogLevelHandle};
@@ -206,16 +206,24 @@ async fn serve(
         let gw = gateway.clone();
         metrics.set_worker_stats(move || gw.worker_connections());
         let gw = gateway.clone();
-        metrics.set_http_buffer_releases(move || gw.http_buffer_releases());
+        metrics.set_counter(GatewayCounter::DownstreamHttp1BufferReleases, move || {
+            gw.http_buffer_releases()
+        });
         let gw = gateway.clone();
-        metrics.set_upstream_http_buffer_releases(move || gw.upstream_buffer_releases());
+        metrics.set_counter(GatewayCounter::UpstreamHttp1BufferReleases, move || {
+            gw.upstream_buffer_releases()
+        });
         let gw = gateway.clone();
-        metrics.set_tls_handshake_failures(move || gw.tls_handshake_failures());
+        metrics.set_counter(GatewayCounter::DownstreamTlsHandshakeFailures, move || {
+            gw.tls_handshake_failures()
+        });
     }
     if crate::heap::AVAILABLE && !args.heap_trim_delay.is_zero() {
         let trims = Arc::new(AtomicU64::new(0));
         let count = trims.clone();
-        metrics.set_heap_trims(move || count.load(Ordering::Relaxed));
+        metrics.set_counter(GatewayCounter::HeapTrims, move || {
+            count.load(Ordering::Relaxed)
+        });
         let gw = gateway.clone();
         // Every request and TCP connection ends in a record; a connection event or a buffer
         // release may not.
