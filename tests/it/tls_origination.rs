@@ -397,7 +397,7 @@ async fn s4_istio_mutual_refuses_a_client_from_another_root() {
 /// `0 NR filter_chain_not_found` record each.
 #[tokio::test]
 async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes() {
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = s4(&scenario("s4-mtls-origination")).await;
     // A client certificate from another root: refused in the handshake, no line.
     let stranger = TestCa::new("not the mesh");
@@ -408,7 +408,12 @@ async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes(
         .mesh
         .workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
     let cfg = Arc::new(client_config(s.mesh.root_store(), Some(&sleep), &[b"http/1.1"]).unwrap());
-    assert!(tls_connect(s.gw.tls, "other.example", cfg).await.is_err());
+    // Closed with a reset, as Envoy closes a connection no filter chain takes.
+    let e = tls_connect(s.gw.tls, "other.example", cfg)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     let l = s.gw.next_line().await;
     assert_eq!(
         (
@@ -430,6 +435,8 @@ async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes(
         .write_all(b"GET / HTTP/1.1\r\nHost: my-nginx.mesh-external.svc.cluster.local\r\n\r\n")
         .await
         .unwrap();
+    let e = plain.read(&mut [0; 64]).await.err().unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     let l = s.gw.next_line().await;
     assert_eq!(
         (

@@ -11,6 +11,7 @@ pub mod h1;
 pub mod http;
 pub mod server;
 mod tcp;
+mod unanswered;
 
 pub use active::{Active, ActiveConfig, TlsDirs};
 pub use server::{Gateway, GatewayOptions};

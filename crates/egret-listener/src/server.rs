@@ -291,7 +291,9 @@ impl Gateway {
     /// bytes that are not TLS at all, are one `0 NR filter_chain_not_found` record (no filter
     /// chain matched); a handshake the server refuses (no or an untrusted client
     /// certificate, a protocol error), one that times out, and a server whose credentials
-    /// are unusable leave no line — the HTTP connection manager never saw a request.
+    /// are unusable leave no line — the HTTP connection manager never saw a request. A
+    /// connection closed before the gateway wrote to it (no server, not TLS) is reset, as
+    /// Envoy resets it; a refused handshake ends with its alert and a FIN.
     async fn serve_https(
         &self,
         active: &Active,
@@ -319,6 +321,7 @@ impl Gateway {
             }
             None => return failed(),
         };
+        let stream = crate::unanswered::ResetIfUnanswered::new(stream);
         let accepted =
             match tokio::time::timeout(self.options.client_hello_timeout, acceptor.accept(stream))
                 .await

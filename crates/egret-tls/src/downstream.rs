@@ -1,14 +1,17 @@
 //! TLS termination for Gateway servers: one rustls `ServerConfig` per server (each may have its
 //! own client-certificate policy), chosen by the SNI of the ClientHello.
 
+use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use egret_core::host::HostIndex;
 use egret_core::{DownstreamTls, TlsMode, TlsServer};
 use rustls::server::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
 use crate::der::CertInfo;
@@ -121,13 +124,16 @@ impl DownstreamTlsAcceptor {
     /// Reads the ClientHello, picks the server by SNI (exact, then the longest `*.suffix`, then
     /// `*`, which also takes clients that send no SNI), and completes the handshake. Wrap it in
     /// the listener's handshake timeout.
-    pub async fn accept<IO>(&self, io: IO) -> Result<Accepted<IO>, AcceptError>
+    ///
+    /// Nothing is written to `io` before a server was chosen: bytes that are not a
+    /// ClientHello get no alert and an SNI no server takes gets none either — as Envoy's TLS
+    /// inspector only reads, and its listener closes what no filter chain takes.
+    pub async fn accept<IO>(&self, mut io: IO) -> Result<Accepted<IO>, AcceptError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
-            .await
-            .map_err(AcceptError::ClientHello)?;
+        let hello = read_client_hello(&mut io).await?;
+        let start = tokio_rustls::StartHandshake::from_parts(hello, io);
         let sni = start
             .client_hello()
             .server_name()
@@ -158,6 +164,52 @@ impl DownstreamTlsAcceptor {
             peer_uri_san,
             server,
         })
+    }
+}
+
+/// The first half of `tokio_rustls::LazyConfigAcceptor`, without the alert it writes when
+/// the bytes are not a ClientHello.
+async fn read_client_hello<IO>(io: &mut IO) -> Result<rustls::server::Accepted, AcceptError>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut acceptor = rustls::server::Acceptor::default();
+    std::future::poll_fn(|cx| loop {
+        match acceptor.read_tls(&mut SyncRead { io: &mut *io, cx }) {
+            Ok(0) => {
+                let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+                return Poll::Ready(Err(AcceptError::ClientHello(eof)));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(AcceptError::ClientHello(e))),
+        }
+        match acceptor.accept() {
+            Ok(Some(hello)) => return Poll::Ready(Ok(hello)),
+            Ok(None) => {}
+            Err((e, _alert)) => {
+                let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                return Poll::Ready(Err(AcceptError::ClientHello(e)));
+            }
+        }
+    })
+    .await
+}
+
+/// `std::io::Read` over a polled `AsyncRead`, for rustls' `read_tls`.
+struct SyncRead<'a, 'b, IO> {
+    io: &'a mut IO,
+    cx: &'a mut Context<'b>,
+}
+
+impl<IO: AsyncRead + Unpin> io::Read for SyncRead<'_, '_, IO> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
+            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 
