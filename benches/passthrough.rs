@@ -76,7 +76,7 @@ mod linux {
                     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                 }
                 Forwarder::Userspace => {
-                    egret_sni::forward_with_prefix(&mut down, up, &[], IDLE).await;
+                    egret_sni::forward_with_prefix(&mut down, up, Vec::new(), IDLE).await;
                 }
                 Forwarder::Splice => {
                     egret_sni::forward_spliced(&mut down, up, &[], IDLE).await;

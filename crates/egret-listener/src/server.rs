@@ -272,13 +272,15 @@ impl Gateway {
                 }));
             }
             ListenerRoutes::Sni(_) | ListenerRoutes::Tcp(_) => {
-                let gw = self.clone();
-                spawn(Box::pin(async move {
-                    if let Some(listener) = active.snapshot.listener_on(listen_port) {
-                        crate::tcp::serve_tcp(&gw, &active, listener, stream, local, remote).await;
-                    }
-                    drop(open);
-                }));
+                spawn(Box::pin(crate::tcp::serve_tcp(
+                    self.clone(),
+                    active,
+                    listen_port,
+                    stream,
+                    local,
+                    remote,
+                    open,
+                )));
             }
         }
     }
@@ -488,7 +490,7 @@ impl PlainHttpConn {
 }
 
 /// Counts a connection as open on its worker until dropped.
-struct OpenConnection {
+pub(crate) struct OpenConnection {
     counters: Arc<[AtomicUsize]>,
     index: usize,
 }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
@@ -104,17 +104,18 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    forward_with_prefix(downstream, upstream, &[], idle_timeout).await
+    forward_with_prefix(downstream, upstream, BytesMut::new(), idle_timeout).await
 }
 
 /// Like [`forward`], but first writes `prefix` — bytes already read from the downstream, such
 /// as the ClientHello returned by [`crate::read_client_hello`] — to the upstream, as part of
 /// the downstream → upstream direction (so its errors and the idle timer apply to it, and it
-/// is counted in `bytes_from_downstream`).
+/// is counted in `bytes_from_downstream`). Given owned (a `Vec<u8>`, `Bytes` or `BytesMut`),
+/// the prefix is freed once written instead of living as long as the connection.
 pub async fn forward_with_prefix<D, U>(
     downstream: D,
     upstream: U,
-    prefix: &[u8],
+    prefix: impl Into<Bytes>,
     idle_timeout: Duration,
 ) -> ForwardResult
 where
@@ -136,7 +137,7 @@ where
 pub async fn forward_with_prefix_until<D, U>(
     mut downstream: D,
     mut upstream: U,
-    prefix: &[u8],
+    prefix: impl Into<Bytes>,
     idle_timeout: Duration,
     stop: impl Future<Output = ()>,
 ) -> ForwardResult
@@ -145,8 +146,13 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut stop = std::pin::pin!(stop);
+    // Unique, so taken over without a copy.
+    let prefix = prefix
+        .into()
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     let mut to_upstream = Pipe::with_prefix(prefix);
-    let mut to_downstream = Pipe::with_prefix(&[]);
+    let mut to_downstream = Pipe::with_prefix(BytesMut::new());
     let mut first_eof = None;
     let mut idle = (!idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(idle_timeout)));
     let mut last_activity = Instant::now();
@@ -295,16 +301,17 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn with_prefix(prefix: &[u8]) -> Self {
-        // Its own size: replaced by a full buffer for the first read.
-        let buf = (!prefix.is_empty()).then(|| BytesMut::from(prefix));
+    fn with_prefix(prefix: BytesMut) -> Self {
+        let bytes = prefix.len() as u64;
+        // Its own size: freed once written, replaced by a full buffer for the first read.
+        let buf = (!prefix.is_empty()).then_some(prefix);
         Pipe {
             buf,
             start: 0,
             read_eof: false,
             done: false,
             unflushed: false,
-            bytes: prefix.len() as u64,
+            bytes,
         }
     }
 
@@ -424,7 +431,7 @@ mod tests {
         let fwd = tokio::spawn(forward_with_prefix(
             proxy_down,
             proxy_up,
-            b"hello ",
+            &b"hello "[..],
             Duration::ZERO,
         ));
 
@@ -473,7 +480,7 @@ mod tests {
     async fn an_idle_direction_holds_no_buffer() {
         let (mut client, mut src) = tokio::io::duplex(1 << 16);
         let (mut dst, mut server) = tokio::io::duplex(1 << 16);
-        let mut pipe = Pipe::with_prefix(b"hello ");
+        let mut pipe = Pipe::with_prefix(BytesMut::from(&b"hello "[..]));
         assert!(pipe.buf.is_some(), "the prefix waits in a buffer");
         client.write_all(b"world").await.unwrap();
         let mut active = false;

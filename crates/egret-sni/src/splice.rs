@@ -36,7 +36,7 @@ mod fallback {
         prefix: &[u8],
         idle_timeout: Duration,
     ) -> ForwardResult {
-        forward_with_prefix(downstream, upstream, prefix, idle_timeout).await
+        forward_with_prefix(downstream, upstream, prefix.to_vec(), idle_timeout).await
     }
 
     /// Without `splice(2)` this is [`forward_with_prefix_until`].
@@ -47,7 +47,7 @@ mod fallback {
         idle_timeout: Duration,
         stop: impl std::future::Future<Output = ()>,
     ) -> ForwardResult {
-        forward_with_prefix_until(downstream, upstream, prefix, idle_timeout, stop).await
+        forward_with_prefix_until(downstream, upstream, prefix.to_vec(), idle_timeout, stop).await
     }
 }
 
@@ -142,8 +142,14 @@ pub(crate) mod linux {
             Ok(p) => p,
             Err(error) => {
                 tracing::debug!(%error, "no pipe for splice(2), copying in user space");
-                return forward_with_prefix_until(downstream, upstream, prefix, idle_timeout, stop)
-                    .await;
+                return forward_with_prefix_until(
+                    downstream,
+                    upstream,
+                    prefix.to_vec(),
+                    idle_timeout,
+                    stop,
+                )
+                .await;
             }
         };
 

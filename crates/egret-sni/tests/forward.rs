@@ -22,7 +22,7 @@ async fn proxied(
     let (client, proxy_down) = socket_pair().await;
     let (proxy_up, server) = socket_pair().await;
     let task =
-        tokio::spawn(async move { forward_with_prefix(proxy_down, proxy_up, &prefix, idle).await });
+        tokio::spawn(async move { forward_with_prefix(proxy_down, proxy_up, prefix, idle).await });
     (client, server, task)
 }
 
@@ -282,7 +282,8 @@ async fn stop_ends_the_session_with_its_counts() {
             if spliced {
                 egret_sni::forward_spliced_until(&mut down, proxy_up, b"hi", NO_IDLE, stop).await
             } else {
-                egret_sni::forward_with_prefix_until(down, proxy_up, b"hi", NO_IDLE, stop).await
+                egret_sni::forward_with_prefix_until(down, proxy_up, &b"hi"[..], NO_IDLE, stop)
+                    .await
             }
         });
         client.write_all(b"hello").await.unwrap();

@@ -68,7 +68,7 @@ async fn tls_passes_through_untouched() {
         assert_eq!(hello.sni.as_deref(), Some("pass.example"));
         assert!(hello.offers_alpn(b"h2"));
         let upstream = tokio::net::TcpStream::connect(upstream_addr).await.unwrap();
-        forward_with_prefix(downstream, upstream, &bytes, Duration::from_secs(3600)).await
+        forward_with_prefix(downstream, upstream, bytes, Duration::from_secs(3600)).await
     });
 
     let mut roots = rustls::RootCertStore::empty();
