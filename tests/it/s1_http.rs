@@ -246,6 +246,61 @@ async fn an_h2_client_resetting_before_the_response_is_dr() {
     drop(c);
 }
 
+/// A client that cancels a batch of streams at once keeps its connection, and each stream is
+/// logged `0 DR`, as Envoy 1.40 does (checked with it). h2's default allowed 20 streams reset
+/// before being accepted: past that, the connection got a GOAWAY and none was logged.
+#[tokio::test]
+async fn an_h2_client_cancelling_30_streams_at_once_keeps_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut gw = Gateway::start(&[&s1], &connect_to("edition.cnn.com:80", up.addr())).await;
+    // Stream 1 is a plain GET, answered; then 30 streams opened and reset in one write.
+    let mut c = raw_h2_get(&gw, "/first").await;
+    assert_eq!(gw.next_line().await.code, "200");
+    let mut fields = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/cancelled"),
+        (":authority", "edition.cnn.com"),
+    ] {
+        fields.push(0);
+        fields.push(n.len() as u8);
+        fields.extend_from_slice(n.as_bytes());
+        fields.push(v.len() as u8);
+        fields.extend_from_slice(v.as_bytes());
+    }
+    let mut burst = Vec::new();
+    for i in 0..30u32 {
+        let stream = 3 + 2 * i;
+        burst.extend(h2_frame(1, 0x5, stream, &fields));
+        burst.extend(h2_frame(3, 0, stream, &8u32.to_be_bytes()));
+    }
+    c.write_all(&burst).await.unwrap();
+    for _ in 0..30 {
+        let l = gw.next_line().await;
+        assert_eq!(
+            (l.path.as_str(), l.code.as_str(), l.flags.as_str()),
+            ("/cancelled", "0", "DR"),
+            "{}",
+            l.raw
+        );
+    }
+    // Still open: a PING is answered, and no GOAWAY came before its answer.
+    c.write_all(&h2_frame(6, 0, 0, b"egret-ok")).await.unwrap();
+    loop {
+        let (head, payload) = read_h2_frame(&mut c).await;
+        assert_ne!(head[3], 7, "GOAWAY");
+        if head[3] == 6 && head[4] & 1 == 1 {
+            assert_eq!(payload, b"egret-ok");
+            break;
+        }
+    }
+}
+
 /// A downstream HTTP/2 connection is offered Envoy 1.40's limits (checked with it): 1,024
 /// concurrent streams and a 16 MiB stream window in the server's SETTINGS.
 #[tokio::test]
@@ -940,6 +995,15 @@ async fn malformed_requests_are_answered_and_logged_like_envoy() {
         ),
         (
             format!("POST / HTTP/1.1\r\n{host}Transfer-Encoding: gzip\r\n\r\n"),
+            501,
+            "Not Implemented",
+            "http1.invalid_transfer_encoding",
+        ),
+        // Two `chunked` lines: a smuggling shape, refused as Envoy 1.40 refuses it.
+        (
+            format!(
+                "POST / HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
             501,
             "Not Implemented",
             "http1.invalid_transfer_encoding",

@@ -402,12 +402,13 @@ pub fn parse_head(
                 if !http11 {
                     return Err(HeadError::Version);
                 }
-                // `chunked` alone: Envoy 1.40 answers `gzip, chunked` with `501` too.
+                // `chunked` alone, once: Envoy 1.40 answers `gzip, chunked` with `501`, and
+                // two `chunked` lines too, as their values joined (`chunked, chunked`).
                 let chunked = value
                     .as_bytes()
                     .trim_ascii()
                     .eq_ignore_ascii_case(b"chunked");
-                te = Some(te.unwrap_or(true) && chunked);
+                te = Some(te.is_none() && chunked);
             }
             http::header::CONTENT_LENGTH => {
                 let n = parse_length(value.as_bytes()).ok_or(HeadError::ContentLength)?;
@@ -1146,6 +1147,10 @@ mod tests {
             ),
             (
                 "Transfer-Encoding: chunked, gzip\r\n",
+                HeadError::TransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
                 HeadError::TransferEncoding,
             ),
         ] {

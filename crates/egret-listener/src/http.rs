@@ -363,6 +363,11 @@ async fn serve_h2<S>(
         // buffered while their upstreams do not read (Envoy stops reading the socket past
         // its buffer limit; hyper's server would hold up to the window).
         .max_concurrent_streams(1024)
+        // Streams the client resets before they were accepted: past h2's default of 20 in
+        // one read the connection got a GOAWAY, cutting its other streams and logging none
+        // of the reset ones (a client cancelling a batch of calls; Envoy 1.40 keeps the
+        // connection and logs each `0 DR`). As many as may be open at once.
+        .max_pending_accept_reset_streams(1024)
         .initial_stream_window_size(16 << 20)
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
         // RFC 8441 `SETTINGS_ENABLE_CONNECT_PROTOCOL`: WebSockets over HTTP/2 (extended

@@ -191,12 +191,20 @@ impl Gateway {
     fn spawn_accept(self: &Arc<Self>, listen_port: u16, listener: TcpListener) -> JoinHandle<()> {
         let gw = self.clone();
         tokio::spawn(async move {
+            // Failures since the last warning, and when that was: at most one a second.
+            let mut failed = 0u64;
+            let mut warned: Option<tokio::time::Instant> = None;
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => gw.dispatch(listen_port, stream, remote),
                     Err(e) => {
+                        failed += 1;
+                        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            tracing::warn!(error = %e, port = listen_port, failures = failed, "accept failed");
+                            warned = Some(tokio::time::Instant::now());
+                            failed = 0;
+                        }
                         // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }

@@ -1,11 +1,11 @@
 //! The chunked transfer coding (RFC 9112 §7.1), decoded in place from a read buffer: for
 //! response bodies on upstream connections ([`crate::h1`]) and request bodies on downstream
-//! ones (egret-listener's HTTP/1.1 server). Chunk extensions are skipped and trailers
-//! dropped, as Envoy's HTTP/1 codec does by default.
+//! ones (egret-listener's HTTP/1.1 server). Chunk extensions are skipped as they arrive
+//! (never buffered whole) and trailers dropped, as Envoy's HTTP/1 codec does by default.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-/// A chunk-size line (with extensions) longer than this is refused.
+/// A chunk-size line longer than this before its `;` or its end is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// Where the decoder is.
@@ -13,6 +13,9 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 pub enum ChunkState {
     /// At a chunk-size line.
     Size,
+    /// In a chunk-size line's extensions, after its size: skipped to the line's end. `cr`:
+    /// the last byte skipped was a CR.
+    Extension { size: u64, cr: bool },
     /// Inside a chunk: this many bytes left.
     Data(u64),
     /// At the CRLF after a chunk's data.
@@ -41,39 +44,49 @@ pub fn decode(
     loop {
         match state {
             ChunkState::Size => {
-                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                let Some(at) = buf.iter().position(|&b| b == b'\n' || b == b';') else {
                     if buf.len() > MAX_CHUNK_LINE {
                         return Err("chunk size line too long");
                     }
                     return Ok(Decoded::NeedMore);
                 };
-                if eol > MAX_CHUNK_LINE {
+                if at > MAX_CHUNK_LINE {
                     return Err("chunk size line too long");
+                }
+                if buf[at] == b';' {
+                    // Extensions are skipped as they come, whatever their length (Envoy
+                    // 1.40 relays a 70 KB one), never kept whole.
+                    let size = chunk_size(&buf[..at])?;
+                    buf.advance(at + 1);
+                    *state = ChunkState::Extension { size, cr: false };
+                    continue;
                 }
                 // CRLF only: Envoy 1.40's codec (Balsa) refuses a chunk-size line ended by a
                 // bare LF, in requests and responses alike (checked with it).
-                let Some(line) = buf[..eol].strip_suffix(b"\r") else {
+                let Some(line) = buf[..at].strip_suffix(b"\r") else {
                     return Err("chunk size line not ended by CRLF");
                 };
-                let digits = line
-                    .split(|&b| b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty() || digits.len() > 16 {
-                    return Err("invalid chunk size");
-                }
-                let mut size: u64 = 0;
-                for &d in digits {
-                    let v = (d as char).to_digit(16).ok_or("invalid chunk size")?;
-                    size = size << 4 | u64::from(v);
+                let size = chunk_size(line)?;
+                buf.advance(at + 1);
+                *state = after_size(size);
+            }
+            ChunkState::Extension { size, cr } => {
+                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                    if let Some(&last) = buf.last() {
+                        *cr = last == b'\r';
+                    }
+                    buf.clear();
+                    return Ok(Decoded::NeedMore);
+                };
+                let crlf = match eol.checked_sub(1) {
+                    Some(i) => buf[i] == b'\r',
+                    None => *cr,
+                };
+                if !crlf {
+                    return Err("chunk size line not ended by CRLF");
                 }
                 buf.advance(eol + 1);
-                *state = if size == 0 {
-                    ChunkState::Trailers(0)
-                } else {
-                    ChunkState::Data(size)
-                };
+                *state = after_size(*size);
             }
             ChunkState::Data(left) => {
                 if buf.is_empty() {
@@ -124,6 +137,28 @@ pub fn decode(
     }
 }
 
+/// A chunk size: hex digits, blanks around them allowed.
+fn chunk_size(digits: &[u8]) -> Result<u64, &'static str> {
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 16 {
+        return Err("invalid chunk size");
+    }
+    let mut size: u64 = 0;
+    for &d in digits {
+        let v = (d as char).to_digit(16).ok_or("invalid chunk size")?;
+        size = size << 4 | u64::from(v);
+    }
+    Ok(size)
+}
+
+fn after_size(size: u64) -> ChunkState {
+    if size == 0 {
+        ChunkState::Trailers(0)
+    } else {
+        ChunkState::Data(size)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,9 +197,21 @@ mod tests {
         assert!(chunks(b"2\r\nok\r\n0\n\r\n").is_err());
         let junk = format!("2\r\nok{}", "x".repeat(5000));
         assert!(chunks(junk.as_bytes()).is_err());
-        // Limits: a chunk-size line with long extensions, trailers past the bound.
-        let long_ext = format!("5;{}\r\nhello\r\n", "x".repeat(5000));
-        assert!(chunks(long_ext.as_bytes()).is_err());
+        // Extensions of any length are skipped as they come (Envoy relays a 70 KB one),
+        // and still need their CRLF; a size line without them is bounded.
+        let long_ext = format!(
+            "5;{}\r\nhello\r\n0;{}\r\n\r\n",
+            "x".repeat(70_000),
+            "y".repeat(9000)
+        );
+        assert_eq!(
+            chunks(long_ext.as_bytes()),
+            Ok((b"hello".to_vec(), true, 0))
+        );
+        let bare_lf = format!("5;{}\nhello\r\n", "x".repeat(5000));
+        assert!(chunks(bare_lf.as_bytes()).is_err());
+        assert!(chunks(format!("{}\r\n", "0".repeat(5000)).as_bytes()).is_err());
+        // Limits: trailers past the bound.
         let many = format!("0\r\n{}\r\n", "x-t: 1\r\n".repeat(200));
         assert!(chunks(many.as_bytes()).is_err());
         // What follows the body stays in the buffer (a pipelined request).

@@ -56,7 +56,11 @@ impl ChangeDetector {
     /// Looks at the files once; true when they differ from what was last loaded and were
     /// the same at the previous look (the caller then loads them).
     pub fn settled_change(&mut self, paths: &[PathBuf]) -> bool {
-        let now = fingerprint(paths);
+        // A look that could not list a folder (out of file descriptors) tells nothing: the
+        // entries it missed are not a change.
+        let Some(now) = look(paths) else {
+            return false;
+        };
         if now == self.seen {
             self.pending = None;
             return false;
@@ -74,24 +78,39 @@ impl ChangeDetector {
 
 /// What the YAML files look like now: (path, length, mtime) sorted.
 pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
-    let mut out = Vec::new();
-    for p in paths {
-        collect(p, &mut out, 0);
-    }
-    out.sort();
-    out
+    look(paths).unwrap_or_default()
 }
 
-fn collect(p: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>, depth: usize) {
+/// [`fingerprint`], or None when a folder could not be listed (other than for being gone:
+/// running out of file descriptors, say).
+fn look(paths: &[PathBuf]) -> Option<Fingerprint> {
+    let mut out = Vec::new();
+    for p in paths {
+        collect(p, &mut out, 0)?;
+    }
+    out.sort();
+    Some(out)
+}
+
+fn collect(
+    p: &Path,
+    out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>,
+    depth: usize,
+) -> Option<()> {
     if depth > 16 {
-        return;
+        return Some(());
     }
     let Ok(meta) = std::fs::metadata(p) else {
         out.push((p.to_path_buf(), u64::MAX, None));
-        return;
+        return Some(());
     };
     if meta.is_dir() {
-        if let Ok(rd) = std::fs::read_dir(p) {
+        let rd = match std::fs::read_dir(p) {
+            Ok(rd) => Some(rd),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => return None,
+        };
+        if let Some(rd) = rd {
             for e in rd.flatten() {
                 let path = e.path();
                 let hidden = path
@@ -99,7 +118,7 @@ fn collect(p: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>, depth: u
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with('.'));
                 if !hidden {
-                    collect(&path, out, depth + 1);
+                    collect(&path, out, depth + 1)?;
                 }
             }
         }
@@ -110,6 +129,7 @@ fn collect(p: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>, depth: u
     {
         out.push((p.to_path_buf(), meta.len(), meta.modified().ok()));
     }
+    Some(())
 }
 
 /// Rebuilds and installs the configuration. Returns Ok(true) when a new version went live,
