@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use egret_test_support::{http1_get, Behavior, Http1Conn, HttpUpstream};
+use egret_test_support::{http1_get, Behavior, H2Conn, Http1Conn, HttpUpstream};
 
 use crate::common::{config_dir, scenario, Gateway};
 
@@ -135,6 +135,63 @@ async fn config_change_under_load_loses_no_request_and_logs_each_once() {
     assert!(lines
         .iter()
         .any(|l| l.authority == "new.example.com" && l.code == "200"));
+}
+
+/// A reload reaches the next request of a connection opened before it, HTTP/1.1 and HTTP/2,
+/// as Envoy 1.40 applies a route update — without the connection being cut: revoking a
+/// host takes effect for the sidecars' pooled connections too.
+#[tokio::test]
+async fn a_reload_reaches_the_next_request_of_an_open_connection() {
+    let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
+        .await
+        .unwrap();
+    let dir = config_dir("reload-open", &[]);
+    copy_s1(&dir);
+    let extra = vec![
+        "--connect-to".to_string(),
+        format!("edition.cnn.com:80:{}", up.addr()),
+        "--watch-interval".to_string(),
+        "0s".to_string(),
+    ];
+    let gw = Gateway::start(&[dir.path()], &extra).await;
+    let mut h1 = Http1Conn::connect(gw.http).await.unwrap();
+    let mut h2 = H2Conn::connect(gw.http).await.unwrap();
+    assert_eq!(
+        h1.get("edition.cnn.com", "/", &[]).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        h2.get("edition.cnn.com", "/", &[]).await.unwrap().status,
+        200
+    );
+
+    // The host's VirtualService goes: nothing routes edition.cnn.com at the gateway now.
+    std::fs::remove_file(dir.join("03-virtualservice.yaml")).unwrap();
+    gw.process.signal("HUP").await.unwrap();
+    let mut applied = false;
+    for _ in 0..400 {
+        if http1_get(gw.http, "edition.cnn.com", "/", &[])
+            .await
+            .unwrap()
+            .status
+            == 404
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(applied, "stderr:\n{}", gw.process.stderr());
+
+    // The connections opened before the reload: refused now, and still open.
+    let r = h1.get("edition.cnn.com", "/", &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection"), None);
+    assert_eq!(
+        h2.get("edition.cnn.com", "/", &[]).await.unwrap().status,
+        404
+    );
+    assert!(!h1.is_closed() && !h2.is_closed());
 }
 
 #[tokio::test]

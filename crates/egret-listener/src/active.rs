@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -26,9 +27,13 @@ pub struct TlsDirs {
     pub mesh_certs_dir: Option<PathBuf>,
 }
 
-/// Shared, lock-free for readers: each new connection does one `load_full()`.
+/// Shared, lock-free for readers: each new connection does one `load_full()`, and an HTTP
+/// connection one more for its first request after each reload.
 pub struct ActiveConfig {
     current: ArcSwap<Active>,
+    /// Bumped by every `store`: how a connection tells, with one relaxed load per request,
+    /// that the configuration its context was made from is no longer the one in force.
+    generation: AtomicU64,
     registry: ClusterRegistry,
     tls_dirs: TlsDirs,
 }
@@ -43,6 +48,7 @@ impl ActiveConfig {
         let active = build(snapshot, &registry, &tls_dirs);
         ActiveConfig {
             current: ArcSwap::from_pointee(active),
+            generation: AtomicU64::new(0),
             registry,
             tls_dirs,
         }
@@ -57,6 +63,13 @@ impl ActiveConfig {
     pub fn store(&self, snapshot: Arc<Snapshot>) {
         self.current
             .store(Arc::new(build(snapshot, &self.registry, &self.tls_dirs)));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes with every `store`. Read it before `load`: a store in between then only
+    /// makes the caller look again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 

@@ -67,6 +67,43 @@ pub struct HttpOptions {
     pub drain: watch::Receiver<bool>,
 }
 
+/// Where a connection's requests find the configuration: each request takes the one in force
+/// when its head arrives — a reload reaches the next request of a kept-alive connection (as
+/// Envoy applies a route update) without cutting the connection.
+pub trait Contexts: Send + Sync + 'static {
+    /// The configuration's generation now ([`crate::ActiveConfig::generation`]); read before
+    /// [`Contexts::context`].
+    fn generation(&self) -> u64;
+    /// The context for a request arriving now; None when a reload removed the connection's
+    /// listener, or changed what it is.
+    fn context(&self) -> Option<Arc<ConnContext>>;
+    /// The context of the configuration the connection was accepted with, for requests that
+    /// arrive once its listener is gone: answered on it, and the connection closed after
+    /// (as Envoy's drain of a removed listener does). None only if that configuration had
+    /// no such listener, which the dispatch by it rules out.
+    fn accepted_with(&self) -> Option<Arc<ConnContext>>;
+}
+
+/// The context for the next request: `current` while the configuration has not changed since
+/// `generation`; otherwise a new one and `generation` moved on — or Err when the listener is
+/// gone (`current` stays, for a request already under way).
+fn refresh<C: Contexts + ?Sized>(
+    contexts: &C,
+    current: &mut Arc<ConnContext>,
+    generation: &mut u64,
+) -> Result<(), ListenerGone> {
+    let now = contexts.generation();
+    if now == *generation {
+        return Ok(());
+    }
+    *generation = now;
+    *current = contexts.context().ok_or(ListenerGone)?;
+    Ok(())
+}
+
+/// A reload removed the connection's listener.
+struct ListenerGone;
+
 /// Serves until the client is done — or, once `drain` turns true, until in-flight requests
 /// have finished (`connection: close` on HTTP/1.1, GOAWAY on h2). An idle connection is
 /// closed by a drain at once. Until the client's first bytes arrive the connection holds
@@ -85,7 +122,7 @@ pub struct HttpOptions {
 pub fn serve_http<S>(
     mut held: Held<S>,
     shared: Arc<HttpShared>,
-    ctx: impl Fn() -> Arc<ConnContext>,
+    contexts: impl Contexts,
     options: Arc<HttpOptions>,
 ) -> impl std::future::Future<Output = ()>
 where
@@ -105,7 +142,7 @@ where
                 io: held,
                 ended: Arc::new(AtomicBool::new(false)),
             };
-            return Box::pin(serve_h2(io, shared, ctx(), options.drain.clone())).await;
+            return Box::pin(serve_h2(io, shared, contexts, options.drain.clone())).await;
         }
         loop {
             if held.with_read(BytesMut::is_empty) {
@@ -115,15 +152,28 @@ where
                 };
                 held.append(bytes);
             }
-            let conn = held.into_shared();
             // Made per session, like the session's state: an idle connection does not hold it.
-            let ctx = ctx();
+            let generation = contexts.generation();
+            let (ctx, gone) = match contexts.context() {
+                Some(ctx) => (ctx, false),
+                // A reload removed the listener while the connection was idle.
+                None => match contexts.accepted_with() {
+                    Some(ctx) => (ctx, true),
+                    None => return close(&mut held).await,
+                },
+            };
+            let conn = held.into_shared();
             // Boxed: the exchange's state lives on the heap only while the session does.
-            let session = Box::pin(serve_h1(&conn, &shared, &ctx, &options));
+            let session = Box::pin(serve_h1(
+                &conn,
+                &shared,
+                (ctx, generation, gone),
+                &contexts,
+                &options,
+            ));
             if session.await == SessionEnd::Over {
                 return;
             }
-            drop(ctx);
             // Released: what it holds of a request head cut short is parsed on at once.
             held = Held::after_session(conn);
         }
@@ -350,7 +400,7 @@ async fn close_delayed<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
 async fn serve_h2<S>(
     io: Rewind<S>,
     shared: Arc<HttpShared>,
-    ctx: Arc<ConnContext>,
+    contexts: impl Contexts,
     mut drain: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -380,14 +430,49 @@ async fn serve_h2<S>(
     let ended = io.ended.clone();
     let ended_for_streams = H2ConnectionEnd(ended.clone());
     // The requests' handlers see it through the connection's context (made once per
-    // connection, not an extension per request).
-    let ctx = Arc::new(ConnContext {
-        h2_connection: Some(ended_for_streams.clone()),
-        ..(*ctx).clone()
-    });
+    // connection and reload, not an extension per request).
+    let for_h2 = {
+        let ended = ended_for_streams.clone();
+        move |ctx: &ConnContext| {
+            Arc::new(ConnContext {
+                h2_connection: Some(ended.clone()),
+                ..ctx.clone()
+            })
+        }
+    };
+    // The context requests take, renewed on the first request after a reload; when the
+    // reload removed the listener, the connection is drained (GOAWAY) instead.
+    let gone = Arc::new(tokio::sync::Notify::new());
+    let gone_seen = gone.clone();
+    let generation = contexts.generation();
+    let first = match contexts.context() {
+        Some(ctx) => ctx,
+        None => {
+            gone.notify_one();
+            let Some(ctx) = contexts.accepted_with() else {
+                return;
+            };
+            ctx
+        }
+    };
+    let current = Mutex::new((for_h2(&first), generation));
     // Boxed per request: the handler's future is ~10 KB.
     let svc = service_fn(move |req: Request<Incoming>| {
-        let handling = handle(shared.clone(), ctx.clone(), req.map(ClientBody::http2));
+        let ctx = {
+            let mut current = current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = contexts.generation();
+            if now != current.1 {
+                current.1 = now;
+                match contexts.context() {
+                    Some(fresh) => current.0 = for_h2(&fresh),
+                    None => gone.notify_one(),
+                }
+            }
+            current.0.clone()
+        };
+        let handling = handle(shared.clone(), ctx, req.map(ClientBody::http2));
         let ended = ended_for_streams.clone();
         Box::pin(async move {
             handling
@@ -400,6 +485,10 @@ async fn serve_h2<S>(
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = drained(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = gone_seen.notified() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -452,10 +541,11 @@ enum Next {
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice"
 )]
-fn serve_h1<'a, S>(
+fn serve_h1<'a, S, C: Contexts>(
     conn: &'a SharedIo<S>,
     shared: &'a Arc<HttpShared>,
-    ctx: &'a Arc<ConnContext>,
+    (mut ctx, mut generation, gone): (Arc<ConnContext>, u64, bool),
+    contexts: &'a C,
     options: &'a HttpOptions,
 ) -> impl Future<Output = SessionEnd> + Send + 'a
 where
@@ -547,16 +637,19 @@ where
                     return SessionEnd::Over;
                 }
                 HeadRead::Abandoned => {
-                    refusal::log_abandoned_head(shared, ctx, waited_since);
+                    refusal::log_abandoned_head(shared, &ctx, waited_since);
                     return SessionEnd::Over;
                 }
                 HeadRead::Refused(r) => {
-                    refuse(conn, r, shared, ctx).await;
+                    refuse(conn, r, shared, &ctx).await;
                     return SessionEnd::Over;
                 }
             };
             exchanges += 1;
-            match exchange(conn, head, &mut scratch, shared, ctx, drain).await {
+            // A reload since the last request: this one takes the new configuration; with
+            // its listener gone, it is served on the old one and the connection closes.
+            let closing = gone || refresh(contexts, &mut ctx, &mut generation).is_err();
+            match exchange(conn, head, &mut scratch, shared, &ctx, drain, closing).await {
                 Next::KeepAlive => {}
                 Next::Over => return SessionEnd::Over,
             }
@@ -614,6 +707,7 @@ async fn exchange<S>(
     shared: &Arc<HttpShared>,
     ctx: &Arc<ConnContext>,
     drain: &watch::Receiver<bool>,
+    closing: bool,
 ) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -707,8 +801,12 @@ where
         facts
     };
     let mut wire = BytesMut::new();
-    let (framing_out, closes) =
-        h1::encode_head(&resp, facts, !keep_alive || *drain.borrow(), &mut wire);
+    let (framing_out, closes) = h1::encode_head(
+        &resp,
+        facts,
+        !keep_alive || closing || *drain.borrow(),
+        &mut wire,
+    );
     let closes = closes || body_unread || upgrading;
     let (mut parts, mut body) = resp.into_parts();
     // The header map is reused for the next request's head.

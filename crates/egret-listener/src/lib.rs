@@ -2,9 +2,11 @@
 //!
 //! This crate owns the listening side: binding each listener port of the Snapshot, the
 //! accept loops, and handing each accepted connection to the right router (HTTP/1.1 through
-//! Egret's own server codec, `h1`, cleartext HTTP/2 through hyper's, TLS passthrough via `egret-sni`, plain TCP). Each connection takes the current
-//! configuration once, when it is accepted, and keeps it to the end: a reload reaches new
-//! connections only and never cuts one in flight.
+//! Egret's own server codec, `h1`, cleartext HTTP/2 through hyper's, TLS passthrough via
+//! `egret-sni`, plain TCP). A reload never cuts anything in flight: a TCP or passthrough
+//! session keeps the configuration it was accepted with, and each HTTP request takes the one
+//! in force when its head arrives (`http::Contexts`), so a route change reaches kept-alive
+//! connections as Envoy's route updates do.
 
 pub mod active;
 pub mod h1;

@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 use egret_core::{ListenerRoutes, LogGuard, LogRecord, ResponseFlags, Snapshot};
 use egret_http::{ConnContext, HttpShared};
 
+use crate::http::Contexts;
+
 use crate::active::{Active, ActiveConfig};
 
 pub struct GatewayOptions {
@@ -250,12 +252,13 @@ impl Gateway {
             return;
         };
         match &listener.routes {
-            ListenerRoutes::Http(table) if listener.tls_servers.is_empty() => {
+            ListenerRoutes::Http(_) if listener.tls_servers.is_empty() => {
                 let conn = PlainHttpConn {
                     local,
                     remote,
-                    table: table.clone(),
-                    active: active.clone(),
+                    config: self.config.clone(),
+                    accepted: active.clone(),
+                    listen_port,
                     _open: open,
                 };
                 // Not boxed, unlike the other kinds: boxed, a waiting connection would hold
@@ -263,7 +266,7 @@ impl Gateway {
                 let task = crate::http::serve_http(
                     crate::http::Held::new(stream),
                     self.shared.clone(),
-                    move || conn.context(),
+                    conn,
                     self.http.clone(),
                 );
                 match other {
@@ -271,10 +274,10 @@ impl Gateway {
                     None => drop(tokio::spawn(task)),
                 }
             }
-            ListenerRoutes::Http(table) => {
-                let (gw, table) = (self.clone(), table.clone());
+            ListenerRoutes::Http(_) => {
+                let gw = self.clone();
                 spawn(Box::pin(async move {
-                    gw.serve_https(&active, listen_port, &table, stream, local, remote)
+                    gw.serve_https(&active, listen_port, stream, local, remote)
                         .await;
                     drop(open);
                 }));
@@ -306,9 +309,8 @@ impl Gateway {
     /// Envoy resets it; a refused handshake ends with its alert and a FIN.
     async fn serve_https(
         &self,
-        active: &Active,
+        active: &Arc<Active>,
         listen_port: u16,
-        table: &Arc<egret_core::HttpRouteTable>,
         stream: TcpStream,
         local: SocketAddr,
         remote: SocketAddr,
@@ -354,21 +356,19 @@ impl Gateway {
                     return tracing::debug!(%remote, "downstream TLS handshake timed out");
                 }
             };
-        let ctx = Arc::new(ConnContext {
+        let conn = TlsHttpConn {
             local,
             remote,
-            snapshot: active.snapshot.clone(),
-            upstreams: active.upstreams.clone(),
-            table: table.clone(),
-            scheme: "https",
+            config: self.config.clone(),
+            accepted: active.clone(),
+            listen_port,
             requested_server_name: accepted.sni.as_deref().map(Arc::from),
             peer_uri_san: accepted.peer_uri_san.clone(),
-            h2_connection: None,
-        });
+        };
         crate::http::serve_http(
             crate::http::Held::new(accepted.stream),
             self.shared.clone(),
-            move || ctx.clone(),
+            conn,
             self.http.clone(),
         )
         .await;
@@ -476,24 +476,108 @@ impl Gateway {
 struct PlainHttpConn {
     local: SocketAddr,
     remote: SocketAddr,
-    table: Arc<egret_core::HttpRouteTable>,
-    active: Arc<Active>,
+    config: Arc<ActiveConfig>,
+    /// The configuration in force at the accept, for when a reload removes the listener.
+    accepted: Arc<Active>,
+    listen_port: u16,
     _open: OpenConnection,
 }
 
 impl PlainHttpConn {
-    fn context(&self) -> Arc<ConnContext> {
-        Arc::new(ConnContext {
+    fn make(&self, active: &Active, table: &Arc<egret_core::HttpRouteTable>) -> ConnContext {
+        ConnContext {
             local: self.local,
             remote: self.remote,
-            snapshot: self.active.snapshot.clone(),
-            upstreams: self.active.upstreams.clone(),
-            table: self.table.clone(),
+            snapshot: active.snapshot.clone(),
+            upstreams: active.upstreams.clone(),
+            table: table.clone(),
             scheme: "http",
             requested_server_name: None,
             peer_uri_san: None,
             h2_connection: None,
+        }
+    }
+}
+
+impl Contexts for PlainHttpConn {
+    fn generation(&self) -> u64 {
+        self.config.generation()
+    }
+
+    fn context(&self) -> Option<Arc<ConnContext>> {
+        http_context(&self.config.load(), self.listen_port, false, |a, t| {
+            self.make(a, t)
         })
+    }
+
+    fn accepted_with(&self) -> Option<Arc<ConnContext>> {
+        http_context(&self.accepted, self.listen_port, false, |a, t| {
+            self.make(a, t)
+        })
+    }
+}
+
+/// A connection whose TLS a Gateway server terminated: what its requests' contexts carry
+/// besides the configuration.
+struct TlsHttpConn {
+    local: SocketAddr,
+    remote: SocketAddr,
+    config: Arc<ActiveConfig>,
+    /// The configuration in force at the accept, for when a reload removes the listener.
+    accepted: Arc<Active>,
+    listen_port: u16,
+    requested_server_name: Option<Arc<str>>,
+    peer_uri_san: Option<String>,
+}
+
+impl TlsHttpConn {
+    fn make(&self, active: &Active, table: &Arc<egret_core::HttpRouteTable>) -> ConnContext {
+        ConnContext {
+            local: self.local,
+            remote: self.remote,
+            snapshot: active.snapshot.clone(),
+            upstreams: active.upstreams.clone(),
+            table: table.clone(),
+            scheme: "https",
+            requested_server_name: self.requested_server_name.clone(),
+            peer_uri_san: self.peer_uri_san.clone(),
+            h2_connection: None,
+        }
+    }
+}
+
+impl Contexts for TlsHttpConn {
+    fn generation(&self) -> u64 {
+        self.config.generation()
+    }
+
+    fn context(&self) -> Option<Arc<ConnContext>> {
+        http_context(&self.config.load(), self.listen_port, true, |a, t| {
+            self.make(a, t)
+        })
+    }
+
+    fn accepted_with(&self) -> Option<Arc<ConnContext>> {
+        http_context(&self.accepted, self.listen_port, true, |a, t| {
+            self.make(a, t)
+        })
+    }
+}
+
+/// The context from `active`, if its listener on `listen_port` routes HTTP and terminates
+/// TLS or not as the connection's did.
+fn http_context(
+    active: &Active,
+    listen_port: u16,
+    tls: bool,
+    make: impl FnOnce(&Active, &Arc<egret_core::HttpRouteTable>) -> ConnContext,
+) -> Option<Arc<ConnContext>> {
+    let listener = active.snapshot.listener_on(listen_port)?;
+    match &listener.routes {
+        ListenerRoutes::Http(table) if listener.tls_servers.is_empty() != tls => {
+            Some(Arc::new(make(active, table)))
+        }
+        _ => None,
     }
 }
 
