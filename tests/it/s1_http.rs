@@ -1241,6 +1241,34 @@ async fn malformed_request_body_is_the_clients_error_like_envoy() {
     assert_eq!(echoed["body_len"], 8, "{body}");
     let l = gw.next_line().await;
     assert_eq!((l.code.as_str(), l.bytes_received), ("200", 8));
+
+    // Chunk extensions of any length are skipped as they come (Envoy relays a 70 KB one).
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5;ext={}\r\nhello\r\n0\r\n\r\n",
+        "e".repeat(70_000)
+    );
+    let (status, body, _) = raw_request(&gw, request.as_bytes()).await;
+    assert_eq!(status, 200);
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["body_len"], 5, "{body}");
+    assert_eq!(gw.next_line().await.code, "200");
+    // Trailers past the headers' limit: `431`, as Envoy's codec answers a head too large.
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\nx-t: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let (status, body, closed) = raw_request(&gw, request.as_bytes()).await;
+    assert_eq!(
+        (status, body.as_str(), closed),
+        (431, "Request Header Fields Too Large", true)
+    );
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("431", "DPE", "http1.headers_too_large")
+    );
 }
 
 /// An upstream that answers with these bytes to a request for the path, then closes. An

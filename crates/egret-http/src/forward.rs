@@ -360,6 +360,16 @@ impl Forward<'_> {
                                 details: "http1.codec_error".into(),
                             };
                         }
+                        // Trailers past the headers' limit: Envoy's codec answers `431`
+                        // as for a head that is too large.
+                        Some(BodyFailed::TooLarge) => {
+                            return Outcome::Local {
+                                status: 431,
+                                body: Some("Request Header Fields Too Large".into()),
+                                flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                                details: "http1.headers_too_large".into(),
+                            };
+                        }
                         // Not the upstream's failure: no retry, no outlier report.
                         Some(how) => {
                             return Outcome::DownstreamGone {

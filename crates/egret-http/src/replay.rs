@@ -34,7 +34,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use egret_core::limits::REQUEST_REPLAY_BUFFER_BYTES;
-use egret_upstream::body::{BodyFailed, RequestEnd};
+use egret_upstream::body::{BodyFailed, RequestEnd, TrailersTooLarge};
 use egret_upstream::{ClientBody, UpstreamBody};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,6 +62,7 @@ fn gone(why: &'static str) -> BoxError {
 
 /// What the downstream body failed with, as every reader of it sees it afterwards.
 const MALFORMED: &str = "request body malformed";
+const TOO_LARGE: &str = "request trailers too large";
 const FAILED: &str = "request body failed";
 
 /// What a request body's error says about the client: its framing broke (a malformed chunk:
@@ -81,6 +82,12 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailed> {
             {
                 return None;
             }
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<TrailersTooLarge>())
+            {
+                return Some(BodyFailed::TooLarge);
+            }
             return match io.kind() {
                 ErrorKind::InvalidInput | ErrorKind::InvalidData => Some(BodyFailed::Malformed),
                 ErrorKind::UnexpectedEof
@@ -98,6 +105,7 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Option<BodyFailed> {
         if let Some(g) = s.downcast_ref::<BodyGone>() {
             match g.0 {
                 MALFORMED => return Some(BodyFailed::Malformed),
+                TOO_LARGE => return Some(BodyFailed::TooLarge),
                 FAILED => return Some(BodyFailed::Gone),
                 _ => {}
             }
@@ -242,8 +250,8 @@ struct Source {
     complete: bool,
     /// The downstream body failed (the client went away, or its framing broke).
     failed: bool,
-    /// It failed on its framing ([`is_malformed`]).
-    malformed: bool,
+    /// How the client made it fail, when it did ([`classify`]).
+    failed_how: Option<BodyFailed>,
     /// The generation allowed to read `inner`.
     reader: u64,
     feeds: Vec<Feed>,
@@ -266,7 +274,11 @@ impl Source {
 
     /// The error a reader gets once the downstream body has failed.
     fn failure(&self) -> BoxError {
-        gone(if self.malformed { MALFORMED } else { FAILED })
+        gone(match self.failed_how {
+            Some(BodyFailed::Malformed) => MALFORMED,
+            Some(BodyFailed::TooLarge) => TOO_LARGE,
+            _ => FAILED,
+        })
     }
 
     /// Pending while a mirror is more than the buffer limit behind; drops finished feeds.
@@ -352,8 +364,8 @@ impl Source {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.failed = true;
-                self.malformed = is_malformed(e.as_ref());
-                if let (Some(end), Some(how)) = (&self.end, classify(e.as_ref())) {
+                self.failed_how = classify(e.as_ref());
+                if let (Some(end), Some(how)) = (&self.end, self.failed_how) {
                     end.fail(how);
                 }
                 self.feed(None, Some(false));
@@ -567,7 +579,7 @@ impl RequestBody {
             }),
             complete: false,
             failed: false,
-            malformed: false,
+            failed_how: None,
             reader: 0,
             feeds: Vec::new(),
             received: received.clone(),
@@ -783,6 +795,15 @@ mod malformed_tests {
         let tls = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert!(!is_malformed(&tls));
         assert!(!is_malformed(gone("request body failed").as_ref()));
+    }
+
+    #[test]
+    fn trailers_past_the_limit_are_told_apart_and_survive_the_copy() {
+        use super::{classify, TOO_LARGE};
+        use egret_upstream::body::{BodyFailed, TrailersTooLarge};
+        let e = io::Error::new(io::ErrorKind::InvalidData, TrailersTooLarge);
+        assert_eq!(classify(&e), Some(BodyFailed::TooLarge));
+        assert_eq!(classify(gone(TOO_LARGE).as_ref()), Some(BodyFailed::TooLarge));
     }
 }
 

@@ -25,6 +25,7 @@ use egret_http::body::ResponseBody;
 use egret_http::path;
 use egret_http::refusal::{self, HeadError};
 use egret_upstream::body::BodyError;
+use egret_upstream::body::TrailersTooLarge;
 use egret_upstream::chunked::{self, ChunkState, Decoded};
 use egret_upstream::h1::{poll_read_growing, READ_START};
 
@@ -211,11 +212,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
                         Ok(Decoded::NeedMore) => {}
                         Err(e) => {
                             self.body = BodyState::Failed;
-                            // `InvalidData`: the client's framing (egret-http's classifier).
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                e,
-                            ))));
+                            // `InvalidData`: the client's framing (egret-http's classifier);
+                            // trailers past the limit are told apart (a `431`).
+                            let e = if e == chunked::TRAILERS_TOO_LARGE {
+                                io::Error::new(io::ErrorKind::InvalidData, TrailersTooLarge)
+                            } else {
+                                io::Error::new(io::ErrorKind::InvalidData, e)
+                            };
+                            return Poll::Ready(Some(Err(e)));
                         }
                     }
                 }

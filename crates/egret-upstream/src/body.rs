@@ -35,7 +35,21 @@ pub enum BodyFailed {
     Reset,
     /// Its framing broke (a malformed chunk).
     Malformed,
+    /// Its trailer section passed the headers' size limit (Envoy: `431`).
+    TooLarge,
 }
+
+/// The error a request body fails with when its trailers pass the headers' size limit.
+#[derive(Debug)]
+pub struct TrailersTooLarge;
+
+impl std::fmt::Display for TrailersTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request trailers too large")
+    }
+}
+
+impl std::error::Error for TrailersTooLarge {}
 
 /// Tells what a request body's error says about the client (egret-http's classifier).
 pub type ClassifyBodyError = fn(&(dyn std::error::Error + 'static)) -> Option<BodyFailed>;
@@ -47,6 +61,7 @@ impl RequestEnd {
             BodyFailed::Gone => 1,
             BodyFailed::Reset => 2,
             BodyFailed::Malformed => 3,
+            BodyFailed::TooLarge => 4,
         };
         let _ = self
             .failure
@@ -58,6 +73,7 @@ impl RequestEnd {
             1 => Some(BodyFailed::Gone),
             2 => Some(BodyFailed::Reset),
             3 => Some(BodyFailed::Malformed),
+            4 => Some(BodyFailed::TooLarge),
             _ => None,
         }
     }

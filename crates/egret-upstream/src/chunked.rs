@@ -8,6 +8,9 @@ use bytes::{Buf, Bytes, BytesMut};
 /// A chunk-size line longer than this before its `;` or its end is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
+/// The error for a trailer section past the bound.
+pub const TRAILERS_TOO_LARGE: &str = "trailers too large";
+
 /// Where the decoder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkState {
@@ -118,14 +121,14 @@ pub fn decode(
             ChunkState::Trailers(seen) => {
                 let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
                     if *seen + buf.len() > max_trailers {
-                        return Err("trailers too large");
+                        return Err(TRAILERS_TOO_LARGE);
                     }
                     return Ok(Decoded::NeedMore);
                 };
                 // The whole section is bounded, not just a line of it.
                 *seen += eol + 1;
                 if *seen > max_trailers {
-                    return Err("trailers too large");
+                    return Err(TRAILERS_TOO_LARGE);
                 }
                 let blank = eol == 0 || (eol == 1 && buf[0] == b'\r');
                 buf.advance(eol + 1);
