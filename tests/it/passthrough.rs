@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use egret_test_support::certs::{client_config, ALPN_H2_HTTP1};
 use egret_test_support::client::tls_connect;
 use egret_test_support::{
-    closed_port, Behavior, Http1Conn, HttpUpstream, TcpUpstream, TestCa, TestDir,
+    closed_port, http1_get, Behavior, Http1Conn, HttpUpstream, TcpUpstream, TestCa, TestDir,
 };
 
 use crate::common::{config_dir, scenario, Gateway};
@@ -412,6 +412,79 @@ async fn unreachable_upstream_is_uf_urx() {
     assert_eq!(l.upstream_host, closed.to_string());
     assert_eq!(l.cluster, "outbound|443||edition.cnn.com");
     assert_eq!((l.bytes_received, l.bytes_sent), (0, 0));
+}
+
+/// When the gateway exits after its drain, a connection still sending its ClientHello leaves
+/// no line (as nothing leaves Envoy's listener filters; it was a line with no flags and no
+/// SNI), while a session past it is logged as it ends.
+#[tokio::test]
+async fn at_exit_a_connection_still_in_its_client_hello_leaves_no_line() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Holds the session open without answering.
+            tokio::spawn(async move {
+                let _held = c;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let mut gw = Gateway::start(
+        &[&scenario("s2-passthrough")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:443:{up}"),
+            "--drain-timeout".into(),
+            "1s".into(),
+        ],
+    )
+    .await;
+    let hello = client_hello(Some("edition.cnn.com"));
+    let mut session = TcpStream::connect(gw.tls).await.unwrap();
+    session.write_all(&hello).await.unwrap();
+    let mut partial = TcpStream::connect(gw.tls).await.unwrap();
+    partial.write_all(&hello[..20]).await.unwrap();
+    // The session forwards once the upstream has a connection; both are the gateway's once
+    // it counts two open connections.
+    let mut ready = false;
+    for _ in 0..600 {
+        let open: u64 = http1_get(gw.prometheus, "localhost", "/stats/prometheus", &[])
+            .await
+            .unwrap()
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("egret_worker_downstream_cx_active{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if open == 2 && accepted.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "stderr:\n{}", gw.process.stderr());
+    gw.process.signal("TERM").await.unwrap();
+    let status = gw
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("egret exits after the drain");
+    assert!(status.success(), "{status:?}");
+    let l = gw.next_line().await;
+    assert_eq!(l.sni, "edition.cnn.com", "{}", l.raw);
+    assert_eq!(l.upstream_host, up.to_string(), "{}", l.raw);
+    assert!(
+        gw.process
+            .next_log_line(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a line for the connection still in its ClientHello"
+    );
+    drop((session, partial));
 }
 
 /// An upstream that resets the connection: Envoy 1.40 logs `UR` and resets the client's

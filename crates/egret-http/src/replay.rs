@@ -803,7 +803,10 @@ mod malformed_tests {
         use egret_upstream::body::{BodyFailed, TrailersTooLarge};
         let e = io::Error::new(io::ErrorKind::InvalidData, TrailersTooLarge);
         assert_eq!(classify(&e), Some(BodyFailed::TooLarge));
-        assert_eq!(classify(gone(TOO_LARGE).as_ref()), Some(BodyFailed::TooLarge));
+        assert_eq!(
+            classify(gone(TOO_LARGE).as_ref()),
+            Some(BodyFailed::TooLarge)
+        );
     }
 }
 

@@ -49,17 +49,25 @@ pub(crate) fn serve_tcp(
         };
         let (gw, active) = (&*gw, &*active);
         let rec = LogRecord::new(local, remote, active.snapshot.version.clone());
-        let mut guard = LogGuard::new(rec, gw.shared.sink.clone());
         let mut prefix = Vec::new();
-        let clusters: &WeightedClusters = match &listener.routes {
-            ListenerRoutes::Sni(table) => {
-                let hello = read_client_hello_into(
+        // Read before the record is armed: a connection dropped while its ClientHello is
+        // awaited (the gateway exiting after its drain) leaves no line, as none leaves
+        // Envoy's listener filters; it was a line with no flags and no SNI.
+        let hello = match &listener.routes {
+            ListenerRoutes::Sni(_) => Some(
+                read_client_hello_into(
                     &mut stream,
                     &mut prefix,
                     gw.options.client_hello_timeout,
                     MAX_CLIENT_HELLO_RECORD_BYTES,
                 )
-                .await;
+                .await,
+            ),
+            _ => None,
+        };
+        let mut guard = LogGuard::new(rec, gw.shared.sink.clone());
+        let clusters: &WeightedClusters = match (&listener.routes, hello) {
+            (ListenerRoutes::Sni(table), Some(hello)) => {
                 let sni = match hello {
                     Ok(h) => h.sni,
                     // Nothing sent (a TCP health check, a client that gave up): Envoy 1.40 writes
@@ -117,7 +125,7 @@ pub(crate) fn serve_tcp(
                     }
                 }
             }
-            ListenerRoutes::Tcp(table) => match &table.clusters {
+            (ListenerRoutes::Tcp(table), _) => match &table.clusters {
                 Some(c) => c,
                 None => {
                     return refuse(
@@ -129,7 +137,7 @@ pub(crate) fn serve_tcp(
                     )
                 }
             },
-            ListenerRoutes::Http(_) => return,
+            _ => return guard.discard(),
         };
 
         let Some(picked) = clusters.pick(fastrand_u32()) else {
