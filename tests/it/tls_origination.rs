@@ -437,6 +437,10 @@ async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes(
         .unwrap();
     let e = plain.read(&mut [0; 64]).await.err().unwrap();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    // A client that sends nothing (a TCP health check) is closed with a FIN, as by Envoy.
+    let mut silent = tokio::net::TcpStream::connect(s.gw.tls).await.unwrap();
+    silent.shutdown().await.unwrap();
+    assert_eq!(silent.read(&mut [0; 64]).await.unwrap(), 0);
     let l = s.gw.next_line().await;
     assert_eq!(
         (

@@ -59,7 +59,7 @@ pub struct DownstreamTls {
 }
 
 /// One terminated-TLS server on a listener: which SNI names it answers and with what.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsServer {
     /// Server hosts (SNI patterns); `*` catches clients without SNI too.
     pub hosts: Vec<crate::HostPattern>,

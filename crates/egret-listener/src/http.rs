@@ -86,7 +86,7 @@ pub trait Contexts: Send + Sync + 'static {
 
 /// The context for the next request: `current` while the configuration has not changed since
 /// `generation`; otherwise a new one and `generation` moved on — or Err when the listener is
-/// gone (`current` stays, for a request already under way).
+/// gone (`current`, the last context the connection had, stays for this request).
 fn refresh<C: Contexts + ?Sized>(
     contexts: &C,
     current: &mut Arc<ConnContext>,
@@ -416,8 +416,10 @@ async fn serve_h2<S>(
         // Streams the client resets before they were accepted: past h2's default of 20 in
         // one read the connection got a GOAWAY, cutting its other streams and logging none
         // of the reset ones (a client cancelling a batch of calls; Envoy 1.40 keeps the
-        // connection and logs each `0 DR`). As many as may be open at once.
-        .max_pending_accept_reset_streams(1024)
+        // connection and logs each `0 DR`). Still bounded, as the Rapid Reset guard it is
+        // (CVE-2023-44487): Envoy's own closes a connection once half of 500+ streams were
+        // reset early.
+        .max_pending_accept_reset_streams(100)
         .initial_stream_window_size(16 << 20)
         .max_header_list_size(MAX_REQUEST_HEADERS_BYTES as u32)
         // RFC 8441 `SETTINGS_ENABLE_CONNECT_PROTOCOL`: WebSockets over HTTP/2 (extended

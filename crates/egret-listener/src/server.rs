@@ -342,6 +342,8 @@ impl Gateway {
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "downstream TLS handshake failed");
                     return match e {
+                        // A TCP health check: no line, not a failed handshake.
+                        egret_tls::AcceptError::Silent => {}
                         egret_tls::AcceptError::NoMatchingServer { sni } => no_filter_chain(sni),
                         egret_tls::AcceptError::ClientHello(e)
                             if e.kind() == std::io::ErrorKind::InvalidData =>
@@ -552,9 +554,17 @@ impl Contexts for TlsHttpConn {
     }
 
     fn context(&self) -> Option<Arc<ConnContext>> {
-        http_context(&self.config.load(), self.listen_port, true, |a, t| {
-            self.make(a, t)
-        })
+        // The handshake was made with the port's TLS servers of the accept: when a reload
+        // changed them (a server gone, a new CA, mTLS turned on), the connection is drained
+        // as Envoy drains one whose filter chain changed.
+        let active = self.config.load();
+        if !Arc::ptr_eq(&active, &self.accepted)
+            && tls_servers(&active, self.listen_port)
+                != tls_servers(&self.accepted, self.listen_port)
+        {
+            return None;
+        }
+        http_context(&active, self.listen_port, true, |a, t| self.make(a, t))
     }
 
     fn accepted_with(&self) -> Option<Arc<ConnContext>> {
@@ -562,6 +572,14 @@ impl Contexts for TlsHttpConn {
             self.make(a, t)
         })
     }
+}
+
+/// The TLS servers of the listener on `listen_port`, if there is one.
+fn tls_servers(active: &Active, listen_port: u16) -> Option<&[egret_core::TlsServer]> {
+    active
+        .snapshot
+        .listener_on(listen_port)
+        .map(|l| l.tls_servers.as_slice())
 }
 
 /// The context from `active`, if its listener on `listen_port` routes HTTP and terminates

@@ -1,11 +1,13 @@
 //! The downstream socket of a TLS-terminating port while its handshake starts: closed with
-//! a reset if it is dropped before the gateway wrote a byte to it.
+//! a reset if it is dropped after the client sent something and before the gateway wrote a
+//! byte to it.
 //!
 //! The TLS acceptor takes the socket and drops it itself when no server on the port takes
 //! the ClientHello's SNI or the bytes are not TLS. Envoy 1.40 resets such a connection (no
-//! filter chain matched; checked with it), where a plain drop would send a FIN. Once the
-//! handshake has written its first byte (the ServerHello, or the alert of a refused
-//! handshake) the connection closes normally, so a refused client still reads its alert.
+//! filter chain matched; checked with it), where a plain drop would send a FIN. A client
+//! that sent nothing (a TCP health check, one that times out silent) gets a FIN, as from
+//! Envoy. Once the handshake has written its first byte (the ServerHello, or the alert of a
+//! refused handshake) the connection closes normally, so a refused client reads its alert.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -16,6 +18,7 @@ use tokio::net::TcpStream;
 
 pub(crate) struct ResetIfUnanswered {
     stream: TcpStream,
+    heard: bool,
     answered: bool,
 }
 
@@ -23,6 +26,7 @@ impl ResetIfUnanswered {
     pub(crate) fn new(stream: TcpStream) -> Self {
         ResetIfUnanswered {
             stream,
+            heard: false,
             answered: false,
         }
     }
@@ -36,7 +40,7 @@ impl ResetIfUnanswered {
 
 impl Drop for ResetIfUnanswered {
     fn drop(&mut self) {
-        if !self.answered {
+        if self.heard && !self.answered {
             let _ = self.stream.set_zero_linger();
         }
     }
@@ -48,7 +52,12 @@ impl AsyncRead for ResetIfUnanswered {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard = true;
+        }
+        r
     }
 }
 

@@ -174,13 +174,15 @@ where
     IO: AsyncRead + Unpin,
 {
     let mut acceptor = rustls::server::Acceptor::default();
+    let mut heard = false;
     std::future::poll_fn(|cx| loop {
         match acceptor.read_tls(&mut SyncRead { io: &mut *io, cx }) {
+            Ok(0) if !heard => return Poll::Ready(Err(AcceptError::Silent)),
             Ok(0) => {
                 let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
                 return Poll::Ready(Err(AcceptError::ClientHello(eof)));
             }
-            Ok(_) => {}
+            Ok(_) => heard = true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
             Err(e) => return Poll::Ready(Err(AcceptError::ClientHello(e))),
         }

@@ -338,6 +338,9 @@ fn strerror(e: &io::Error) -> String {
 /// A failed downstream TLS accept.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
+    /// The connection ended before sending a byte (a TCP health check).
+    #[error("the connection ended before sending anything")]
+    Silent,
     /// The connection ended or failed before a ClientHello was read.
     #[error("reading ClientHello: {0}")]
     ClientHello(#[source] io::Error),

@@ -81,8 +81,8 @@ pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     look(paths).unwrap_or_default()
 }
 
-/// [`fingerprint`], or None when a folder could not be listed (other than for being gone:
-/// running out of file descriptors, say).
+/// [`fingerprint`], or None when a folder could not be listed for want of file
+/// descriptors or memory.
 fn look(paths: &[PathBuf]) -> Option<Fingerprint> {
     let mut out = Vec::new();
     for p in paths {
@@ -107,8 +107,11 @@ fn collect(
     if meta.is_dir() {
         let rd = match std::fs::read_dir(p) {
             Ok(rd) => Some(rd),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(_) => return None,
+            // Out of file descriptors or memory (ENOMEM 12, ENFILE 23, EMFILE 24): the look
+            // tells nothing. Any other error (gone, a `lost+found` this user cannot read) is
+            // what the folder looks like: nothing listed, as before.
+            Err(e) if matches!(e.raw_os_error(), Some(12 | 23 | 24)) => return None,
+            Err(_) => None,
         };
         if let Some(rd) = rd {
             for e in rd.flatten() {
