@@ -45,6 +45,18 @@ fn copy_s1(dir: &egret_test_support::TestDir) {
     }
 }
 
+/// Whether a new request for `host` gets `status` within 10 s (a reload being applied); a
+/// hang guard, not a timing assertion.
+async fn answers_with(gw: &Gateway, host: &str, status: u16) -> bool {
+    for _ in 0..400 {
+        if http1_get(gw.http, host, "/", &[]).await.unwrap().status == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_change_under_load_loses_no_request_and_logs_each_once() {
     let up = HttpUpstream::start(Behavior::fixed(200, "ok"))
@@ -168,19 +180,7 @@ async fn a_reload_reaches_the_next_request_of_an_open_connection() {
     // The host's VirtualService goes: nothing routes edition.cnn.com at the gateway now.
     std::fs::remove_file(dir.join("03-virtualservice.yaml")).unwrap();
     gw.process.signal("HUP").await.unwrap();
-    let mut applied = false;
-    for _ in 0..400 {
-        if http1_get(gw.http, "edition.cnn.com", "/", &[])
-            .await
-            .unwrap()
-            .status
-            == 404
-        {
-            applied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let applied = answers_with(&gw, "edition.cnn.com", 404).await;
     assert!(applied, "stderr:\n{}", gw.process.stderr());
 
     // The connections opened before the reload: refused now, and still open.
@@ -237,19 +237,7 @@ async fn broken_config_keeps_the_old_one_serving_and_sighup_reloads() {
     std::fs::remove_file(dir.join("05-broken.yaml")).unwrap();
     dir.write("04-new-host.yaml", NEW_HOST.as_bytes()).unwrap();
     gw.process.signal("HUP").await.unwrap();
-    let mut ok = false;
-    for _ in 0..400 {
-        if http1_get(gw.http, "new.example.com", "/", &[])
-            .await
-            .unwrap()
-            .status
-            == 200
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ok = answers_with(&gw, "new.example.com", 200).await;
     assert!(ok, "stderr:\n{}", gw.process.stderr());
 }
 

@@ -174,6 +174,25 @@ async fn read_h2_frame(c: &mut tokio::net::TcpStream) -> ([u8; 9], Vec<u8>) {
     (head, payload)
 }
 
+/// The header block of `GET path` for edition.cnn.com: HPACK literal fields without
+/// indexing, no Huffman coding.
+fn h2_get_fields(path: &str) -> Vec<u8> {
+    let mut fields = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "edition.cnn.com"),
+    ] {
+        fields.push(0);
+        fields.push(n.len() as u8);
+        fields.extend_from_slice(n.as_bytes());
+        fields.push(v.len() as u8);
+        fields.extend_from_slice(v.as_bytes());
+    }
+    fields
+}
+
 /// An HTTP/2 frame.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -188,24 +207,10 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// the test do — reset a stream, or close the socket, with nothing else sent.
 async fn raw_h2_get(gw: &Gateway, path: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    // HPACK literal fields without indexing, no Huffman coding.
-    let mut fields = Vec::new();
-    for (n, v) in [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", path),
-        (":authority", "edition.cnn.com"),
-    ] {
-        fields.push(0);
-        fields.push(n.len() as u8);
-        fields.extend_from_slice(n.as_bytes());
-        fields.push(v.len() as u8);
-        fields.extend_from_slice(v.as_bytes());
-    }
     let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(h2_frame(4, 0, 0, &[]));
-    hello.extend(h2_frame(1, 0x5, 1, &fields));
+    hello.extend(h2_frame(1, 0x5, 1, &h2_get_fields(path)));
     c.write_all(&hello).await.unwrap();
     c
 }
@@ -260,19 +265,7 @@ async fn an_h2_client_cancelling_30_streams_at_once_keeps_its_connection() {
     // Stream 1 is a plain GET, answered; then 30 streams opened and reset in one write.
     let mut c = raw_h2_get(&gw, "/first").await;
     assert_eq!(gw.next_line().await.code, "200");
-    let mut fields = Vec::new();
-    for (n, v) in [
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":path", "/cancelled"),
-        (":authority", "edition.cnn.com"),
-    ] {
-        fields.push(0);
-        fields.push(n.len() as u8);
-        fields.extend_from_slice(n.as_bytes());
-        fields.push(v.len() as u8);
-        fields.extend_from_slice(v.as_bytes());
-    }
+    let fields = h2_get_fields("/cancelled");
     let mut burst = Vec::new();
     for i in 0..30u32 {
         let stream = 3 + 2 * i;

@@ -487,17 +487,29 @@ struct PlainHttpConn {
 
 impl PlainHttpConn {
     fn make(&self, active: &Active, table: &Arc<egret_core::HttpRouteTable>) -> ConnContext {
-        ConnContext {
-            local: self.local,
-            remote: self.remote,
-            snapshot: active.snapshot.clone(),
-            upstreams: active.upstreams.clone(),
-            table: table.clone(),
-            scheme: "http",
-            requested_server_name: None,
-            peer_uri_san: None,
-            h2_connection: None,
-        }
+        conn_context(active, table, (self.local, self.remote), "http", None, None)
+    }
+}
+
+/// A request context from the configuration `active` and the listener's route table.
+fn conn_context(
+    active: &Active,
+    table: &Arc<egret_core::HttpRouteTable>,
+    (local, remote): (SocketAddr, SocketAddr),
+    scheme: &'static str,
+    requested_server_name: Option<Arc<str>>,
+    peer_uri_san: Option<String>,
+) -> ConnContext {
+    ConnContext {
+        local,
+        remote,
+        snapshot: active.snapshot.clone(),
+        upstreams: active.upstreams.clone(),
+        table: table.clone(),
+        scheme,
+        requested_server_name,
+        peer_uri_san,
+        h2_connection: None,
     }
 }
 
@@ -534,17 +546,14 @@ struct TlsHttpConn {
 
 impl TlsHttpConn {
     fn make(&self, active: &Active, table: &Arc<egret_core::HttpRouteTable>) -> ConnContext {
-        ConnContext {
-            local: self.local,
-            remote: self.remote,
-            snapshot: active.snapshot.clone(),
-            upstreams: active.upstreams.clone(),
-            table: table.clone(),
-            scheme: "https",
-            requested_server_name: self.requested_server_name.clone(),
-            peer_uri_san: self.peer_uri_san.clone(),
-            h2_connection: None,
-        }
+        conn_context(
+            active,
+            table,
+            (self.local, self.remote),
+            "https",
+            self.requested_server_name.clone(),
+            self.peer_uri_san.clone(),
+        )
     }
 }
 
