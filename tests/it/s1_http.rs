@@ -605,6 +605,50 @@ async fn route_timeout_is_504_ut() {
     assert_eq!(l.upstream_host, up.addr().to_string());
 }
 
+/// Envoy's stream idle timeout (5 min by default; 1 s here): a request whose upstream never
+/// answers is `504`, one whose body stops arriving `408`, both `SI stream_idle_timeout` with
+/// the body `stream timeout` (Envoy 1.40's answers); they were held until a peer left.
+#[tokio::test]
+async fn stream_idle_timeout_is_504_or_408_si() {
+    use tokio::io::AsyncWriteExt;
+    let up = HttpUpstream::start(Behavior::delay(Duration::from_secs(60), Behavior::Echo))
+        .await
+        .unwrap();
+    let s1 = scenario("s1-http");
+    let mut args = connect_to("edition.cnn.com:80", up.addr());
+    args.extend(["--stream-idle-timeout".to_string(), "1s".to_string()]);
+    let mut gw = Gateway::start(&[&s1], &args).await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "stream timeout");
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("504", "SI", "stream_idle_timeout")
+    );
+    assert_eq!(l.upstream_host, up.addr().to_string());
+
+    // Half of a 10-byte body, then nothing.
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: edition.cnn.com\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (got, _) = crate::common::read_until_end(&mut c).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 408 ") && got.ends_with("\r\n\r\nstream timeout"),
+        "{got}"
+    );
+    let l = gw.next_line().await;
+    assert_eq!(
+        (l.code.as_str(), l.flags.as_str(), l.details.as_str()),
+        ("408", "SI", "stream_idle_timeout")
+    );
+    assert_eq!(l.bytes_received, 5);
+}
+
 #[tokio::test]
 async fn destination_outside_the_registry_is_503_nc() {
     let dir = config_dir("unknown", &[("vs.yaml", TIMEOUT_VS)]);

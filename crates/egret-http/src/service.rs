@@ -2,8 +2,9 @@
 //! rewrite, mirrors), forward with its retry policy and timeout ([`crate::forward`]), answer.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Version};
 
@@ -32,6 +33,8 @@ pub struct HttpShared {
     pub sink: Arc<dyn AccessLogSink>,
     /// This host's own address, written to `x-forwarded-for` for loopback peers as Envoy does.
     pub local_ip: Option<IpAddr>,
+    /// Envoy's `stream_idle_timeout` before the response starts; zero disables it.
+    pub stream_idle_timeout: Duration,
 }
 
 /// One downstream connection, with the configuration it started on.
@@ -523,27 +526,38 @@ pub async fn handle(
         request_end: request_end.as_deref(),
         started,
     };
-    let outcome = match timeout {
-        Some(t) => {
-            let expiry = async {
-                let from = match &request_end {
-                    Some(end) => end.wait().await,
-                    None => started,
+    let run = async {
+        match timeout {
+            Some(t) => {
+                let expiry = async {
+                    let from = match &request_end {
+                        Some(end) => end.wait().await,
+                        None => started,
+                    };
+                    tokio::time::sleep_until(from + t).await;
                 };
-                tokio::time::sleep_until(from + t).await;
-            };
-            tokio::select! {
-                outcome = forward.run(&parts.method, &up_headers, &mut body, guard.get()) => {
-                    Some(outcome)
+                tokio::select! {
+                    outcome = forward.run(&parts.method, &up_headers, &mut body, guard.get()) => {
+                        Ended::Outcome(outcome)
+                    }
+                    () = expiry => Ended::RouteTimeout,
                 }
-                () = expiry => None,
             }
+            None => Ended::Outcome(
+                forward
+                    .run(&parts.method, &up_headers, &mut body, guard.get())
+                    .await,
+            ),
         }
-        None => Some(
-            forward
-                .run(&parts.method, &up_headers, &mut body, guard.get())
-                .await,
-        ),
+    };
+    let idle = shared.stream_idle_timeout;
+    let outcome = if idle.is_zero() {
+        run.await
+    } else {
+        tokio::select! {
+            ended = run => ended,
+            () = stream_idle(received.as_deref(), idle) => Ended::StreamIdle,
+        }
     };
     // The timeout covers the response body too — if it was running when the response came
     // (Envoy does not start it once the response has begun).
@@ -555,7 +569,7 @@ pub async fn handle(
         Some(from + t)
     });
     match outcome {
-        Some(outcome) => outcome
+        Ended::Outcome(outcome) => outcome
             .finish(
                 guard.take(),
                 Downstream {
@@ -567,7 +581,7 @@ pub async fn handle(
                 },
             )
             .ok_or(ClientGone),
-        None => {
+        Ended::RouteTimeout => {
             // Envoy reports a timed-out request to outlier detection (as a 504).
             if let Some(h) = guard.record().upstream_host {
                 cluster.report(h, egret_upstream::Outcome::Timeout);
@@ -582,6 +596,49 @@ pub async fn handle(
                 response_ops,
             ))
         }
+        Ended::StreamIdle => {
+            // Envoy 1.40: `408` while the request's body is unfinished, `504` once it is
+            // complete, both `SI stream_idle_timeout` with the body `stream timeout`.
+            let complete = request_end.as_ref().is_none_or(|end| end.at().is_some());
+            Ok(local_reply_with(
+                guard.take(),
+                if complete { 504 } else { 408 },
+                Some("stream timeout".into()),
+                ResponseFlags::STREAM_IDLE_TIMEOUT,
+                "stream_idle_timeout",
+                received,
+                response_ops,
+            ))
+        }
+    }
+}
+
+/// How forwarding a request ended, before its response starts.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a value of the moment; boxing the outcome would allocate per request"
+)]
+enum Ended {
+    Outcome(crate::forward::Outcome),
+    /// The route's `timeout` passed.
+    RouteTimeout,
+    /// Nothing moved for the stream idle timeout.
+    StreamIdle,
+}
+
+/// Ready once no byte of the request's body has arrived for `idle` (counted in `received`):
+/// Envoy's stream idle timer before the response starts, which the request's data resets.
+/// Looked at once per `idle`, so it fires between one and two periods after the last byte.
+async fn stream_idle(received: Option<&AtomicU64>, idle: Duration) {
+    let bytes = || received.map_or(0, |r| r.load(Ordering::Relaxed));
+    let mut seen = bytes();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = bytes();
+        if now == seen {
+            return;
+        }
+        seen = now;
     }
 }
 

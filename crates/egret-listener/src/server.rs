@@ -33,6 +33,9 @@ pub struct GatewayOptions {
     pub http_idle_timeout: Duration,
     /// How long an idle HTTP/1.1 connection keeps its read buffer after a response.
     pub http_release_delay: Duration,
+    /// How long a request may wait without its body moving before it is answered (Envoy's
+    /// `stream_idle_timeout`, 5 min); zero disables it.
+    pub stream_idle_timeout: Duration,
 }
 
 impl GatewayOptions {
@@ -44,6 +47,7 @@ impl GatewayOptions {
             passthrough_splice: false,
             http_idle_timeout: egret_core::limits::HTTP_IDLE_TIMEOUT,
             http_release_delay: egret_core::limits::HTTP_BUFFER_RELEASE_DELAY,
+            stream_idle_timeout: egret_core::limits::STREAM_IDLE_TIMEOUT,
         }
     }
 }

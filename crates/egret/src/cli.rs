@@ -128,6 +128,11 @@ pub struct RunArgs {
     /// disables it.
     #[arg(long = "http-idle-timeout", default_value = "1h", value_parser = parse_duration)]
     pub http_idle_timeout: std::time::Duration,
+    /// How long a request may go without a byte of its body arriving and without an answer
+    /// from upstream before it is answered `408` (body unfinished) or `504` (request
+    /// complete), flagged `SI` (Envoy's stream idle timeout, 5 min); 0s disables it.
+    #[arg(long = "stream-idle-timeout", default_value = "5m", value_parser = parse_duration)]
+    pub stream_idle_timeout: std::time::Duration,
     /// How long an idle downstream HTTP/1.1 connection keeps its read buffer (8 KB or more)
     /// after a response before releasing it (it comes back with the next request); `0s`
     /// releases it as soon as each response is sent.

@@ -191,6 +191,7 @@ async fn serve(
         passthrough_splice: args.passthrough_splice,
         http_idle_timeout: args.http_idle_timeout,
         http_release_delay: args.http_buffer_release_delay,
+        stream_idle_timeout: args.stream_idle_timeout,
         ..GatewayOptions::new(args.bind)
     };
     let waiting = initial.is_none();
@@ -360,6 +361,7 @@ pub fn assemble(
         resolver: Arc::new(resolver),
         sink,
         local_ip: crate::local_ip::first_non_loopback_ipv4(),
+        stream_idle_timeout: options.stream_idle_timeout,
     });
     Ok(Gateway::new(
         Arc::new(ActiveConfig::with_tls(snapshot, tls_dirs)),
