@@ -814,6 +814,12 @@ async fn idle_http_connections_are_closed_after_the_idle_timeout() {
     let mut used = Http1Conn::connect(gw.http).await.unwrap();
     let r = used.get("edition.cnn.com", "/", &[]).await.unwrap();
     assert_eq!(r.status, 200);
+    // HTTP/2 too (Envoy's idle timeout covers it; hyper's server has none).
+    let mut h2 = H2Conn::connect(gw.http).await.unwrap();
+    assert_eq!(
+        h2.get("edition.cnn.com", "/", &[]).await.unwrap().status,
+        200
+    );
     let mut silent = tokio::net::TcpStream::connect(gw.http).await.unwrap();
     // Hang guards only: the timeout is 1 s.
     let mut buf = [0u8; 16];
@@ -829,6 +835,13 @@ async fn idle_http_connections_are_closed_after_the_idle_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(used.is_closed(), "an idle keep-alive connection is closed");
+    for _ in 0..600 {
+        if h2.is_closed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(h2.is_closed(), "an idle HTTP/2 connection is closed");
 }
 
 /// Idle HTTP/1.1 connections release hyper's buffers and rebuild them for the next request

@@ -141,8 +141,9 @@ where
                 ahead: held.take_read().freeze(),
                 io: held,
                 ended: Arc::new(AtomicBool::new(false)),
+                moved: Arc::new(AtomicU64::new(0)),
             };
-            return Box::pin(serve_h2(io, shared, contexts, options.drain.clone())).await;
+            return Box::pin(serve_h2(io, shared, contexts, &options)).await;
         }
         loop {
             if held.with_read(BytesMut::is_empty) {
@@ -401,7 +402,7 @@ async fn serve_h2<S>(
     io: Rewind<S>,
     shared: Arc<HttpShared>,
     contexts: impl Contexts,
-    mut drain: watch::Receiver<bool>,
+    options: &HttpOptions,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -430,6 +431,8 @@ async fn serve_h2<S>(
     // connection's streams hear of it; and when the connection is over): a response body
     // given up while it is unset was given up by its stream's reset.
     let ended = io.ended.clone();
+    let moved = io.moved.clone();
+    let mut drain = options.drain.clone();
     let ended_for_streams = H2ConnectionEnd(ended.clone());
     // The requests' handlers see it through the connection's context (made once per
     // connection and reload, not an extension per request).
@@ -494,10 +497,34 @@ async fn serve_h2<S>(
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        // Envoy's idle timeout closes an HTTP/2 connection too (hyper's server has none): no
+        // byte either way for that long. A stream silent that long is past the stream idle
+        // timeout already, so only connections without a live stream qualify.
+        () = h2_idle(&moved, options.idle_timeout) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     ended.store(true, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
+    }
+}
+
+/// Ready once no byte has been read from or written to the connection for `idle` (looked at
+/// once per period: one to two periods after the last one); never when `idle` is zero.
+async fn h2_idle(moved: &AtomicU64, idle: Duration) {
+    if idle.is_zero() {
+        return std::future::pending().await;
+    }
+    let mut seen = moved.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = moved.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
     }
 }
 
@@ -869,6 +896,20 @@ struct Rewind<S> {
     ahead: Bytes,
     io: S,
     ended: Arc<AtomicBool>,
+    /// Counts reads and writes that moved bytes: the connection's idle timeout watches it.
+    moved: Arc<AtomicU64>,
+}
+
+impl<S> Rewind<S> {
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Err(_)) => self.ended.store(true, Ordering::Relaxed),
+            Poll::Ready(Ok(_)) => {
+                self.moved.fetch_add(1, Ordering::Relaxed);
+            }
+            Poll::Pending => {}
+        }
+    }
 }
 
 impl<S> Drop for Rewind<S> {
@@ -901,6 +942,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
                 self.ended.store(true, Ordering::Relaxed);
             }
+            Poll::Ready(Ok(())) => {
+                self.moved.fetch_add(1, Ordering::Relaxed);
+            }
             Poll::Ready(Err(_)) => self.ended.store(true, Ordering::Relaxed),
             _ => {}
         }
@@ -915,9 +959,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Err(_))) {
-            self.ended.store(true, Ordering::Relaxed);
-        }
+        self.wrote(&polled);
         polled
     }
 
@@ -927,9 +969,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Err(_))) {
-            self.ended.store(true, Ordering::Relaxed);
-        }
+        self.wrote(&polled);
         polled
     }
 
