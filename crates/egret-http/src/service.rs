@@ -551,12 +551,13 @@ pub async fn handle(
         }
     };
     let idle = shared.stream_idle_timeout;
+    let body_bytes = || received.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
     let outcome = if idle.is_zero() {
         run.await
     } else {
         tokio::select! {
             ended = run => ended,
-            () = stream_idle(received.as_deref(), idle) => Ended::StreamIdle,
+            () = quiet_for(body_bytes, idle) => Ended::StreamIdle,
         }
     };
     // The timeout covers the response body too — if it was running when the response came
@@ -626,15 +627,18 @@ enum Ended {
     StreamIdle,
 }
 
-/// Ready once no byte of the request's body has arrived for `idle` (counted in `received`):
-/// Envoy's stream idle timer before the response starts, which the request's data resets.
-/// Looked at once per `idle`, so it fires between one and two periods after the last byte.
-async fn stream_idle(received: Option<&AtomicU64>, idle: Duration) {
-    let bytes = || received.map_or(0, |r| r.load(Ordering::Relaxed));
-    let mut seen = bytes();
+/// Ready once `count` has not moved for `idle` — Envoy's idle timers, which activity resets
+/// (the request body's bytes before the response starts; a downstream HTTP/2 connection's
+/// reads and writes). Looked at once per `idle`, so it fires between one and two periods after
+/// the last movement; never when `idle` is zero.
+pub async fn quiet_for(count: impl Fn() -> u64, idle: Duration) {
+    if idle.is_zero() {
+        return std::future::pending().await;
+    }
+    let mut seen = count();
     loop {
         tokio::time::sleep(idle).await;
-        let now = bytes();
+        let now = count();
         if now == seen {
             return;
         }

@@ -32,7 +32,7 @@ use egret_core::limits::MAX_REQUEST_HEADERS_BYTES;
 use egret_http::body::H2ConnectionEnd;
 use egret_http::headers::{self, connection_has};
 use egret_http::refusal;
-use egret_http::service::handle;
+use egret_http::service::{handle, quiet_for};
 use egret_http::upgrade::{PendingUpgrade, UpgradedClient};
 use egret_http::{ConnContext, HttpShared};
 use egret_upstream::ClientBody;
@@ -500,7 +500,7 @@ async fn serve_h2<S>(
         // Envoy's idle timeout closes an HTTP/2 connection too (hyper's server has none): no
         // byte either way for that long. A stream silent that long is past the stream idle
         // timeout already, so only connections without a live stream qualify.
-        () = h2_idle(&moved, options.idle_timeout) => {
+        () = quiet_for(|| moved.load(Ordering::Relaxed), options.idle_timeout) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -508,23 +508,6 @@ async fn serve_h2<S>(
     ended.store(true, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "downstream HTTP/2 connection ended with an error");
-    }
-}
-
-/// Ready once no byte has been read from or written to the connection for `idle` (looked at
-/// once per period: one to two periods after the last one); never when `idle` is zero.
-async fn h2_idle(moved: &AtomicU64, idle: Duration) {
-    if idle.is_zero() {
-        return std::future::pending().await;
-    }
-    let mut seen = moved.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(idle).await;
-        let now = moved.load(Ordering::Relaxed);
-        if now == seen {
-            return;
-        }
-        seen = now;
     }
 }
 
