@@ -649,6 +649,90 @@ async fn stream_idle_timeout_is_504_or_408_si() {
     assert_eq!(l.bytes_received, 5);
 }
 
+/// The stream idle timeout covers a response under way too, as Envoy's does (checked with
+/// 1.40, 2 s timeout): a body whose upstream stalls, or whose client stops reading, is cut
+/// after the timeout and logged with the status sent, `SI stream_idle_timeout` — over
+/// HTTP/1.1 the connection closes, over HTTP/2 the stream is reset (`INTERNAL_ERROR`).
+/// It was held until a peer left.
+#[tokio::test]
+async fn a_response_body_idle_for_the_stream_idle_timeout_is_cut_si() {
+    use tokio::io::AsyncWriteExt;
+    let up = raw_upstream(&[(
+        "/stall",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789|HANG|",
+    )])
+    .await;
+    let s1 = scenario("s1-http");
+    let mut args = connect_to("edition.cnn.com:80", up);
+    args.extend(["--stream-idle-timeout".to_string(), "1s".to_string()]);
+    let mut gw = Gateway::start(&[&s1], &args).await;
+    let si = |l: &LogLine| {
+        (
+            l.code.clone(),
+            l.flags.clone(),
+            l.details.clone(),
+            l.bytes_sent,
+        )
+    };
+
+    // HTTP/1.1: the head and the 10 bytes, then the connection closes.
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    c.write_all(b"GET /stall HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, _) = crate::common::read_until_end(&mut c).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\n0123456789"),
+        "{got}"
+    );
+    let l = gw.next_line().await;
+    assert_eq!(
+        si(&l),
+        ("200".into(), "SI".into(), "stream_idle_timeout".into(), 10)
+    );
+
+    // HTTP/2: HEADERS, the 10 bytes, then RST_STREAM INTERNAL_ERROR (2) on the stream.
+    let mut c = raw_h2_get(&gw, "/stall").await;
+    let reset = loop {
+        let (head, payload) = read_h2_frame(&mut c).await;
+        if head[3] == 3 && head[5..9] == [0, 0, 0, 1] {
+            break payload;
+        }
+    };
+    assert_eq!(reset, 2u32.to_be_bytes());
+    let l = gw.next_line().await;
+    assert_eq!(
+        si(&l),
+        ("200".into(), "SI".into(), "stream_idle_timeout".into(), 10)
+    );
+    drop(gw);
+
+    // A client that stops reading a large body: nothing moves once the buffers are full.
+    let big = 32 << 20;
+    let up = HttpUpstream::start(Behavior::BodyOfSize(big))
+        .await
+        .unwrap();
+    let mut args = connect_to("edition.cnn.com:80", up.addr());
+    args.extend(["--stream-idle-timeout".to_string(), "1s".to_string()]);
+    let mut gw = Gateway::start(&[&s1], &args).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(gw.http).await.unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: edition.cnn.com\r\n\r\n")
+        .await
+        .unwrap();
+    let l = gw.next_line().await;
+    let (code, flags, details, sent) = si(&l);
+    assert_eq!(
+        (code.as_str(), flags.as_str(), details.as_str()),
+        ("200", "SI", "stream_idle_timeout")
+    );
+    assert!(sent > 0 && sent < big as u64, "{sent}");
+    let (got, _) = crate::common::read_until_end(&mut c).await;
+    assert!(got.len() < big, "the body was cut: {}", got.len());
+}
+
 #[tokio::test]
 async fn destination_outside_the_registry_is_503_nc() {
     let dir = config_dir("unknown", &[("vs.yaml", TIMEOUT_VS)]);

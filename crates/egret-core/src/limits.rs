@@ -18,7 +18,8 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// with no request in progress for this long is closed (1 h).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Envoy's default HTTP connection manager `stream_idle_timeout`: a request that has neither
-/// sent a byte of its body nor been answered for this long is answered `408`/`504 SI` (5 min).
+/// sent a byte of its body nor been answered for this long is answered `408`/`504 SI`, a
+/// response body that has not moved for this long is cut (`SI`) (5 min).
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a downstream HTTP/1.1 connection stays idle after a response before hyper's
 /// buffers (~16 KB) are released; a connection under load never waits this long.

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use egret_core::{LogGuard, ResponseFlags};
@@ -20,6 +21,20 @@ pub struct ResponseBody {
     log: Option<LogState>,
     /// The route timeout, which covers the body too (boxed: most routes have none).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Envoy's `stream_idle_timeout` for the body; zero: none.
+    idle: Duration,
+    /// Armed the first time the body is seen waiting: a body that never waits (most short
+    /// responses) costs no timer and no clock read.
+    idle_watch: Option<IdleWatch>,
+}
+
+/// The stream idle timer of a response body under way.
+struct IdleWatch {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The last movement: a body frame from the upstream, or request body bytes seen.
+    since: tokio::time::Instant,
+    /// The request body's byte count when last looked at.
+    received: u64,
 }
 
 /// Why a response body ended early: the upstream's error, or the route timeout.
@@ -36,6 +51,18 @@ impl std::fmt::Display for RouteTimeout {
 }
 
 impl std::error::Error for RouteTimeout {}
+
+/// The stream idle timeout expired while the body was on its way.
+#[derive(Debug)]
+struct StreamIdle;
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream idle timeout expired during the response body")
+    }
+}
+
+impl std::error::Error for StreamIdle {}
 
 enum Kind {
     Full(Option<Bytes>),
@@ -76,6 +103,8 @@ impl ResponseBody {
             kind: Kind::Full(b.filter(|b| !b.is_empty())),
             log: None,
             deadline: None,
+            idle: Duration::ZERO,
+            idle_watch: None,
         }
     }
 
@@ -87,6 +116,8 @@ impl ResponseBody {
             })),
             log: None,
             deadline: None,
+            idle: Duration::ZERO,
+            idle_watch: None,
         }
     }
 
@@ -119,10 +150,77 @@ impl ResponseBody {
         self.deadline = Some(Box::pin(tokio::time::sleep_until(deadline)));
     }
 
+    /// Ends the body once nothing has moved for `idle` (Envoy's `stream_idle_timeout`, which
+    /// covers a response under way too): Envoy 1.40 resets the stream then — the client's
+    /// connection closes mid-body, an HTTP/2 stream gets `RST_STREAM INTERNAL_ERROR` — and
+    /// logs `SI stream_idle_timeout` with the status already sent. Zero: never.
+    pub fn set_stream_idle_timeout(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
     fn count(&mut self, n: usize) {
         if let Some(l) = &mut self.log {
             l.sent += n as u64;
         }
+        if let Some(w) = &mut self.idle_watch {
+            w.since = tokio::time::Instant::now();
+        }
+    }
+
+    /// Request body bytes received so far (movement for the stream idle timeout).
+    fn received(&self) -> u64 {
+        self.log
+            .as_ref()
+            .and_then(|l| l.received.as_ref())
+            .map_or(0, |r| r.load(Ordering::Relaxed))
+    }
+
+    /// Ready — the record completed as `SI stream_idle_timeout` — once the body has waited
+    /// for the stream idle timeout with nothing moving: no frame from the upstream, no request
+    /// body byte from the client. Called while the body waits for its upstream, and by an
+    /// HTTP/1.1 writer waiting for the client's socket, so a client that stops reading is
+    /// timed out too (Envoy's timer runs then: the stream sees no event; checked with 1.40).
+    pub fn poll_stream_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.idle.is_zero() || self.log.is_none() {
+            return Poll::Pending;
+        }
+        let received = self.received();
+        let idle = self.idle;
+        let w = self.idle_watch.get_or_insert_with(|| {
+            let since = tokio::time::Instant::now();
+            IdleWatch {
+                timer: Box::pin(tokio::time::sleep_until(since + idle)),
+                since,
+                received,
+            }
+        });
+        loop {
+            if w.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Due; moved since it was set: from the last movement on.
+            let now = tokio::time::Instant::now();
+            if received != w.received {
+                w.received = received;
+                w.since = now;
+            }
+            let due = w.since + idle;
+            if due <= now {
+                break;
+            }
+            w.timer.as_mut().reset(due);
+        }
+        self.idle_watch = None;
+        if let Some(l) = &mut self.log {
+            let rec = l.guard.record();
+            rec.set_flag(ResponseFlags::STREAM_IDLE_TIMEOUT);
+            rec.response_code_details = Some("stream_idle_timeout".into());
+        }
+        if let Kind::Upstream(up) = &mut self.kind {
+            up.conn.take(); // mid-response: not reusable
+        }
+        self.finish(false);
+        Poll::Ready(())
     }
 
     /// Completes the record. `complete` = the whole body was delivered.
@@ -218,6 +316,9 @@ impl Body for ResponseBody {
                     this.timed_out();
                     return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
                 }
+            }
+            if this.poll_stream_idle(cx).is_ready() {
+                return Poll::Ready(Some(Err(Box::new(StreamIdle))));
             }
         }
         match &polled {

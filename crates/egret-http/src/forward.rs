@@ -543,6 +543,8 @@ pub struct Downstream<'a> {
     pub response_ops: &'a [&'a HeaderMutations],
     /// When the route timeout expires: it covers the response body too.
     pub deadline: Option<tokio::time::Instant>,
+    /// The stream idle timeout, for the response body (zero: none).
+    pub stream_idle_timeout: std::time::Duration,
 }
 
 impl Outcome {
@@ -700,6 +702,7 @@ impl Outcome {
                 if let Some(d) = ds.deadline {
                     body.set_deadline(d);
                 }
+                body.set_stream_idle_timeout(ds.stream_idle_timeout);
                 Response::from_parts(parts, body)
             }
         })

@@ -33,7 +33,8 @@ pub struct HttpShared {
     pub sink: Arc<dyn AccessLogSink>,
     /// This host's own address, written to `x-forwarded-for` for loopback peers as Envoy does.
     pub local_ip: Option<IpAddr>,
-    /// Envoy's `stream_idle_timeout` before the response starts; zero disables it.
+    /// Envoy's `stream_idle_timeout`, before the response starts and for its body; zero
+    /// disables it.
     pub stream_idle_timeout: Duration,
 }
 
@@ -579,6 +580,7 @@ pub async fn handle(
                     extended_connect: extended_connect.is_some(),
                     response_ops,
                     deadline,
+                    stream_idle_timeout: idle,
                 },
             )
             .ok_or(ClientGone),

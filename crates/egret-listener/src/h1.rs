@@ -981,7 +981,22 @@ impl ResponseWriter {
 
     /// Writes what there is: `Ready(Ok)` once the whole response is out. The body is polled
     /// without the connection's lock held (it may read the request body, which takes it).
+    /// Waiting for the client's socket counts toward the body's stream idle timeout, as in
+    /// Envoy (a client that stops reading); waiting for the upstream, the body times itself.
     pub fn poll<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        body: &mut ResponseBody,
+        conn: &Mutex<ConnIo<S>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteFailed>> {
+        let polled = self.poll_out(body, conn, cx);
+        if polled.is_pending() && body.poll_stream_idle(cx).is_ready() {
+            return Poll::Ready(Err(WriteFailed::Body));
+        }
+        polled
+    }
+
+    fn poll_out<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         body: &mut ResponseBody,
         conn: &Mutex<ConnIo<S>>,

@@ -33,7 +33,7 @@ pub struct GatewayOptions {
     pub http_idle_timeout: Duration,
     /// How long an idle HTTP/1.1 connection keeps its read buffer after a response.
     pub http_release_delay: Duration,
-    /// How long a request may wait without its body moving before it is answered (Envoy's
+    /// How long a request or its response body may wait without moving (Envoy's
     /// `stream_idle_timeout`, 5 min); zero disables it.
     pub stream_idle_timeout: Duration,
 }

@@ -130,7 +130,8 @@ pub struct RunArgs {
     pub http_idle_timeout: std::time::Duration,
     /// How long a request may go without a byte of its body arriving and without an answer
     /// from upstream before it is answered `408` (body unfinished) or `504` (request
-    /// complete), flagged `SI` (Envoy's stream idle timeout, 5 min); 0s disables it.
+    /// complete), flagged `SI` (Envoy's stream idle timeout, 5 min); a response body that
+    /// moves no byte for as long is cut (`SI`). 0s disables it.
     #[arg(long = "stream-idle-timeout", default_value = "5m", value_parser = parse_duration)]
     pub stream_idle_timeout: std::time::Duration,
     /// How long an idle downstream HTTP/1.1 connection keeps its read buffer (8 KB or more)
