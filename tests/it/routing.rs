@@ -1366,3 +1366,99 @@ async fn large_upload_streams_through_intact() {
         (body.len() as u64, body.len() as u64)
     );
 }
+
+/// Two HTTPS servers on one port, each with its own certificate and hosts: a connection
+/// routes only the hosts of the server its SNI chose, as Envoy under Istio does (each HTTPS
+/// server has its own route configuration). A client that opens TLS as `a.example.com` and
+/// asks for `b.example.com` gets `404 NR route_not_found` — it was routed to b, past b's
+/// TLS settings (which could demand a client certificate).
+#[tokio::test]
+async fn an_https_server_routes_only_its_own_hosts() {
+    use egret_test_support::certs::client_config;
+    use egret_test_support::client::tls_connect;
+    use egret_test_support::TestCa;
+    let up = HttpUpstream::start(Behavior::Echo).await.unwrap();
+    let dir = TestDir::new("https-servers").unwrap();
+    let ca = TestCa::new("gateway CA");
+    for h in ["a", "b"] {
+        ca.server_cert(&[format!("{h}.example.com").as_str()], None)
+            .write_files(
+                &dir.join("certs"),
+                &format!("{h}.crt"),
+                &format!("{h}.key"),
+                None,
+            )
+            .unwrap();
+    }
+    let certs = dir.join("certs").display().to_string();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external}}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: egress}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 443, name: https-a, protocol: HTTPS}}
+    hosts: [a.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {certs}/a.crt, privateKey: {certs}/a.key}}
+  - port: {{number: 443, name: https-b, protocol: HTTPS}}
+    hosts: [b.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {certs}/b.crt, privateKey: {certs}/b.key}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: both}}
+spec:
+  hosts: [a.example.com, b.example.com]
+  gateways: [egress]
+  http:
+  - match: [{{authority: {{exact: a.example.com}}}}]
+    route: [{{destination: {{host: a.example.com, port: {{number: 80}}}}}}]
+  - route: [{{destination: {{host: b.example.com, port: {{number: 80}}}}}}]
+"#
+    );
+    dir.write("config/gw.yaml", yaml.as_bytes()).unwrap();
+    let mut gw = Gateway::start(
+        &[&dir.join("config")],
+        &[
+            "--connect-to".into(),
+            format!("a.example.com:80:{}", up.addr()),
+            "--connect-to".into(),
+            format!("b.example.com:80:{}", up.addr()),
+        ],
+    )
+    .await;
+    let cfg = Arc::new(client_config(ca.root_store(), None, &[b"http/1.1"]).unwrap());
+    for (sni, host, status) in [
+        ("a.example.com", "a.example.com", 200),
+        ("a.example.com", "b.example.com", 404),
+        ("b.example.com", "b.example.com", 200),
+        ("b.example.com", "a.example.com", 404),
+    ] {
+        let tls = tls_connect(gw.tls, sni, cfg.clone()).await.unwrap();
+        let mut conn = Http1Conn::handshake(tls).await.unwrap();
+        let r = conn.get(host, "/", &[]).await.unwrap();
+        assert_eq!(r.status, status, "SNI {sni}, Host {host}");
+        let l = gw.next_line().await;
+        assert_eq!(l.sni, sni);
+        if status == 404 {
+            assert_eq!(
+                (l.flags.as_str(), l.details.as_str()),
+                ("NR", "route_not_found"),
+                "{}",
+                l.raw
+            );
+        } else {
+            assert_eq!(l.cluster, format!("outbound|80||{host}"), "{}", l.raw);
+        }
+    }
+}

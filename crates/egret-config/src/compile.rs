@@ -121,6 +121,10 @@ struct ServerHost {
 struct OurServer<'a> {
     gw: &'a Resource<GatewaySpec>,
     hosts: Vec<ServerHost>,
+    /// A terminated HTTPS server's own route table name, Istio's
+    /// `https.<port>.<port name>.<gateway>.<namespace>`: each such server routes only its
+    /// own hosts' VirtualServices (one RDS per filter chain).
+    https_route: Option<String>,
 }
 
 impl OurServer<'_> {
@@ -142,10 +146,9 @@ struct ListenerBuild<'a> {
     servers: Vec<OurServer<'a>>,
     /// Where the first server of this port was defined, for conflict messages.
     first: String,
-    /// Route table name: `http.<listen port>`, or Istio's `https.<port>.<port name>.<gateway>.<ns>`
-    /// of the first server for terminated HTTPS.
+    /// Route table name of a plain HTTP port: `http.<listen port>`, all servers' hosts.
     route_name: String,
-    /// One per terminated-TLS server (Family::Https).
+    /// One per terminated-TLS server (Family::Https), in the order of `servers`.
     tls_servers: Vec<TlsServer>,
 }
 
@@ -378,9 +381,20 @@ impl<'a> Compiler<'a> {
         for (_, mut b) in builds {
             let tls_servers = std::mem::take(&mut b.tls_servers);
             let routes = match b.family {
-                Family::Http | Family::Https => {
-                    ListenerRoutes::Http(Arc::new(self.http_routes(&b)))
-                }
+                Family::Http => ListenerRoutes::Http(Arc::new(self.http_routes(
+                    &b,
+                    &b.servers,
+                    b.route_name.clone(),
+                ))),
+                Family::Https => ListenerRoutes::Https(
+                    b.servers
+                        .iter()
+                        .map(|server| {
+                            let name = server.https_route.clone().unwrap_or_default();
+                            Arc::new(self.http_routes(&b, std::slice::from_ref(server), name))
+                        })
+                        .collect(),
+                ),
                 Family::Sni => ListenerRoutes::Sni(Arc::new(self.sni_routes(&b))),
                 Family::Tcp => ListenerRoutes::Tcp(Arc::new(self.tcp_routes(&b))),
             };
@@ -491,6 +505,14 @@ impl<'a> Compiler<'a> {
         } else {
             None
         };
+        let https_route = (family == Family::Https).then(|| {
+            format!(
+                "https.{number}.{}.{}.{}",
+                port.name.as_deref().unwrap_or("https"),
+                gw.name,
+                gw.namespace
+            )
+        });
         match builds.get_mut(&listen_port) {
             Some(b) => {
                 if b.family != family {
@@ -537,21 +559,32 @@ impl<'a> Compiler<'a> {
                         );
                         return;
                     }
+                    // Istio names each HTTPS server's routes after its port name: a second
+                    // server of the Gateway with the same port name is skipped, as Istio skips
+                    // it ("non unique port name for HTTPS port").
+                    if https_route.is_some()
+                        && b.servers.iter().any(|o| o.https_route == https_route)
+                    {
+                        self.warn_at(
+                            gw,
+                            &format!("{path}.port.name"),
+                            format!(
+                                "port name {:?} is already used by another HTTPS server of this Gateway on port {number}: this server is skipped (Istio needs a unique port name per HTTPS server)",
+                                port.name.as_deref().unwrap_or_default()
+                            ),
+                        );
+                        return;
+                    }
                     b.tls_servers.push(ts);
                 }
-                b.servers.push(OurServer { gw, hosts });
+                b.servers.push(OurServer {
+                    gw,
+                    hosts,
+                    https_route,
+                });
             }
             None => {
-                let route_name = if family == Family::Https {
-                    format!(
-                        "https.{number}.{}.{}.{}",
-                        port.name.as_deref().unwrap_or("https"),
-                        gw.name,
-                        gw.namespace
-                    )
-                } else {
-                    format!("http.{listen_port}")
-                };
+                let route_name = format!("http.{listen_port}");
                 builds.insert(
                     listen_port,
                     ListenerBuild {
@@ -559,7 +592,11 @@ impl<'a> Compiler<'a> {
                         listen_port,
                         family,
                         protocol: server_protocol,
-                        servers: vec![OurServer { gw, hosts }],
+                        servers: vec![OurServer {
+                            gw,
+                            hosts,
+                            https_route,
+                        }],
                         first: here,
                         route_name,
                         tls_servers: tls_server.into_iter().collect(),
@@ -611,7 +648,13 @@ impl<'a> Compiler<'a> {
     // -----------------------------------------------------------------------------------------
     // HTTP
 
-    fn http_routes(&mut self, b: &ListenerBuild<'a>) -> HttpRouteTable {
+    /// The route table of `servers` (all of a plain HTTP port's; one terminated HTTPS server).
+    fn http_routes(
+        &mut self,
+        b: &ListenerBuild<'a>,
+        servers: &[OurServer<'a>],
+        name: String,
+    ) -> HttpRouteTable {
         let mut vhosts: Vec<VirtualHost> = Vec::new();
         // Domain → its index in `vhosts` (a scan of `vhosts` per domain was quadratic: 10,000
         // domains took seconds).
@@ -623,7 +666,7 @@ impl<'a> Compiler<'a> {
             // Domains this VirtualService already contributed on this port (via another
             // server), so its rules are not added twice.
             let mut done: Vec<HostPattern> = Vec::new();
-            for server in &b.servers {
+            for server in servers {
                 if !Self::vs_binds(vs, server.gw) {
                     continue;
                 }
@@ -696,7 +739,7 @@ impl<'a> Compiler<'a> {
                 }],
             });
         }
-        HttpRouteTable::new(b.route_name.clone(), vhosts)
+        HttpRouteTable::new(name, vhosts)
     }
 
     fn http_rules(

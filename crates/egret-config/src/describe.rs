@@ -1,10 +1,11 @@
 //! A readable summary of a compiled [`Snapshot`], for `egret validate`.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use egret_core::{
-    CertSource, Discovery, LbPolicy, Listener, ListenerRoutes, RouteAction, RouteMatch,
-    ServerProtocol, Snapshot, StringMatch, TlsMode, UpstreamProtocol, UpstreamTls,
+    CertSource, Discovery, HttpRouteTable, LbPolicy, Listener, ListenerRoutes, RouteAction,
+    RouteMatch, ServerProtocol, Snapshot, StringMatch, TlsMode, UpstreamProtocol, UpstreamTls,
     WeightedClusters,
 };
 
@@ -23,6 +24,10 @@ pub fn describe(snapshot: &Snapshot) -> String {
     for l in &snapshot.listeners {
         let kind = match &l.routes {
             ListenerRoutes::Http(t) => format!("http ({})", t.name),
+            ListenerRoutes::Https(ts) => {
+                let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
+                format!("https ({})", names.join(", "))
+            }
             ListenerRoutes::Sni(_) => "sni passthrough".into(),
             ListenerRoutes::Tcp(_) => "tcp".into(),
         };
@@ -75,50 +80,55 @@ pub fn describe(snapshot: &Snapshot) -> String {
         "ACTION".into(),
     ]];
     for l in &snapshot.listeners {
-        match &l.routes {
-            ListenerRoutes::Http(t) => {
-                for vh in &t.virtual_hosts {
-                    for r in &vh.routes {
-                        let mut action = match &r.action {
-                            RouteAction::Forward(w) => weighted(w),
-                            RouteAction::Direct { status, .. } => {
-                                format!("direct response {status}")
-                            }
-                            RouteAction::Redirect(r) => format!("redirect {}", r.status),
-                        };
-                        if let Some(t) = r.timeout {
-                            let _ = write!(action, " (timeout {t:?})");
+        let tables: &[Arc<HttpRouteTable>] = match &l.routes {
+            ListenerRoutes::Http(t) => std::slice::from_ref(t),
+            ListenerRoutes::Https(ts) => ts,
+            _ => &[],
+        };
+        for t in tables {
+            for vh in &t.virtual_hosts {
+                for r in &vh.routes {
+                    let mut action = match &r.action {
+                        RouteAction::Forward(w) => weighted(w),
+                        RouteAction::Direct { status, .. } => {
+                            format!("direct response {status}")
                         }
-                        let p = &r.policy;
-                        match &p.retry {
-                            Some(rp) if *rp != egret_core::RetryPolicy::istio_default() => {
-                                let _ = write!(action, " (retries {})", rp.num_retries);
-                            }
-                            None if matches!(r.action, RouteAction::Forward(_)) => {
-                                action.push_str(" (no retries)");
-                            }
-                            _ => {}
-                        }
-                        for (set, what) in [
-                            (p.rewrite.is_some(), "rewrite"),
-                            (!p.headers.is_empty(), "headers"),
-                            (p.fault.is_some(), "fault"),
-                            (!p.mirrors.is_empty(), "mirror"),
-                        ] {
-                            if set {
-                                let _ = write!(action, " +{what}");
-                            }
-                        }
-                        rows.push(vec![
-                            l.name.clone(),
-                            vh.name.clone(),
-                            r.name.as_deref().unwrap_or("-").to_string(),
-                            matches(&r.matches),
-                            action,
-                        ]);
+                        RouteAction::Redirect(r) => format!("redirect {}", r.status),
+                    };
+                    if let Some(t) = r.timeout {
+                        let _ = write!(action, " (timeout {t:?})");
                     }
+                    let p = &r.policy;
+                    match &p.retry {
+                        Some(rp) if *rp != egret_core::RetryPolicy::istio_default() => {
+                            let _ = write!(action, " (retries {})", rp.num_retries);
+                        }
+                        None if matches!(r.action, RouteAction::Forward(_)) => {
+                            action.push_str(" (no retries)");
+                        }
+                        _ => {}
+                    }
+                    for (set, what) in [
+                        (p.rewrite.is_some(), "rewrite"),
+                        (!p.headers.is_empty(), "headers"),
+                        (p.fault.is_some(), "fault"),
+                        (!p.mirrors.is_empty(), "mirror"),
+                    ] {
+                        if set {
+                            let _ = write!(action, " +{what}");
+                        }
+                    }
+                    rows.push(vec![
+                        l.name.clone(),
+                        vh.name.clone(),
+                        r.name.as_deref().unwrap_or("-").to_string(),
+                        matches(&r.matches),
+                        action,
+                    ]);
                 }
             }
+        }
+        match &l.routes {
             ListenerRoutes::Sni(t) => {
                 for r in &t.routes {
                     let hosts: Vec<String> = r.sni_hosts.iter().map(|h| h.to_string()).collect();
@@ -144,6 +154,7 @@ pub fn describe(snapshot: &Snapshot) -> String {
                     action,
                 ]);
             }
+            ListenerRoutes::Http(_) | ListenerRoutes::Https(_) => {}
         }
     }
     table(&mut out, &rows);

@@ -83,9 +83,11 @@ fn compile_path(p: &Path) -> Compiled {
         .unwrap_or_else(|e| panic!("compile failed: {e:#?}"))
 }
 
+/// The route table of a plain HTTP port, or of the first TLS server of an HTTPS port.
 fn http_table(s: &Snapshot, listen_port: u16) -> &egret_core::HttpRouteTable {
     match &s.listener_on(listen_port).expect("listener").routes {
         ListenerRoutes::Http(t) => t,
+        ListenerRoutes::Https(ts) => &ts[0],
         other => panic!("not an HTTP listener: {other:?}"),
     }
 }
@@ -1876,6 +1878,10 @@ fn https_servers_on_one_port_merge_by_sni() {
           hosts: [a.example.com]
           tls:
             mode: ISTIO_MUTUAL
+        - port: {number: 443, name: https-b, protocol: HTTPS}
+          hosts: [c.example.com]
+          tls:
+            mode: ISTIO_MUTUAL
         - port: {number: 8000, name: auto, protocol: HTTPS}
           hosts: ['*']
           tls:
@@ -1917,8 +1923,9 @@ fn https_servers_on_one_port_merge_by_sni() {
         w,
         vec![
             (20, "spec.servers[2].hosts"),
-            (26, "spec.servers[3].tls.mode"),
-            (30, "spec.servers[4].tls.mode")
+            (23, "spec.servers[3].port.name"),
+            (30, "spec.servers[4].tls.mode"),
+            (34, "spec.servers[5].tls.mode")
         ],
         "{:#?}",
         c.warnings
@@ -1931,15 +1938,22 @@ fn https_servers_on_one_port_merge_by_sni() {
         c.warnings[0]
     );
     assert!(
-        c.warnings[1].message.contains("AUTO_PASSTHROUGH")
-            && c.warnings[1].message.contains("skipped"),
+        c.warnings[1]
+            .message
+            .contains("port name \"https-b\" is already used by another HTTPS server"),
         "{}",
         c.warnings[1]
     );
     assert!(
-        c.warnings[2].message.contains("protocol TLS"),
+        c.warnings[2].message.contains("AUTO_PASSTHROUGH")
+            && c.warnings[2].message.contains("skipped"),
         "{}",
         c.warnings[2]
+    );
+    assert!(
+        c.warnings[3].message.contains("protocol TLS"),
+        "{}",
+        c.warnings[3]
     );
 
     assert_eq!(c.snapshot.listeners.len(), 1);
@@ -1971,11 +1985,30 @@ fn https_servers_on_one_port_merge_by_sni() {
     );
     assert_eq!(b.tls.origin, "Gateway istio-system/gw servers[1]");
 
-    let t = http_table(&c.snapshot, 8443);
-    assert_eq!(t.name, "https.443.https.gw.istio-system");
-    let names: Vec<&str> = t.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, vec!["a.example.com:443", "x.b.example.com:443"]);
+    // One route table per server, with that server's hosts only (Istio's RDS per HTTPS
+    // server): a.example.com is not routed on b's connections, nor x.b.example.com on a's.
+    let ListenerRoutes::Https(tables) = &l.routes else {
+        panic!("not https: {:?}", l.routes)
+    };
+    let tables: Vec<(&str, Vec<&str>)> = tables
+        .iter()
+        .map(|t| {
+            let hosts = t.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+            (t.name.as_str(), hosts)
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        vec![
+            ("https.443.https.gw.istio-system", vec!["a.example.com:443"]),
+            (
+                "https.443.https-b.gw.istio-system",
+                vec!["x.b.example.com:443"]
+            ),
+        ]
+    );
     // The port-80 rule does not apply on 443.
+    let t = http_table(&c.snapshot, 8443);
     assert!(t.virtual_hosts.iter().all(|v| v.routes.len() == 1));
     assert_eq!(
         c.snapshot

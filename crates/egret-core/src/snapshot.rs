@@ -54,7 +54,13 @@ pub struct Listener {
 
 #[derive(Debug)]
 pub enum ListenerRoutes {
+    /// A plain HTTP port: one table for all its servers (Istio's `http.<port>`).
     Http(Arc<HttpRouteTable>),
+    /// A port terminating TLS: one table per TLS server, in the order of `tls_servers` —
+    /// a connection routes with the table of the server its SNI chose, so a request for a
+    /// host of another server on the port finds no route (Istio gives each HTTPS server its
+    /// own route configuration, `https.<port>.<port name>.<gateway>.<namespace>`).
+    Https(Vec<Arc<HttpRouteTable>>),
     Sni(Arc<SniRouteTable>),
     Tcp(Arc<TcpRouteTable>),
 }

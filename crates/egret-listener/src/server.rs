@@ -256,7 +256,7 @@ impl Gateway {
             return;
         };
         match &listener.routes {
-            ListenerRoutes::Http(_) if listener.tls_servers.is_empty() => {
+            ListenerRoutes::Http(_) => {
                 let conn = PlainHttpConn {
                     local,
                     remote,
@@ -278,7 +278,7 @@ impl Gateway {
                     None => drop(tokio::spawn(task)),
                 }
             }
-            ListenerRoutes::Http(_) => {
+            ListenerRoutes::Https(_) => {
                 let gw = self.clone();
                 spawn(Box::pin(async move {
                     gw.serve_https(&active, listen_port, stream, local, remote)
@@ -370,6 +370,7 @@ impl Gateway {
             listen_port,
             requested_server_name: accepted.sni.as_deref().map(Arc::from),
             peer_uri_san: accepted.peer_uri_san.clone(),
+            server: accepted.server,
         };
         crate::http::serve_http(
             crate::http::Held::new(accepted.stream),
@@ -523,13 +524,13 @@ impl Contexts for PlainHttpConn {
     }
 
     fn context(&self) -> Option<Arc<ConnContext>> {
-        http_context(&self.config.load(), self.listen_port, false, |a, t| {
+        http_context(&self.config.load(), self.listen_port, None, |a, t| {
             self.make(a, t)
         })
     }
 
     fn accepted_with(&self) -> Option<Arc<ConnContext>> {
-        http_context(&self.accepted, self.listen_port, false, |a, t| {
+        http_context(&self.accepted, self.listen_port, None, |a, t| {
             self.make(a, t)
         })
     }
@@ -546,6 +547,9 @@ struct TlsHttpConn {
     listen_port: u16,
     requested_server_name: Option<Arc<str>>,
     peer_uri_san: Option<String>,
+    /// The TLS server the SNI chose (index in the listener's `tls_servers`): its route
+    /// table is the connection's.
+    server: usize,
 }
 
 impl TlsHttpConn {
@@ -577,13 +581,19 @@ impl Contexts for TlsHttpConn {
         {
             return None;
         }
-        http_context(&active, self.listen_port, true, |a, t| self.make(a, t))
+        // Unchanged TLS servers: the same index is the same server.
+        http_context(&active, self.listen_port, Some(self.server), |a, t| {
+            self.make(a, t)
+        })
     }
 
     fn accepted_with(&self) -> Option<Arc<ConnContext>> {
-        http_context(&self.accepted, self.listen_port, true, |a, t| {
-            self.make(a, t)
-        })
+        http_context(
+            &self.accepted,
+            self.listen_port,
+            Some(self.server),
+            |a, t| self.make(a, t),
+        )
     }
 }
 
@@ -595,21 +605,22 @@ fn tls_servers(active: &Active, listen_port: u16) -> Option<&[egret_core::TlsSer
         .map(|l| l.tls_servers.as_slice())
 }
 
-/// The context from `active`, if its listener on `listen_port` routes HTTP and terminates
-/// TLS or not as the connection's did.
+/// The context from `active`, if its listener on `listen_port` routes HTTP as the
+/// connection's did: in plain text (`tls_server` None), or terminating TLS with the route
+/// table of TLS server `tls_server`.
 fn http_context(
     active: &Active,
     listen_port: u16,
-    tls: bool,
+    tls_server: Option<usize>,
     make: impl FnOnce(&Active, &Arc<egret_core::HttpRouteTable>) -> ConnContext,
 ) -> Option<Arc<ConnContext>> {
     let listener = active.snapshot.listener_on(listen_port)?;
-    match &listener.routes {
-        ListenerRoutes::Http(table) if listener.tls_servers.is_empty() != tls => {
-            Some(Arc::new(make(active, table)))
-        }
-        _ => None,
-    }
+    let table = match (&listener.routes, tls_server) {
+        (ListenerRoutes::Http(table), None) => table,
+        (ListenerRoutes::Https(tables), Some(i)) => tables.get(i)?,
+        _ => return None,
+    };
+    Some(Arc::new(make(active, table)))
 }
 
 /// Counts a connection as open on its worker until dropped.

@@ -234,22 +234,9 @@ pub fn config_dump(s: &Snapshot) -> Value {
         .iter()
         .map(|l| {
             let routes = match &l.routes {
-                ListenerRoutes::Http(t) => json!({
-                    "route_config": t.name,
-                    "virtual_hosts": t.virtual_hosts.iter().map(|vh| json!({
-                        "name": vh.name,
-                        "domains": vh.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                        "routes": vh.routes.iter().map(|r| json!({
-                            "name": r.name.as_deref(),
-                            "match": format!("{:?}", r.matches),
-                            "timeout_ms": r.timeout.map(|t| t.as_millis() as u64),
-                            "action": match &r.action {
-                                RouteAction::Forward(w) => json!({"clusters": w.clusters.iter().map(|c| json!({"name": &*c.cluster, "weight": c.weight})).collect::<Vec<_>>()}),
-                                RouteAction::Direct { status, body } => json!({"direct_response": {"status": status, "body": body}}),
-                                RouteAction::Redirect(r) => json!({"redirect": {"status": r.status, "scheme": r.scheme, "host": r.host, "port": r.port, "path": r.path}}),
-                            },
-                        })).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
+                ListenerRoutes::Http(t) => route_config_json(t),
+                ListenerRoutes::Https(ts) => json!({
+                    "route_configs": ts.iter().map(|t| route_config_json(t)).collect::<Vec<_>>(),
                 }),
                 ListenerRoutes::Sni(t) => json!({
                     "sni_routes": t.routes.iter().map(|r| json!({
@@ -304,4 +291,25 @@ pub fn config_dump(s: &Snapshot) -> Value {
         })
         .collect();
     json!({ "version": &*s.version, "listeners": listeners, "clusters": clusters })
+}
+
+/// One HTTP route table (an RDS route configuration) as JSON.
+fn route_config_json(t: &egret_core::HttpRouteTable) -> Value {
+    json!({
+        "route_config": t.name,
+        "virtual_hosts": t.virtual_hosts.iter().map(|vh| json!({
+            "name": vh.name,
+            "domains": vh.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "routes": vh.routes.iter().map(|r| json!({
+                "name": r.name.as_deref(),
+                "match": format!("{:?}", r.matches),
+                "timeout_ms": r.timeout.map(|t| t.as_millis() as u64),
+                "action": match &r.action {
+                    RouteAction::Forward(w) => json!({"clusters": w.clusters.iter().map(|c| json!({"name": &*c.cluster, "weight": c.weight})).collect::<Vec<_>>()}),
+                    RouteAction::Direct { status, body } => json!({"direct_response": {"status": status, "body": body}}),
+                    RouteAction::Redirect(r) => json!({"redirect": {"status": r.status, "scheme": r.scheme, "host": r.host, "port": r.port, "path": r.path}}),
+                },
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
