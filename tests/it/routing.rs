@@ -1461,4 +1461,34 @@ spec:
             assert_eq!(l.cluster, format!("outbound|80||{host}"), "{}", l.raw);
         }
     }
+
+    // The session's version and cipher, as Envoy names them, for custom formats.
+    let mut gw = Gateway::start(
+        &[&dir.join("config")],
+        &[
+            "--connect-to".into(),
+            format!("a.example.com:80:{}", up.addr()),
+            "--access-log-format".into(),
+            "%DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% %REQUESTED_SERVER_NAME%".into(),
+        ],
+    )
+    .await;
+    let tls = tls_connect(gw.tls, "a.example.com", cfg.clone())
+        .await
+        .unwrap();
+    let (_, session) = tls.get_ref();
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // A TLS 1.3 suite's IANA name: `TLS13_AES_256_GCM_SHA384` -> `TLS_AES_256_GCM_SHA384`.
+    let suite = format!("{:?}", session.negotiated_cipher_suite().unwrap().suite());
+    let cipher = suite.replacen("TLS13_", "TLS_", 1);
+    let mut conn = Http1Conn::handshake(tls).await.unwrap();
+    assert_eq!(
+        conn.get("a.example.com", "/", &[]).await.unwrap().status,
+        200
+    );
+    let line = gw.process.next_log_line(WAIT).await.unwrap();
+    assert_eq!(line, format!("TLSv1.3 {cipher} a.example.com"));
 }

@@ -2715,6 +2715,39 @@ async fn custom_and_json_access_log_formats() {
         "config version is a 12-hex-digit hash: {version}"
     );
 
+    // More of Envoy's operators (values as Envoy 1.40 printed them for the same requests).
+    let mut extra = connect_to("edition.cnn.com:80", up.addr());
+    extra.extend([
+        "--access-log-format".to_string(),
+        "%RESPONSE_FLAGS_LONG% %UPSTREAM_REQUEST_ATTEMPT_COUNT% %QUERY_PARAM(a)% %ACCESS_LOG_TYPE% %UPSTREAM_REMOTE_ADDRESS% %RESPONSE_DURATION%".to_string(),
+    ]);
+    let mut gw = Gateway::start(&[&s1], &extra).await;
+    http1_get(gw.http, "edition.cnn.com", "/x?a=1&a=2", &[])
+        .await
+        .unwrap();
+    let line = gw
+        .process
+        .next_log_line(crate::common::LOG_WAIT)
+        .await
+        .unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let upstream = up.addr().to_string();
+    assert_eq!(
+        fields[..5],
+        ["-", "1", "1", "DownstreamEnd", upstream.as_str()],
+        "{line}"
+    );
+    assert!(fields[5].parse::<u64>().is_ok(), "{line}");
+    http1_get(gw.http, "nowhere.example.com", "/", &[])
+        .await
+        .unwrap();
+    let line = gw
+        .process
+        .next_log_line(crate::common::LOG_WAIT)
+        .await
+        .unwrap();
+    assert_eq!(line, "NoRouteFound 0 - DownstreamEnd - -");
+
     let mut extra = connect_to("edition.cnn.com:80", up.addr());
     extra.push("--access-log-json".to_string());
     let mut gw = Gateway::start(&[&s1], &extra).await;

@@ -20,44 +20,46 @@ pub struct ResponseFlags {
 const MAX_ORDERED: usize = 6;
 
 macro_rules! flags {
-    ($($name:ident = $bit:expr, $short:expr;)*) => {
+    ($($name:ident = $bit:expr, $short:expr, $long:expr;)*) => {
         impl ResponseFlags {
             $(pub const $name: ResponseFlags = ResponseFlags::single($bit);)*
-            const SHORT: &'static [(u32, &'static str)] = &[$((1u32 << $bit, $short)),*];
+            /// (bit, `%RESPONSE_FLAGS%` name, `%RESPONSE_FLAGS_LONG%` name).
+            const NAMES: &'static [(u32, &'static str, &'static str)] =
+                &[$((1u32 << $bit, $short, $long)),*];
         }
     };
 }
 
 flags! {
-    FAILED_LOCAL_HEALTH_CHECK = 0, "LH";
-    NO_HEALTHY_UPSTREAM = 1, "UH";
-    UPSTREAM_REQUEST_TIMEOUT = 2, "UT";
-    LOCAL_RESET = 3, "LR";
-    UPSTREAM_REMOTE_RESET = 4, "UR";
-    UPSTREAM_CONNECTION_FAILURE = 5, "UF";
-    UPSTREAM_CONNECTION_TERMINATION = 6, "UC";
-    UPSTREAM_OVERFLOW = 7, "UO";
-    NO_ROUTE_FOUND = 8, "NR";
-    DELAY_INJECTED = 9, "DI";
-    FAULT_INJECTED = 10, "FI";
-    RATE_LIMITED = 11, "RL";
-    UNAUTHORIZED_EXTERNAL_SERVICE = 12, "UAEX";
-    RATE_LIMIT_SERVICE_ERROR = 13, "RLSE";
-    DOWNSTREAM_CONNECTION_TERMINATION = 14, "DC";
-    UPSTREAM_RETRY_LIMIT_EXCEEDED = 15, "URX";
-    STREAM_IDLE_TIMEOUT = 16, "SI";
-    INVALID_ENVOY_REQUEST_HEADERS = 17, "IH";
-    DOWNSTREAM_PROTOCOL_ERROR = 18, "DPE";
-    UPSTREAM_MAX_STREAM_DURATION_REACHED = 19, "UMSDR";
-    RESPONSE_FROM_CACHE_FILTER = 20, "RFCF";
-    NO_FILTER_CONFIG_FOUND = 21, "NFCF";
-    DURATION_TIMEOUT = 22, "DT";
-    UPSTREAM_PROTOCOL_ERROR = 23, "UPE";
-    NO_CLUSTER_FOUND = 24, "NC";
-    OVERLOAD_MANAGER = 25, "OM";
-    DNS_RESOLUTION_FAILED = 26, "DF";
-    DROP_OVERLOAD = 27, "DO";
-    DOWNSTREAM_REMOTE_RESET = 28, "DR";
+    FAILED_LOCAL_HEALTH_CHECK = 0, "LH", "FailedLocalHealthCheck";
+    NO_HEALTHY_UPSTREAM = 1, "UH", "NoHealthyUpstream";
+    UPSTREAM_REQUEST_TIMEOUT = 2, "UT", "UpstreamRequestTimeout";
+    LOCAL_RESET = 3, "LR", "LocalReset";
+    UPSTREAM_REMOTE_RESET = 4, "UR", "UpstreamRemoteReset";
+    UPSTREAM_CONNECTION_FAILURE = 5, "UF", "UpstreamConnectionFailure";
+    UPSTREAM_CONNECTION_TERMINATION = 6, "UC", "UpstreamConnectionTermination";
+    UPSTREAM_OVERFLOW = 7, "UO", "UpstreamOverflow";
+    NO_ROUTE_FOUND = 8, "NR", "NoRouteFound";
+    DELAY_INJECTED = 9, "DI", "DelayInjected";
+    FAULT_INJECTED = 10, "FI", "FaultInjected";
+    RATE_LIMITED = 11, "RL", "RateLimited";
+    UNAUTHORIZED_EXTERNAL_SERVICE = 12, "UAEX", "UnauthorizedExternalService";
+    RATE_LIMIT_SERVICE_ERROR = 13, "RLSE", "RateLimitServiceError";
+    DOWNSTREAM_CONNECTION_TERMINATION = 14, "DC", "DownstreamConnectionTermination";
+    UPSTREAM_RETRY_LIMIT_EXCEEDED = 15, "URX", "UpstreamRetryLimitExceeded";
+    STREAM_IDLE_TIMEOUT = 16, "SI", "StreamIdleTimeout";
+    INVALID_ENVOY_REQUEST_HEADERS = 17, "IH", "InvalidEnvoyRequestHeaders";
+    DOWNSTREAM_PROTOCOL_ERROR = 18, "DPE", "DownstreamProtocolError";
+    UPSTREAM_MAX_STREAM_DURATION_REACHED = 19, "UMSDR", "UpstreamMaxStreamDurationReached";
+    RESPONSE_FROM_CACHE_FILTER = 20, "RFCF", "ResponseFromCacheFilter";
+    NO_FILTER_CONFIG_FOUND = 21, "NFCF", "NoFilterConfigFound";
+    DURATION_TIMEOUT = 22, "DT", "DurationTimeout";
+    UPSTREAM_PROTOCOL_ERROR = 23, "UPE", "UpstreamProtocolError";
+    NO_CLUSTER_FOUND = 24, "NC", "NoClusterFound";
+    OVERLOAD_MANAGER = 25, "OM", "OverloadManagerTerminated";
+    DNS_RESOLUTION_FAILED = 26, "DF", "DnsResolutionFailed";
+    DROP_OVERLOAD = 27, "DO", "DropOverload";
+    DOWNSTREAM_REMOTE_RESET = 28, "DR", "DownstreamRemoteReset";
 }
 
 impl ResponseFlags {
@@ -114,32 +116,51 @@ impl PartialEq<u32> for ResponseFlags {
     }
 }
 
-impl fmt::Display for ResponseFlags {
-    /// `-` when empty, as Envoy prints it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ResponseFlags {
+    /// The flags' names in the order they were set, joined by `,` (`-` when empty), as
+    /// Envoy prints `%RESPONSE_FLAGS%` (short names) and `%RESPONSE_FLAGS_LONG%`.
+    fn write_names(&self, f: &mut dyn fmt::Write, long: bool) -> fmt::Result {
         if self.bits == 0 {
             return f.write_str("-");
         }
         let mut printed = 0u32;
         let mut first = true;
         let ordered = self.order[..self.len as usize].iter().map(|&b| 1u32 << b);
-        let rest = Self::SHORT.iter().map(|(bit, _)| *bit);
+        let rest = Self::NAMES.iter().map(|(bit, ..)| *bit);
         for bit in ordered.chain(rest) {
             if self.bits & bit == 0 || printed & bit != 0 {
                 continue;
             }
             printed |= bit;
-            let short = Self::SHORT
-                .iter()
-                .find(|(b, _)| *b == bit)
-                .map_or("", |(_, s)| s);
+            let name = Self::NAMES.iter().find(|(b, ..)| *b == bit).map_or(
+                "",
+                |&(_, short, long_name)| if long { long_name } else { short },
+            );
             if !first {
                 f.write_str(",")?;
             }
-            f.write_str(short)?;
+            f.write_str(name)?;
             first = false;
         }
         Ok(())
+    }
+
+    /// Displays as `%RESPONSE_FLAGS_LONG%` prints (`NoRouteFound`, `-` when empty).
+    pub fn long_names(self) -> impl fmt::Display {
+        struct Long(ResponseFlags);
+        impl fmt::Display for Long {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_names(f, true)
+            }
+        }
+        Long(self)
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    /// `-` when empty, as Envoy prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_names(f, false)
     }
 }
 
@@ -160,6 +181,15 @@ mod tests {
         let f = ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED
             | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         assert_eq!(f.to_string(), "URX,UF");
+        assert_eq!(
+            f.long_names().to_string(),
+            "UpstreamRetryLimitExceeded,UpstreamConnectionFailure"
+        );
+        assert_eq!(ResponseFlags::NONE.long_names().to_string(), "-");
+        assert_eq!(
+            ResponseFlags::OVERLOAD_MANAGER.long_names().to_string(),
+            "OverloadManagerTerminated"
+        );
         let mut g = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         g.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
         g.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);

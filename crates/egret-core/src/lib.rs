@@ -23,7 +23,8 @@ pub use policy::{
     MirrorPolicy, PathRewrite, Redirect, RetryOn, RetryPolicy, Rewrite, RoutePolicy,
 };
 pub use record::{
-    AccessLogSink, CapturedHeaders, HeaderSelection, LogGuard, LogHeaders, LogRecord, RequestInfo,
+    uuid_v4_text, AccessLogSink, CapturedHeaders, HeaderSelection, LogGuard, LogHeaders, LogRecord,
+    RequestInfo, TlsSession,
 };
 pub use snapshot::*;
 pub use tls::{CertSource, DownstreamTls, TlsMode, TlsServer, UpstreamTls};

@@ -249,8 +249,46 @@ pub struct LogRecord {
     pub requested_server_name: Option<Arc<str>>,
     pub route_name: Option<Arc<str>>,
     pub downstream_peer_uri_san: Option<String>,
+    /// The TLS version and cipher of the downstream connection, when the gateway
+    /// terminated its TLS (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_TLS_CIPHER%`).
+    pub downstream_tls: Option<TlsSession>,
+    /// When the upstream response's head arrived (`%RESPONSE_DURATION%`); None when no
+    /// upstream answered.
+    pub response_start: Option<Instant>,
+    /// Upstream attempts made for the request, retries included
+    /// (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`); 0 when none was.
+    pub upstream_attempts: u32,
     /// Content hash of the configuration this record was served with.
     pub config_version: Arc<str>,
+}
+
+/// The negotiated parameters of a TLS session, as Envoy prints them (`TLSv1.3`,
+/// `TLS_AES_128_GCM_SHA256`, `ECDHE-RSA-AES128-GCM-SHA256`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsSession {
+    pub version: &'static str,
+    pub cipher: &'static str,
+}
+
+/// A random (version 4) UUID as text, `xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx`, from 128
+/// random bits: `x-request-id` and `%UNIQUE_ID%`.
+pub fn uuid_v4_text(random: u128) -> [u8; 36] {
+    let mut b = random.to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let mut s = [0u8; 36];
+    let hex = b"0123456789abcdef";
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s[j] = b'-';
+            j += 1;
+        }
+        s[j] = hex[(byte >> 4) as usize];
+        s[j + 1] = hex[(byte & 0xf) as usize];
+        j += 2;
+    }
+    s
 }
 
 impl LogRecord {
@@ -281,6 +319,9 @@ impl LogRecord {
             requested_server_name: None,
             route_name: None,
             downstream_peer_uri_san: None,
+            downstream_tls: None,
+            response_start: None,
+            upstream_attempts: 0,
             config_version,
         }
     }

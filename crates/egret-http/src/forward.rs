@@ -182,7 +182,9 @@ impl Forward<'_> {
             };
             let addr = endpoint.addr;
             previous = Some(addr);
-            guard.record().upstream_host = Some(addr);
+            let rec = guard.record();
+            rec.upstream_host = Some(addr);
+            rec.upstream_attempts = retries.count + 1;
             // The body is read ahead (up to the buffer limit) while the connection is set up.
             let checkout = self.shared.pool.checkout(self.cluster, &endpoint);
             // Without a body to read ahead, awaited as it is: wrapping it would build and
@@ -319,8 +321,11 @@ impl Forward<'_> {
                         None => Some(self.started),
                         Some(end) => end.at(),
                     };
+                    let now = Instant::now();
+                    guard.record().response_start = Some(now.into_std());
                     if let Some(ended) = ended {
-                        let ms = u64::try_from(ended.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        let since = now.saturating_duration_since(ended);
+                        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
                         resp.headers_mut().insert(
                             headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                             HeaderValue::from(ms),

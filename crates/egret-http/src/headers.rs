@@ -339,21 +339,7 @@ pub fn set_edge_request_headers(headers: &mut HeaderMap, remote: IpAddr) {
 }
 
 pub fn new_request_id() -> HeaderValue {
-    let mut b = fastrand::u128(..).to_be_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let mut s = [0u8; 36];
-    let hex = b"0123456789abcdef";
-    let mut j = 0;
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s[j] = b'-';
-            j += 1;
-        }
-        s[j] = hex[(byte >> 4) as usize];
-        s[j + 1] = hex[(byte & 0xf) as usize];
-        j += 2;
-    }
+    let s = egret_core::uuid_v4_text(fastrand::u128(..));
     HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 

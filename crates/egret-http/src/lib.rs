@@ -27,4 +27,4 @@ pub mod service;
 pub mod upgrade;
 
 pub use body::ResponseBody;
-pub use service::{ConnContext, HttpShared};
+pub use service::{ConnContext, DownstreamTlsFacts, HttpShared};

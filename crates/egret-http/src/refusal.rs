@@ -347,8 +347,7 @@ fn head_record(shared: &HttpShared, conn: &ConnContext) -> LogGuard {
         conn.snapshot.version.clone(),
     ));
     rec.protocol = Some("HTTP/1.1");
-    rec.requested_server_name = conn.requested_server_name.clone();
-    rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
+    conn.tls.fill(&mut rec);
     LogGuard::new(rec, shared.sink.clone()).with_response_headers(shared.sink.headers().response)
 }
 

@@ -48,11 +48,30 @@ pub struct ConnContext {
     pub table: Arc<HttpRouteTable>,
     /// `https` when the downstream connection was TLS.
     pub scheme: &'static str,
-    pub requested_server_name: Option<Arc<str>>,
-    pub peer_uri_san: Option<String>,
+    /// What terminating the connection's TLS told (nothing on plain text).
+    pub tls: DownstreamTlsFacts,
     /// On a downstream HTTP/2 connection: marks its end (a stream given up before it was
     /// reset by the client).
     pub h2_connection: Option<crate::body::H2ConnectionEnd>,
+}
+
+/// What the gateway learned terminating a downstream connection's TLS, for its records.
+#[derive(Clone, Debug, Default)]
+pub struct DownstreamTlsFacts {
+    /// The SNI (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<Arc<str>>,
+    /// The client certificate's first URI SAN (`%DOWNSTREAM_PEER_URI_SAN%`).
+    pub peer_uri_san: Option<String>,
+    pub session: Option<egret_core::TlsSession>,
+}
+
+impl DownstreamTlsFacts {
+    /// Copies the facts into a request's record.
+    pub fn fill(&self, rec: &mut LogRecord) {
+        rec.requested_server_name = self.requested_server_name.clone();
+        rec.downstream_peer_uri_san = self.peer_uri_san.clone();
+        rec.downstream_tls = self.session;
+    }
 }
 
 /// The client went away before its response: the listener is told so, and closes the
@@ -85,8 +104,7 @@ pub async fn handle(
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     });
-    rec.requested_server_name = conn.requested_server_name.clone();
-    rec.downstream_peer_uri_san = conn.peer_uri_san.clone();
+    conn.tls.fill(&mut rec);
 
     // HTTP/1.0, a method or a target Envoy's codec does not take (checked with 1.40).
     if let Some(r) = refusal::codec_refusal(&req) {

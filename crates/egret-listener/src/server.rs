@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use egret_core::{ListenerRoutes, LogGuard, LogRecord, ResponseFlags, Snapshot};
-use egret_http::{ConnContext, HttpShared};
+use egret_http::{ConnContext, DownstreamTlsFacts, HttpShared};
 
 use crate::http::Contexts;
 
@@ -368,8 +368,11 @@ impl Gateway {
             config: self.config.clone(),
             accepted: active.clone(),
             listen_port,
-            requested_server_name: accepted.sni.as_deref().map(Arc::from),
-            peer_uri_san: accepted.peer_uri_san.clone(),
+            tls: DownstreamTlsFacts {
+                requested_server_name: accepted.sni.as_deref().map(Arc::from),
+                peer_uri_san: accepted.peer_uri_san.clone(),
+                session: accepted.session,
+            },
             server: accepted.server,
         };
         crate::http::serve_http(
@@ -492,7 +495,13 @@ struct PlainHttpConn {
 
 impl PlainHttpConn {
     fn make(&self, active: &Active, table: &Arc<egret_core::HttpRouteTable>) -> ConnContext {
-        conn_context(active, table, (self.local, self.remote), "http", None, None)
+        conn_context(
+            active,
+            table,
+            (self.local, self.remote),
+            "http",
+            DownstreamTlsFacts::default(),
+        )
     }
 }
 
@@ -502,8 +511,7 @@ fn conn_context(
     table: &Arc<egret_core::HttpRouteTable>,
     (local, remote): (SocketAddr, SocketAddr),
     scheme: &'static str,
-    requested_server_name: Option<Arc<str>>,
-    peer_uri_san: Option<String>,
+    tls: DownstreamTlsFacts,
 ) -> ConnContext {
     ConnContext {
         local,
@@ -512,8 +520,7 @@ fn conn_context(
         upstreams: active.upstreams.clone(),
         table: table.clone(),
         scheme,
-        requested_server_name,
-        peer_uri_san,
+        tls,
         h2_connection: None,
     }
 }
@@ -545,8 +552,7 @@ struct TlsHttpConn {
     /// The configuration in force at the accept, for when a reload removes the listener.
     accepted: Arc<Active>,
     listen_port: u16,
-    requested_server_name: Option<Arc<str>>,
-    peer_uri_san: Option<String>,
+    tls: DownstreamTlsFacts,
     /// The TLS server the SNI chose (index in the listener's `tls_servers`): its route
     /// table is the connection's.
     server: usize,
@@ -559,8 +565,7 @@ impl TlsHttpConn {
             table,
             (self.local, self.remote),
             "https",
-            self.requested_server_name.clone(),
-            self.peer_uri_san.clone(),
+            self.tls.clone(),
         )
     }
 }

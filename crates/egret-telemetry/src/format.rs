@@ -48,6 +48,104 @@ pub const OPERATORS: &[&str] = &[
     "DOWNSTREAM_PEER_URI_SAN",
     "HOSTNAME",
     "CONFIG_VERSION",
+    "RESPONSE_FLAGS_LONG",
+    "UPSTREAM_REMOTE_ADDRESS",
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
+    "RESPONSE_DURATION",
+    "RESPONSE_TX_DURATION",
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TLS_CIPHER",
+    "UNIQUE_ID",
+    "ENVIRONMENT",
+    "QUERY_PARAM",
+    "EMIT_TIME",
+    "ACCESS_LOG_TYPE",
+    "TRACE_ID",
+    "VIRTUAL_CLUSTER_NAME",
+    "DYNAMIC_METADATA",
+    "FILTER_STATE",
+];
+
+/// Envoy operators Egret refuses, with why: a format using one fails at start with the
+/// reason, not with "unknown operator".
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "REQUEST_DURATION",
+        "Egret does not time the request's last byte",
+    ),
+    (
+        "REQUEST_TX_DURATION",
+        "Egret does not time the upstream request's last byte",
+    ),
+    ("COMMON_DURATION", "Egret keeps no per-phase timestamps"),
+    (
+        "DOWNSTREAM_HANDSHAKE_DURATION",
+        "Egret does not time the TLS handshake",
+    ),
+    ("UPSTREAM_CONNECTION_ID", "Egret numbers no connections"),
+    ("CONNECTION_ID", "Egret numbers no connections"),
+    ("STREAM_ID", "Egret keeps no stream ids"),
+    ("UPSTREAM_HOST_NAME", "not recorded"),
+    ("UPSTREAM_HOST_NAME_WITHOUT_PORT", "not recorded"),
+    (
+        "UPSTREAM_TLS_VERSION",
+        "the upstream TLS session is not recorded",
+    ),
+    (
+        "UPSTREAM_TLS_CIPHER",
+        "the upstream TLS session is not recorded",
+    ),
+    (
+        "UPSTREAM_PEER_SUBJECT",
+        "the upstream certificate is not recorded",
+    ),
+    (
+        "UPSTREAM_PEER_ISSUER",
+        "the upstream certificate is not recorded",
+    ),
+    (
+        "UPSTREAM_PEER_URI_SAN",
+        "the upstream certificate is not recorded",
+    ),
+    (
+        "DOWNSTREAM_PEER_SUBJECT",
+        "only the client certificate's URI SAN is recorded",
+    ),
+    (
+        "DOWNSTREAM_PEER_ISSUER",
+        "only the client certificate's URI SAN is recorded",
+    ),
+    (
+        "DOWNSTREAM_PEER_FINGERPRINT_256",
+        "only the client certificate's URI SAN is recorded",
+    ),
+    (
+        "DOWNSTREAM_PEER_SERIAL",
+        "only the client certificate's URI SAN is recorded",
+    ),
+    (
+        "DOWNSTREAM_LOCAL_SUBJECT",
+        "the gateway's own certificate is not recorded",
+    ),
+    (
+        "DOWNSTREAM_LOCAL_URI_SAN",
+        "the gateway's own certificate is not recorded",
+    ),
+    ("GRPC_STATUS", "response trailers are not kept"),
+    ("GRPC_STATUS_NUMBER", "response trailers are not kept"),
+    ("RESP_TRAILER", "response trailers are not kept"),
+    ("UPSTREAM_WIRE_BYTES_SENT", "wire bytes are not counted"),
+    ("UPSTREAM_WIRE_BYTES_RECEIVED", "wire bytes are not counted"),
+    ("DOWNSTREAM_WIRE_BYTES_SENT", "wire bytes are not counted"),
+    (
+        "DOWNSTREAM_WIRE_BYTES_RECEIVED",
+        "wire bytes are not counted",
+    ),
+    ("CEL", "CEL formatters are an Envoy extension"),
 ];
 
 /// A compiled TEXT access-log format. Build once (config load), then [`write`] per record.
@@ -93,6 +191,27 @@ pub(crate) enum Operator {
     DownstreamPeerUriSan,
     Hostname,
     ConfigVersion,
+    ResponseFlagsLong,
+    UpstreamHostWithoutPort,
+    UpstreamLocalAddressWithoutPort,
+    /// First byte of the upstream response, from the start.
+    ResponseDuration,
+    /// From the first byte of the upstream response to the end.
+    ResponseTxDuration,
+    UpstreamRequestAttemptCount,
+    DownstreamTlsVersion,
+    DownstreamTlsCipher,
+    UniqueId,
+    /// Fixed when the format is compiled (`ENVIRONMENT(VAR)`), or always `-`
+    /// (`TRACE_ID`, `VIRTUAL_CLUSTER_NAME`, `DYNAMIC_METADATA`, `FILTER_STATE`: Egret has
+    /// no tracing, virtual clusters, dynamic metadata or filter state).
+    Constant(Option<Box<[u8]>>),
+    QueryParam {
+        name: Box<str>,
+        max_len: Option<usize>,
+    },
+    EmitTime(TimeFormat),
+    AccessLogType,
 }
 
 /// `REQ(MAIN?ALT):N` / `RESP(...)`: the alternative is read only when the main header is
@@ -133,7 +252,9 @@ pub(crate) enum Value<'a> {
     Addr(SocketAddr),
     Ip(IpAddr),
     Flags(ResponseFlags),
+    LongFlags(ResponseFlags),
     Time(&'a TimeFormat, SystemTime),
+    Uuid([u8; 36]),
 }
 
 impl Value<'_> {
@@ -146,7 +267,13 @@ impl Value<'_> {
             Value::Addr(a) => write_socket_addr(out, a),
             Value::Ip(ip) => write_ip(out, ip),
             Value::Flags(f) => write_flags(out, f),
+            Value::LongFlags(f) => {
+                use std::io::Write as _;
+                // A Vec never fails.
+                let _ = write!(out, "{}", f.long_names());
+            }
             Value::Time(fmt, t) => fmt.write(t, out),
+            Value::Uuid(id) => out.extend_from_slice(&id),
         }
     }
 }
@@ -211,8 +338,75 @@ impl Operator {
             Operator::DownstreamPeerUriSan => opt_str(rec.downstream_peer_uri_san.as_deref()),
             Operator::Hostname => opt_str(hostname()),
             Operator::ConfigVersion => opt_str(Some(&rec.config_version)),
+            Operator::ResponseFlagsLong => Value::LongFlags(rec.response_flags),
+            Operator::UpstreamHostWithoutPort => rec
+                .upstream_host
+                .map_or(Value::Missing, |a| Value::Ip(a.ip())),
+            Operator::UpstreamLocalAddressWithoutPort => rec
+                .upstream_local_address
+                .map_or(Value::Missing, |a| Value::Ip(a.ip())),
+            Operator::ResponseDuration => match rec.response_start {
+                Some(at) => millis(at.saturating_duration_since(rec.start)),
+                None => Value::Missing,
+            },
+            Operator::ResponseTxDuration => match (rec.response_start, rec.duration) {
+                (Some(at), Some(d)) => millis((rec.start + d).saturating_duration_since(at)),
+                _ => Value::Missing,
+            },
+            Operator::UpstreamRequestAttemptCount => {
+                // Envoy counts attempts of HTTP requests only; a TCP connection prints `-`.
+                if rec.protocol.is_some() {
+                    Value::Number(rec.upstream_attempts.into())
+                } else {
+                    Value::Missing
+                }
+            }
+            Operator::DownstreamTlsVersion => opt_str(rec.downstream_tls.map(|t| t.version)),
+            Operator::DownstreamTlsCipher => opt_str(rec.downstream_tls.map(|t| t.cipher)),
+            Operator::UniqueId => Value::Uuid(egret_core::uuid_v4_text(fastrand::u128(..))),
+            Operator::Constant(v) => v.as_deref().map_or(Value::Missing, Value::Bytes),
+            Operator::QueryParam { name, max_len } => {
+                let Some(req) = rec.request.as_ref() else {
+                    return Value::Missing;
+                };
+                match query_param(&req.path, name) {
+                    Some(v) if !v.is_empty() => {
+                        let n = max_len.map_or(v.len(), |n| n.min(v.len()));
+                        Value::Bytes(&v.as_bytes()[..n])
+                    }
+                    _ => Value::Missing,
+                }
+            }
+            Operator::EmitTime(fmt) => Value::Time(fmt, SystemTime::now()),
+            // Envoy's type for the record: an HTTP stream's end, a TCP proxy connection's
+            // end, or a listener's record of a connection no filter chain took.
+            Operator::AccessLogType => Value::Bytes(if rec.protocol.is_some() {
+                b"DownstreamEnd"
+            } else if rec.response_code_details.as_deref() == Some("filter_chain_not_found") {
+                b"NotSet"
+            } else {
+                b"TcpConnectionEnd"
+            }),
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> Value<'static> {
+    Value::Number(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The first value of `name` in the query of `path` (`a=1&b=2`), as it appears there
+/// (Envoy's `QUERY_PARAM` does not decode it).
+fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => Some(v),
+            None if pair == name => Some(""),
+            _ => None,
+        })
 }
 
 impl HeaderOp {
@@ -492,17 +686,10 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
                 .map(Some)
                 .ok_or_else(|| fail(format!("invalid header name `{name}`")))
         };
-        let max_len = match cmd.max_len {
-            Some(n) => Some(
-                n.parse::<usize>()
-                    .map_err(|_| fail(format!("length `{n}` is too large")))?,
-            ),
-            None => None,
-        };
         Ok(HeaderOp {
             main: key(main)?,
             alt: key(alt)?,
-            max_len,
+            max_len: max_len(cmd, &fail)?,
             strip_query,
         })
     };
@@ -511,18 +698,7 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
             if cmd.max_len.is_some() {
                 return Err(fail("START_TIME takes no length".to_owned()));
             }
-            match cmd.arg {
-                None | Some("") => Operator::StartTime(TimeFormat::default_format()),
-                Some(f) => Operator::StartTime(TimeFormat::parse(f).map_err(|e| {
-                    // Point at the offending specifier inside the argument.
-                    let off = at + cmd.name.len() + 2 + e.offset;
-                    FormatError::Operator {
-                        offset: off,
-                        operator: format[at..cmd.end].to_owned(),
-                        reason: e.reason.to_owned(),
-                    }
-                })?),
-            }
+            Operator::StartTime(time_format(format, at, cmd)?)
         }
         "REQ" => Operator::Request(header(false)?),
         "REQ_WITHOUT_QUERY" => Operator::Request(header(true)?),
@@ -557,8 +733,96 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
         "DOWNSTREAM_PEER_URI_SAN" => no_args(Operator::DownstreamPeerUriSan)?,
         "HOSTNAME" => no_args(Operator::Hostname)?,
         "CONFIG_VERSION" => no_args(Operator::ConfigVersion)?,
-        other => return Err(fail(format!("unknown command operator {other}"))),
+        "RESPONSE_FLAGS_LONG" => no_args(Operator::ResponseFlagsLong)?,
+        // The address of the upstream connection's peer: the host Egret connected to.
+        "UPSTREAM_REMOTE_ADDRESS" => no_args(Operator::UpstreamHost)?,
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => no_args(Operator::UpstreamHostWithoutPort)?,
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => {
+            no_args(Operator::UpstreamLocalAddressWithoutPort)?
+        }
+        // No PROXY protocol and no trusted `x-forwarded-for` hops: the peer is the direct
+        // peer (Istio's gateways set `use_remote_address`).
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => no_args(Operator::DownstreamRemoteAddress)?,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            no_args(Operator::DownstreamRemoteAddressWithoutPort)?
+        }
+        "RESPONSE_DURATION" => no_args(Operator::ResponseDuration)?,
+        "RESPONSE_TX_DURATION" => no_args(Operator::ResponseTxDuration)?,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_args(Operator::UpstreamRequestAttemptCount)?,
+        "DOWNSTREAM_TLS_VERSION" => no_args(Operator::DownstreamTlsVersion)?,
+        "DOWNSTREAM_TLS_CIPHER" => no_args(Operator::DownstreamTlsCipher)?,
+        "UNIQUE_ID" => no_args(Operator::UniqueId)?,
+        "TRACE_ID" | "VIRTUAL_CLUSTER_NAME" => no_args(Operator::Constant(None))?,
+        "DYNAMIC_METADATA" | "FILTER_STATE" => {
+            if cmd.arg.is_none_or(str::is_empty) {
+                return Err(fail(format!("{} needs an argument", cmd.name)));
+            }
+            Operator::Constant(None)
+        }
+        "ENVIRONMENT" => {
+            let var = cmd
+                .arg
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| fail("ENVIRONMENT needs a variable name".to_owned()))?;
+            let mut value = std::env::var(var).ok().map(String::into_bytes);
+            if let (Some(v), Some(n)) = (&mut value, max_len(cmd, &fail)?) {
+                v.truncate(n);
+            }
+            Operator::Constant(value.filter(|v| !v.is_empty()).map(Vec::into_boxed_slice))
+        }
+        "QUERY_PARAM" => {
+            let name = cmd
+                .arg
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| fail("QUERY_PARAM needs a parameter name".to_owned()))?;
+            Operator::QueryParam {
+                name: name.into(),
+                max_len: max_len(cmd, &fail)?,
+            }
+        }
+        "EMIT_TIME" => {
+            if cmd.max_len.is_some() {
+                return Err(fail("EMIT_TIME takes no length".to_owned()));
+            }
+            Operator::EmitTime(time_format(format, at, cmd)?)
+        }
+        "ACCESS_LOG_TYPE" => no_args(Operator::AccessLogType)?,
+        other => {
+            return Err(fail(match UNSUPPORTED.iter().find(|(n, _)| *n == other) {
+                Some((_, why)) => format!("Envoy's {other} is not supported by Egret: {why}"),
+                None => format!("unknown command operator {other}"),
+            }))
+        }
     })
+}
+
+/// The `(fmt)` of `START_TIME` / `EMIT_TIME`: Envoy's default when absent.
+fn time_format(format: &str, at: usize, cmd: &Command<'_>) -> Result<TimeFormat, FormatError> {
+    match cmd.arg {
+        None | Some("") => Ok(TimeFormat::default_format()),
+        Some(f) => TimeFormat::parse(f).map_err(|e| {
+            // Point at the offending specifier inside the argument.
+            let off = at + cmd.name.len() + 2 + e.offset;
+            FormatError::Operator {
+                offset: off,
+                operator: format[at..cmd.end].to_owned(),
+                reason: e.reason.to_owned(),
+            }
+        }),
+    }
+}
+
+/// The `:N` byte limit of an operator.
+fn max_len(
+    cmd: &Command<'_>,
+    fail: &impl Fn(String) -> FormatError,
+) -> Result<Option<usize>, FormatError> {
+    cmd.max_len
+        .map(|n| {
+            n.parse::<usize>()
+                .map_err(|_| fail(format!("length `{n}` is too large")))
+        })
+        .transpose()
 }
 
 fn header_key(name: &str) -> Option<HeaderKey> {

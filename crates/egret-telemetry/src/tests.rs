@@ -239,6 +239,92 @@ fn every_operator() {
     assert!(!host.is_empty() && !host.contains('\n'), "{host:?}");
 }
 
+/// Operators added for custom formats, with the values Envoy 1.40 printed for the same
+/// requests (a GET through a STATIC cluster; a 404 NR).
+#[test]
+fn more_envoy_operators() {
+    let mut r = s1_record();
+    r.response_flags =
+        ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+    r.request.as_mut().unwrap().path = "/x?a=1&b=hello&a=2&flag".into();
+    r.response_start = Some(r.start + Duration::from_millis(120));
+    r.upstream_attempts = 2;
+    r.downstream_tls = Some(egret_core::TlsSession {
+        version: "TLSv1.3",
+        cipher: "TLS_AES_128_GCM_SHA256",
+    });
+    let cases: &[(&str, &str)] = &[
+        (
+            "%RESPONSE_FLAGS_LONG%",
+            "UpstreamRetryLimitExceeded,UpstreamConnectionFailure",
+        ),
+        ("%UPSTREAM_REMOTE_ADDRESS%", "151.101.3.5:80"),
+        ("%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "151.101.3.5"),
+        ("%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%", "10.244.2.184"),
+        ("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", "10.244.1.73:49924"),
+        (
+            "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+            "10.244.1.73",
+        ),
+        // Duration 204.9 ms, response head at 120 ms.
+        ("%RESPONSE_DURATION%", "120"),
+        ("%RESPONSE_TX_DURATION%", "84"),
+        ("%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "2"),
+        ("%DOWNSTREAM_TLS_VERSION%", "TLSv1.3"),
+        ("%DOWNSTREAM_TLS_CIPHER%", "TLS_AES_128_GCM_SHA256"),
+        ("%QUERY_PARAM(a)%", "1"),
+        ("%QUERY_PARAM(b):2%", "he"),
+        ("%QUERY_PARAM(flag)%", "-"),
+        ("%QUERY_PARAM(c)%", "-"),
+        ("%ENVIRONMENT(EGRET_SURELY_UNSET_VAR)%", "-"),
+        ("%TRACE_ID%", "-"),
+        ("%VIRTUAL_CLUSTER_NAME%", "-"),
+        ("%DYNAMIC_METADATA(istio.mixer:status)%", "-"),
+        ("%FILTER_STATE(foo)%", "-"),
+        ("%ACCESS_LOG_TYPE%", "DownstreamEnd"),
+        ("%EMIT_TIME(%Y)%", &format!("{}", 2026.max(year_now()))),
+    ];
+    for (fmt, want) in cases {
+        assert_eq!(text(fmt, &r), *want, "{fmt}");
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert_eq!(text("%ENVIRONMENT(PATH):4%", &r), path[..4.min(path.len())]);
+    let id = text("%UNIQUE_ID%", &r);
+    assert_eq!((id.len(), &id[14..15]), (36, "4"), "{id}");
+    assert_ne!(id, text("%UNIQUE_ID%", &r));
+
+    // No upstream answered (a local reply), and a TCP connection.
+    let mut local = s1_record();
+    local.upstream_attempts = 0;
+    assert_eq!(
+        text(
+            "%RESPONSE_DURATION% %RESPONSE_TX_DURATION% %UPSTREAM_REQUEST_ATTEMPT_COUNT% %DOWNSTREAM_TLS_VERSION%",
+            &local
+        ),
+        "- - 0 -"
+    );
+    let tcp = s2_record();
+    assert_eq!(
+        text(
+            "%UPSTREAM_REQUEST_ATTEMPT_COUNT% %ACCESS_LOG_TYPE% %QUERY_PARAM(a)%",
+            &tcp
+        ),
+        "- TcpConnectionEnd -"
+    );
+    let mut nr = s2_record();
+    nr.response_code_details = Some("filter_chain_not_found".into());
+    assert_eq!(text("%ACCESS_LOG_TYPE%", &nr), "NotSet");
+}
+
+fn year_now() -> i32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Close enough for a year assertion away from New Year's Eve.
+    1970 + (secs / 31_556_952) as i32
+}
+
 #[test]
 fn missing_values_print_dash_but_response_code_prints_zero() {
     let mut r = LogRecord::new(addr("127.0.0.1:1"), addr("127.0.0.1:2"), Arc::from(""));
@@ -246,17 +332,20 @@ fn missing_values_print_dash_but_response_code_prints_zero() {
     for op in OPERATORS {
         let fmt = match *op {
             "REQ" | "RESP" | "TRAILER" | "REQ_WITHOUT_QUERY" => format!("%{op}(X-A)%"),
+            "ENVIRONMENT" => "%ENVIRONMENT(EGRET_SURELY_UNSET_VAR)%".to_string(),
+            "QUERY_PARAM" | "DYNAMIC_METADATA" | "FILTER_STATE" => format!("%{op}(a)%"),
             _ => format!("%{op}%"),
         };
         let out = text(&fmt, &r);
         let want = match *op {
             "RESPONSE_CODE" | "BYTES_RECEIVED" | "BYTES_SENT" => "0",
             "DOWNSTREAM_LOCAL_ADDRESS" => "127.0.0.1:1",
-            "DOWNSTREAM_REMOTE_ADDRESS" => "127.0.0.1:2",
-            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" | "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => {
-                "127.0.0.1"
-            }
-            "START_TIME" | "HOSTNAME" => continue,
+            "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => "127.0.0.1:2",
+            "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT"
+            | "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+            | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => "127.0.0.1",
+            "ACCESS_LOG_TYPE" => "TcpConnectionEnd",
+            "START_TIME" | "HOSTNAME" | "EMIT_TIME" | "UNIQUE_ID" => continue,
             _ => "-",
         };
         assert_eq!(out, want, "{fmt}");
@@ -403,6 +492,13 @@ fn parse_errors_name_operator_and_offset() {
         msg,
         "access-log format: `%UPSTREAM_HOSTNAME%` at byte 2: unknown command operator UPSTREAM_HOSTNAME"
     );
+    // Envoy operators Egret does not print say so, and why.
+    let why = e("%REQUEST_DURATION%").2;
+    assert!(why.contains("not supported by Egret"), "{why}");
+    assert!(e("%ENVIRONMENT%").2.contains("variable name"));
+    assert!(e("%QUERY_PARAM()%").2.contains("parameter name"));
+    assert!(e("%DYNAMIC_METADATA%").2.contains("argument"));
+    assert!(e("%EMIT_TIME:3%").2.contains("no length"));
 }
 
 #[test]

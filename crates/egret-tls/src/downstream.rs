@@ -54,6 +54,8 @@ pub struct Accepted<IO> {
     pub peer_uri_san: Option<String>,
     /// Index into the `servers` slice given to [`DownstreamTlsAcceptor::new`].
     pub server: usize,
+    /// The negotiated version and cipher, as Envoy names them.
+    pub session: Option<egret_core::TlsSession>,
 }
 
 /// Terminates TLS for the Gateway servers of one port.
@@ -157,12 +159,14 @@ impl DownstreamTlsAcceptor {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .and_then(|c| CertInfo::parse(c).and_then(|i| i.first_uri_san()));
+        let session = crate::session_names(conn.protocol_version(), conn.negotiated_cipher_suite());
         Ok(Accepted {
             stream,
             sni,
             alpn,
             peer_uri_san,
             server,
+            session,
         })
     }
 }

@@ -53,6 +53,34 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// A session's version and cipher as Envoy (BoringSSL) names them for
+/// `%DOWNSTREAM_TLS_VERSION%` / `%DOWNSTREAM_TLS_CIPHER%`: `TLSv1.3`, and the IANA name of a
+/// TLS 1.3 suite or the OpenSSL name of a TLS 1.2 one. None before the handshake is done.
+pub fn session_names(
+    version: Option<rustls::ProtocolVersion>,
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> Option<egret_core::TlsSession> {
+    use rustls::CipherSuite as C;
+    let version = match version? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "unknown",
+    };
+    let cipher = match suite?.suite() {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => "unknown",
+    };
+    Some(egret_core::TlsSession { version, cipher })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
