@@ -508,7 +508,8 @@ impl<'a> Compiler<'a> {
         let https_route = (family == Family::Https).then(|| {
             format!(
                 "https.{number}.{}.{}.{}",
-                port.name.as_deref().unwrap_or("https"),
+                // Istio requires the name; without one its route name has an empty part.
+                port.name.as_deref().unwrap_or_default(),
                 gw.name,
                 gw.namespace
             )
@@ -662,6 +663,11 @@ impl<'a> Compiler<'a> {
         // Per virtual host, which of its routes are catch-alls.
         let mut catch_all: Vec<Vec<bool>> = Vec::new();
         for (vs_idx, vs) in self.visible_vs() {
+            // Most VirtualServices (the mesh's) bind no server here: skipped before their
+            // hosts are parsed, which a port with many HTTPS servers would do per server.
+            if !servers.iter().any(|s| Self::vs_binds(vs, s.gw)) {
+                continue;
+            }
             let vs_hosts = self.vs_hosts(vs);
             // Domains this VirtualService already contributed on this port (via another
             // server), so its rules are not added twice.

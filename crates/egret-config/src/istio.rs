@@ -142,8 +142,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
         total_nanos = total_nanos.checked_add(nanos).ok_or("too large")?;
     }
     let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| "too large")?;
+    // Protobuf's `Duration` ends at 10,000 years, as Istio's fields do; past it, an
+    // `Instant` plus the duration would overflow.
+    if secs > MAX_DURATION_SECS {
+        return Err("too large (at most 315576000000s, protobuf's Duration limit)");
+    }
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
+
+/// The largest `google.protobuf.Duration`, in seconds (10,000 years).
+const MAX_DURATION_SECS: u64 = 315_576_000_000;
 
 /// A regular expression (RE2 syntax as Istio takes it), compiled anchored when read so an
 /// invalid one is reported at its line.
@@ -763,5 +771,11 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1..2s").is_err());
+        // Protobuf's limit: an `Instant` plus any accepted duration stays representable.
+        assert!(parse_duration("315576000000s").is_ok());
+        assert!(parse_duration("315576000001s").is_err());
+        assert!(parse_duration("10000000000000000000s").is_err());
+        let far = parse_duration("315576000000s").unwrap();
+        assert!(std::time::Instant::now().checked_add(far).is_some());
     }
 }

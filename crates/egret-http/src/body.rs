@@ -175,13 +175,35 @@ impl ResponseBody {
             .map_or(0, |r| r.load(Ordering::Relaxed))
     }
 
-    /// Ready — the record completed as `SI stream_idle_timeout` — once the body has waited
-    /// for the stream idle timeout with nothing moving: no frame from the upstream, no request
-    /// body byte from the client. Called while the body waits for its upstream, and by an
-    /// HTTP/1.1 writer waiting for the client's socket, so a client that stops reading is
-    /// timed out too (Envoy's timer runs then: the stream sees no event; checked with 1.40).
-    pub fn poll_stream_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.idle.is_zero() || self.log.is_none() {
+    /// The body's timers, while it waits — for its upstream, or (polled by an HTTP/1.1
+    /// writer) for the client's socket: ready, the record completed, once the route timeout
+    /// passed (`UT response_timeout`) or nothing moved for the stream idle timeout (`SI
+    /// stream_idle_timeout`). A client that stops reading is timed out too: Envoy's timers
+    /// run then, as it stops reading the upstream (checked with 1.40). Neither runs once the
+    /// upstream's body is complete: what is left only has to be written.
+    pub fn poll_timeouts(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
+        if self.log.is_none() || self.is_end_stream() {
+            self.idle_watch = None;
+            return Poll::Pending;
+        }
+        if let Some(d) = &mut self.deadline {
+            if d.as_mut().poll(cx).is_ready() {
+                self.deadline = None;
+                self.timed_out();
+                return Poll::Ready(Box::new(RouteTimeout));
+            }
+        }
+        if self.poll_stream_idle(cx).is_ready() {
+            return Poll::Ready(Box::new(StreamIdle));
+        }
+        Poll::Pending
+    }
+
+    /// Ready, the record completed as `SI stream_idle_timeout`, once the body waited for the
+    /// stream idle timeout with nothing moving: no frame from the upstream, no request body
+    /// byte from the client.
+    fn poll_stream_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.idle.is_zero() {
             return Poll::Pending;
         }
         let received = self.received();
@@ -189,7 +211,7 @@ impl ResponseBody {
         let w = self.idle_watch.get_or_insert_with(|| {
             let since = tokio::time::Instant::now();
             IdleWatch {
-                timer: Box::pin(tokio::time::sleep_until(since + idle)),
+                timer: Box::pin(tokio::time::sleep_until(later(since, idle))),
                 since,
                 received,
             }
@@ -204,7 +226,7 @@ impl ResponseBody {
                 w.received = received;
                 w.since = now;
             }
-            let due = w.since + idle;
+            let due = later(w.since, idle);
             if due <= now {
                 break;
             }
@@ -225,6 +247,7 @@ impl ResponseBody {
 
     /// Completes the record. `complete` = the whole body was delivered.
     fn finish(&mut self, complete: bool) {
+        self.idle_watch = None;
         if let Kind::Upstream(up) = &mut self.kind {
             if let Some(c) = up.conn.take() {
                 if complete {
@@ -293,6 +316,12 @@ impl ResponseBody {
     }
 }
 
+/// `at + d`, or a time too far to matter when that does not fit (a huge timeout).
+fn later(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -310,15 +339,8 @@ impl Body for ResponseBody {
         // delivered however slowly the client reads (Envoy's timer stops when the upstream
         // response is complete).
         if polled.is_pending() {
-            if let Some(d) = &mut this.deadline {
-                if d.as_mut().poll(cx).is_ready() {
-                    this.deadline = None;
-                    this.timed_out();
-                    return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
-                }
-            }
-            if this.poll_stream_idle(cx).is_ready() {
-                return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+            if let Poll::Ready(e) = this.poll_timeouts(cx) {
+                return Poll::Ready(Some(Err(e)));
             }
         }
         match &polled {
@@ -361,5 +383,51 @@ impl Drop for ResponseBody {
         // A body already at its end is never polled (no content, HEAD, 204/304).
         let complete = self.is_end_stream();
         self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_core::{AccessLogSink, LogRecord};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Keep(Mutex<Vec<LogRecord>>);
+
+    impl AccessLogSink for Keep {
+        fn log(&self, record: Box<LogRecord>) {
+            self.0.lock().unwrap().push(*record);
+        }
+    }
+
+    /// A body whose last frame is out is complete: a writer still waiting for the client's
+    /// socket does not time it out (Envoy's stream ends with the upstream's end), and its
+    /// record has no flag. An unfinished one is cut `SI` (the e2e tests cover that).
+    #[tokio::test]
+    async fn a_complete_body_waiting_for_its_writer_is_not_timed_out() {
+        let sink = Arc::new(Keep::default());
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let guard = LogGuard::new(LogRecord::new(addr, addr, Arc::from("v")), sink.clone());
+        let mut body = ResponseBody::full(Some(Bytes::from_static(b"hello"))).with_log(guard, None);
+        body.set_stream_idle_timeout(Duration::from_millis(5));
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(frame.is_some_and(|f| f.is_ok()));
+        assert!(body.is_end_stream());
+        // The writer, blocked on the socket, keeps asking for well past the timeout.
+        let waited = tokio::time::timeout(
+            Duration::from_millis(100),
+            std::future::poll_fn(|cx| body.poll_timeouts(cx)),
+        )
+        .await;
+        assert!(waited.is_err(), "a complete body timed out");
+        drop(body);
+        let records = sink.0.lock().unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(
+            records[0].response_flags.is_empty(),
+            "{:?}",
+            records[0].response_flags
+        );
     }
 }

@@ -981,8 +981,9 @@ impl ResponseWriter {
 
     /// Writes what there is: `Ready(Ok)` once the whole response is out. The body is polled
     /// without the connection's lock held (it may read the request body, which takes it).
-    /// Waiting for the client's socket counts toward the body's stream idle timeout, as in
-    /// Envoy (a client that stops reading); waiting for the upstream, the body times itself.
+    /// While the client's socket is full the body's timers run (route timeout, stream idle
+    /// timeout), as in Envoy for a client that stops reading; waiting for its upstream, the
+    /// body times itself.
     pub fn poll<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         body: &mut ResponseBody,
@@ -990,7 +991,7 @@ impl ResponseWriter {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteFailed>> {
         let polled = self.poll_out(body, conn, cx);
-        if polled.is_pending() && body.poll_stream_idle(cx).is_ready() {
+        if polled.is_pending() && body.poll_timeouts(cx).is_ready() {
             return Poll::Ready(Err(WriteFailed::Body));
         }
         polled
