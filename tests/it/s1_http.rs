@@ -2719,7 +2719,7 @@ async fn custom_and_json_access_log_formats() {
     let mut extra = connect_to("edition.cnn.com:80", up.addr());
     extra.extend([
         "--access-log-format".to_string(),
-        "%RESPONSE_FLAGS_LONG% %UPSTREAM_REQUEST_ATTEMPT_COUNT% %QUERY_PARAM(a)% %ACCESS_LOG_TYPE% %UPSTREAM_REMOTE_ADDRESS% %RESPONSE_DURATION%".to_string(),
+        "%RESPONSE_FLAGS_LONG% %UPSTREAM_REQUEST_ATTEMPT_COUNT% %QUERY_PARAM(a)% %ACCESS_LOG_TYPE% %UPSTREAM_REMOTE_ADDRESS% %REQUEST_DURATION% %RESPONSE_DURATION%".to_string(),
     ]);
     let mut gw = Gateway::start(&[&s1], &extra).await;
     http1_get(gw.http, "edition.cnn.com", "/x?a=1&a=2", &[])
@@ -2733,11 +2733,11 @@ async fn custom_and_json_access_log_formats() {
     let fields: Vec<&str> = line.split(' ').collect();
     let upstream = up.addr().to_string();
     assert_eq!(
-        fields[..5],
-        ["-", "1", "1", "DownstreamEnd", upstream.as_str()],
+        fields[..6],
+        ["-", "1", "1", "DownstreamEnd", upstream.as_str(), "0"],
         "{line}"
     );
-    assert!(fields[5].parse::<u64>().is_ok(), "{line}");
+    assert!(fields[6].parse::<u64>().is_ok(), "{line}");
     http1_get(gw.http, "nowhere.example.com", "/", &[])
         .await
         .unwrap();
@@ -2746,7 +2746,7 @@ async fn custom_and_json_access_log_formats() {
         .next_log_line(crate::common::LOG_WAIT)
         .await
         .unwrap();
-    assert_eq!(line, "NoRouteFound 0 - DownstreamEnd - -");
+    assert_eq!(line, "NoRouteFound 0 - DownstreamEnd - 0 -");
 
     let mut extra = connect_to("edition.cnn.com:80", up.addr());
     extra.push("--access-log-json".to_string());

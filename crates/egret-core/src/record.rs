@@ -252,6 +252,9 @@ pub struct LogRecord {
     /// The TLS version and cipher of the downstream connection, when the gateway
     /// terminated its TLS (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_TLS_CIPHER%`).
     pub downstream_tls: Option<TlsSession>,
+    /// When the request's last byte arrived (`%REQUEST_DURATION%`): its head's for a request
+    /// without a body; None while (or when) its body never ended.
+    pub request_complete: Option<Instant>,
     /// When the upstream response's head arrived (`%RESPONSE_DURATION%`); None when no
     /// upstream answered.
     pub response_start: Option<Instant>,
@@ -320,6 +323,7 @@ impl LogRecord {
             route_name: None,
             downstream_peer_uri_san: None,
             downstream_tls: None,
+            request_complete: None,
             response_start: None,
             upstream_attempts: 0,
             config_version,

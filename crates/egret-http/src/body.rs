@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use egret_core::{LogGuard, ResponseFlags};
+use egret_upstream::body::RequestEnd;
 use egret_upstream::{PooledConn, UpstreamError, UpstreamResponseBody};
 use http_body::{Body, Frame, SizeHint};
 
@@ -95,6 +96,8 @@ struct LogState {
     /// On a downstream HTTP/2 connection: set once the connection has ended. A body given up
     /// while it is still open was given up by its stream: the client reset it.
     h2_connection_ended: Option<Arc<AtomicBool>>,
+    /// The request body's end, when it had not come with the response's start.
+    request_end: Option<Arc<RequestEnd>>,
 }
 
 impl ResponseBody {
@@ -128,7 +131,17 @@ impl ResponseBody {
             sent: 0,
             received,
             h2_connection_ended: None,
+            request_end: None,
         });
+        self
+    }
+
+    /// The request's body was still arriving: its end is recorded when the response ends
+    /// (`%REQUEST_DURATION%`), if it came by then.
+    pub fn with_request_end(mut self, end: Option<Arc<RequestEnd>>) -> ResponseBody {
+        if let Some(l) = &mut self.log {
+            l.request_end = end;
+        }
         self
     }
 
@@ -260,6 +273,10 @@ impl ResponseBody {
             rec.bytes_sent = l.sent;
             if let Some(r) = &l.received {
                 rec.bytes_received = r.load(Ordering::Relaxed);
+            }
+            if rec.request_complete.is_none() {
+                let end = l.request_end.as_ref().and_then(|e| e.at());
+                rec.request_complete = end.map(tokio::time::Instant::into_std);
             }
             if !complete && rec.response_flags.is_empty() {
                 let stream_reset = l

@@ -550,6 +550,8 @@ pub struct Downstream<'a> {
     pub deadline: Option<tokio::time::Instant>,
     /// The stream idle timeout, for the response body (zero: none).
     pub stream_idle_timeout: std::time::Duration,
+    /// The request body's end, for a body still arriving when the response starts.
+    pub request_end: Option<Arc<RequestEnd>>,
 }
 
 impl Outcome {
@@ -703,7 +705,9 @@ impl Outcome {
                         ResponseBody::full(None).with_log(guard, ds.received),
                     ));
                 };
-                let mut body = ResponseBody::upstream(body, conn).with_log(guard, ds.received);
+                let mut body = ResponseBody::upstream(body, conn)
+                    .with_log(guard, ds.received)
+                    .with_request_end(ds.request_end);
                 if let Some(d) = ds.deadline {
                     body.set_deadline(d);
                 }

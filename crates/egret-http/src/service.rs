@@ -98,6 +98,10 @@ pub async fn handle(
         conn.remote,
         conn.snapshot.version.clone(),
     ));
+    if http_body::Body::is_end_stream(req.body()) {
+        // Complete with its head: `%REQUEST_DURATION%` 0, as Envoy prints it.
+        rec.request_complete = Some(rec.start);
+    }
     rec.protocol = Some(match req.version() {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_2 => "HTTP/2",
@@ -579,6 +583,11 @@ pub async fn handle(
             () = quiet_for(body_bytes, idle) => Ended::StreamIdle,
         }
     };
+    // `%REQUEST_DURATION%`: the body's last byte, if it has come; one still arriving is
+    // timed when the response ends (the response body keeps the mark).
+    if let Some(at) = request_end.as_ref().and_then(|e| e.at()) {
+        guard.record().request_complete = Some(at.into_std());
+    }
     // The timeout covers the response body too — if it was running when the response came
     // (Envoy does not start it once the response has begun).
     let deadline = timeout.and_then(|t| {
@@ -599,6 +608,7 @@ pub async fn handle(
                     response_ops,
                     deadline,
                     stream_idle_timeout: idle,
+                    request_end: request_end.clone(),
                 },
             )
             .ok_or(ClientGone),

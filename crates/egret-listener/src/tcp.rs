@@ -174,7 +174,10 @@ pub(crate) fn serve_tcp(
             }
         };
         let addr = endpoint.addr;
-        guard.record().upstream_host = Some(addr);
+        let rec = guard.record();
+        rec.upstream_host = Some(addr);
+        // Envoy's tcp_proxy counts its one connect attempt (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`).
+        rec.upstream_attempts = 1;
         // DestinationRule maxConnections: Envoy's tcp_proxy closes the connection, flagged `UO`.
         let Some(_connection_slot) = cluster.circuit().try_connection() else {
             guard.record().upstream_host = None;

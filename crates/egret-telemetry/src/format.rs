@@ -54,6 +54,7 @@ pub const OPERATORS: &[&str] = &[
     "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
+    "REQUEST_DURATION",
     "RESPONSE_DURATION",
     "RESPONSE_TX_DURATION",
     "UPSTREAM_REQUEST_ATTEMPT_COUNT",
@@ -73,10 +74,6 @@ pub const OPERATORS: &[&str] = &[
 /// Envoy operators Egret refuses, with why: a format using one fails at start with the
 /// reason, not with "unknown operator".
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "REQUEST_DURATION",
-        "Egret does not time the request's last byte",
-    ),
     (
         "REQUEST_TX_DURATION",
         "Egret does not time the upstream request's last byte",
@@ -194,6 +191,8 @@ pub(crate) enum Operator {
     ResponseFlagsLong,
     UpstreamHostWithoutPort,
     UpstreamLocalAddressWithoutPort,
+    /// Last byte of the request, from the start.
+    RequestDuration,
     /// First byte of the upstream response, from the start.
     ResponseDuration,
     /// From the first byte of the upstream response to the end.
@@ -345,6 +344,10 @@ impl Operator {
             Operator::UpstreamLocalAddressWithoutPort => rec
                 .upstream_local_address
                 .map_or(Value::Missing, |a| Value::Ip(a.ip())),
+            Operator::RequestDuration => match rec.request_complete {
+                Some(at) => millis(at.saturating_duration_since(rec.start)),
+                None => Value::Missing,
+            },
             Operator::ResponseDuration => match rec.response_start {
                 Some(at) => millis(at.saturating_duration_since(rec.start)),
                 None => Value::Missing,
@@ -353,14 +356,7 @@ impl Operator {
                 (Some(at), Some(d)) => millis((rec.start + d).saturating_duration_since(at)),
                 _ => Value::Missing,
             },
-            Operator::UpstreamRequestAttemptCount => {
-                // Envoy counts attempts of HTTP requests only; a TCP connection prints `-`.
-                if rec.protocol.is_some() {
-                    Value::Number(rec.upstream_attempts.into())
-                } else {
-                    Value::Missing
-                }
-            }
+            Operator::UpstreamRequestAttemptCount => Value::Number(rec.upstream_attempts.into()),
             Operator::DownstreamTlsVersion => opt_str(rec.downstream_tls.map(|t| t.version)),
             Operator::DownstreamTlsCipher => opt_str(rec.downstream_tls.map(|t| t.cipher)),
             Operator::UniqueId => Value::Uuid(egret_core::uuid_v4_text(fastrand::u128(..))),
@@ -746,6 +742,7 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
             no_args(Operator::DownstreamRemoteAddressWithoutPort)?
         }
+        "REQUEST_DURATION" => no_args(Operator::RequestDuration)?,
         "RESPONSE_DURATION" => no_args(Operator::ResponseDuration)?,
         "RESPONSE_TX_DURATION" => no_args(Operator::ResponseTxDuration)?,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_args(Operator::UpstreamRequestAttemptCount)?,

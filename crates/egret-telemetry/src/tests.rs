@@ -247,6 +247,7 @@ fn more_envoy_operators() {
     r.response_flags =
         ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED | ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
     r.request.as_mut().unwrap().path = "/x?a=1&b=hello&a=2&flag".into();
+    r.request_complete = Some(r.start + Duration::from_millis(7));
     r.response_start = Some(r.start + Duration::from_millis(120));
     r.upstream_attempts = 2;
     r.downstream_tls = Some(egret_core::TlsSession {
@@ -267,6 +268,7 @@ fn more_envoy_operators() {
             "10.244.1.73",
         ),
         // Duration 204.9 ms, response head at 120 ms.
+        ("%REQUEST_DURATION%", "7"),
         ("%RESPONSE_DURATION%", "120"),
         ("%RESPONSE_TX_DURATION%", "84"),
         ("%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "2"),
@@ -303,13 +305,15 @@ fn more_envoy_operators() {
         ),
         "- - 0 -"
     );
-    let tcp = s2_record();
+    // Envoy 1.40's tcp_proxy: one attempt for a connection it forwarded, 0 for `NR`.
+    let mut tcp = s2_record();
+    tcp.upstream_attempts = 1;
     assert_eq!(
         text(
             "%UPSTREAM_REQUEST_ATTEMPT_COUNT% %ACCESS_LOG_TYPE% %QUERY_PARAM(a)%",
             &tcp
         ),
-        "- TcpConnectionEnd -"
+        "1 TcpConnectionEnd -"
     );
     let mut nr = s2_record();
     nr.response_code_details = Some("filter_chain_not_found".into());
@@ -338,7 +342,10 @@ fn missing_values_print_dash_but_response_code_prints_zero() {
         };
         let out = text(&fmt, &r);
         let want = match *op {
-            "RESPONSE_CODE" | "BYTES_RECEIVED" | "BYTES_SENT" => "0",
+            "RESPONSE_CODE"
+            | "BYTES_RECEIVED"
+            | "BYTES_SENT"
+            | "UPSTREAM_REQUEST_ATTEMPT_COUNT" => "0",
             "DOWNSTREAM_LOCAL_ADDRESS" => "127.0.0.1:1",
             "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => "127.0.0.1:2",
             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT"
@@ -493,7 +500,7 @@ fn parse_errors_name_operator_and_offset() {
         "access-log format: `%UPSTREAM_HOSTNAME%` at byte 2: unknown command operator UPSTREAM_HOSTNAME"
     );
     // Envoy operators Egret does not print say so, and why.
-    let why = e("%REQUEST_DURATION%").2;
+    let why = e("%REQUEST_TX_DURATION%").2;
     assert!(why.contains("not supported by Egret"), "{why}");
     assert!(e("%ENVIRONMENT%").2.contains("variable name"));
     assert!(e("%QUERY_PARAM()%").2.contains("parameter name"));
