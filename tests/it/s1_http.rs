@@ -136,12 +136,25 @@ async fn s1_h2c_prior_knowledge_like_a_sidecar() {
         gw.http,
         "edition.cnn.com",
         "/politics",
-        &[("x-request-id", "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4")],
+        &[
+            ("x-request-id", "6c2c4550-92d4-955c-b6cb-83bf2b0e06f4"),
+            (
+                "x-forwarded-client-cert",
+                "By=spiffe://forged;URI=spiffe://x/sa/admin",
+            ),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
+    // A client's own `x-forwarded-client-cert` never passes (Istio's SANITIZE_SET; a plain
+    // connection has no certificate to set it from).
+    assert!(
+        r.json()["headers"]["x-forwarded-client-cert"].is_null(),
+        "{}",
+        r.text()
+    );
     // The upstream gets HTTP/1.1 (ServiceEntry port protocol HTTP) with the authority as Host.
     assert_eq!(r.json()["version"], "HTTP/1.1");
     assert_eq!(r.json()["headers"]["host"], "edition.cnn.com");

@@ -211,6 +211,8 @@ http {{
     ssl_certificate_key {certs}/nginx/tls.key;
     ssl_client_certificate {certs}/nginx/example.com.crt;
     ssl_verify_client on;
+    # What the gateway sent as x-forwarded-client-cert.
+    location = /xfcc {{ return 200 "[$http_x_forwarded_client_cert]"; }}
   }}
 }}
 "#,
@@ -472,6 +474,121 @@ async fn s4_gateway_logs_connections_no_server_takes_but_not_refused_handshakes(
         prom.lines()
             .any(|l| l == "egret_downstream_tls_handshake_failures_total 1"),
         "{prom}"
+    );
+}
+
+/// Istio's gateways set `x-forwarded-client-cert` from the client's certificate
+/// (`SANITIZE_SET` with subject, cert, URI, DNS) and never pass a client's own: the value
+/// Envoy 1.40 sent for the same certificates, byte for byte (checked with it). A forged
+/// header reached the upstream, and a real client identity did not.
+#[tokio::test]
+async fn s4_gateway_sets_x_forwarded_client_cert_and_drops_a_forged_one() {
+    let s = s4(&scenario("s4-mtls-origination")).await;
+    let sleep = s
+        .mesh
+        .workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
+    let cfg = Arc::new(client_config(s.mesh.root_store(), Some(&sleep), &[b"http/1.1"]).unwrap());
+    let tls = tls_connect(s.gw.tls, NGINX_HOST, cfg).await.unwrap();
+    let mut conn = Http1Conn::handshake(tls).await.unwrap();
+    let forged = [(
+        "x-forwarded-client-cert",
+        "By=spiffe://forged;URI=spiffe://cluster.local/ns/prod/sa/admin",
+    )];
+    let r = conn.get(NGINX_HOST, "/xfcc", &forged).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let der = sleep.cert_der();
+    let hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(der.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let pem = sleep
+        .cert_pem()
+        .replace("\r\n", "\n")
+        .replace('\n', "%0A")
+        .replace(' ', "%20")
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let want = format!(
+        "[By=spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account;Hash={hash};Cert=\"{pem}\";Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/sleep]"
+    );
+    assert_eq!(r.text(), want);
+}
+
+/// An Istio sidecar offers ALPN `istio-peer-exchange,istio` to the gateway: the handshake
+/// goes on without ALPN, as BoringSSL lets it (rustls alone refused it with
+/// `no_application_protocol`, so the document's sidecar → gateway hop failed).
+#[tokio::test]
+async fn s4_gateway_takes_a_sidecars_alpn() {
+    let mut s = s4(&scenario("s4-mtls-origination")).await;
+    let sleep = s
+        .mesh
+        .workload_cert("spiffe://cluster.local/ns/default/sa/sleep");
+    let alpn: &[&[u8]] = &[b"istio-peer-exchange", b"istio"];
+    let cfg = Arc::new(client_config(s.mesh.root_store(), Some(&sleep), alpn).unwrap());
+    let tls = tls_connect(s.gw.tls, NGINX_HOST, cfg).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let mut conn = Http1Conn::handshake(tls).await.unwrap();
+    let r = conn.get(NGINX_HOST, "/", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.gw.next_line().await.code, "200");
+}
+
+/// A ClientHello as a TLS 1.1 client sends it (no signature_algorithms, no
+/// supported_versions), with this SNI.
+fn tls11_client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut sni_ext = Vec::new();
+    let list_len = name.len() + 3;
+    sni_ext.extend_from_slice(&[0x00, 0x00]);
+    sni_ext.extend_from_slice(&u16::try_from(list_len + 2).unwrap().to_be_bytes());
+    sni_ext.extend_from_slice(&u16::try_from(list_len).unwrap().to_be_bytes());
+    sni_ext.push(0);
+    sni_ext.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+    sni_ext.extend_from_slice(name);
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    body.extend_from_slice(&u16::try_from(sni_ext.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&sni_ext);
+    let mut hs = vec![0x01, 0x00];
+    hs.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&u16::try_from(hs.len()).unwrap().to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+/// The SNI is read as the client sent it, as Envoy's TLS inspector reads it: a TLS 1.1
+/// hello for the gateway's host gets BoringSSL's `protocol_version` alert and no line (it
+/// was taken for non-TLS bytes: a reset and an `NR` line without SNI), and a name with a
+/// trailing dot matches no server (`NR` with the dotted name; it was served).
+#[tokio::test]
+async fn s4_gateway_reads_the_sni_as_sent() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = s4(&scenario("s4-mtls-origination")).await;
+    let mut c = tokio::net::TcpStream::connect(s.gw.tls).await.unwrap();
+    c.write_all(&tls11_client_hello(NGINX_HOST)).await.unwrap();
+    let (got, _) = crate::common::read_until_end(&mut c).await;
+    assert_eq!(got, [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46]);
+
+    let dotted = format!("{NGINX_HOST}.");
+    let mut c = tokio::net::TcpStream::connect(s.gw.tls).await.unwrap();
+    c.write_all(&tls11_client_hello(&dotted)).await.unwrap();
+    let e = c.read(&mut [0; 64]).await.err().unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let l = s.gw.next_line().await;
+    assert_eq!(
+        (l.flags.as_str(), l.details.as_str(), l.sni.as_str()),
+        ("NR", "filter_chain_not_found", dotted.as_str()),
+        "{}",
+        l.raw
     );
 }
 

@@ -63,6 +63,8 @@ pub struct DownstreamTlsFacts {
     /// The client certificate's first URI SAN (`%DOWNSTREAM_PEER_URI_SAN%`).
     pub peer_uri_san: Option<String>,
     pub session: Option<egret_core::TlsSession>,
+    /// `x-forwarded-client-cert` for the client's certificate, made at the handshake.
+    pub xfcc: Option<HeaderValue>,
 }
 
 impl DownstreamTlsFacts {
@@ -239,6 +241,16 @@ pub async fn handle(
             }),
         );
         headers::set_edge_request_headers(h, remote_ip);
+        // Istio's gateways (`forward_client_cert_details: SANITIZE_SET`): a client's own
+        // `x-forwarded-client-cert` never passes; a client certificate sets it.
+        match &conn.tls.xfcc {
+            Some(v) => {
+                h.insert(headers::X_FORWARDED_CLIENT_CERT.clone(), v.clone());
+            }
+            None => {
+                h.remove(&headers::X_FORWARDED_CLIENT_CERT);
+            }
+        }
     }
     // Only the headers the access log and the metrics read are kept with the record.
     let log_headers = shared.sink.headers();

@@ -372,6 +372,10 @@ impl Gateway {
                 requested_server_name: accepted.sni.as_deref().map(Arc::from),
                 peer_uri_san: accepted.peer_uri_san.clone(),
                 session: accepted.session,
+                xfcc: accepted
+                    .xfcc
+                    .as_deref()
+                    .and_then(|v| http::HeaderValue::from_str(v).ok()),
             },
             server: accepted.server,
         };

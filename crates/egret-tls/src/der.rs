@@ -183,12 +183,155 @@ impl<'a> CertInfo<'a> {
         spki_parts(spki.value)
     }
 
+    /// Every URI SAN, in certificate order.
+    pub fn uri_sans(&self) -> Vec<String> {
+        let sans = self.san.as_deref().unwrap_or_default();
+        sans.iter()
+            .filter_map(|n| match n {
+                GeneralName::Uri(u) => Some(u.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The subject as OpenSSL's `X509_NAME_print_ex(XN_FLAG_RFC2253)` prints it, which is
+    /// Envoy's `Subject`: the RDNs last first, joined by `,` (`+` inside one), short
+    /// attribute names, RFC 2253 escapes, bytes past ASCII as `\XX`, a value of another
+    /// type as `#` and its DER in hex. An empty subject (Istio's workload certificates) is
+    /// empty.
+    pub fn subject_rfc2253(&self) -> String {
+        let mut rdns: Vec<String> = Vec::new();
+        let mut r = self.subject;
+        while let Some((set, rest)) = read_tlv(r) {
+            r = rest;
+            let mut atvs: Vec<String> = Vec::new();
+            let mut s = set.value;
+            while let Some((atv, rest)) = read_tlv(s) {
+                s = rest;
+                let Some((oid, vrest)) = read_tlv(atv.value) else {
+                    break;
+                };
+                let Some((value, _)) = read_tlv(vrest) else {
+                    break;
+                };
+                let mut text = attribute_name(oid.value);
+                text.push('=');
+                write_rfc2253_value(&mut text, value);
+                atvs.push(text);
+            }
+            rdns.push(atvs.join("+"));
+        }
+        rdns.reverse();
+        rdns.join(",")
+    }
+
     /// The first URI SAN (the SPIFFE id of a mesh workload).
     pub fn first_uri_san(&self) -> Option<String> {
         self.san.as_ref()?.iter().find_map(|n| match n {
             GeneralName::Uri(u) => Some(u.clone()),
             _ => None,
         })
+    }
+}
+
+/// OpenSSL's short name of a name attribute, or its dotted OID.
+fn attribute_name(oid: &[u8]) -> String {
+    let short = match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x04] => "SN",
+        [0x55, 0x04, 0x05] => "serialNumber",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "ST",
+        [0x55, 0x04, 0x09] => "street",
+        [0x55, 0x04, 0x0a] => "O",
+        [0x55, 0x04, 0x0b] => "OU",
+        [0x55, 0x04, 0x0c] => "title",
+        [0x55, 0x04, 0x2a] => "GN",
+        [0x55, 0x04, 0x2e] => "dnQualifier",
+        [0x55, 0x04, 0x41] => "pseudonym",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress",
+        _ => return dotted_oid(oid),
+    };
+    short.to_owned()
+}
+
+fn dotted_oid(oid: &[u8]) -> String {
+    let mut out = String::new();
+    let mut n: u64 = 0;
+    for (i, &b) in oid.iter().enumerate() {
+        n = (n << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if out.is_empty() && i < oid.len() {
+                let (first, second) = if n < 80 {
+                    (n / 40, n % 40)
+                } else {
+                    (2, n - 80)
+                };
+                out = format!("{first}.{second}");
+            } else {
+                out.push_str(&format!(".{n}"));
+            }
+            n = 0;
+        }
+    }
+    out
+}
+
+/// One attribute value, escaped as `ASN1_STRFLGS_RFC2253` escapes it.
+fn write_rfc2253_value(out: &mut String, value: Tlv<'_>) {
+    let text: Option<String> = match value.tag {
+        // UTF8String, PrintableString, IA5String, VisibleString, NumericString.
+        0x0c | 0x13 | 0x16 | 0x1a | 0x12 => Some(String::from_utf8_lossy(value.value).into_owned()),
+        // TeletexString, read as Latin-1 (as OpenSSL does).
+        0x14 => Some(value.value.iter().map(|&b| char::from(b)).collect()),
+        // BMPString: UTF-16BE.
+        0x1e => {
+            let units: Vec<u16> = value
+                .value
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
+                .collect();
+            Some(String::from_utf16_lossy(&units))
+        }
+        // UniversalString: UTF-32BE.
+        0x1c => Some(
+            value
+                .value
+                .chunks(4)
+                .filter_map(|c| {
+                    let mut b = [0u8; 4];
+                    b[..c.len()].copy_from_slice(c);
+                    char::from_u32(u32::from_be_bytes(b))
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let Some(text) = text else {
+        // Another type: `#` and the hex of its whole encoding.
+        out.push('#');
+        for b in value.raw {
+            out.push_str(&format!("{b:02X}"));
+        }
+        return;
+    };
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let first = i == 0;
+        let last = i + 1 == bytes.len();
+        match b {
+            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            b'#' if first => out.push_str("\\#"),
+            b' ' if first || last => out.push_str("\\ "),
+            0..=0x1f | 0x7f..=0xff => out.push_str(&format!("\\{b:02X}")),
+            _ => out.push(char::from(b)),
+        }
     }
 }
 

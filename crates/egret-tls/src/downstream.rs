@@ -3,15 +3,13 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use egret_core::host::HostIndex;
 use egret_core::{DownstreamTls, TlsMode, TlsServer};
 use rustls::server::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 
 use crate::der::CertInfo;
@@ -56,12 +54,26 @@ pub struct Accepted<IO> {
     pub server: usize,
     /// The negotiated version and cipher, as Envoy names them.
     pub session: Option<egret_core::TlsSession>,
+    /// The `x-forwarded-client-cert` value for the client's certificate, as Istio's gateways
+    /// set it (Envoy's `SANITIZE_SET` with subject, cert, URI and DNS); None without one.
+    pub xfcc: Option<String>,
 }
 
 /// Terminates TLS for the Gateway servers of one port.
 pub struct DownstreamTlsAcceptor {
-    configs: Vec<Watched<ServerConfig>>,
+    configs: Vec<Watched<ServerSide>>,
     index: HostIndex<usize>,
+}
+
+/// One server's handshake settings, built from its files.
+struct ServerSide {
+    config: Arc<ServerConfig>,
+    /// The same without ALPN, for a client that offers none of ours: an Istio sidecar offers
+    /// `istio-peer-exchange,istio` to a gateway, which BoringSSL (Envoy) answers without ALPN
+    /// where rustls would refuse the handshake (`no_application_protocol`).
+    without_alpn: Arc<ServerConfig>,
+    /// The URI SANs of the server's own certificate: the `By` of XFCC.
+    local_uri_sans: Vec<String>,
 }
 
 impl std::fmt::Debug for DownstreamTlsAcceptor {
@@ -129,36 +141,87 @@ impl DownstreamTlsAcceptor {
     ///
     /// Nothing is written to `io` before a server was chosen: bytes that are not a
     /// ClientHello get no alert and an SNI no server takes gets none either — as Envoy's TLS
-    /// inspector only reads, and its listener closes what no filter chain takes.
+    /// inspector only reads, and its listener closes what no filter chain takes. The SNI is
+    /// read from the hello as sent (lower-cased), as the TLS inspector reads it: a trailing
+    /// dot stays (then no server matches), and a hello rustls would refuse (TLS 1.0/1.1)
+    /// still picks its server, which answers it with an alert (`protocol_version`, as
+    /// BoringSSL does).
     pub async fn accept<IO>(&self, mut io: IO) -> Result<Accepted<IO>, AcceptError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let hello = read_client_hello(&mut io).await?;
-        let start = tokio_rustls::StartHandshake::from_parts(hello, io);
-        let sni = start
-            .client_hello()
-            .server_name()
-            // A trailing dot stays, as Envoy's TLS inspector keeps it (then no server matches).
-            .map(|s| s.to_ascii_lowercase());
+        let mut raw = Vec::new();
+        // No timeout of its own: the caller bounds the whole accept.
+        let parsed = egret_sni::read_client_hello_into(
+            &mut io,
+            &mut raw,
+            Duration::from_secs(24 * 3600),
+            egret_sni::MAX_CLIENT_HELLO_RECORD_BYTES,
+        )
+        .await;
+        let parsed = match parsed {
+            Ok(hello) => hello,
+            Err(egret_sni::ReadError::Closed) if raw.is_empty() => return Err(AcceptError::Silent),
+            Err(egret_sni::ReadError::Closed) => {
+                let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+                return Err(AcceptError::ClientHello(eof));
+            }
+            Err(egret_sni::ReadError::Io(e)) => return Err(AcceptError::ClientHello(e)),
+            Err(e) => {
+                let e = io::Error::new(io::ErrorKind::InvalidData, e);
+                return Err(AcceptError::ClientHello(e));
+            }
+        };
+        let sni = parsed.sni.clone();
         let Some(&server) = self.index.find(sni.as_deref().unwrap_or("")) else {
             return Err(AcceptError::NoMatchingServer { sni });
         };
-        let config = self
+        let hello = match hand_to_rustls(&raw) {
+            Ok(hello) => hello,
+            Err((e, alert)) => {
+                // TLS, but not a hello rustls takes (no signature_algorithms: TLS 1.1 or
+                // older): the server refuses it with an alert, as BoringSSL does.
+                let old = parsed.legacy_version < 0x0303 && !parsed.offers_tls13();
+                let mut bytes = Vec::new();
+                if old {
+                    bytes.extend_from_slice(&PROTOCOL_VERSION_ALERT);
+                } else if let Some(mut alert) = alert {
+                    let _ = alert.write_all(&mut bytes);
+                }
+                let _ = io.write_all(&bytes).await;
+                let _ = io.shutdown().await;
+                return Err(AcceptError::Handshake(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    e,
+                )));
+            }
+        };
+        let start = tokio_rustls::StartHandshake::from_parts(hello, io);
+        let side = self
             .configs
             .get(server)
             .ok_or(AcceptError::NoMatchingServer { sni: sni.clone() })?
             .get()?;
+        let offers_ours = start.client_hello().alpn().is_none_or(|mut offered| {
+            offered.any(|p| side.config.alpn_protocols.iter().any(|ours| ours == p))
+        });
+        let config = if offers_ours {
+            side.config.clone()
+        } else {
+            side.without_alpn.clone()
+        };
         let stream = start
             .into_stream(config)
             .await
             .map_err(AcceptError::Handshake)?;
         let conn = stream.get_ref().1;
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-        let peer_uri_san = conn
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|c| CertInfo::parse(c).and_then(|i| i.first_uri_san()));
+        let peer = conn.peer_certificates().and_then(|certs| certs.first());
+        let info = peer.and_then(|c| CertInfo::parse(c));
+        let peer_uri_san = info.as_ref().and_then(CertInfo::first_uri_san);
+        let xfcc = peer
+            .zip(info.as_ref())
+            .map(|(der, info)| crate::xfcc::client_cert_details(&side.local_uri_sans, der, info));
         let session = crate::session_names(conn.protocol_version(), conn.negotiated_cipher_suite());
         Ok(Accepted {
             stream,
@@ -167,55 +230,39 @@ impl DownstreamTlsAcceptor {
             peer_uri_san,
             server,
             session,
+            xfcc,
         })
     }
 }
 
-/// The first half of `tokio_rustls::LazyConfigAcceptor`, without the alert it writes when
-/// the bytes are not a ClientHello.
-async fn read_client_hello<IO>(io: &mut IO) -> Result<rustls::server::Accepted, AcceptError>
-where
-    IO: AsyncRead + Unpin,
-{
+/// A fatal `protocol_version` alert (70), as BoringSSL answers a TLS 1.0/1.1 hello.
+const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
+
+/// The ClientHello bytes already read, handed to rustls' `Acceptor` (the first half of
+/// `tokio_rustls::LazyConfigAcceptor`, without its alert for bytes that are not a hello).
+/// Bytes after the hello stay in rustls' buffer for the handshake.
+fn hand_to_rustls(
+    raw: &[u8],
+) -> Result<rustls::server::Accepted, (rustls::Error, Option<rustls::server::AcceptedAlert>)> {
     let mut acceptor = rustls::server::Acceptor::default();
-    let mut heard = false;
-    std::future::poll_fn(|cx| loop {
-        match acceptor.read_tls(&mut SyncRead { io: &mut *io, cx }) {
-            Ok(0) if !heard => return Poll::Ready(Err(AcceptError::Silent)),
-            Ok(0) => {
-                let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
-                return Poll::Ready(Err(AcceptError::ClientHello(eof)));
-            }
-            Ok(_) => heard = true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-            Err(e) => return Poll::Ready(Err(AcceptError::ClientHello(e))),
+    let mut rest = raw;
+    loop {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => break,
         }
-        match acceptor.accept() {
-            Ok(Some(hello)) => return Poll::Ready(Ok(hello)),
-            Ok(None) => {}
-            Err((e, _alert)) => {
-                let e = io::Error::new(io::ErrorKind::InvalidData, e);
-                return Poll::Ready(Err(AcceptError::ClientHello(e)));
-            }
+        if rest.is_empty() {
+            break;
         }
-    })
-    .await
-}
-
-/// `std::io::Read` over a polled `AsyncRead`, for rustls' `read_tls`.
-struct SyncRead<'a, 'b, IO> {
-    io: &'a mut IO,
-    cx: &'a mut Context<'b>,
-}
-
-impl<IO: AsyncRead + Unpin> io::Read for SyncRead<'_, '_, IO> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut buf = ReadBuf::new(buf);
-        match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
-            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
+    }
+    match acceptor.accept() {
+        Ok(Some(hello)) => Ok(hello),
+        Ok(None) => Err((
+            rustls::Error::General("the ClientHello did not reach rustls whole".into()),
+            None,
+        )),
+        Err((e, alert)) => Err((e, Some(alert))),
     }
 }
 
@@ -283,9 +330,15 @@ fn build_config(
     tls: &DownstreamTls,
     plan: &Plan,
     alpn: &[Vec<u8>],
-) -> Result<Arc<ServerConfig>, TlsSetupError> {
+) -> Result<Arc<ServerSide>, TlsSetupError> {
     let provider = provider();
     let ck = load_certified_key(&plan.cert, &plan.key, &provider)?;
+    let local_uri_sans = ck
+        .cert
+        .first()
+        .and_then(|c| CertInfo::parse(c))
+        .map(|i| i.uri_sans())
+        .unwrap_or_default();
     let config_err = |e: String| TlsSetupError::Config {
         context: tls.origin.clone(),
         reason: e,
@@ -308,6 +361,11 @@ fn build_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)));
+    let without_alpn = Arc::new(config.clone());
     config.alpn_protocols = alpn.to_vec();
-    Ok(Arc::new(config))
+    Ok(Arc::new(ServerSide {
+        config: Arc::new(config),
+        without_alpn,
+        local_uri_sans,
+    }))
 }

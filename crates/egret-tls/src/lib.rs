@@ -15,6 +15,7 @@ mod files;
 mod roots;
 mod upstream;
 mod verify;
+mod xfcc;
 
 use std::sync::{Arc, OnceLock};
 

@@ -184,6 +184,26 @@ impl ClientVerifier {
     }
 }
 
+/// A client certificate's chain failure as the error whose alert BoringSSL (Envoy) sends
+/// for it: `unknown_ca` for an unknown or self-signed issuer, `certificate_expired`,
+/// `bad_certificate` for one not valid yet, `decrypt_error` for a bad signature (rustls
+/// maps these errors to those alerts); `certificate_unknown` otherwise. Only the alert
+/// matters here: the client's side has no failure text to log.
+fn client_alert(failure: VerifyFailure) -> rustls::Error {
+    let error = match failure.kind {
+        VerifyFailureKind::UnknownIssuer | VerifyFailureKind::SelfSigned => {
+            CertificateError::UnknownIssuer
+        }
+        VerifyFailureKind::Expired => CertificateError::Expired,
+        // rustls sends `bad_certificate` for this one.
+        VerifyFailureKind::NotYetValid => CertificateError::NotValidForName,
+        VerifyFailureKind::BadSignature => CertificateError::BadSignature,
+        VerifyFailureKind::NameMismatch | VerifyFailureKind::Other => return failure.into_rustls(),
+    };
+    tracing::debug!(failure = %failure, "client certificate refused");
+    rustls::Error::InvalidCertificate(error)
+}
+
 impl ClientCertVerifier for ClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.webpki.root_hint_subjects()
@@ -205,7 +225,7 @@ impl ClientCertVerifier for ClientVerifier {
             now,
             Usage::Client(&*self.webpki),
         )
-        .map_err(VerifyFailure::into_rustls)?;
+        .map_err(client_alert)?;
         if !self.subject_alt_names.is_empty() {
             let ok = info
                 .as_ref()
