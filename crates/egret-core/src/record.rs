@@ -252,6 +252,11 @@ pub struct LogRecord {
     /// The TLS version and cipher of the downstream connection, when the gateway
     /// terminated its TLS (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_TLS_CIPHER%`).
     pub downstream_tls: Option<TlsSession>,
+    /// The client's certificate, when it presented one (`%DOWNSTREAM_PEER_SUBJECT%`, ...).
+    pub downstream_peer_cert: Option<Arc<PeerCertInfo>>,
+    /// The URI SANs of the gateway's own certificate, joined by `,`
+    /// (`%DOWNSTREAM_LOCAL_URI_SAN%`).
+    pub downstream_local_uri_san: Option<Arc<str>>,
     /// When the request's last byte arrived (`%REQUEST_DURATION%`): its head's for a request
     /// without a body; None while (or when) its body never ended.
     pub request_complete: Option<Instant>,
@@ -271,6 +276,17 @@ pub struct LogRecord {
 pub struct TlsSession {
     pub version: &'static str,
     pub cipher: &'static str,
+}
+
+/// A client certificate as the access log prints it (Envoy's names and forms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertInfo {
+    /// The subject in RFC 2253 form (`CN=sleep,O=Acme`).
+    pub subject: String,
+    /// The issuer in RFC 2253 form.
+    pub issuer: String,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint_256: String,
 }
 
 /// A random (version 4) UUID as text, `xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx`, from 128
@@ -323,6 +339,8 @@ impl LogRecord {
             route_name: None,
             downstream_peer_uri_san: None,
             downstream_tls: None,
+            downstream_peer_cert: None,
+            downstream_local_uri_san: None,
             request_complete: None,
             response_start: None,
             upstream_attempts: 0,

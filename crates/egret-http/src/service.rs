@@ -60,8 +60,12 @@ pub struct ConnContext {
 pub struct DownstreamTlsFacts {
     /// The SNI (`%REQUESTED_SERVER_NAME%`).
     pub requested_server_name: Option<Arc<str>>,
-    /// The client certificate's first URI SAN (`%DOWNSTREAM_PEER_URI_SAN%`).
+    /// The client certificate's URI SANs, joined by `,` (`%DOWNSTREAM_PEER_URI_SAN%`).
     pub peer_uri_san: Option<String>,
+    /// The client certificate, for the access log.
+    pub peer_cert: Option<Arc<egret_core::PeerCertInfo>>,
+    /// The gateway certificate's URI SANs, joined by `,` (`%DOWNSTREAM_LOCAL_URI_SAN%`).
+    pub local_uri_san: Option<Arc<str>>,
     pub session: Option<egret_core::TlsSession>,
     /// `x-forwarded-client-cert` for the client's certificate, made at the handshake.
     pub xfcc: Option<HeaderValue>,
@@ -73,6 +77,8 @@ impl DownstreamTlsFacts {
         rec.requested_server_name = self.requested_server_name.clone();
         rec.downstream_peer_uri_san = self.peer_uri_san.clone();
         rec.downstream_tls = self.session;
+        rec.downstream_peer_cert = self.peer_cert.clone();
+        rec.downstream_local_uri_san = self.local_uri_san.clone();
     }
 }
 

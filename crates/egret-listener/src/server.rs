@@ -338,7 +338,7 @@ impl Gateway {
             None => return failed(),
         };
         let stream = crate::unanswered::ResetIfUnanswered::new(stream);
-        let accepted =
+        let mut accepted =
             match tokio::time::timeout(self.options.client_hello_timeout, acceptor.accept(stream))
                 .await
             {
@@ -371,6 +371,8 @@ impl Gateway {
             tls: DownstreamTlsFacts {
                 requested_server_name: accepted.sni.as_deref().map(Arc::from),
                 peer_uri_san: accepted.peer_uri_san.clone(),
+                peer_cert: accepted.peer_cert.take().map(Arc::new),
+                local_uri_san: accepted.local_uri_san.as_deref().map(Arc::from),
                 session: accepted.session,
                 xfcc: accepted
                     .xfcc

@@ -60,6 +60,10 @@ pub const OPERATORS: &[&str] = &[
     "UPSTREAM_REQUEST_ATTEMPT_COUNT",
     "DOWNSTREAM_TLS_VERSION",
     "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_PEER_ISSUER",
+    "DOWNSTREAM_PEER_FINGERPRINT_256",
+    "DOWNSTREAM_LOCAL_URI_SAN",
     "UNIQUE_ID",
     "ENVIRONMENT",
     "QUERY_PARAM",
@@ -109,27 +113,11 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "the upstream certificate is not recorded",
     ),
     (
-        "DOWNSTREAM_PEER_SUBJECT",
-        "only the client certificate's URI SAN is recorded",
-    ),
-    (
-        "DOWNSTREAM_PEER_ISSUER",
-        "only the client certificate's URI SAN is recorded",
-    ),
-    (
-        "DOWNSTREAM_PEER_FINGERPRINT_256",
-        "only the client certificate's URI SAN is recorded",
-    ),
-    (
         "DOWNSTREAM_PEER_SERIAL",
         "only the client certificate's URI SAN is recorded",
     ),
     (
         "DOWNSTREAM_LOCAL_SUBJECT",
-        "the gateway's own certificate is not recorded",
-    ),
-    (
-        "DOWNSTREAM_LOCAL_URI_SAN",
         "the gateway's own certificate is not recorded",
     ),
     ("GRPC_STATUS", "response trailers are not kept"),
@@ -200,6 +188,10 @@ pub(crate) enum Operator {
     UpstreamRequestAttemptCount,
     DownstreamTlsVersion,
     DownstreamTlsCipher,
+    DownstreamPeerSubject,
+    DownstreamPeerIssuer,
+    DownstreamPeerFingerprint256,
+    DownstreamLocalUriSan,
     UniqueId,
     /// Fixed when the format is compiled (`ENVIRONMENT(VAR)`), or always `-`
     /// (`TRACE_ID`, `VIRTUAL_CLUSTER_NAME`, `DYNAMIC_METADATA`, `FILTER_STATE`: Egret has
@@ -359,6 +351,20 @@ impl Operator {
             Operator::UpstreamRequestAttemptCount => Value::Number(rec.upstream_attempts.into()),
             Operator::DownstreamTlsVersion => opt_str(rec.downstream_tls.map(|t| t.version)),
             Operator::DownstreamTlsCipher => opt_str(rec.downstream_tls.map(|t| t.cipher)),
+            Operator::DownstreamPeerSubject => opt_str(
+                rec.downstream_peer_cert
+                    .as_ref()
+                    .map(|c| c.subject.as_str()),
+            ),
+            Operator::DownstreamPeerIssuer => {
+                opt_str(rec.downstream_peer_cert.as_ref().map(|c| c.issuer.as_str()))
+            }
+            Operator::DownstreamPeerFingerprint256 => opt_str(
+                rec.downstream_peer_cert
+                    .as_ref()
+                    .map(|c| c.fingerprint_256.as_str()),
+            ),
+            Operator::DownstreamLocalUriSan => opt_str(rec.downstream_local_uri_san.as_deref()),
             Operator::UniqueId => Value::Uuid(egret_core::uuid_v4_text(fastrand::u128(..))),
             Operator::Constant(v) => v.as_deref().map_or(Value::Missing, Value::Bytes),
             Operator::QueryParam { name, max_len } => {
@@ -748,6 +754,10 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_args(Operator::UpstreamRequestAttemptCount)?,
         "DOWNSTREAM_TLS_VERSION" => no_args(Operator::DownstreamTlsVersion)?,
         "DOWNSTREAM_TLS_CIPHER" => no_args(Operator::DownstreamTlsCipher)?,
+        "DOWNSTREAM_PEER_SUBJECT" => no_args(Operator::DownstreamPeerSubject)?,
+        "DOWNSTREAM_PEER_ISSUER" => no_args(Operator::DownstreamPeerIssuer)?,
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => no_args(Operator::DownstreamPeerFingerprint256)?,
+        "DOWNSTREAM_LOCAL_URI_SAN" => no_args(Operator::DownstreamLocalUriSan)?,
         "UNIQUE_ID" => no_args(Operator::UniqueId)?,
         "TRACE_ID" | "VIRTUAL_CLUSTER_NAME" => no_args(Operator::Constant(None))?,
         "DYNAMIC_METADATA" | "FILTER_STATE" => {

@@ -254,6 +254,12 @@ fn more_envoy_operators() {
         version: "TLSv1.3",
         cipher: "TLS_AES_128_GCM_SHA256",
     });
+    r.downstream_peer_cert = Some(Arc::new(egret_core::PeerCertInfo {
+        subject: "CN=sleep,O=Acme".into(),
+        issuer: "CN=cluster.local".into(),
+        fingerprint_256: "0fc93778".into(),
+    }));
+    r.downstream_local_uri_san = Some(Arc::from("spiffe://cluster.local/ns/istio-system/sa/gw"));
     let cases: &[(&str, &str)] = &[
         (
             "%RESPONSE_FLAGS_LONG%",
@@ -274,6 +280,13 @@ fn more_envoy_operators() {
         ("%UPSTREAM_REQUEST_ATTEMPT_COUNT%", "2"),
         ("%DOWNSTREAM_TLS_VERSION%", "TLSv1.3"),
         ("%DOWNSTREAM_TLS_CIPHER%", "TLS_AES_128_GCM_SHA256"),
+        ("%DOWNSTREAM_PEER_SUBJECT%", "CN=sleep,O=Acme"),
+        ("%DOWNSTREAM_PEER_ISSUER%", "CN=cluster.local"),
+        ("%DOWNSTREAM_PEER_FINGERPRINT_256%", "0fc93778"),
+        (
+            "%DOWNSTREAM_LOCAL_URI_SAN%",
+            "spiffe://cluster.local/ns/istio-system/sa/gw",
+        ),
         ("%QUERY_PARAM(a)%", "1"),
         ("%QUERY_PARAM(b):2%", "he"),
         ("%QUERY_PARAM(flag)%", "-"),

@@ -200,38 +200,40 @@ impl<'a> CertInfo<'a> {
     /// type as `#` and its DER in hex. An empty subject (Istio's workload certificates) is
     /// empty.
     pub fn subject_rfc2253(&self) -> String {
-        let mut rdns: Vec<String> = Vec::new();
-        let mut r = self.subject;
-        while let Some((set, rest)) = read_tlv(r) {
-            r = rest;
-            let mut atvs: Vec<String> = Vec::new();
-            let mut s = set.value;
-            while let Some((atv, rest)) = read_tlv(s) {
-                s = rest;
-                let Some((oid, vrest)) = read_tlv(atv.value) else {
-                    break;
-                };
-                let Some((value, _)) = read_tlv(vrest) else {
-                    break;
-                };
-                let mut text = attribute_name(oid.value);
-                text.push('=');
-                write_rfc2253_value(&mut text, value);
-                atvs.push(text);
-            }
-            rdns.push(atvs.join("+"));
-        }
-        rdns.reverse();
-        rdns.join(",")
+        name_rfc2253(self.subject)
     }
 
-    /// The first URI SAN (the SPIFFE id of a mesh workload).
-    pub fn first_uri_san(&self) -> Option<String> {
-        self.san.as_ref()?.iter().find_map(|n| match n {
-            GeneralName::Uri(u) => Some(u.clone()),
-            _ => None,
-        })
+    /// The issuer, printed as [`Self::subject_rfc2253`] prints the subject.
+    pub fn issuer_rfc2253(&self) -> String {
+        name_rfc2253(self.issuer)
     }
+}
+
+/// A Name's contents (the RDN sequence) in RFC 2253 form.
+fn name_rfc2253(name: &[u8]) -> String {
+    let mut rdns: Vec<String> = Vec::new();
+    let mut r = name;
+    while let Some((set, rest)) = read_tlv(r) {
+        r = rest;
+        let mut atvs: Vec<String> = Vec::new();
+        let mut s = set.value;
+        while let Some((atv, rest)) = read_tlv(s) {
+            s = rest;
+            let Some((oid, vrest)) = read_tlv(atv.value) else {
+                break;
+            };
+            let Some((value, _)) = read_tlv(vrest) else {
+                break;
+            };
+            let mut text = attribute_name(oid.value);
+            text.push('=');
+            write_rfc2253_value(&mut text, value);
+            atvs.push(text);
+        }
+        rdns.push(atvs.join("+"));
+    }
+    rdns.reverse();
+    rdns.join(",")
 }
 
 /// OpenSSL's short name of a name attribute, or its dotted OID.
@@ -511,10 +513,7 @@ mod tests {
         let w = ca.workload_cert("spiffe://cluster.local/ns/a/sa/b");
         let der = w.cert_der();
         let info = CertInfo::parse(&der).expect("parse");
-        assert_eq!(
-            info.first_uri_san().as_deref(),
-            Some("spiffe://cluster.local/ns/a/sa/b")
-        );
+        assert_eq!(info.uri_sans(), ["spiffe://cluster.local/ns/a/sa/b"]);
     }
 
     #[test]

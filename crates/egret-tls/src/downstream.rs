@@ -48,8 +48,13 @@ pub struct Accepted<IO> {
     pub sni: Option<String>,
     /// The negotiated ALPN protocol (`h2`, `http/1.1`), if any.
     pub alpn: Option<Vec<u8>>,
-    /// The first URI SAN of the client certificate (`%DOWNSTREAM_PEER_URI_SAN%`).
+    /// The URI SANs of the client certificate, joined by `,` (`%DOWNSTREAM_PEER_URI_SAN%`).
     pub peer_uri_san: Option<String>,
+    /// The client certificate's subject, issuer and fingerprint, for the access log.
+    pub peer_cert: Option<egret_core::PeerCertInfo>,
+    /// The URI SANs of the server's own certificate, joined by `,`
+    /// (`%DOWNSTREAM_LOCAL_URI_SAN%`).
+    pub local_uri_san: Option<String>,
     /// Index into the `servers` slice given to [`DownstreamTlsAcceptor::new`].
     pub server: usize,
     /// The negotiated version and cipher, as Envoy names them.
@@ -218,16 +223,29 @@ impl DownstreamTlsAcceptor {
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         let peer = conn.peer_certificates().and_then(|certs| certs.first());
         let info = peer.and_then(|c| CertInfo::parse(c));
-        let peer_uri_san = info.as_ref().and_then(CertInfo::first_uri_san);
+        let peer_uri_san = info
+            .as_ref()
+            .map(|i| i.uri_sans().join(","))
+            .filter(|s| !s.is_empty());
         let xfcc = peer
             .zip(info.as_ref())
             .map(|(der, info)| crate::xfcc::client_cert_details(&side.local_uri_sans, der, info));
+        let peer_cert = peer
+            .zip(info.as_ref())
+            .map(|(der, info)| egret_core::PeerCertInfo {
+                subject: info.subject_rfc2253(),
+                issuer: info.issuer_rfc2253(),
+                fingerprint_256: crate::xfcc::sha256_hex(der),
+            });
+        let local_uri_san = Some(side.local_uri_sans.join(",")).filter(|s| !s.is_empty());
         let session = crate::session_names(conn.protocol_version(), conn.negotiated_cipher_suite());
         Ok(Accepted {
             stream,
             sni,
             alpn,
             peer_uri_san,
+            peer_cert,
+            local_uri_san,
             server,
             session,
             xfcc,

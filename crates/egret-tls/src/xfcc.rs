@@ -18,11 +18,7 @@ pub(crate) fn client_cert_details(
     for by in local_uri_sans {
         parts.push(format!("By={by}"));
     }
-    let mut hash = String::with_capacity(64);
-    for b in Sha256::digest(der) {
-        hash.push_str(&format!("{b:02x}"));
-    }
-    parts.push(format!("Hash={hash}"));
+    parts.push(format!("Hash={}", sha256_hex(der)));
     parts.push(format!("Cert=\"{}\"", url_encoded_pem(der)));
     parts.push(format!("Subject=\"{}\"", info.subject_rfc2253()));
     let sans = info.san.as_deref().unwrap_or_default();
@@ -43,6 +39,16 @@ pub(crate) fn client_cert_details(
         }
     }
     parts.join(";")
+}
+
+/// SHA-256 of a certificate's DER, lower-case hex: XFCC's `Hash`, the log's
+/// `%DOWNSTREAM_PEER_FINGERPRINT_256%`.
+pub(crate) fn sha256_hex(der: &[u8]) -> String {
+    let mut hash = String::with_capacity(64);
+    for b in Sha256::digest(der) {
+        hash.push_str(&format!("{b:02x}"));
+    }
+    hash
 }
 
 /// The certificate as PEM (64-character base64 lines), with Envoy's replacements: `\n`,
@@ -113,7 +119,10 @@ mod tests {
         // The whole value, for a certificate with a DNS SAN and no URI SAN.
         let xfcc = client_cert_details(&["spiffe://gw".to_string()], cert.der(), &info);
         assert!(xfcc.starts_with("By=spiffe://gw;Hash="), "{xfcc}");
-        assert!(xfcc.contains(";Cert=\"-----BEGIN%20CERTIFICATE-----%0A"), "{xfcc}");
+        assert!(
+            xfcc.contains(";Cert=\"-----BEGIN%20CERTIFICATE-----%0A"),
+            "{xfcc}"
+        );
         assert!(
             xfcc.ends_with("%0A-----END%20CERTIFICATE-----%0A\";Subject=\"CN=\\ sleep\\+1 \\C3\\A9,O=Acme\\, Inc.,C=DE\";URI=;DNS=a.example"),
             "{xfcc}"
