@@ -41,6 +41,49 @@ async fn s3(
     (up, gw, dir)
 }
 
+/// The originated session for custom formats: version, BoringSSL's cipher name, and the
+/// upstream certificate's subject and issuer in RFC 2253 form; `-` for a plain upstream.
+#[tokio::test]
+async fn s3_access_log_prints_the_upstream_tls_session() {
+    let ca = TestCa::new("public CA stand-in");
+    let cert = ca.server_cert(&["edition.cnn.com"], Some("edition.cnn.com"));
+    let up = HttpUpstream::start_tls(Behavior::Echo, &cert, None)
+        .await
+        .unwrap();
+    let dir = TestDir::new("s3-log").unwrap();
+    ca.write_cert(dir.path(), "ca.pem").unwrap();
+    let ca_file = dir.join("ca.pem");
+    let mut gw = Gateway::start_env(
+        &[&scenario("s3-tls-origination")],
+        &[
+            "--connect-to".into(),
+            format!("edition.cnn.com:443:{}", up.addr()),
+            "--access-log-format".into(),
+            "%UPSTREAM_TLS_VERSION% %UPSTREAM_TLS_CIPHER% %UPSTREAM_PEER_SUBJECT% | %UPSTREAM_PEER_ISSUER% %UPSTREAM_PEER_URI_SAN%".into(),
+        ],
+        &[("SSL_CERT_FILE", ca_file.as_path())],
+    )
+    .await;
+    let r = http1_get(gw.http, "edition.cnn.com", "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let line = gw
+        .process
+        .next_log_line(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (head, issuer) = line.split_once(" | ").unwrap();
+    let fields: Vec<&str> = head.split(' ').collect();
+    assert_eq!(fields[0], "TLSv1.3", "{line}");
+    assert!(fields[1].starts_with("TLS_"), "{line}");
+    assert_eq!(fields[2], "CN=edition.cnn.com", "{line}");
+    assert!(
+        issuer.starts_with("CN=public CA stand-in") && issuer.ends_with(" -"),
+        "{line}"
+    );
+}
+
 #[tokio::test]
 async fn s3_plain_request_leaves_as_https_with_sni() {
     let ca = TestCa::new("public CA stand-in");

@@ -24,7 +24,7 @@ pub use policy::{
 };
 pub use record::{
     uuid_v4_text, AccessLogSink, CapturedHeaders, HeaderSelection, LogGuard, LogHeaders, LogRecord,
-    PeerCertInfo, RequestInfo, TlsSession,
+    PeerCertInfo, RequestInfo, TlsSession, UpstreamTlsInfo,
 };
 pub use snapshot::*;
 pub use tls::{CertSource, DownstreamTls, TlsMode, TlsServer, UpstreamTls};

@@ -257,6 +257,9 @@ pub struct LogRecord {
     /// The URI SANs of the gateway's own certificate, joined by `,`
     /// (`%DOWNSTREAM_LOCAL_URI_SAN%`).
     pub downstream_local_uri_san: Option<Arc<str>>,
+    /// The TLS session of the upstream connection, when the gateway originated TLS
+    /// (`%UPSTREAM_TLS_VERSION%`, `%UPSTREAM_PEER_SUBJECT%`, ...).
+    pub upstream_tls: Option<Arc<UpstreamTlsInfo>>,
     /// When the request's last byte arrived (`%REQUEST_DURATION%`): its head's for a request
     /// without a body; None while (or when) its body never ended.
     pub request_complete: Option<Instant>,
@@ -287,6 +290,16 @@ pub struct PeerCertInfo {
     pub issuer: String,
     /// SHA-256 of the DER, lower-case hex.
     pub fingerprint_256: String,
+}
+
+/// An upstream connection's TLS session as the access log prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTlsInfo {
+    pub session: Option<TlsSession>,
+    /// The upstream's certificate.
+    pub peer: Option<PeerCertInfo>,
+    /// Its URI SANs, joined by `,`.
+    pub peer_uri_san: Option<String>,
 }
 
 /// A random (version 4) UUID as text, `xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx`, from 128
@@ -341,6 +354,7 @@ impl LogRecord {
             downstream_tls: None,
             downstream_peer_cert: None,
             downstream_local_uri_san: None,
+            upstream_tls: None,
             request_complete: None,
             response_start: None,
             upstream_attempts: 0,

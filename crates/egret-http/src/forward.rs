@@ -242,6 +242,7 @@ impl Forward<'_> {
             self.cluster
                 .report(addr, egret_upstream::Outcome::ConnectSucceeded);
             guard.record().upstream_local_address = Some(conn.local_addr());
+            guard.record().upstream_tls = conn.tls_info().cloned();
             guard.record().upstream_transport_failure_reason = None;
             let Some(b) = body.next_attempt() else {
                 // Unreachable by construction (a body that cannot be replayed is never

@@ -64,6 +64,11 @@ pub const OPERATORS: &[&str] = &[
     "DOWNSTREAM_PEER_ISSUER",
     "DOWNSTREAM_PEER_FINGERPRINT_256",
     "DOWNSTREAM_LOCAL_URI_SAN",
+    "UPSTREAM_TLS_VERSION",
+    "UPSTREAM_TLS_CIPHER",
+    "UPSTREAM_PEER_SUBJECT",
+    "UPSTREAM_PEER_ISSUER",
+    "UPSTREAM_PEER_URI_SAN",
     "UNIQUE_ID",
     "ENVIRONMENT",
     "QUERY_PARAM",
@@ -92,26 +97,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("STREAM_ID", "Egret keeps no stream ids"),
     ("UPSTREAM_HOST_NAME", "not recorded"),
     ("UPSTREAM_HOST_NAME_WITHOUT_PORT", "not recorded"),
-    (
-        "UPSTREAM_TLS_VERSION",
-        "the upstream TLS session is not recorded",
-    ),
-    (
-        "UPSTREAM_TLS_CIPHER",
-        "the upstream TLS session is not recorded",
-    ),
-    (
-        "UPSTREAM_PEER_SUBJECT",
-        "the upstream certificate is not recorded",
-    ),
-    (
-        "UPSTREAM_PEER_ISSUER",
-        "the upstream certificate is not recorded",
-    ),
-    (
-        "UPSTREAM_PEER_URI_SAN",
-        "the upstream certificate is not recorded",
-    ),
     (
         "DOWNSTREAM_PEER_SERIAL",
         "only the client certificate's URI SAN is recorded",
@@ -192,6 +177,11 @@ pub(crate) enum Operator {
     DownstreamPeerIssuer,
     DownstreamPeerFingerprint256,
     DownstreamLocalUriSan,
+    UpstreamTlsVersion,
+    UpstreamTlsCipher,
+    UpstreamPeerSubject,
+    UpstreamPeerIssuer,
+    UpstreamPeerUriSan,
     UniqueId,
     /// Fixed when the format is compiled (`ENVIRONMENT(VAR)`), or always `-`
     /// (`TRACE_ID`, `VIRTUAL_CLUSTER_NAME`, `DYNAMIC_METADATA`, `FILTER_STATE`: Egret has
@@ -365,6 +355,25 @@ impl Operator {
                     .map(|c| c.fingerprint_256.as_str()),
             ),
             Operator::DownstreamLocalUriSan => opt_str(rec.downstream_local_uri_san.as_deref()),
+            Operator::UpstreamTlsVersion => {
+                opt_str(upstream_tls(rec).and_then(|t| t.session).map(|s| s.version))
+            }
+            Operator::UpstreamTlsCipher => {
+                opt_str(upstream_tls(rec).and_then(|t| t.session).map(|s| s.cipher))
+            }
+            Operator::UpstreamPeerSubject => opt_str(
+                upstream_tls(rec)
+                    .and_then(|t| t.peer.as_ref())
+                    .map(|p| p.subject.as_str()),
+            ),
+            Operator::UpstreamPeerIssuer => opt_str(
+                upstream_tls(rec)
+                    .and_then(|t| t.peer.as_ref())
+                    .map(|p| p.issuer.as_str()),
+            ),
+            Operator::UpstreamPeerUriSan => {
+                opt_str(upstream_tls(rec).and_then(|t| t.peer_uri_san.as_deref()))
+            }
             Operator::UniqueId => Value::Uuid(egret_core::uuid_v4_text(fastrand::u128(..))),
             Operator::Constant(v) => v.as_deref().map_or(Value::Missing, Value::Bytes),
             Operator::QueryParam { name, max_len } => {
@@ -391,6 +400,10 @@ impl Operator {
             }),
         }
     }
+}
+
+fn upstream_tls(rec: &LogRecord) -> Option<&egret_core::UpstreamTlsInfo> {
+    rec.upstream_tls.as_deref()
 }
 
 fn millis(d: std::time::Duration) -> Value<'static> {
@@ -758,6 +771,11 @@ fn compile(format: &str, at: usize, cmd: &Command<'_>) -> Result<Operator, Forma
         "DOWNSTREAM_PEER_ISSUER" => no_args(Operator::DownstreamPeerIssuer)?,
         "DOWNSTREAM_PEER_FINGERPRINT_256" => no_args(Operator::DownstreamPeerFingerprint256)?,
         "DOWNSTREAM_LOCAL_URI_SAN" => no_args(Operator::DownstreamLocalUriSan)?,
+        "UPSTREAM_TLS_VERSION" => no_args(Operator::UpstreamTlsVersion)?,
+        "UPSTREAM_TLS_CIPHER" => no_args(Operator::UpstreamTlsCipher)?,
+        "UPSTREAM_PEER_SUBJECT" => no_args(Operator::UpstreamPeerSubject)?,
+        "UPSTREAM_PEER_ISSUER" => no_args(Operator::UpstreamPeerIssuer)?,
+        "UPSTREAM_PEER_URI_SAN" => no_args(Operator::UpstreamPeerUriSan)?,
         "UNIQUE_ID" => no_args(Operator::UniqueId)?,
         "TRACE_ID" | "VIRTUAL_CLUSTER_NAME" => no_args(Operator::Constant(None))?,
         "DYNAMIC_METADATA" | "FILTER_STATE" => {

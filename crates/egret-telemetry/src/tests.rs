@@ -260,6 +260,18 @@ fn more_envoy_operators() {
         fingerprint_256: "0fc93778".into(),
     }));
     r.downstream_local_uri_san = Some(Arc::from("spiffe://cluster.local/ns/istio-system/sa/gw"));
+    r.upstream_tls = Some(Arc::new(egret_core::UpstreamTlsInfo {
+        session: Some(egret_core::TlsSession {
+            version: "TLSv1.2",
+            cipher: "ECDHE-RSA-AES128-GCM-SHA256",
+        }),
+        peer: Some(egret_core::PeerCertInfo {
+            subject: "CN=edition.cnn.com".into(),
+            issuer: "CN=GlobalSign".into(),
+            fingerprint_256: "ab".into(),
+        }),
+        peer_uri_san: None,
+    }));
     let cases: &[(&str, &str)] = &[
         (
             "%RESPONSE_FLAGS_LONG%",
@@ -283,6 +295,11 @@ fn more_envoy_operators() {
         ("%DOWNSTREAM_PEER_SUBJECT%", "CN=sleep,O=Acme"),
         ("%DOWNSTREAM_PEER_ISSUER%", "CN=cluster.local"),
         ("%DOWNSTREAM_PEER_FINGERPRINT_256%", "0fc93778"),
+        ("%UPSTREAM_TLS_VERSION%", "TLSv1.2"),
+        ("%UPSTREAM_TLS_CIPHER%", "ECDHE-RSA-AES128-GCM-SHA256"),
+        ("%UPSTREAM_PEER_SUBJECT%", "CN=edition.cnn.com"),
+        ("%UPSTREAM_PEER_ISSUER%", "CN=GlobalSign"),
+        ("%UPSTREAM_PEER_URI_SAN%", "-"),
         (
             "%DOWNSTREAM_LOCAL_URI_SAN%",
             "spiffe://cluster.local/ns/istio-system/sa/gw",

@@ -82,6 +82,27 @@ pub fn session_names(
     Some(egret_core::TlsSession { version, cipher })
 }
 
+/// What the access log prints about an originated TLS session: version, cipher, and the
+/// upstream's certificate (subject and issuer as RFC 2253, URI SANs).
+pub fn upstream_tls_info(conn: &rustls::ClientConnection) -> egret_core::UpstreamTlsInfo {
+    let der = conn.peer_certificates().and_then(|certs| certs.first());
+    let info = der.and_then(|d| der::CertInfo::parse(d));
+    egret_core::UpstreamTlsInfo {
+        session: session_names(conn.protocol_version(), conn.negotiated_cipher_suite()),
+        peer: der
+            .zip(info.as_ref())
+            .map(|(d, i)| egret_core::PeerCertInfo {
+                subject: i.subject_rfc2253(),
+                issuer: i.issuer_rfc2253(),
+                fingerprint_256: xfcc::sha256_hex(d),
+            }),
+        peer_uri_san: info
+            .as_ref()
+            .map(|i| i.uri_sans().join(","))
+            .filter(|s| !s.is_empty()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,10 +70,14 @@ struct ConnHold {
     _open: OpenConnection,
 }
 
+/// An originated TLS session's facts for the access log (None on plain connections).
+type TlsInfo = Option<Arc<egret_core::UpstreamTlsInfo>>;
+
 struct IdleConn {
     conn: Box<H1Conn>,
     hold: ConnHold,
     local: SocketAddr,
+    tls: TlsInfo,
     since: Instant,
     /// The cluster's idle timeout for it.
     idle_timeout: Duration,
@@ -91,6 +95,7 @@ impl IdleConn {
 struct H2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     local: SocketAddr,
+    tls: TlsInfo,
     created: Instant,
     /// Streams opened on it so far.
     streams: Arc<AtomicU32>,
@@ -148,6 +153,7 @@ pub struct PooledConn {
     sender: Sender,
     key: PoolKey,
     local: SocketAddr,
+    tls: TlsInfo,
     reused: bool,
     pool: Arc<PoolInner>,
     age: ConnAge,
@@ -213,6 +219,7 @@ enum H2State {
 struct PooledParts {
     sender: Sender,
     local: SocketAddr,
+    tls: TlsInfo,
     reused: bool,
     age: ConnAge,
     /// The worker's pool the connection belongs to (and returns to when released).
@@ -249,6 +256,7 @@ impl PoolInner {
                 H2State::Ready(PooledParts {
                     sender: Sender::H2(c.sender),
                     local: c.local,
+                    tls: c.tls,
                     reused: true,
                     age: ConnAge {
                         created: c.created,
@@ -281,6 +289,7 @@ impl PoolInner {
                     hold: c.hold,
                 },
                 local: c.local,
+                tls: c.tls,
                 reused: true,
                 age: ConnAge {
                     created: c.age.created,
@@ -446,6 +455,7 @@ impl Pool {
             sender: p.sender,
             key: key.clone(),
             local: p.local,
+            tls: p.tls,
             reused: p.reused,
             pool: p.home,
             age: p.age,
@@ -557,10 +567,10 @@ impl Pool {
         let local = stream.local_addr().unwrap_or_else(|_| unspecified());
         match &spec.tls {
             None if spec.protocol == UpstreamProtocol::Http2 => {
-                self.handshake_h2(TokioIo::new(stream), key, local, slot, endpoint)
+                self.handshake_h2(TokioIo::new(stream), key, (local, None), slot, endpoint)
                     .await
             }
-            None => Ok(self.open_h1(h1::Io::Tcp(stream), local, slot, endpoint)),
+            None => Ok(self.open_h1(h1::Io::Tcp(stream), (local, None), slot, endpoint)),
             Some(tls) => {
                 let Some(contexts) = &self.tls else {
                     return Err(ConnectError::TlsSetup {
@@ -580,12 +590,15 @@ impl Pool {
                         .map_err(|source| ConnectError::Tls { addr, source })?;
                 let h2 = negotiated.as_deref() == Some(b"h2")
                     || spec.protocol == UpstreamProtocol::Http2;
+                let info = Some(Arc::new(egret_tls::upstream_tls_info(
+                    tls_stream.get_ref().1,
+                )));
                 let io = egret_tls::CloseNotifyOptional(tls_stream);
                 if h2 {
-                    self.handshake_h2(TokioIo::new(io), key, local, slot, endpoint)
+                    self.handshake_h2(TokioIo::new(io), key, (local, info), slot, endpoint)
                         .await
                 } else {
-                    Ok(self.open_h1(h1::Io::Tls(Box::new(io)), local, slot, endpoint))
+                    Ok(self.open_h1(h1::Io::Tls(Box::new(io)), (local, info), slot, endpoint))
                 }
             }
         }
@@ -595,7 +608,7 @@ impl Pool {
     fn open_h1(
         &self,
         io: h1::Io,
-        local: SocketAddr,
+        (local, tls): (SocketAddr, TlsInfo),
         slot: Slot,
         endpoint: &Arc<Endpoint>,
     ) -> PooledParts {
@@ -608,6 +621,7 @@ impl Pool {
                 },
             },
             local,
+            tls,
             reused: false,
             age: ConnAge {
                 created: Instant::now(),
@@ -621,7 +635,7 @@ impl Pool {
         &self,
         io: IO,
         key: &PoolKey,
-        local: SocketAddr,
+        (local, tls): (SocketAddr, TlsInfo),
         slot: Slot,
         endpoint: &Arc<Endpoint>,
     ) -> Result<PooledParts, ConnectError>
@@ -650,6 +664,7 @@ impl Pool {
         let entry = H2Conn {
             sender: sender.clone(),
             local,
+            tls: tls.clone(),
             created: age.created,
             streams: Arc::new(AtomicU32::new(1)),
         };
@@ -661,6 +676,7 @@ impl Pool {
         Ok(PooledParts {
             sender: Sender::H2(sender),
             local,
+            tls,
             reused: false,
             age,
             home: self.inner().clone(),
@@ -729,6 +745,10 @@ impl PooledConn {
     /// `%UPSTREAM_LOCAL_ADDRESS%`.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+    /// The originated TLS session's facts (`%UPSTREAM_TLS_VERSION%`, ...); None in plain text.
+    pub fn tls_info(&self) -> Option<&Arc<egret_core::UpstreamTlsInfo>> {
+        self.tls.as_ref()
     }
     pub fn peer_addr(&self) -> SocketAddr {
         self.key.addr
@@ -812,6 +832,7 @@ impl PooledConn {
                 conn,
                 hold,
                 local: self.local,
+                tls: self.tls,
                 since: Instant::now(),
                 idle_timeout: limits.idle_timeout.unwrap_or(UPSTREAM_IDLE_TIMEOUT),
                 age: self.age,
