@@ -11,6 +11,7 @@ pub mod host;
 pub mod ip;
 pub mod limits;
 pub mod policy;
+pub mod query;
 pub mod record;
 pub mod snapshot;
 pub mod tls;

@@ -241,9 +241,10 @@ impl Forward<'_> {
             };
             self.cluster
                 .report(addr, egret_upstream::Outcome::ConnectSucceeded);
-            guard.record().upstream_local_address = Some(conn.local_addr());
-            guard.record().upstream_tls = conn.tls_info().cloned();
-            guard.record().upstream_transport_failure_reason = None;
+            let rec = guard.record();
+            rec.upstream_local_address = Some(conn.local_addr());
+            rec.upstream_tls = conn.tls_info().cloned();
+            rec.upstream_transport_failure_reason = None;
             let Some(b) = body.next_attempt() else {
                 // Unreachable by construction (a body that cannot be replayed is never
                 // retried), but never panic.

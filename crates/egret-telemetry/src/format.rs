@@ -380,7 +380,7 @@ impl Operator {
                 let Some(req) = rec.request.as_ref() else {
                     return Value::Missing;
                 };
-                match query_param(&req.path, name) {
+                match egret_core::query::query_param(&req.path, name) {
                     Some(v) if !v.is_empty() => {
                         let n = max_len.map_or(v.len(), |n| n.min(v.len()));
                         Value::Bytes(&v.as_bytes()[..n])
@@ -408,20 +408,6 @@ fn upstream_tls(rec: &LogRecord) -> Option<&egret_core::UpstreamTlsInfo> {
 
 fn millis(d: std::time::Duration) -> Value<'static> {
     Value::Number(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The first value of `name` in the query of `path` (`a=1&b=2`), as it appears there
-/// (Envoy's `QUERY_PARAM` does not decode it).
-fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
-    let (_, query) = path.split_once('?')?;
-    let query = query.split('#').next().unwrap_or_default();
-    query
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => Some(v),
-            None if pair == name => Some(""),
-            _ => None,
-        })
 }
 
 impl HeaderOp {

@@ -52,7 +52,7 @@ pub fn request_hash(
         HashPolicy::Cookie { name } => cookie_value(headers, name).map(|v| hash64(v.as_bytes())),
         HashPolicy::SourceIp => Some(hash64(source.to_string().as_bytes())),
         HashPolicy::QueryParameter(name) => {
-            query_value(path_and_query, name).map(|v| hash64(v.as_bytes()))
+            egret_core::query::query_param(path_and_query, name).map(|v| hash64(v.as_bytes()))
         }
     }
 }
@@ -66,19 +66,6 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
-}
-
-/// The first value of query parameter `name` (as Envoy: raw, not percent-decoded).
-fn query_value<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
-    let (_, query) = path_and_query.split_once('?')?;
-    let query = query.split('#').next().unwrap_or("");
-    query
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => Some(v),
-            None if pair == name => Some(""),
-            _ => None,
-        })
 }
 
 /// Upper bound on ring entries, as Envoy's default `maximum_ring_size` (8M).
