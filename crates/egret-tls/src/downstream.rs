@@ -181,7 +181,10 @@ impl DownstreamTlsAcceptor {
         let Some(&server) = self.index.find(sni.as_deref().unwrap_or("")) else {
             return Err(AcceptError::NoMatchingServer { sni });
         };
-        let hello = match hand_to_rustls(&raw) {
+        let handed = hand_to_rustls(&raw);
+        // rustls holds what it needs: the bytes are not kept through the handshake.
+        drop(raw);
+        let hello = match handed {
             Ok(hello) => hello,
             Err((e, alert)) => {
                 // TLS, but not a hello rustls takes (no signature_algorithms: TLS 1.1 or
@@ -227,15 +230,18 @@ impl DownstreamTlsAcceptor {
             .as_ref()
             .map(|i| i.uri_sans().join(","))
             .filter(|s| !s.is_empty());
-        let xfcc = peer
-            .zip(info.as_ref())
-            .map(|(der, info)| crate::xfcc::client_cert_details(&side.local_uri_sans, der, info));
         let peer_cert = peer
             .zip(info.as_ref())
             .map(|(der, info)| egret_core::PeerCertInfo {
                 subject: info.subject_rfc2253(),
                 issuer: info.issuer_rfc2253(),
                 fingerprint_256: crate::xfcc::sha256_hex(der),
+            });
+        let xfcc = peer
+            .zip(info.as_ref())
+            .zip(peer_cert.as_ref())
+            .map(|((der, info), cert)| {
+                crate::xfcc::client_cert_details(&side.local_uri_sans, der, info, cert)
             });
         let local_uri_san = Some(side.local_uri_sans.join(",")).filter(|s| !s.is_empty());
         let session = crate::session_names(conn.protocol_version(), conn.negotiated_cipher_suite());

@@ -13,14 +13,15 @@ pub(crate) fn client_cert_details(
     local_uri_sans: &[String],
     der: &[u8],
     info: &CertInfo<'_>,
+    cert: &egret_core::PeerCertInfo,
 ) -> String {
     let mut parts: Vec<String> = Vec::with_capacity(6);
     for by in local_uri_sans {
         parts.push(format!("By={by}"));
     }
-    parts.push(format!("Hash={}", sha256_hex(der)));
+    parts.push(format!("Hash={}", cert.fingerprint_256));
     parts.push(format!("Cert=\"{}\"", url_encoded_pem(der)));
-    parts.push(format!("Subject=\"{}\"", info.subject_rfc2253()));
+    parts.push(format!("Subject=\"{}\"", cert.subject));
     let sans = info.san.as_deref().unwrap_or_default();
     let mut uris = sans.iter().filter_map(|n| match n {
         GeneralName::Uri(u) => Some(u.as_str()),
@@ -117,7 +118,12 @@ mod tests {
             "CN=\\ sleep\\+1 \\C3\\A9,O=Acme\\, Inc.,C=DE"
         );
         // The whole value, for a certificate with a DNS SAN and no URI SAN.
-        let xfcc = client_cert_details(&["spiffe://gw".to_string()], cert.der(), &info);
+        let peer = egret_core::PeerCertInfo {
+            subject: info.subject_rfc2253(),
+            issuer: info.issuer_rfc2253(),
+            fingerprint_256: sha256_hex(cert.der()),
+        };
+        let xfcc = client_cert_details(&["spiffe://gw".to_string()], cert.der(), &info, &peer);
         assert!(xfcc.starts_with("By=spiffe://gw;Hash="), "{xfcc}");
         assert!(
             xfcc.contains(";Cert=\"-----BEGIN%20CERTIFICATE-----%0A"),
