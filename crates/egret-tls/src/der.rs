@@ -209,13 +209,15 @@ impl<'a> CertInfo<'a> {
     }
 }
 
-/// A Name's contents (the RDN sequence) in RFC 2253 form.
+/// A Name's contents (the RDN sequence) in RFC 2253 form: OpenSSL reverses the flat list
+/// of attributes (so inside a multi-valued RDN too), `+` joins the attributes of one RDN and
+/// `,` the RDNs.
 fn name_rfc2253(name: &[u8]) -> String {
-    let mut rdns: Vec<String> = Vec::new();
+    let mut attributes: Vec<(usize, String)> = Vec::new();
     let mut r = name;
+    let mut rdn = 0usize;
     while let Some((set, rest)) = read_tlv(r) {
         r = rest;
-        let mut atvs: Vec<String> = Vec::new();
         let mut s = set.value;
         while let Some((atv, rest)) = read_tlv(s) {
             s = rest;
@@ -225,20 +227,43 @@ fn name_rfc2253(name: &[u8]) -> String {
             let Some((value, _)) = read_tlv(vrest) else {
                 break;
             };
-            let mut text = attribute_name(oid.value);
-            text.push('=');
-            write_rfc2253_value(&mut text, value);
-            atvs.push(text);
+            let mut text = String::new();
+            match attribute_name(oid.value) {
+                Some(short) => {
+                    text.push_str(short);
+                    text.push('=');
+                    write_rfc2253_value(&mut text, value);
+                }
+                // XN_FLAG_DUMP_UNKNOWN_FIELDS: an attribute OpenSSL has no name for is its
+                // dotted OID and the hex of its value's DER.
+                None => {
+                    text.push_str(&dotted_oid(oid.value));
+                    text.push_str("=#");
+                    for b in value.raw {
+                        text.push_str(&format!("{b:02X}"));
+                    }
+                }
+            }
+            attributes.push((rdn, text));
         }
-        rdns.push(atvs.join("+"));
+        rdn += 1;
     }
-    rdns.reverse();
-    rdns.join(",")
+    attributes.reverse();
+    let mut out = String::new();
+    let mut previous: Option<usize> = None;
+    for (rdn, text) in attributes {
+        if let Some(p) = previous {
+            out.push(if p == rdn { '+' } else { ',' });
+        }
+        out.push_str(&text);
+        previous = Some(rdn);
+    }
+    out
 }
 
-/// OpenSSL's short name of a name attribute, or its dotted OID.
-fn attribute_name(oid: &[u8]) -> String {
-    let short = match oid {
+/// OpenSSL's short name of a name attribute, if it has one.
+fn attribute_name(oid: &[u8]) -> Option<&'static str> {
+    Some(match oid {
         [0x55, 0x04, 0x03] => "CN",
         [0x55, 0x04, 0x04] => "SN",
         [0x55, 0x04, 0x05] => "serialNumber",
@@ -249,15 +274,26 @@ fn attribute_name(oid: &[u8]) -> String {
         [0x55, 0x04, 0x0a] => "O",
         [0x55, 0x04, 0x0b] => "OU",
         [0x55, 0x04, 0x0c] => "title",
+        [0x55, 0x04, 0x0d] => "description",
+        [0x55, 0x04, 0x0f] => "businessCategory",
+        [0x55, 0x04, 0x11] => "postalCode",
+        [0x55, 0x04, 0x29] => "name",
+        [0x55, 0x04, 0x2b] => "initials",
+        [0x55, 0x04, 0x2c] => "generationQualifier",
+        [0x55, 0x04, 0x2d] => "x500UniqueIdentifier",
+        [0x55, 0x04, 0x61] => "organizationIdentifier",
+        [0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x3c, 0x02, 0x01, 0x01] => "jurisdictionL",
+        [0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x3c, 0x02, 0x01, 0x02] => "jurisdictionST",
+        [0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x3c, 0x02, 0x01, 0x03] => "jurisdictionC",
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x02] => "unstructuredName",
         [0x55, 0x04, 0x2a] => "GN",
         [0x55, 0x04, 0x2e] => "dnQualifier",
         [0x55, 0x04, 0x41] => "pseudonym",
         [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
         [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
         [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress",
-        _ => return dotted_oid(oid),
-    };
-    short.to_owned()
+        _ => return None,
+    })
 }
 
 fn dotted_oid(oid: &[u8]) -> String {
@@ -285,10 +321,13 @@ fn dotted_oid(oid: &[u8]) -> String {
 /// One attribute value, escaped as `ASN1_STRFLGS_RFC2253` escapes it.
 fn write_rfc2253_value(out: &mut String, value: Tlv<'_>) {
     let text: Option<String> = match value.tag {
-        // UTF8String, PrintableString, IA5String, VisibleString, NumericString.
-        0x0c | 0x13 | 0x16 | 0x1a | 0x12 => Some(String::from_utf8_lossy(value.value).into_owned()),
-        // TeletexString, read as Latin-1 (as OpenSSL does).
-        0x14 => Some(value.value.iter().map(|&b| char::from(b)).collect()),
+        // UTF8String.
+        0x0c => Some(String::from_utf8_lossy(value.value).into_owned()),
+        // One byte per character to OpenSSL (Latin-1): PrintableString, IA5String,
+        // VisibleString, NumericString, TeletexString, and the times.
+        0x13 | 0x16 | 0x1a | 0x12 | 0x14 | 0x17 | 0x18 => {
+            Some(value.value.iter().map(|&b| char::from(b)).collect())
+        }
         // BMPString: UTF-16BE.
         0x1e => {
             let units: Vec<u16> = value
@@ -485,6 +524,47 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag, u8::try_from(value.len()).unwrap()];
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn atv(oid: &[u8], tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut seq = tlv(0x06, oid);
+        seq.extend(tlv(tag, value));
+        tlv(0x30, &seq)
+    }
+
+    /// As `openssl x509 -nameopt RFC2253` prints the same name (checked with OpenSSL 3):
+    /// attributes reversed inside a multi-valued RDN too, OpenSSL's short names, an
+    /// attribute it has no name for dumped as `#` and DER hex, one-byte strings as Latin-1.
+    #[test]
+    fn names_print_as_openssl_rfc2253() {
+        let rdn = |atvs: &[Vec<u8>]| tlv(0x31, &atvs.concat());
+        let name = [
+            rdn(&[atv(&[0x55, 0x04, 0x06], 0x13, b"DE")]),
+            rdn(&[atv(&[0x55, 0x04, 0x0a], 0x0c, b"Acme")]),
+            rdn(&[
+                atv(&[0x55, 0x04, 0x0b], 0x0c, b"Sales"),
+                atv(&[0x55, 0x04, 0x03], 0x0c, b"J. Smith"),
+            ]),
+            rdn(&[atv(&[0x55, 0x04, 0x0f], 0x0c, b"Private")]),
+        ]
+        .concat();
+        assert_eq!(
+            name_rfc2253(&name),
+            "businessCategory=Private,CN=J. Smith+OU=Sales,O=Acme,C=DE"
+        );
+        let odd = [
+            rdn(&[atv(&[0x2a, 0x03, 0x04], 0x0c, b"hello")]),
+            rdn(&[atv(&[0x55, 0x04, 0x03], 0x16, &[b'j', 0xe9])]),
+        ]
+        .concat();
+        assert_eq!(name_rfc2253(&odd), "CN=j\\C3\\A9,1.2.3.4=#0C0568656C6C6F");
+        assert_eq!(name_rfc2253(&[]), "");
+    }
+
     use super::*;
     use egret_test_support::certs::TestCa;
 

@@ -181,7 +181,12 @@ impl DownstreamTlsAcceptor {
         let Some(&server) = self.index.find(sni.as_deref().unwrap_or("")) else {
             return Err(AcceptError::NoMatchingServer { sni });
         };
-        let handed = hand_to_rustls(&raw);
+        // The records holding the hello go to rustls' Acceptor; what the client sent after
+        // them (it rarely sends anything before the server's answer) goes to the connection
+        // before the handshake, so nothing read is lost.
+        let consumed = parsed.consumed.min(raw.len());
+        let after_hello = raw.get(consumed..).unwrap_or_default().to_vec();
+        let handed = hand_to_rustls(raw.get(..consumed).unwrap_or_default());
         // rustls holds what it needs: the bytes are not kept through the handshake.
         drop(raw);
         let hello = match handed {
@@ -219,7 +224,15 @@ impl DownstreamTlsAcceptor {
             side.without_alpn.clone()
         };
         let stream = start
-            .into_stream(config)
+            .into_stream_with(config, |conn| {
+                let mut rest = after_hello.as_slice();
+                while !rest.is_empty() {
+                    match conn.read_tls(&mut rest) {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            })
             .await
             .map_err(AcceptError::Handshake)?;
         let conn = stream.get_ref().1;
@@ -262,31 +275,32 @@ impl DownstreamTlsAcceptor {
 /// A fatal `protocol_version` alert (70), as BoringSSL answers a TLS 1.0/1.1 hello.
 const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46];
 
-/// The ClientHello bytes already read, handed to rustls' `Acceptor` (the first half of
-/// `tokio_rustls::LazyConfigAcceptor`, without its alert for bytes that are not a hello).
-/// Bytes after the hello stay in rustls' buffer for the handshake.
+/// The records holding a ClientHello, already read, handed to rustls' `Acceptor` (the first
+/// half of `tokio_rustls::LazyConfigAcceptor`, without its alert for bytes that are not a
+/// hello). Reads and accepts alternate, as there: rustls grows its buffer past one record
+/// only while it joins a message, so a hello over two records (up to egret-sni's 64 KiB)
+/// needs `accept` between the reads.
 fn hand_to_rustls(
-    raw: &[u8],
+    hello: &[u8],
 ) -> Result<rustls::server::Accepted, (rustls::Error, Option<rustls::server::AcceptedAlert>)> {
     let mut acceptor = rustls::server::Acceptor::default();
-    let mut rest = raw;
+    let mut rest = hello;
     loop {
-        match acceptor.read_tls(&mut rest) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => break,
+        if !rest.is_empty() {
+            if let Err(e) = acceptor.read_tls(&mut rest) {
+                let e = rustls::Error::General(format!("reading the ClientHello: {e}"));
+                return Err((e, None));
+            }
         }
-        if rest.is_empty() {
-            break;
+        match acceptor.accept() {
+            Ok(Some(hello)) => return Ok(hello),
+            Ok(None) if rest.is_empty() => {
+                let e = rustls::Error::General("the ClientHello did not reach rustls whole".into());
+                return Err((e, None));
+            }
+            Ok(None) => {}
+            Err((e, alert)) => return Err((e, Some(alert))),
         }
-    }
-    match acceptor.accept() {
-        Ok(Some(hello)) => Ok(hello),
-        Ok(None) => Err((
-            rustls::Error::General("the ClientHello did not reach rustls whole".into()),
-            None,
-        )),
-        Err((e, alert)) => Err((e, Some(alert))),
     }
 }
 
@@ -392,4 +406,53 @@ fn build_config(
         without_alpn,
         local_uri_sans,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TLS 1.2 ClientHello with a padding extension of `padding` bytes, split into records
+    /// of at most 16 KiB.
+    fn big_hello(padding: usize) -> Vec<u8> {
+        let mut ext = Vec::new();
+        let mut push_ext = |kind: u16, data: &[u8]| {
+            ext.extend_from_slice(&kind.to_be_bytes());
+            ext.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+            ext.extend_from_slice(data);
+        };
+        push_ext(13, &[0x00, 0x04, 0x04, 0x03, 0x08, 0x04]); // signature_algorithms
+        push_ext(10, &[0x00, 0x02, 0x00, 0x1d]); // supported_groups: x25519
+        push_ext(11, &[0x01, 0x00]); // ec_point_formats
+        push_ext(21, &vec![0u8; padding]); // padding
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[9u8; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0x00, 0x02, 0xc0, 0x2f]);
+        body.extend_from_slice(&[0x01, 0x00]);
+        body.extend_from_slice(&u16::try_from(ext.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(&ext);
+        let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+        let mut message = vec![0x01, len[1], len[2], len[3]];
+        message.extend_from_slice(&body);
+        let mut out = Vec::new();
+        for chunk in message.chunks(16_384) {
+            out.extend_from_slice(&[0x16, 0x03, 0x03]);
+            out.extend_from_slice(&u16::try_from(chunk.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    /// A hello over two records past rustls' first buffer (18 KiB) reaches rustls whole: the
+    /// reads alternate with `accept`, as rustls needs (a loop of reads lost the rest).
+    #[test]
+    fn a_large_hello_over_two_records_is_accepted() {
+        let hello = big_hello(20_000);
+        assert!(hello.len() > 20_000);
+        let parsed = egret_sni::parse_client_hello(&hello).expect("egret-sni takes it");
+        assert_eq!(parsed.consumed, hello.len());
+        assert!(hand_to_rustls(&hello).is_ok());
+        assert!(hand_to_rustls(&big_hello(10)).is_ok());
+    }
 }
