@@ -248,7 +248,7 @@ pub struct LogRecord {
     pub downstream_remote_address: SocketAddr,
     pub requested_server_name: Option<Arc<str>>,
     pub route_name: Option<Arc<str>>,
-    pub downstream_peer_uri_san: Option<String>,
+    pub downstream_peer_uri_san: Option<Arc<str>>,
     /// The TLS version and cipher of the downstream connection, when the gateway
     /// terminated its TLS (`%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_TLS_CIPHER%`).
     pub downstream_tls: Option<TlsSession>,

@@ -61,7 +61,7 @@ pub struct DownstreamTlsFacts {
     /// The SNI (`%REQUESTED_SERVER_NAME%`).
     pub requested_server_name: Option<Arc<str>>,
     /// The client certificate's URI SANs, joined by `,` (`%DOWNSTREAM_PEER_URI_SAN%`).
-    pub peer_uri_san: Option<String>,
+    pub peer_uri_san: Option<Arc<str>>,
     /// The client certificate, for the access log.
     pub peer_cert: Option<Arc<egret_core::PeerCertInfo>>,
     /// The gateway certificate's URI SANs, joined by `,` (`%DOWNSTREAM_LOCAL_URI_SAN%`).

@@ -370,7 +370,7 @@ impl Gateway {
             listen_port,
             tls: DownstreamTlsFacts {
                 requested_server_name: accepted.sni.as_deref().map(Arc::from),
-                peer_uri_san: accepted.peer_uri_san.clone(),
+                peer_uri_san: accepted.peer_uri_san.as_deref().map(Arc::from),
                 peer_cert: accepted.peer_cert.take().map(Arc::new),
                 local_uri_san: accepted.local_uri_san.as_deref().map(Arc::from),
                 session: accepted.session,
